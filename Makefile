@@ -1,0 +1,37 @@
+# Two commands do everything: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; installed only when the virtual environment has no torch at all, so a
+# CUDA torch (a venv made with --system-site-packages, say) is never replaced.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.qkernels-installed
+
+.PHONY: test lint demo compare bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[test,train,bench]"
+	touch $@
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) examples/demo_flow.py
+
+# Speed: ours against the peers in one process, as ratios (benchmarks/compare.py), and asv.
+compare: $(STAMP)
+	$(PY) benchmarks/compare.py all
+
+bench: $(STAMP)
+	$(VENV)/bin/asv machine --yes >/dev/null
+	$(VENV)/bin/asv run --quick --show-stderr --environment existing:$(abspath $(PY))
+
+clean:
+	rm -rf $(VENV) .asv .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

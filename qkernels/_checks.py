@@ -1,0 +1,137 @@
+"""Input validation shared by every public entry point.
+
+Each check raises TypeError (wrong kind of thing) or ValueError (right kind, wrong value) with a
+message that says what was wrong and what is accepted. Checks never use ``assert`` (which
+``python -O`` removes). They accept numpy and cupy arrays alike (for cupy the reductions run on
+the device and only a boolean comes back).
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "as_index_array",
+    "check_finite",
+    "check_int",
+    "check_nonnegative",
+    "check_rank",
+    "check_same_rows",
+]
+
+
+def _xp(x: Any):
+    """numpy for numpy arrays, cupy for cupy arrays."""
+    if isinstance(x, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def check_int(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as a Python int, checking ``low <= value <= high`` where given."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool {value!r}")
+    if not isinstance(value, numbers.Integral):
+        try:
+            value = operator.index(value)  # 0-d integer arrays and tensors
+        except TypeError:
+            raise TypeError(
+                f"{name} must be an integer, got {type(value).__name__} {value!r}"
+            ) from None
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            accepted = f">= {low}"
+        elif low is None:
+            accepted = f"<= {high}"
+        else:
+            accepted = f"in {low}..{high}"
+        raise ValueError(f"{name} must be {accepted}, got {value}")
+    return value
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """Return ``value`` as a float, checking it is a finite number >= 0."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        value = float(value)  # Python and numpy numbers, 0-d arrays and tensors
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_rank(x: Any, name: str, ranks: Sequence[int], shape_text: str) -> None:
+    """Check that ``x.ndim`` is one of ``ranks``; ``shape_text`` names the accepted shapes."""
+    if x.ndim not in tuple(ranks):
+        raise ValueError(f"{name} must have shape {shape_text}, got shape {tuple(x.shape)}")
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Reject NaN and Inf, naming the first offending position."""
+    if x.dtype.kind not in "fc" or x.size == 0:
+        return
+    xp = _xp(x)
+    finite = xp.isfinite(x)
+    if not bool(finite.all()):
+        where = tuple(int(i) for i in xp.argwhere(~finite)[0])
+        value = x[where].item()
+        raise ValueError(f"{name} must be finite, found {value} at index {where}")
+
+
+def as_float_array(x: Any, name: str, *, dtype: Any = None) -> Any:
+    """Return ``x`` as a float32 or float64 array, casting integer and bool input to float64.
+
+    float16 is widened to float32. ``dtype`` forces one float type. Complex, object, string and
+    other kinds are rejected with TypeError. NaN and Inf are rejected with ValueError.
+    """
+    kind = x.dtype.kind
+    if kind == "f":
+        target = x.dtype if x.dtype.itemsize >= 4 else np.dtype(np.float32)
+    elif kind in "biu":
+        target = np.dtype(np.float64)
+    else:
+        raise TypeError(
+            f"{name} must hold real numbers (float, int or bool), got dtype {x.dtype}"
+        )
+    if dtype is not None:
+        target = np.dtype(dtype)
+    if x.dtype != target:
+        x = x.astype(target)
+    check_finite(x, name)
+    return x
+
+
+def as_index_array(x: Any, name: str, upper: int | None = None, *, allow_missing: bool = False):
+    """Return ``x`` as an int64 array of indices in ``0..upper-1`` (and -1 if ``allow_missing``)."""
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    xp = _xp(x)
+    x = x.astype(xp.int64, copy=False)
+    if x.size:
+        low = -1 if allow_missing else 0
+        lo, hi = int(x.min()), int(x.max())
+        if lo < low or (upper is not None and hi >= upper):
+            bound = f"0..{upper - 1}" if upper is not None else ">= 0"
+            extra = " (or -1 for a missing entry)" if allow_missing else ""
+            bad = lo if lo < low else hi
+            raise ValueError(f"{name} must hold indices in {bound}{extra}, found {bad}")
+    return x
+
+
+def check_same_rows(a: Any, a_name: str, b: Any, b_name: str) -> None:
+    """Check that two arrays have the same number of rows."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{a_name} has {a.shape[0]} rows but {b_name} has {b.shape[0]}; they must match"
+        )

@@ -1,0 +1,21 @@
+"""Tunables in one place. Change them at run time (``qk.config.GPU_THREADS_PER_BLOCK = 128``);
+``qk.config.reset()`` restores the defaults. Kernels read them at call time, never at import.
+"""
+
+from __future__ import annotations
+
+_DEFAULTS = {
+    # CUDA launch shape for the RawKernels in qkernels/cuda (a multiple of 32).
+    "GPU_THREADS_PER_BLOCK": 256,
+    # Searches with at most this many queries split the database across threads instead of
+    # the queries (one query cannot keep two cores busy when parallelised over queries).
+    "SPLIT_DATABASE_MAX_QUERIES": 16,
+}
+
+GPU_THREADS_PER_BLOCK: int = _DEFAULTS["GPU_THREADS_PER_BLOCK"]
+SPLIT_DATABASE_MAX_QUERIES: int = _DEFAULTS["SPLIT_DATABASE_MAX_QUERIES"]
+
+
+def reset() -> None:
+    """Restore every tunable to its default."""
+    globals().update(_DEFAULTS)

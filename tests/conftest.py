@@ -1,0 +1,36 @@
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# CI runs few examples per property (Numba kernels compile once, then each example is cheap);
+# `HYPOTHESIS_PROFILE=thorough pytest` explores much more.
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+GPU = _gpu_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if GPU:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with cupy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from qkernels._checks import (
+    as_float_array,
+    as_index_array,
+    check_finite,
+    check_int,
+    check_nonnegative,
+    check_rank,
+    check_same_rows,
+)
+
+
+def test_check_int_accepts_numpy_integers_and_rejects_the_rest():
+    assert check_int(np.int32(3), "k", 1, 4) == 3
+    assert check_int(np.array(2), "k") == 2
+    with pytest.raises(TypeError, match="k must be an integer, got float"):
+        check_int(2.0, "k")
+    with pytest.raises(TypeError, match="k must be an integer"):
+        check_int(True, "k")
+    with pytest.raises(ValueError, match=r"k must be in 1\.\.4, got 5"):
+        check_int(5, "k", 1, 4)
+    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+        check_int(-1, "n", 0)
+    with pytest.raises(ValueError, match="n must be <= 3"):
+        check_int(4, "n", None, 3)
+
+
+def test_check_nonnegative():
+    assert check_nonnegative(0, "penalty") == 0.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="penalty must be a finite number >= 0"):
+            check_nonnegative(bad, "penalty")
+    with pytest.raises(TypeError, match="penalty must be a real number"):
+        check_nonnegative("1", "penalty")
+
+
+def test_float_arrays_cast_ints_and_bools_keep_float32():
+    assert as_float_array(np.arange(3), "x").dtype == np.float64
+    assert as_float_array(np.array([True, False]), "x").dtype == np.float64
+    x32 = np.ones(3, np.float32)
+    assert as_float_array(x32, "x") is x32
+    assert as_float_array(np.ones(2, np.float16), "x").dtype == np.float32
+    assert as_float_array(x32, "x", dtype=np.float64).dtype == np.float64
+    with pytest.raises(TypeError, match="real numbers"):
+        as_float_array(np.ones(2, complex), "x")
+    with pytest.raises(TypeError, match="real numbers"):
+        as_float_array(np.array(["a"]), "x")
+
+
+def test_nan_and_inf_are_located():
+    x = np.zeros((2, 3))
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"scores must be finite, found nan at index \(1, 2\)"):
+        check_finite(x, "scores")
+    x[1, 2] = -np.inf
+    with pytest.raises(ValueError, match="found -inf"):
+        as_float_array(x, "scores")
+    check_finite(np.zeros(0), "empty")  # nothing to complain about
+
+
+def test_rank_and_rows():
+    with pytest.raises(ValueError, match=r"scores must have shape \(n, d\), got shape \(3,\)"):
+        check_rank(np.zeros(3), "scores", (2,), "(n, d)")
+    with pytest.raises(ValueError, match="a has 2 rows but b has 3"):
+        check_same_rows(np.zeros(2), "a", np.zeros(3), "b")
+
+
+def test_index_arrays():
+    np.testing.assert_array_equal(as_index_array(np.array([0, 2], np.int32), "I", 3), [0, 2])
+    with pytest.raises(ValueError, match=r"indices in 0\.\.2, found 3"):
+        as_index_array(np.array([3]), "I", 3)
+    with pytest.raises(ValueError, match="found -1"):
+        as_index_array(np.array([-1]), "I", 3)
+    assert as_index_array(np.array([-1]), "I", 3, allow_missing=True)[0] == -1
+    with pytest.raises(TypeError, match="integers"):
+        as_index_array(np.array([0.5]), "I")
