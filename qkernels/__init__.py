@@ -7,5 +7,6 @@ imports neither cupy nor torch: kernels compile (or load from Numba's cache) on 
 __version__ = "0.1.0"
 
 from . import config, metrics
+from .flow import solve_sparse_codes, sparse_code_objective
 
-__all__ = ["__version__", "config", "metrics"]
+__all__ = ["__version__", "config", "metrics", "solve_sparse_codes", "sparse_code_objective"]

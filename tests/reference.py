@@ -98,3 +98,116 @@ def search_speedup(candidate_counts, db_size):
     mean = sum(int(c) for c in candidate_counts) / len(candidate_counts)
     return math.inf if mean == 0 else db_size / mean
 
+
+# --------------------------------------------------------------------------------------------
+# exact sparse codes (DHT): the objective and three independent optimum oracles
+
+
+def increments(n, penalty=1.0, bucket_costs=None):
+    """incr[c]: the cost of the (c + 1)-th class in one bucket."""
+    if bucket_costs is not None:
+        return [float(x) for x in bucket_costs[:n]]
+    return [penalty * c for c in range(n)]
+
+
+def sparse_code_objective(scores, codes, incr):
+    """-sum of the chosen scores + sum over buckets of incr[0] + ... + incr[c_r - 1]."""
+    n, d = len(scores), len(scores[0])
+    occupancy = [0] * d
+    total = 0.0
+    for i in range(n):
+        for r in codes[i]:
+            total -= float(scores[i][int(r)])
+            occupancy[int(r)] += 1
+    for r in range(d):
+        for c in range(occupancy[r]):
+            total += incr[c]
+    return total
+
+
+def sparse_codes_brute_force(scores, k, incr):
+    """The optimum by trying every assignment (tiny instances only)."""
+    import itertools
+
+    n, d = len(scores), len(scores[0])
+    choices = list(itertools.combinations(range(d), k))
+    best = math.inf
+    for codes in itertools.product(choices, repeat=n):
+        best = min(best, sparse_code_objective(scores, codes, incr))
+    return best
+
+
+def _flow_arcs(scores, k, incr):
+    """The DHT network with the convex sink cost as parallel unit arcs (the reference code's
+    construction): source 0, classes 1..n, buckets n+1..n+d, sink n+d+1."""
+    n, d = len(scores), len(scores[0])
+    source, sink = 0, n + d + 1
+    arcs = []  # (tail, head, capacity, cost)
+    for i in range(n):
+        arcs.append((source, 1 + i, k, 0))
+        for r in range(d):
+            arcs.append((1 + i, 1 + n + r, 1, -scores[i][r]))
+    for r in range(d):
+        for c in range(n):
+            arcs.append((1 + n + r, sink, 1, incr[c]))
+    return arcs, source, sink
+
+
+def sparse_codes_ortools(scores, k, incr):
+    """The optimum by OR-tools SimpleMinCostFlow (integer-valued scores and increments only)."""
+    from ortools.graph.python import min_cost_flow
+
+    n = len(scores)
+    arcs, source, sink = _flow_arcs(scores, k, incr)
+    solver = min_cost_flow.SimpleMinCostFlow()
+    for tail, head, capacity, cost in arcs:
+        if cost != int(cost):
+            raise ValueError("OR-tools needs integer costs")
+        solver.add_arc_with_capacity_and_unit_cost(tail, head, capacity, int(cost))
+    solver.set_node_supply(source, n * k)
+    solver.set_node_supply(sink, -n * k)
+    if solver.solve() != solver.OPTIMAL:
+        raise RuntimeError("OR-tools found no optimum")
+    return float(solver.optimal_cost())
+
+
+def sparse_codes_networkx(scores, k, incr):
+    """The optimum by networkx's network simplex (integer-valued costs)."""
+    import networkx as nx
+
+    n = len(scores)
+    arcs, source, sink = _flow_arcs(scores, k, incr)
+    graph = nx.MultiDiGraph()
+    graph.add_node(source, demand=-n * k)
+    graph.add_node(sink, demand=n * k)
+    for tail, head, capacity, cost in arcs:
+        graph.add_edge(tail, head, capacity=capacity, weight=int(cost))
+    return float(nx.min_cost_flow_cost(graph))
+
+
+def sparse_codes_linprog(scores, k, incr):
+    """The optimum of the LP relaxation by HiGHS; the constraint matrix is totally unimodular,
+    so it equals the integer optimum. Works on real-valued scores."""
+    from scipy.optimize import linprog
+    from scipy.sparse import lil_matrix
+
+    n, d = len(scores), len(scores[0])
+    num_z, num_y = n * d, d * n  # z[i, r] class i in bucket r; y[r, c] unit c of bucket r used
+    cost = [-float(scores[i][r]) for i in range(n) for r in range(d)]
+    cost += [float(incr[c]) for r in range(d) for c in range(n)]
+    a_eq = lil_matrix((n + d, num_z + num_y))
+    b_eq = []
+    for i in range(n):  # each class in exactly k buckets
+        for r in range(d):
+            a_eq[i, i * d + r] = 1
+        b_eq.append(k)
+    for r in range(d):  # classes in bucket r == units of bucket r used
+        for i in range(n):
+            a_eq[n + r, i * d + r] = 1
+        for c in range(n):
+            a_eq[n + r, num_z + r * n + c] = -1
+        b_eq.append(0)
+    result = linprog(cost, A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, 1), method="highs")
+    if result.status != 0:
+        raise RuntimeError(result.message)
+    return float(result.fun)

@@ -1,0 +1,54 @@
+"""Data generators and peer implementations shared by compare.py and the asv suite."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The DHT reference code scales scores by 1e4 and truncates them to integers before handing them
+# to OR-tools; we benchmark on the same kind of input so that both solvers see the same problem
+# and the optimum can be compared digit for digit.
+SCORE_SCALE = 10_000
+
+
+def dht_scores(n: int, d: int, *, items_per_class: int = 2, batch: int | None = None,
+               seed: int = 0) -> np.ndarray:
+    """Unary scores like a DHT training step: per class, the mean of L2-normalised hash-head
+    outputs (standard normal at initialisation), times 1e4, truncated to integers (float64)."""
+    rng = np.random.default_rng(seed)
+    shape = (batch or 1, n, items_per_class, d)
+    out = rng.standard_normal(shape)
+    out /= np.linalg.norm(out, axis=-1, keepdims=True)
+    scores = np.trunc(out.mean(axis=2) * SCORE_SCALE)
+    return scores if batch else scores[0]
+
+
+def ortools_sparse_codes(scores: np.ndarray, k: int, penalty: float):
+    """OR-tools SimpleMinCostFlow on the DHT network, arcs given as numpy vectors (graph build
+    included): source -> class (cap k), class -> bucket (cap 1, -score), and the convex sink
+    cost as n parallel unit arcs per bucket, as the reference code builds it.
+
+    Returns (optimal cost, codes (n, k) sorted)."""
+    from ortools.graph.python import min_cost_flow
+
+    n, d = scores.shape
+    source, sink = n + d, n + d + 1
+    classes = np.arange(n)
+    buckets = n + np.arange(d)
+    tails = np.concatenate([np.full(n, source), np.repeat(classes, d), np.repeat(buckets, n)])
+    heads = np.concatenate([classes, np.tile(buckets, n), np.full(n * d, sink)])
+    capacities = np.concatenate([np.full(n, k), np.ones(2 * n * d, dtype=np.int64)])
+    costs = np.concatenate([
+        np.zeros(n, dtype=np.int64),
+        (-scores).ravel().astype(np.int64),
+        np.tile((penalty * np.arange(n)).astype(np.int64), d),
+    ])
+    solver = min_cost_flow.SimpleMinCostFlow()
+    arcs = solver.add_arcs_with_capacity_and_unit_cost(tails, heads, capacities, costs)
+    supplies = np.zeros(n + d + 2, dtype=np.int64)
+    supplies[source], supplies[sink] = n * k, -n * k
+    solver.set_nodes_supplies(np.arange(n + d + 2), supplies)
+    if solver.solve() != solver.OPTIMAL:
+        raise RuntimeError("OR-tools found no optimum")
+    used = solver.flows(arcs[n : n + n * d]).reshape(n, d) > 0
+    codes = np.sort(np.nonzero(used)[1].reshape(n, k), axis=1)
+    return float(solver.optimal_cost()), codes

@@ -1,0 +1,259 @@
+"""solve_sparse_codes: exact against OR-tools, networkx, HiGHS and brute force."""
+
+import numba
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qkernels as qk
+from tests import reference as ref
+
+
+def _incr(n, penalty=1.0, bucket_costs=None):
+    return ref.increments(n, penalty, bucket_costs)
+
+
+def _check_codes(codes, n, d, k):
+    assert codes.shape == (n, k)
+    assert codes.dtype == np.int64
+    assert ((codes >= 0) & (codes < d)).all()
+    if k > 1:
+        assert (np.diff(codes, axis=1) > 0).all(), "rows must be sorted with distinct buckets"
+
+
+@st.composite
+def integer_problem(draw, max_n=12, max_d=10):
+    """Integer-valued problems across the regimes that stress the solver."""
+    regime = draw(st.sampled_from(["ties", "wide", "n>d", "congested", "k=d", "penalty0",
+                                   "penalty_huge", "float32"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n = draw(st.integers(1, max_n))
+    d = draw(st.integers(1, max_d))
+    k = draw(st.integers(1, min(d, 4)))
+    low, high = -20, 21
+    penalty = float(draw(st.integers(0, 12)))
+    if regime == "ties":
+        low, high = 0, 2
+    elif regime == "n>d":
+        d = draw(st.integers(1, max(1, n - 1)))
+        k = min(k, d)
+    elif regime == "congested":
+        k = draw(st.integers(1, min(d, 4)))
+        n = max(n, (2 * d) // k + 1)
+    elif regime == "k=d":
+        k = d
+    elif regime == "penalty0":
+        penalty = 0.0
+    elif regime == "penalty_huge":
+        penalty = 10_000.0
+    scores = rng.integers(low, high, (n, d)).astype(np.float64)
+    if regime == "float32":
+        scores = scores.astype(np.float32)
+    return scores, k, penalty
+
+
+@given(integer_problem())
+def test_optimum_equals_ortools(problem):
+    scores, k, penalty = problem
+    n, d = scores.shape
+    codes = qk.solve_sparse_codes(scores, k, penalty)
+    _check_codes(codes, n, d, k)
+    got = qk.sparse_code_objective(scores, codes, penalty)
+    assert got == ref.sparse_codes_ortools(scores.tolist(), k, _incr(n, penalty))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hundreds_of_random_instances_equal_ortools(seed):
+    """A deterministic sweep (8 x 40 instances) beside the hypothesis search above."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n, d = rng.integers(1, 40, 2)
+        k = int(rng.integers(1, min(d, 4) + 1))
+        scores = rng.integers(-50, 51, (n, d)).astype(np.float64)
+        penalty = float(rng.choice([0, 1, 5, 20, 100]))
+        codes = qk.solve_sparse_codes(scores, k, penalty)
+        _check_codes(codes, n, d, k)
+        assert qk.sparse_code_objective(scores, codes, penalty) == ref.sparse_codes_ortools(
+            scores.tolist(), k, _incr(n, penalty)
+        )
+
+
+@given(integer_problem(max_n=4, max_d=4))
+def test_optimum_equals_brute_force(problem):
+    scores, k, penalty = problem
+    n = scores.shape[0]
+    if n > 4:
+        scores = scores[:4]
+        n = 4
+    codes = qk.solve_sparse_codes(scores, k, penalty)
+    assert qk.sparse_code_objective(scores, codes, penalty) == ref.sparse_codes_brute_force(
+        scores.tolist(), k, _incr(n, penalty)
+    )
+
+
+@given(integer_problem(max_n=8, max_d=8))
+def test_optimum_equals_networkx(problem):
+    scores, k, penalty = problem
+    n = scores.shape[0]
+    codes = qk.solve_sparse_codes(scores, k, penalty)
+    assert qk.sparse_code_objective(scores, codes, penalty) == ref.sparse_codes_networkx(
+        scores.tolist(), k, _incr(n, penalty)
+    )
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 10), st.integers(1, 10),
+       st.floats(0.0, 3.0), st.sampled_from([np.float32, np.float64]))
+def test_real_valued_scores_reach_the_lp_optimum(seed, n, d, penalty, dtype):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, min(d, 4) + 1))
+    scores = rng.standard_normal((n, d)).astype(dtype)
+    codes = qk.solve_sparse_codes(scores, k, penalty)
+    _check_codes(codes, n, d, k)
+    got = qk.sparse_code_objective(scores, codes, penalty)
+    expected = ref.sparse_codes_linprog(scores.astype(np.float64).tolist(), k, _incr(n, penalty))
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 10), st.integers(1, 8))
+def test_general_convex_bucket_costs(seed, n, d):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, min(d, 3) + 1))
+    scores = rng.integers(-10, 11, (n, d)).astype(np.float64)
+    # a convex schedule that may start negative (a reward for the first classes in a bucket)
+    bucket_costs = np.cumsum(rng.integers(0, 6, n + 2)) - 4
+    codes = qk.solve_sparse_codes(scores, k, bucket_costs=bucket_costs)
+    got = qk.sparse_code_objective(scores, codes, bucket_costs=bucket_costs)
+    incr = _incr(n, bucket_costs=bucket_costs)
+    assert got == ref.sparse_code_objective(scores.tolist(), codes.tolist(), incr)
+    assert got == ref.sparse_codes_ortools(scores.tolist(), k, incr)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6))
+def test_objective_matches_the_loop_reference(seed, b, n, d):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, d + 1))
+    scores = rng.standard_normal((b, n, d))
+    codes = np.sort(np.stack([np.stack([rng.permutation(d)[:k] for _ in range(n)])
+                              for _ in range(b)]), axis=-1)
+    penalty = float(rng.uniform(0, 2))
+    values = qk.sparse_code_objective(scores, codes, penalty)
+    assert values.shape == (b,)
+    for i in range(b):
+        expected = ref.sparse_code_objective(scores[i].tolist(), codes[i].tolist(),
+                                             _incr(n, penalty))
+        assert values[i] == pytest.approx(expected, abs=1e-9)
+        assert qk.sparse_code_objective(scores[i], codes[i], penalty) == pytest.approx(expected)
+
+
+def test_penalty_zero_gives_each_class_its_top_k():
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((20, 30))
+    codes = qk.solve_sparse_codes(scores, 3, penalty=0.0)
+    np.testing.assert_array_equal(codes, np.sort(np.argsort(-scores, axis=1)[:, :3], axis=1))
+
+
+def test_huge_penalty_spreads_classes_evenly():
+    rng = np.random.default_rng(4)
+    codes = qk.solve_sparse_codes(rng.standard_normal((16, 8)), 2, penalty=1e6)
+    np.testing.assert_array_equal(np.bincount(codes.ravel(), minlength=8), np.full(8, 4))
+
+
+def test_ties_break_toward_lower_bucket_indices():
+    codes = qk.solve_sparse_codes(np.zeros((1, 5)), 2, penalty=0.0)
+    np.testing.assert_array_equal(codes, [[0, 1]])
+
+
+def test_batched_equals_looped_and_is_deterministic_across_threads():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(-30, 31, (12, 40, 24)).astype(np.float64)
+    batched = qk.solve_sparse_codes(scores, 3, 4.0)
+    looped = np.stack([qk.solve_sparse_codes(s, 3, 4.0) for s in scores])
+    np.testing.assert_array_equal(batched, looped)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = qk.solve_sparse_codes(scores, 3, 4.0)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(batched, single)
+    np.testing.assert_array_equal(batched, qk.solve_sparse_codes(scores, 3, 4.0))
+
+
+def test_torch_in_torch_out_and_grad_is_detached():
+    scores = torch.randn(10, 12, requires_grad=True)
+    codes = qk.solve_sparse_codes(scores, 2, 0.5)
+    assert isinstance(codes, torch.Tensor)
+    assert codes.dtype == torch.int64 and not codes.requires_grad
+    np.testing.assert_array_equal(codes.numpy(),
+                                  qk.solve_sparse_codes(scores.detach().numpy(), 2, 0.5))
+    value = qk.sparse_code_objective(scores, codes, 0.5)
+    assert isinstance(value, float)
+    batched = qk.sparse_code_objective(
+        scores[None].expand(3, -1, -1), codes[None].expand(3, -1, -1), 0.5
+    )
+    assert isinstance(batched, torch.Tensor) and batched.shape == (3,)
+
+
+def test_non_contiguous_and_integer_and_bool_scores():
+    rng = np.random.default_rng(6)
+    base = rng.integers(-5, 6, (9, 7))
+    expected = qk.solve_sparse_codes(np.ascontiguousarray(base.T).astype(float), 2, 1.0)
+    np.testing.assert_array_equal(qk.solve_sparse_codes(base.T, 2, 1.0), expected)
+    np.testing.assert_array_equal(
+        qk.solve_sparse_codes(torch.from_numpy(base).t(), 2, 1.0).numpy(), expected)
+    bools = rng.random((5, 6)) > 0.5
+    assert qk.solve_sparse_codes(bools, 1, 1.0).shape == (5, 1)
+
+
+def test_empty_problems_return_empty_codes():
+    assert qk.solve_sparse_codes(np.zeros((0, 5)), 2).shape == (0, 2)
+    assert qk.solve_sparse_codes(np.zeros((3, 0, 5)), 2).shape == (3, 0, 2)
+    assert qk.solve_sparse_codes(np.zeros((0, 4, 5)), 2).shape == (0, 4, 2)
+    assert qk.sparse_code_objective(np.zeros((0, 5)), np.zeros((0, 2), np.int64)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: qk.solve_sparse_codes(np.array([[np.nan, 1.0]]), 1), ValueError,
+         r"scores must be finite, found nan at index \(0, 0\)"),
+        (lambda: qk.solve_sparse_codes(np.array([[np.inf, 1.0]]), 1), ValueError, "finite"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 0), ValueError,
+         r"k must be in 1\.\.3, got 0"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 4), ValueError, r"k must be in 1\.\.3"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 1.5), TypeError, "k must be an integer"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 1, -1.0), ValueError,
+         "penalty must be a finite number >= 0"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 1, float("nan")), ValueError, "penalty"),
+        (lambda: qk.solve_sparse_codes(np.zeros(3), 1), ValueError,
+         r"scores must have shape \(n, d\) or batched \(B, n, d\), got shape \(3,\)"),
+        (lambda: qk.solve_sparse_codes(np.zeros((1, 2, 3, 4)), 1), ValueError, "scores must have"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 0)), 1), ValueError, "d = 0 buckets"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3), complex), 1), TypeError, "real numbers"),
+        (lambda: qk.solve_sparse_codes([[1.0, 2.0]], 1), TypeError, "numpy array, a torch"),
+        (lambda: qk.solve_sparse_codes(np.zeros((3, 3)), 1, bucket_costs=[0, 2, 1]), ValueError,
+         r"non-decreasing .* entry 2 \(1\.0\) is smaller than entry 1 \(2\.0\)"),
+        (lambda: qk.solve_sparse_codes(np.zeros((3, 3)), 1, bucket_costs=[0, 1]), ValueError,
+         "at least 3"),
+        (lambda: qk.solve_sparse_codes(np.zeros((3, 3)), 1, 2.0, bucket_costs=[0, 1, 2]),
+         ValueError, "either penalty or bucket_costs"),
+        (lambda: qk.solve_sparse_codes(np.zeros((3, 3)), 1, bucket_costs=[0, np.nan, 2]),
+         ValueError, "bucket_costs must be finite"),
+        (lambda: qk.sparse_code_objective(np.zeros((2, 3)), np.array([[0, 0], [1, 2]])),
+         ValueError, "distinct"),
+        (lambda: qk.sparse_code_objective(np.zeros((2, 3)), np.array([[0], [3]])), ValueError,
+         r"indices in 0\.\.2"),
+        (lambda: qk.sparse_code_objective(np.zeros((2, 3)), np.array([[0]])), ValueError,
+         "codes has shape"),
+        (lambda: qk.sparse_code_objective(np.zeros((2, 3)), np.zeros((2, 1))), TypeError,
+         "integers"),
+        (lambda: qk.sparse_code_objective(np.zeros((2, 3)), torch.zeros(2, 1, dtype=torch.long)),
+         TypeError, "scores is a numpy array but codes is a torch array"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
