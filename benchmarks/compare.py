@@ -20,13 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import dht_scores, ortools_sparse_codes  # noqa: E402
-
-import qkernels as qk  # noqa: E402
+import qkernels as qk
+from benchmarks.common import dht_scores, ortools_sparse_codes
 
 SUITES: dict[str, Callable[[argparse.Namespace], None]] = {}
 
@@ -89,8 +86,8 @@ def flow(args: argparse.Namespace) -> None:
     for n, d, k in [(64, 64, 1), (64, 64, 4), (64, 512, 4), (512, 512, 1), (512, 512, 3)]:
         scores = dht_scores(n, d, seed=n + d + k)
         medians = interleaved({
-            "ortools": lambda: ortools_sparse_codes(scores, k, penalty),
-            "ours": lambda: qk.solve_sparse_codes(scores, k, penalty),
+            "ortools": lambda s=scores, k=k: ortools_sparse_codes(s, k, penalty),
+            "ours": lambda s=scores, k=k: qk.solve_sparse_codes(s, k, penalty),
         }, args.repeat)
         optimum, _ = ortools_sparse_codes(scores, k, penalty)
         ours = qk.sparse_code_objective(scores, qk.solve_sparse_codes(scores, k, penalty),

@@ -15,9 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SCORE_SCALE, dht_scores, ortools_sparse_codes  # noqa: E402
-
-import qkernels as qk  # noqa: E402
+import qkernels as qk
+from benchmarks.common import SCORE_SCALE, dht_scores, ortools_sparse_codes
 
 
 def main() -> None:
