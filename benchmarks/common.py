@@ -52,3 +52,25 @@ def ortools_sparse_codes(scores: np.ndarray, k: int, penalty: float):
     used = solver.flows(arcs[n : n + n * d]).reshape(n, d) > 0
     codes = np.sort(np.nonzero(used)[1].reshape(n, k), axis=1)
     return float(solver.optimal_cost()), codes
+
+
+def clustered_codes_data(n: int, num_buckets: int, *, dim: int = 64, num_classes: int = 1000,
+                         favourites: int = 4, seed: int = 0, chunk: int = 100_000):
+    """Items that look like a trained DHT model's output, generated chunk by chunk.
+
+    ``num_classes`` Gaussian classes in ``dim`` dimensions (embeddings), and activations over
+    ``num_buckets`` in which each class favours ``favourites`` buckets (a boost of 3 over unit
+    noise). Yields ``(labels, activations, embeddings)`` chunks (float32) so that a million
+    items never need their activations in memory at once.
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_classes, dim)).astype(np.float32) * 2
+    boost = np.zeros((num_classes, num_buckets), dtype=np.float32)
+    for c in range(num_classes):
+        boost[c, rng.choice(num_buckets, favourites, replace=False)] = 3.0
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        labels = rng.integers(0, num_classes, m)
+        embeddings = centers[labels] + rng.standard_normal((m, dim), dtype=np.float32)
+        activations = boost[labels] + rng.standard_normal((m, num_buckets), dtype=np.float32)
+        yield labels, activations, embeddings

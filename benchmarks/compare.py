@@ -6,13 +6,20 @@ Each row times every contestant on the same input, rotating their order in every
 drifting machine load hits all of them alike, and reports medians. Only ratios from one run are
 worth comparing: machines are noisy. Every row also checks that ours returns what the peer
 returns (the same optimum, the same ids), and says so in the table.
+
+OpenMP threads (faiss, torch) are told to sleep as soon as a parallel region ends
+(OMP_WAIT_POLICY=PASSIVE, unless set otherwise): by default they spin for a while and would
+take the cores from whichever contestant runs next, which skews short runs most.
 """
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any OpenMP runtime is loaded
+
 import argparse
 import datetime
-import os
 import platform
 import statistics
 import sys
@@ -20,10 +27,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numba
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qkernels as qk
-from benchmarks.common import dht_scores, ortools_sparse_codes
+from benchmarks.common import clustered_codes_data, dht_scores, ortools_sparse_codes
+from qkernels.index import _table_cpu
 
 SUITES: dict[str, Callable[[argparse.Namespace], None]] = {}
 
@@ -60,7 +71,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
@@ -95,7 +106,7 @@ def flow(args: argparse.Namespace) -> None:
         rows.append([f"({n}, {d}, {k})", ms(medians["ortools"]), ms(medians["ours"]),
                      f"{medians['ortools'] / medians['ours']:.1f}x",
                      "yes" if ours == optimum else f"NO ({ours} vs {optimum})"])
-    table(["(n, d, k)", "OR-tools ms", "qkernels ms", "speed-up", "same optimum"], rows)
+    print_table(["(n, d, k)", "OR-tools ms", "qkernels ms", "speed-up", "same optimum"], rows)
 
     batch = 64
     n, d, k = 64, 64, 4
@@ -109,10 +120,112 @@ def flow(args: argparse.Namespace) -> None:
           f"{ms(medians['ours'])} ms, {medians['ortools'] / medians['ours']:.1f}x.\n")
 
 
+def _torch_exhaustive(xb, xq, topk, batch=100):
+    """Exhaustive squared-L2 search with torch: ||x||^2 - 2 q.x, then topk, by query batches."""
+    import torch
+
+    xb_t = torch.from_numpy(xb)
+    norms = (xb_t * xb_t).sum(1)
+    out = []
+    for start in range(0, xq.shape[0], batch):
+        q = torch.from_numpy(xq[start : start + batch])
+        dist = norms[None, :] - 2 * (q @ xb_t.T)
+        out.append(torch.topk(dist, topk, dim=1, largest=False).indices)
+    return torch.cat(out).numpy()
+
+
+@suite
+def table(args: argparse.Namespace) -> None:
+    """SparseHashTable against exhaustive scans and faiss IVFFlat over the same bucket lists."""
+    import faiss
+    import torch
+    from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
+
+    n, num_buckets, dim, num_queries, topk = args.table_size, 512, 64, 1000, 16
+    print(f"### table: SparseHashTable, N = {n:,}, d = {num_buckets} buckets, {dim}-d, "
+          f"{num_queries} queries, top-{topk}\n")
+    print("Data: 1,000 Gaussian classes; activations favour 4 buckets per class (boost 3 over "
+          f"unit noise). torch {torch.__version__} and faiss {faiss.__version__} use "
+          f"{torch.get_num_threads()} and {faiss.omp_get_max_threads()} threads, qkernels "
+          f"{numba.get_num_threads()}. Median of "
+          f"{args.repeat} interleaved runs of the whole query set.\n")
+    chunks = list(clustered_codes_data(n + num_queries, num_buckets, dim=dim, seed=4))
+    act = np.concatenate([c[1] for c in chunks])
+    emb = np.concatenate([c[2] for c in chunks])
+    xq_act, xq = act[n:], emb[n:]
+    act, emb = act[:n], emb[:n]
+    del chunks
+
+    flat = faiss.IndexFlatL2(dim)
+    flat.add(emb)
+    truth = _torch_exhaustive(emb, xq, topk)
+
+    # build every table first (timed on a quiet machine), then compare the searches
+    warm = qk.SparseHashTable(num_buckets, 2).add(act[:1000], emb[:1000])
+    warm.search(xq_act[:2], xq[:2], topk)  # load the compiled kernels before timing
+    indexes, build_rows = {}, []
+    for k in (1, 2, 3, 4):
+        start = time.perf_counter()
+        codes = np.empty((n, k), dtype=np.int64)
+        _table_cpu.topk_rows(act, k, codes)
+        select_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        indexes[k] = qk.SparseHashTable(num_buckets, k).add_codes(codes, emb)
+        indexes[k].search(xq_act[:1], xq[:1], topk)  # builds the table
+        build_seconds = time.perf_counter() - start
+        build_rows.append([str(k), f"{select_seconds:.2f}", f"{build_seconds:.2f}"])
+    del act
+
+    rows = []
+    for k, index in indexes.items():
+        contestants = {
+            "ours": lambda index=index: index.search(xq_act, xq, topk),
+            "torch": lambda: _torch_exhaustive(emb, xq, topk),
+            "flat": lambda: flat.search(xq, topk),
+        }
+        ivf = None
+        if k == 1:
+            quantizer = faiss.IndexFlatL2(dim)
+            quantizer.add(np.zeros((num_buckets, dim), dtype=np.float32))
+            ivf = faiss.IndexIVFFlat(quantizer, dim, num_buckets)
+            ivf.is_trained = True
+            add_preassigned(ivf, index._emb, index._codes[:, 0], ids=index._ids)
+            ivf.nprobe = 1
+            assign = np.argmax(xq_act, axis=1)[:, None].astype(np.int64)
+            contestants["ivf"] = lambda ivf=ivf, assign=assign: search_preassigned(
+                ivf, xq, topk, assign)
+        medians = interleaved(contestants, args.repeat)
+        _, I = index.search(xq_act, xq, topk)
+        suf = qk.metrics.search_speedup(index.candidate_counts, n)
+        recall = np.mean([len(set(I[q]) & set(truth[q])) / topk for q in range(num_queries)])
+        best_scan = min(medians["torch"], medians["flat"])
+        row = [str(k), f"{suf:.0f}", f"{recall:.3f}",
+               f"{num_queries / medians['ours']:,.0f}", f"{num_queries / medians['torch']:,.0f}",
+               f"{num_queries / medians['flat']:,.0f}",
+               f"{best_scan / medians['ours']:.0f}x", f"{suf / 2:.0f}x"]
+        if ivf is not None:
+            same = np.array_equal(search_preassigned(ivf, xq, topk, assign)[1], I)
+            row.append(f"{num_queries / medians['ivf']:,.0f} q/s, ours "
+                       f"{medians['ivf'] / medians['ours']:.2f}x"
+                       + ("" if same else " (ids differ)"))
+        else:
+            row.append("")
+        rows.append(row)
+    table_header = ["k", "SUF", "recall@16 vs exhaustive", "ours q/s", "torch q/s",
+                    "faiss Flat q/s", "speed-up over best scan", "target SUF/2",
+                    "faiss IVFFlat, same lists"]
+    print_table(table_header, rows)
+    print(f"Build of {n:,} items (seconds): top-k selection of the activations, then "
+          "the table (sort by codes, CSR by counting sort; includes copying the embeddings):\n")
+    print_table(["k", "top-k select s", "table build s"], build_rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=[*SUITES, "all"])
     parser.add_argument("--repeat", type=int, default=15, help="rounds per row (default 15)")
+    parser.add_argument("--table-size", type=int, default=1_000_000,
+                        help="database size of the table suite (default 1,000,000)")
     args = parser.parse_args()
     print(f"qkernels {qk.__version__} on {machine()}, "
           f"{datetime.date.today().isoformat()}\n")

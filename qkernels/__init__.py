@@ -8,5 +8,13 @@ __version__ = "0.1.0"
 
 from . import config, metrics
 from .flow import solve_sparse_codes, sparse_code_objective
+from .index import SparseHashTable
 
-__all__ = ["__version__", "config", "metrics", "solve_sparse_codes", "sparse_code_objective"]
+__all__ = [
+    "SparseHashTable",
+    "__version__",
+    "config",
+    "metrics",
+    "solve_sparse_codes",
+    "sparse_code_objective",
+]

@@ -211,3 +211,68 @@ def sparse_codes_linprog(scores, k, incr):
     if result.status != 0:
         raise RuntimeError(result.message)
     return float(result.fun)
+
+
+# --------------------------------------------------------------------------------------------
+# SparseHashTable
+
+
+def ranked_buckets(activations_row):
+    """Bucket indices by activation, largest first, lower index first on ties."""
+    return sorted(range(len(activations_row)), key=lambda r: (-float(activations_row[r]), r))
+
+
+def lane_distance(query, row, inner_product):
+    """Squared L2 (or minus the inner product) in float32 over eight interleaved lanes, summed
+    pairwise: the arithmetic of qkernels' kernels, one operation at a time."""
+    f32 = np.float32
+    lanes = [f32(0.0)] * 8
+    for j in range(len(query)):
+        if inner_product:
+            term = f32(query[j]) * f32(row[j])
+        else:
+            diff = f32(query[j]) - f32(row[j])
+            term = diff * diff
+        lanes[j % 8] = f32(lanes[j % 8] + term)
+    total = f32(f32(f32(lanes[0] + lanes[1]) + f32(lanes[2] + lanes[3]))
+                + f32(f32(lanes[4] + lanes[5]) + f32(lanes[6] + lanes[7])))
+    return f32(-total) if inner_product else total
+
+
+def sparse_table_search(db_codes, db_embeddings, db_ids, query_activations, query_embeddings,
+                        k, topk, metric="l2", exclude=None):
+    """The DHT table rule with plain loops. ``db_codes[i]`` lists item i's buckets (any order).
+
+    Returns D (list of lists of float32), I (ids) and the candidate counts.
+    """
+    inner_product = metric == "ip"
+    buckets = {}
+    for item, codes in enumerate(db_codes):
+        for r in codes:
+            buckets.setdefault(int(r), []).append(item)
+    all_d, all_i, counts = [], [], []
+    for q in range(len(query_activations)):
+        excluded = set() if exclude is None else {int(e) for e in np.atleast_1d(exclude[q])}
+        order = ranked_buckets(query_activations[q])
+        candidates = []
+        seen = set()
+        probed = 0
+        while probed < len(order) and (probed < k or len(candidates) < topk):
+            for item in buckets.get(order[probed], []):
+                if item in seen:
+                    continue
+                seen.add(item)
+                if int(db_ids[item]) in excluded:
+                    continue
+                candidates.append(item)
+            probed += 1
+        scored = sorted(
+            (lane_distance(query_embeddings[q], db_embeddings[item], inner_product), item)
+            for item in candidates
+        )[:topk]
+        missing = topk - len(scored)
+        pad = -np.inf if inner_product else np.inf
+        all_d.append([(-d if inner_product else d) for d, _ in scored] + [pad] * missing)
+        all_i.append([int(db_ids[item]) for _, item in scored] + [-1] * missing)
+        counts.append(len(candidates))
+    return all_d, all_i, counts

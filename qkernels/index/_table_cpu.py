@@ -1,0 +1,360 @@
+"""Numba kernels of SparseHashTable: top-k codes, CSR build by counting sort, and the probe.
+
+Layout. Items are stored once, sorted by their codes (best bucket first), so the items of a
+bucket that rank it first are one contiguous block of the embedding matrix, and those that rank
+it lower come in runs; with k = 1 every bucket is a contiguous block, as in an inverted file.
+The CSR (``offsets``, ``items``) lists, for each bucket, the positions of its items in ascending
+order: ``N * k`` int32 ids in all.
+
+Search, in passes over a block of queries: (1) ``plan_probes`` decides how many buckets each
+query probes (its k best, more only while it has fewer than topk candidates); (2)
+``fill_probes`` lists them; (3) ``invert_probes`` turns that into, per bucket, the queries that
+probe it; (4) ``scan_buckets`` walks the probed buckets, reading each item's row once for all the
+queries that probe its bucket (the rows are what costs: memory traffic, not arithmetic, bounds
+a probe), and keeps a top-K heap per query and chunk of buckets; (5) ``merge_heaps`` merges the
+chunks' heaps. Parallel over chunks of buckets in (4), over queries elsewhere.
+
+Distances. Squared L2 and inner products come from qkernels._simd: float32 in eight fixed
+lanes, one SIMD register, in an order fixed by construction. Results are the same on every run,
+thread count and CPU, and tests/reference.py repeats the arithmetic to check them bit for bit.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .._simd import dot_f32, prefetch, sq_l2_f32
+
+# rows of the embedding matrix are prefetched this many candidates ahead
+_AHEAD = 16
+
+_INF32 = np.float32(np.inf)
+
+
+@nb.njit(cache=True, nogil=True)
+def _next_best(values, used, stamp):
+    """Index of the largest ``values[r]`` with ``used[r] != stamp`` (lowest index on ties)."""
+    best = -1
+    for r in range(values.shape[0]):
+        if used[r] != stamp and (best < 0 or values[r] > values[best]):
+            best = r
+    return best
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def topk_rows(values, k, out):
+    """``out[i]``: the ``k`` largest entries of row ``i``, best first (lowest index on ties)."""
+    n, d = values.shape
+    for i in nb.prange(n):
+        used = np.zeros(d, dtype=np.int8)
+        for t in range(k):
+            r = _next_best(values[i], used, 1)
+            used[r] = 1
+            out[i, t] = r
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def gather_rows(source, order):
+    """``source[order]`` for a 2-d array, in parallel (first touch of the new pages included)."""
+    out = np.empty((order.shape[0], source.shape[1]), dtype=source.dtype)
+    for i in nb.prange(order.shape[0]):
+        out[i] = source[order[i]]
+    return out
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def counting_sort(codes, num_buckets, num_chunks):
+    """CSR of ``codes`` (N, k): ``offsets`` (num_buckets + 1) and ``items`` (N * k) int32, the
+    items of bucket r being ``items[offsets[r]:offsets[r + 1]]`` in ascending order.
+
+    Parallel over ``num_chunks`` ranges of items: each chunk counts its own buckets, a prefix
+    sum over (bucket, chunk) gives every chunk its own write positions, then each chunk fills
+    them. No two threads write the same slot, and the result is the stable order.
+    """
+    n, k = codes.shape
+    step = (n + num_chunks - 1) // num_chunks if n else 1
+    counts = np.zeros((num_chunks, num_buckets), dtype=np.int64)
+    for c in nb.prange(num_chunks):
+        for i in range(c * step, min(n, (c + 1) * step)):
+            for t in range(k):
+                counts[c, codes[i, t]] += 1
+    offsets = np.zeros(num_buckets + 1, dtype=np.int64)
+    starts = np.empty((num_chunks, num_buckets), dtype=np.int64)
+    position = 0
+    for r in range(num_buckets):
+        offsets[r] = position
+        for c in range(num_chunks):
+            starts[c, r] = position
+            position += counts[c, r]
+    offsets[num_buckets] = position
+    items = np.empty(position, dtype=np.int32)
+    for c in nb.prange(num_chunks):
+        cursor = starts[c].copy()
+        for i in range(c * step, min(n, (c + 1) * step)):
+            for t in range(k):
+                r = codes[i, t]
+                items[cursor[r]] = i
+                cursor[r] += 1
+    return offsets, items
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _worse(dist_a, row_a, dist_b, row_b):
+    return dist_a > dist_b or (dist_a == dist_b and row_a > row_b)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _heap_offer(hd, hr, hi, hs, q, dist, row, item):
+    """Offer (dist, row, item) to query ``q``'s bounded max-heap (``hd[q]`` distances, ``hr[q]``
+    insertion rows, ``hi[q]`` items, ``hs[q]`` entries): pushed while there is room, else it
+    replaces the root (the worst entry) if it is better. Worse is (distance, row) larger."""
+    size = hs[q]
+    if size < hd.shape[1]:  # sift up from the end
+        i = size
+        hs[q] = size + 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not _worse(dist, row, hd[q, parent], hr[q, parent]):
+                break
+            hd[q, i] = hd[q, parent]
+            hr[q, i] = hr[q, parent]
+            hi[q, i] = hi[q, parent]
+            i = parent
+    elif _worse(hd[q, 0], hr[q, 0], dist, row):  # sift down from the root
+        i = 0
+        while True:
+            child = 2 * i + 1
+            if child >= size:
+                break
+            if child + 1 < size and _worse(hd[q, child + 1], hr[q, child + 1], hd[q, child],
+                                           hr[q, child]):
+                child += 1
+            if not _worse(hd[q, child], hr[q, child], dist, row):
+                break
+            hd[q, i] = hd[q, child]
+            hr[q, i] = hr[q, child]
+            hi[q, i] = hi[q, child]
+            i = child
+    else:
+        return
+    hd[q, i] = dist
+    hr[q, i] = row
+    hi[q, i] = item
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, probe_count):
+    """Pass 1: how many buckets each query probes.
+
+    A query probes its ``k`` best buckets and, while it has fewer than ``topk`` candidates, its
+    next-ranked ones. Candidates are the distinct items of the probed buckets minus the query's
+    excluded items (``exclude[q]``: table positions, -1 for none). When the largest of the
+    ``k`` buckets alone, less the excluded items, reaches ``topk`` no more are needed and
+    nothing is counted; otherwise the union is counted exactly, with one bit per item for the
+    duplicates (kept per chunk of queries, cleared after each query by walking the probed
+    buckets again). The candidate counts themselves come out of the scan.
+    """
+    num_queries, num_buckets = query_act.shape
+    n = codes.shape[0]
+    dedupe = k > 1  # with one bucket per item no item comes up twice
+    step = (num_queries + num_chunks - 1) // num_chunks if num_queries else 1
+    for c in nb.prange(num_chunks):
+        seen = np.zeros((n + 7) // 8 if dedupe else 1, dtype=np.uint8)
+        used = np.zeros(num_buckets, dtype=np.int32)
+        probed_list = np.empty(num_buckets, dtype=np.int64)
+        for q in range(c * step, min(num_queries, (c + 1) * step)):
+            stamp = 2 * (q - c * step) + 1
+            largest = 0
+            for _ in range(k):
+                r = _next_best(query_act[q], used, stamp)
+                used[r] = stamp
+                largest = max(largest, offsets[r + 1] - offsets[r])
+            num_excluded = 0
+            for e in range(exclude.shape[1]):
+                num_excluded += exclude[q, e] >= 0
+            probe_count[q] = k
+            if largest - num_excluded >= topk:
+                continue
+            stamp += 1  # count exactly, from the first bucket again
+            count = 0
+            probed = 0
+            while probed < num_buckets and (probed < k or count < topk):
+                r = _next_best(query_act[q], used, stamp)
+                used[r] = stamp
+                probed_list[probed] = r
+                probed += 1
+                if dedupe:
+                    for p in range(offsets[r], offsets[r + 1]):
+                        item = items[p]
+                        bit = np.uint8(1) << np.uint8(item & 7)
+                        if not seen[item >> 3] & bit:
+                            seen[item >> 3] |= bit
+                            count += 1
+                else:
+                    count += offsets[r + 1] - offsets[r]
+                for e in range(exclude.shape[1]):  # an excluded item entering the union
+                    item = exclude[q, e]
+                    if item < 0:
+                        continue
+                    in_r = False
+                    earlier = False
+                    for t in range(k):
+                        code = codes[item, t]
+                        if code == r:
+                            in_r = True
+                        elif used[code] == stamp:
+                            earlier = True
+                    if in_r and not earlier:
+                        count -= 1
+            if dedupe:
+                for t in range(probed):
+                    r = probed_list[t]
+                    for p in range(offsets[r], offsets[r + 1]):
+                        seen[items[p] >> 3] = 0
+            probe_count[q] = probed
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def fill_probes(query_act, probe_offsets, probe_list):
+    """Pass 2: the probed buckets of each query, best first, into ``probe_list`` (CSR)."""
+    num_queries, num_buckets = query_act.shape
+    for q in nb.prange(num_queries):
+        used = np.zeros(num_buckets, dtype=np.int8)
+        for t in range(probe_offsets[q], probe_offsets[q + 1]):
+            r = _next_best(query_act[q], used, 1)
+            used[r] = 1
+            probe_list[t] = r
+
+
+@nb.njit(cache=True, nogil=True)
+def invert_probes(probe_offsets, probe_list, num_buckets):
+    """Per bucket, the (query, probe position) pairs that probe it, by query then position."""
+    num_queries = probe_offsets.shape[0] - 1
+    total = probe_list.shape[0]
+    bucket_offsets = np.zeros(num_buckets + 1, dtype=np.int64)
+    for t in range(total):
+        bucket_offsets[probe_list[t] + 1] += 1
+    for r in range(num_buckets):
+        bucket_offsets[r + 1] += bucket_offsets[r]
+    cursor = bucket_offsets[:-1].copy()
+    who = np.empty(total, dtype=np.int64)
+    where = np.empty(total, dtype=np.int64)
+    for q in range(num_queries):
+        for t in range(probe_offsets[q], probe_offsets[q + 1]):
+            r = probe_list[t]
+            who[cursor[r]] = q
+            where[cursor[r]] = t - probe_offsets[q]
+            cursor[r] += 1
+    return bucket_offsets, who, where
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
+                 probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
+                 heap_dist, heap_row, heap_item, heap_size, found):
+    """Pass 3, bucket by bucket: every item's row is read once for all the queries that probe
+    the bucket, and its distance to each of them goes into that query's top-K heap.
+
+    Chunk ``c`` handles buckets ``chunk_starts[c]`` to ``chunk_starts[c + 1] - 1`` and owns
+    ``heap_*[c]``; ``found[c, q]`` counts the candidates of query ``q`` it looked at. The
+    queries of a bucket are taken 64 at a time, as bits of a word: before
+    the items are read, ``earlier[b]`` gets the bits of the queries that probed bucket ``b``
+    before this one, and the excluded items get the bits of the queries excluding them. An
+    item then skips, with one OR per bucket of its code, the queries that met it in an earlier
+    bucket (so each (query, item) pair is looked at once overall) and those excluding it.
+    """
+    num_chunks = chunk_starts.shape[0] - 1
+    num_buckets = offsets.shape[0] - 1
+    topk = heap_dist.shape[2]
+    m = exclude.shape[1]
+    for c in nb.prange(num_chunks):
+        hd = heap_dist[c]
+        hr = heap_row[c]
+        hi = heap_item[c]
+        hs = heap_size[c]
+        earlier = np.zeros(num_buckets, dtype=np.uint64)
+        excluded_items = np.empty(64 * max(m, 1), dtype=np.int64)
+        excluded_bits = np.empty(64 * max(m, 1), dtype=np.uint64)
+        for r in range(chunk_starts[c], chunk_starts[c + 1]):
+            end = offsets[r + 1]
+            for g0 in range(bucket_offsets[r], bucket_offsets[r + 1], 64):
+                g1 = min(g0 + 64, bucket_offsets[r + 1])
+                everyone = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - (g1 - g0))
+                num_excluded = 0
+                for u in range(g0, g1):
+                    bit = np.uint64(1) << np.uint64(u - g0)
+                    base = probe_offsets[who[u]]
+                    for v in range(where[u]):
+                        earlier[probe_list[base + v]] |= bit
+                    for e in range(m):
+                        if exclude[who[u], e] >= 0:
+                            excluded_items[num_excluded] = exclude[who[u], e]
+                            excluded_bits[num_excluded] = bit
+                            num_excluded += 1
+                for p in range(offsets[r], end):
+                    if p + _AHEAD < end:
+                        ahead = items[p + _AHEAD]
+                        prefetch(emb[ahead])
+                        if k > 1:
+                            prefetch(codes[ahead])
+                    item = items[p]
+                    skip = np.uint64(0)
+                    if k > 1:
+                        for t in range(k):
+                            skip |= earlier[codes[item, t]]
+                    for e in range(num_excluded):
+                        if excluded_items[e] == item:
+                            skip |= excluded_bits[e]
+                    live = everyone & ~skip
+                    if live == 0:
+                        continue
+                    row = emb[item]
+                    for u in range(g0, g1):
+                        if not (live >> np.uint64(u - g0)) & np.uint64(1):
+                            continue
+                        q = who[u]
+                        found[c, q] += 1
+                        if inner_product:
+                            dist = -dot_f32(query_emb[q], row)
+                        else:
+                            dist = sq_l2_f32(query_emb[q], row)
+                        # most candidates lose to a full heap's root: decide that inline
+                        if hs[q] == topk and dist > hd[q, 0]:
+                            continue
+                        _heap_offer(hd, hr, hi, hs, q, dist, rows[item], item)
+                for u in range(g0, g1):  # clear the marks of this group
+                    base = probe_offsets[who[u]]
+                    for v in range(where[u]):
+                        earlier[probe_list[base + v]] = 0
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, out_dist, out_item):
+    """Pass 4: each query's best ``topk`` over the chunks' heaps, by (distance, row)."""
+    num_chunks, num_queries, topk = heap_dist.shape
+    for q in nb.prange(num_queries):
+        total = 0
+        for c in range(num_chunks):
+            total += heap_size[c, q]
+        dists = np.empty(total, dtype=np.float32)
+        keys = np.empty(total, dtype=np.int64)
+        found = np.empty(total, dtype=np.int64)
+        t = 0
+        for c in range(num_chunks):
+            for i in range(heap_size[c, q]):
+                dists[t] = heap_dist[c, q, i]
+                found[t] = heap_item[c, q, i]
+                keys[t] = heap_row[c, q, i]
+                t += 1
+        # by row, then stably by distance: the order (distance, row)
+        by_row = np.argsort(keys, kind="mergesort")
+        order = by_row[np.argsort(dists[by_row], kind="mergesort")]
+        for i in range(topk):
+            if i < total:
+                d = dists[order[i]]
+                out_dist[q, i] = -d if inner_product else d
+                out_item[q, i] = found[order[i]]
+            else:
+                out_dist[q, i] = -_INF32 if inner_product else _INF32
+                out_item[q, i] = -1

@@ -1,0 +1,337 @@
+"""SparseHashTable: the Deep Hash Table index over k-sparse codes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numba
+import numpy as np
+
+from .._arrays import origin_of, to_numpy
+from .._checks import as_float_array, as_index_array, check_int, check_rank, check_same_rows
+from . import _table_cpu
+from ._io import load_npz, save_npz
+
+__all__ = ["SparseHashTable"]
+
+_METRICS = ("l2", "ip")
+
+
+def _chunks(count: int) -> int:
+    """Work units for a parallel loop: a few per thread so uneven units balance out."""
+    return max(1, min(count, 4 * numba.get_num_threads()))
+
+
+class SparseHashTable:
+    """A hash table over k-sparse codes, re-ranked by exact distance (Jeong & Song, ICML 2018).
+
+    Each item goes into the buckets of its ``k`` largest activations. A query looks at the
+    union of the items in its own ``k`` best buckets (each item once) and, while that gives
+    fewer than ``topk`` candidates, at its next-ranked buckets; the candidates are ranked by
+    exact distance between embeddings. The table holds the embeddings once (float32) and
+    ``N * k`` item ids.
+
+    Parameters
+    ----------
+    num_buckets : int
+        ``d``, the length of an activation vector.
+    k : int
+        Buckets per item and per query, ``1 <= k <= num_buckets``.
+    metric : {"l2", "ip"}
+        Re-ranking by squared Euclidean distance (ascending) or inner product (descending).
+
+    Examples
+    --------
+    >>> table = SparseHashTable(num_buckets=512, k=2)
+    >>> table.add(activations, embeddings)                  # (N, 512), (N, dim)
+    >>> D, I = table.search(q_activations, q_embeddings, topk=16)
+    >>> qk.metrics.search_speedup(table.candidate_counts, table.ntotal)
+    """
+
+    _VERSION = 1
+
+    def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
+        self.num_buckets = check_int(num_buckets, "num_buckets", 1)
+        self.k = check_int(k, "k", 1, self.num_buckets)
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        self.metric = metric
+        self.dim: int | None = None
+        # items in insertion order until the table is built, then sorted by primary bucket
+        self._emb = np.empty((0, 0), dtype=np.float32)
+        self._codes = np.empty((0, self.k), dtype=np.int64)  # best bucket first
+        self._ids = np.empty(0, dtype=np.int64)
+        self._rows = np.empty(0, dtype=np.int64)  # insertion position: breaks distance ties
+        self._offsets: np.ndarray | None = None
+        self._items: np.ndarray | None = None
+        self.candidate_counts = np.empty(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ adding
+
+    @property
+    def ntotal(self) -> int:
+        """Number of items in the table."""
+        return int(self._ids.shape[0])
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return (f"SparseHashTable(num_buckets={self.num_buckets}, k={self.k}, "
+                f"metric={self.metric!r}, ntotal={self.ntotal}, dim={self.dim})")
+
+    def add(self, activations: Any, embeddings: Any, ids: Any = None) -> SparseHashTable:
+        """Add items; each goes into the buckets of its ``k`` largest activations.
+
+        ``activations`` is ``(N, num_buckets)``, ``embeddings`` ``(N, dim)``, ``ids`` ``(N,)``
+        integers >= 0 (default: the next ``N`` positions). Ties between activations go to the
+        lower bucket index. Repeated calls append. Returns the table.
+        """
+        origin_of(activations, embeddings, ids, names=("activations", "embeddings", "ids"))
+        act = self._activations(activations, "activations")
+        codes = np.empty((act.shape[0], self.k), dtype=np.int64)
+        if act.shape[0]:
+            _table_cpu.topk_rows(act, self.k, codes)
+        return self._append(codes, embeddings, ids, act.shape[0])
+
+    def add_codes(self, codes: Any, embeddings: Any, ids: Any = None) -> SparseHashTable:
+        """Add items whose ``(N, k)`` codes are already known (distinct buckets per row; the
+        first column is treated as the item's best bucket). Returns the table."""
+        origin_of(codes, embeddings, ids, names=("codes", "embeddings", "ids"))
+        c = to_numpy(codes, allow_device_copy=True)
+        check_rank(c, "codes", (2,), f"(N, k = {self.k})")
+        if c.shape[1] != self.k:
+            raise ValueError(f"codes has {c.shape[1]} columns; this table has k = {self.k}")
+        c = as_index_array(c, "codes", self.num_buckets)
+        if self.k > 1:
+            ordered = np.sort(c, axis=1)
+            if (ordered[:, 1:] == ordered[:, :-1]).any():
+                raise ValueError("codes must hold distinct buckets in each row")
+        return self._append(np.ascontiguousarray(c), embeddings, ids, c.shape[0])
+
+    def _activations(self, activations: Any, name: str) -> np.ndarray:
+        act = to_numpy(activations, allow_device_copy=True)
+        check_rank(act, name, (2,), f"(N, num_buckets = {self.num_buckets})")
+        if act.shape[1] != self.num_buckets:
+            raise ValueError(
+                f"{name} has {act.shape[1]} columns; this table has {self.num_buckets} buckets"
+            )
+        return np.ascontiguousarray(as_float_array(act, name))
+
+    def _embeddings(self, embeddings: Any, name: str) -> np.ndarray:
+        emb = to_numpy(embeddings, allow_device_copy=True)
+        check_rank(emb, name, (2,), "(N, dim)")
+        emb = np.ascontiguousarray(as_float_array(emb, name, dtype=np.float32))
+        if self.dim is not None and emb.shape[1] != self.dim:
+            raise ValueError(
+                f"{name} has dimension {emb.shape[1]}; the table's embeddings have {self.dim}"
+            )
+        return emb
+
+    def _append(self, codes: np.ndarray, embeddings: Any, ids: Any, n: int) -> SparseHashTable:
+        emb = self._embeddings(embeddings, "embeddings")
+        check_same_rows(codes, "the codes", emb, "embeddings")
+        if ids is None:
+            new_ids = np.arange(self.ntotal, self.ntotal + n, dtype=np.int64)
+        else:
+            new_ids = to_numpy(ids, allow_device_copy=True)
+            check_rank(new_ids, "ids", (1,), "(N,)")
+            check_same_rows(new_ids, "ids", emb, "embeddings")
+            new_ids = as_index_array(new_ids, "ids").copy()
+        if self.ntotal + n >= 2**31:
+            raise ValueError("a SparseHashTable holds fewer than 2**31 items")
+        if self.dim is None:
+            self.dim = emb.shape[1]
+            self._emb = emb.copy()
+        else:
+            self._emb = np.concatenate([self._emb, emb])
+        self._codes = np.concatenate([self._codes, codes])
+        self._ids = np.concatenate([self._ids, new_ids])
+        self._rows = np.concatenate([self._rows, self._rows.shape[0] + np.arange(n)])
+        self._offsets = self._items = None
+        return self
+
+    def _build(self) -> None:
+        """Sort the items by their codes, best bucket first, and build the CSR (counting
+        sorts, in parallel).
+
+        Sorting by the whole code tuple, not only the best bucket, makes every bucket's items
+        fall into long contiguous runs: the items that rank the bucket first form one block,
+        and those that rank it second come in one run per first bucket, which for learned codes
+        are few. A search then streams rows instead of gathering them.
+        """
+        if self._offsets is not None:
+            return
+        chunks = _chunks(self.ntotal)
+        order = np.arange(self.ntotal)
+        for t in reversed(range(self.k)):  # least significant key first; each pass is stable
+            key = np.ascontiguousarray(self._codes[order, t : t + 1])
+            _, by_key = _table_cpu.counting_sort(key, self.num_buckets, chunks)
+            order = order[by_key]
+        if not np.array_equal(order, np.arange(order.shape[0])):
+            self._emb = _table_cpu.gather_rows(self._emb, order)
+            self._codes = _table_cpu.gather_rows(self._codes, order)
+            self._ids = self._ids[order]
+            self._rows = self._rows[order]
+        self._offsets, self._items = _table_cpu.counting_sort(self._codes, self.num_buckets,
+                                                              chunks)
+
+    # ------------------------------------------------------------------ searching
+
+    def search(self, query_activations: Any, query_embeddings: Any, topk: int,
+               exclude_ids: Any = None) -> tuple[Any, Any]:
+        """Find the ``topk`` nearest candidates of each query.
+
+        Parameters
+        ----------
+        query_activations : ``(Q, num_buckets)``
+        query_embeddings : ``(Q, dim)``
+        topk : int
+            Results per query; more than the table holds is allowed (the rest is padding).
+        exclude_ids : ``(Q,)`` or ``(Q, m)`` integers, optional
+            Ids never returned for that query (e.g. the query itself when the queries come from
+            the database); -1 entries are ignored. Excluded items are not counted as candidates.
+
+        Returns
+        -------
+        D : float32 ``(Q, topk)``, squared distances ascending (``"l2"``) or inner products
+            descending (``"ip"``); ``inf`` (``-inf`` for ``"ip"``) where a result is missing.
+        I : int64 ``(Q, topk)``, the ids; -1 where a result is missing.
+
+        Ties in distance go to the item added first. ``candidate_counts`` then holds the number
+        of candidates each query looked at.
+        """
+        origin = origin_of(query_activations, query_embeddings, exclude_ids,
+                           names=("query_activations", "query_embeddings", "exclude_ids"))
+        act = self._activations(query_activations, "query_activations")
+        emb = to_numpy(query_embeddings, allow_device_copy=True)
+        check_rank(emb, "query_embeddings", (2,), "(Q, dim)")
+        emb = np.ascontiguousarray(as_float_array(emb, "query_embeddings", dtype=np.float32))
+        check_same_rows(act, "query_activations", emb, "query_embeddings")
+        if self.dim is not None and emb.shape[1] != self.dim:
+            raise ValueError(
+                f"query_embeddings has dimension {emb.shape[1]}; the table's embeddings have "
+                f"{self.dim}"
+            )
+        topk = check_int(topk, "topk", 1)
+        num_queries = act.shape[0]
+        exclude = self._exclude(exclude_ids, num_queries)
+        dist = np.empty((num_queries, topk), dtype=np.float32)
+        items = np.full((num_queries, topk), -1, dtype=np.int64)
+        counts = np.zeros(num_queries, dtype=np.int64)
+        if self.ntotal == 0:
+            dist.fill(-np.inf if self.metric == "ip" else np.inf)
+        elif num_queries:
+            self._build()
+            exclude = self._exclude_positions(exclude)
+            # bound the per-chunk heaps (chunks x queries x topk entries, 20 bytes each) to ~80 MB
+            chunks = _chunks(self.num_buckets)
+            block = max(1, (1 << 22) // (chunks * topk))
+            for start in range(0, num_queries, block):
+                part = slice(start, min(num_queries, start + block))
+                self._search_block(act[part], emb[part], topk, exclude[part], chunks,
+                                   dist[part], items[part], counts[part])
+        self.candidate_counts = counts
+        ids = np.where(items >= 0, self._ids[np.maximum(items, 0)] if self.ntotal else -1, -1)
+        return origin.wrap(dist), origin.wrap(ids.astype(np.int64))
+
+    def _search_block(self, act, emb, topk, exclude, chunks, dist, items, counts):
+        """The passes of a search (see _table_cpu) for one block of queries."""
+        num_queries = act.shape[0]
+        probe_count = np.empty(num_queries, dtype=np.int64)
+        _table_cpu.plan_probes(act, self.k, topk, self._offsets, self._items, self._codes,
+                               exclude, _chunks(num_queries), probe_count)
+        probe_offsets = np.zeros(num_queries + 1, dtype=np.int64)
+        np.cumsum(probe_count, out=probe_offsets[1:])
+        probe_list = np.empty(probe_offsets[-1], dtype=np.int64)
+        _table_cpu.fill_probes(act, probe_offsets, probe_list)
+        bucket_offsets, who, where = _table_cpu.invert_probes(probe_offsets, probe_list,
+                                                              self.num_buckets)
+        # chunks of consecutive buckets with about equal work (items x probing queries)
+        work = np.diff(self._offsets) * np.diff(bucket_offsets) + 1
+        cumulative = np.cumsum(work)
+        targets = cumulative[-1] * np.arange(1, chunks) / chunks
+        chunk_starts = np.concatenate(
+            ([0], np.searchsorted(cumulative, targets, side="right"), [self.num_buckets]))
+        chunk_starts = np.maximum.accumulate(chunk_starts).astype(np.int64)
+        heap_dist = np.empty((chunks, num_queries, topk), dtype=np.float32)
+        heap_row = np.empty((chunks, num_queries, topk), dtype=np.int64)
+        heap_item = np.empty((chunks, num_queries, topk), dtype=np.int64)
+        heap_size = np.zeros((chunks, num_queries), dtype=np.int64)
+        found = np.zeros((chunks, num_queries), dtype=np.int64)
+        inner_product = self.metric == "ip"
+        _table_cpu.scan_buckets(emb, self.k, chunk_starts, self._offsets, self._items,
+                                self._codes, self._emb, self._rows, exclude, probe_offsets,
+                                probe_list, bucket_offsets, who, where, inner_product,
+                                heap_dist, heap_row, heap_item, heap_size, found)
+        counts[:] = found.sum(axis=0)
+        _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, dist,
+                               items)
+
+    def _exclude_positions(self, exclude: np.ndarray) -> np.ndarray:
+        """Excluded ids -> the table positions holding them (every one: ids may repeat)."""
+        if exclude.shape[1] == 0:
+            return exclude
+        order = np.argsort(self._ids, kind="stable")
+        sorted_ids = self._ids[order]
+        low = np.searchsorted(sorted_ids, exclude, side="left")
+        high = np.searchsorted(sorted_ids, exclude, side="right")
+        high = np.where(exclude < 0, low, high)
+        matches = (high - low).sum(axis=1)
+        out = np.full((exclude.shape[0], max(1, int(matches.max()))), -1, dtype=np.int64)
+        for q in np.flatnonzero(matches):
+            found = np.concatenate([order[a:b] for a, b in zip(low[q], high[q], strict=True)])
+            out[q, : found.shape[0]] = found
+        return out
+
+    @staticmethod
+    def _exclude(exclude_ids: Any, num_queries: int) -> np.ndarray:
+        if exclude_ids is None:
+            return np.empty((num_queries, 0), dtype=np.int64)
+        exclude = to_numpy(exclude_ids, allow_device_copy=True)
+        check_rank(exclude, "exclude_ids", (1, 2), "(Q,) or (Q, m)")
+        if exclude.shape[0] != num_queries:
+            raise ValueError(
+                f"exclude_ids has {exclude.shape[0]} rows but there are {num_queries} queries"
+            )
+        exclude = as_index_array(exclude, "exclude_ids", allow_missing=True)
+        return np.ascontiguousarray(exclude.reshape(num_queries, -1))
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the table to ``path`` (.npz, no pickle)."""
+        save_npz(path, "SparseHashTable", self._VERSION,
+                 num_buckets=np.array(self.num_buckets), k=np.array(self.k),
+                 metric=np.array(self.metric),
+                 dim=np.array(-1 if self.dim is None else self.dim),
+                 embeddings=self._emb, codes=self._codes, ids=self._ids, rows=self._rows)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SparseHashTable:
+        """Read a table written by :meth:`save`; a truncated or foreign file is refused."""
+        a = load_npz(path, "SparseHashTable", cls._VERSION, {
+            "num_buckets": ("iu", 0), "k": ("iu", 0), "metric": ("U", 0), "dim": ("iu", 0),
+            "embeddings": ("f", 2), "codes": ("iu", 2), "ids": ("iu", 1), "rows": ("iu", 1),
+        })
+        try:
+            table = cls(int(a["num_buckets"]), int(a["k"]), str(a["metric"]))
+            n = a["ids"].shape[0]
+            dim = int(a["dim"])
+            if (a["codes"].shape != (n, table.k) or a["rows"].shape != (n,)
+                    or a["embeddings"].shape[0] != n
+                    or (n and a["embeddings"].shape[1] != dim)):
+                raise ValueError("array shapes do not agree")
+            if n:
+                table.dim = dim
+                table._emb = np.ascontiguousarray(a["embeddings"], dtype=np.float32)
+                table._codes = as_index_array(a["codes"], "codes", table.num_buckets).copy()
+                table._ids = as_index_array(a["ids"], "ids").copy()
+                table._rows = as_index_array(a["rows"], "rows", n).copy()
+                if np.unique(table._rows).shape[0] != n:
+                    raise ValueError("insertion rows repeat")
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is a corrupted SparseHashTable file "
+                             f"({error})") from None
+        return table

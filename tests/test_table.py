@@ -1,0 +1,270 @@
+"""SparseHashTable: identical (D, I) and candidate counts to the loop reference."""
+
+import numba
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qkernels as qk
+from qkernels.index import _table_cpu
+from tests import reference as ref
+
+
+def clustered(rng, n, num_buckets, dim, num_classes=6, integer_activations=False):
+    """Items from Gaussian classes; each class favours a few buckets, as learned codes do."""
+    labels = rng.integers(0, num_classes, n)
+    centers = rng.standard_normal((num_classes, dim)) * 3
+    embeddings = (centers[labels] + rng.standard_normal((n, dim))).astype(np.float32)
+    favoured = rng.standard_normal((num_classes, num_buckets)) * 0.3
+    for c in range(num_classes):
+        favoured[c, rng.choice(num_buckets, min(3, num_buckets), replace=False)] += 2.0
+    activations = favoured[labels] + rng.standard_normal((n, num_buckets)) * 0.5
+    if integer_activations:  # ties everywhere
+        activations = np.round(activations)
+    return activations, embeddings
+
+
+def reference_codes(activations, k):
+    return [ref.ranked_buckets(row)[:k] for row in activations]
+
+
+def assert_same(table, db_act, db_emb, db_ids, q_act, q_emb, topk, exclude=None):
+    D, I = table.search(q_act, q_emb, topk, exclude_ids=exclude)
+    rD, rI, rcounts = ref.sparse_table_search(
+        reference_codes(db_act, table.k), db_emb, db_ids, q_act, q_emb, table.k, topk,
+        table.metric, exclude)
+    np.testing.assert_array_equal(I, np.array(rI, dtype=np.int64).reshape(I.shape))
+    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32).reshape(D.shape))
+    np.testing.assert_array_equal(table.candidate_counts, rcounts)
+    return D, I
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 120),
+    num_buckets=st.integers(1, 24),
+    dim=st.integers(1, 19),
+    k=st.integers(1, 4),
+    topk=st.integers(1, 30),
+    metric=st.sampled_from(["l2", "ip"]),
+    integer_activations=st.booleans(),
+)
+def test_search_equals_the_reference(seed, n, num_buckets, dim, k, topk, metric,
+                                     integer_activations):
+    rng = np.random.default_rng(seed)
+    k = min(k, num_buckets)
+    db_act, db_emb = clustered(rng, n, num_buckets, dim, integer_activations=integer_activations)
+    q_act, q_emb = clustered(rng, 9, num_buckets, dim, integer_activations=integer_activations)
+    table = qk.SparseHashTable(num_buckets, k, metric=metric).add(db_act, db_emb)
+    assert_same(table, db_act, db_emb, np.arange(n), q_act, q_emb, topk)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_expansion_and_exclusion_with_queries_from_the_database(k):
+    rng = np.random.default_rng(k)
+    db_act, db_emb = clustered(rng, 300, 32, 12)
+    ids = rng.permutation(10_000)[:300]
+    table = qk.SparseHashTable(32, k).add(db_act, db_emb, ids=ids)
+    queries = rng.choice(300, 25, replace=False)
+    # topk 16: the rule rarely needs more buckets; topk 200: it always does
+    for topk in (16, 200):
+        _, I = assert_same(table, db_act, db_emb, ids, db_act[queries], db_emb[queries], topk,
+                           exclude=ids[queries])
+        assert not (I == ids[queries][:, None]).any()
+    # several excluded ids per query, -1 entries ignored
+    exclude = np.stack([ids[queries], np.full(25, -1), ids[(queries + 1) % 300]], axis=1)
+    assert_same(table, db_act, db_emb, ids, db_act[queries], db_emb[queries], 16,
+                exclude=exclude)
+
+
+def test_expansion_fires_exactly_when_the_first_buckets_are_short():
+    # two buckets of two items each; a query in bucket 0 needs bucket 1 to reach topk = 3
+    act = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    emb = np.arange(4, dtype=np.float32)[:, None]
+    table = qk.SparseHashTable(2, 1).add(act, emb)
+    D, I = table.search(np.array([[1.0, 0.5]]), np.array([[0.0]]), topk=2)
+    np.testing.assert_array_equal(I, [[0, 1]])
+    assert table.candidate_counts.tolist() == [2]
+    D, I = table.search(np.array([[1.0, 0.5]]), np.array([[0.0]]), topk=3)
+    np.testing.assert_array_equal(I, [[0, 1, 2]])
+    np.testing.assert_array_equal(D, [[0.0, 1.0, 4.0]])
+    assert table.candidate_counts.tolist() == [4]
+
+
+def test_items_in_several_probed_buckets_count_once():
+    act = np.array([[2.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    emb = np.zeros((2, 3), np.float32)
+    table = qk.SparseHashTable(3, 2).add(act, emb)
+    table.search(np.array([[1.0, 1.0, 0.0]]), np.zeros((1, 3)), topk=5)
+    assert table.candidate_counts.tolist() == [2]
+
+
+def test_repeated_adds_append_and_equal_one_add():
+    rng = np.random.default_rng(7)
+    act, emb = clustered(rng, 200, 16, 8)
+    q_act, q_emb = clustered(rng, 20, 16, 8)
+    whole = qk.SparseHashTable(16, 2).add(act, emb)
+    parts = qk.SparseHashTable(16, 2)
+    parts.add(act[:50], emb[:50])
+    parts.search(q_act, q_emb, 5)  # builds, then more items come
+    parts.add(act[50:120], emb[50:120]).add(act[120:], emb[120:])
+    for a, b in zip(whole.search(q_act, q_emb, 10), parts.search(q_act, q_emb, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(parts) == parts.ntotal == 200
+
+
+def test_add_codes_equals_add():
+    rng = np.random.default_rng(8)
+    act, emb = clustered(rng, 150, 16, 8)
+    q_act, q_emb = clustered(rng, 10, 16, 8)
+    codes = np.array(reference_codes(act, 3))
+    a = qk.SparseHashTable(16, 3).add(act, emb)
+    b = qk.SparseHashTable(16, 3).add_codes(codes, emb)
+    for x, y in zip(a.search(q_act, q_emb, 8), b.search(q_act, q_emb, 8), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(9)
+    act, emb = clustered(rng, 100, 16, 8)
+    q_act, q_emb = clustered(rng, 10, 16, 8)
+    table = qk.SparseHashTable(16, 2, metric="ip").add(act, emb, ids=np.arange(100) * 3)
+    before = table.search(q_act, q_emb, 7)
+    table.save(tmp_path / "table.npz")
+    loaded = qk.SparseHashTable.load(tmp_path / "table.npz")
+    assert (loaded.num_buckets, loaded.k, loaded.metric, loaded.dim) == (16, 2, "ip", 8)
+    for x, y in zip(before, loaded.search(q_act, q_emb, 7), strict=True):
+        np.testing.assert_array_equal(x, y)
+    loaded.add(act[:5], emb[:5])  # a loaded table keeps growing
+    assert loaded.ntotal == 105
+    qk.SparseHashTable(4, 1).save(tmp_path / "empty.npz")
+    assert qk.SparseHashTable.load(tmp_path / "empty.npz").ntotal == 0
+
+
+def test_bad_files_are_refused(tmp_path):
+    rng = np.random.default_rng(10)
+    act, emb = clustered(rng, 50, 8, 4)
+    qk.SparseHashTable(8, 1).add(act, emb).save(tmp_path / "t.npz")
+    data = (tmp_path / "t.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable qkernels SparseHashTable file"):
+        qk.SparseHashTable.load(tmp_path / "truncated.npz")
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="is not a qkernels SparseHashTable file"):
+        qk.SparseHashTable.load(tmp_path / "foreign.npz")
+    (tmp_path / "noise.npz").write_bytes(rng.bytes(1000))
+    with pytest.raises(ValueError, match="not a readable"):
+        qk.SparseHashTable.load(tmp_path / "noise.npz")
+    np.savez(tmp_path / "pickled.npz", __format__=np.array("SparseHashTable"),
+             __version__=np.array(1), ids=np.array([object()], dtype=object))
+    with pytest.raises(ValueError, match="not a readable"):
+        qk.SparseHashTable.load(tmp_path / "pickled.npz")
+    good = dict(np.load(tmp_path / "t.npz"))
+    good["codes"] = good["codes"][:10]
+    np.savez(tmp_path / "inconsistent.npz", **good)
+    with pytest.raises(ValueError, match="corrupted SparseHashTable file"):
+        qk.SparseHashTable.load(tmp_path / "inconsistent.npz")
+    good = dict(np.load(tmp_path / "t.npz"))
+    good["__version__"] = np.array(99)
+    np.savez(tmp_path / "future.npz", **good)
+    with pytest.raises(ValueError, match="format version 99"):
+        qk.SparseHashTable.load(tmp_path / "future.npz")
+
+
+def test_empty_table_and_topk_beyond_the_table():
+    table = qk.SparseHashTable(8, 2)
+    D, I = table.search(np.zeros((3, 8)), np.zeros((3, 5)), topk=4)
+    assert (I == -1).all() and np.isinf(D).all()
+    table.add(np.eye(8)[:3], np.zeros((3, 5)))
+    D, I = table.search(np.eye(8)[:1], np.zeros((1, 5)), topk=6)
+    assert sorted(I[0, :3].tolist()) == [0, 1, 2]
+    assert (I[0, 3:] == -1).all() and np.isinf(D[0, 3:]).all()
+    ip = qk.SparseHashTable(8, 1, metric="ip")
+    D, _ = ip.search(np.zeros((1, 8)), np.zeros((1, 5)), topk=2)
+    assert (D == -np.inf).all()
+
+
+def test_torch_tensors_in_and_out():
+    rng = np.random.default_rng(11)
+    act, emb = clustered(rng, 60, 8, 4)
+    table = qk.SparseHashTable(8, 2).add(torch.from_numpy(act), torch.from_numpy(emb))
+    D, I = table.search(torch.from_numpy(act[:5]), torch.from_numpy(emb[:5]), 3)
+    assert isinstance(D, torch.Tensor) and D.dtype == torch.float32
+    assert isinstance(I, torch.Tensor) and I.dtype == torch.int64
+    Dn, In = table.search(act[:5], emb[:5], 3)
+    np.testing.assert_array_equal(I.numpy(), In)
+    np.testing.assert_array_equal(D.numpy(), Dn)
+
+
+def test_deterministic_across_thread_counts():
+    rng = np.random.default_rng(12)
+    act, emb = clustered(rng, 2000, 32, 16)
+    q_act, q_emb = clustered(rng, 64, 32, 16)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = qk.SparseHashTable(32, 3).add(act, emb).search(q_act, q_emb, 10)
+    finally:
+        numba.set_num_threads(before)
+    many = qk.SparseHashTable(32, 3).add(act, emb).search(q_act, q_emb, 10)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 300), st.integers(1, 40), st.integers(1, 4),
+       st.integers(1, 5))
+def test_counting_sort_equals_a_stable_sort(seed, n, num_buckets, k, chunks):
+    rng = np.random.default_rng(seed)
+    k = min(k, num_buckets)
+    codes = np.array([rng.permutation(num_buckets)[:k] for _ in range(n)],
+                     dtype=np.int64).reshape(n, k)
+    offsets, items = _table_cpu.counting_sort(codes, num_buckets, chunks)
+    for r in range(num_buckets):
+        expected = [i for i in range(n) if r in codes[i]]
+        assert items[offsets[r]:offsets[r + 1]].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: qk.SparseHashTable(4, 5), ValueError, r"k must be in 1\.\.4"),
+        (lambda: qk.SparseHashTable(0, 1), ValueError, "num_buckets must be >= 1"),
+        (lambda: qk.SparseHashTable(4, 1, metric="cos"), ValueError, "metric must be one of"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((2, 3)), np.zeros((2, 2))), ValueError,
+         "activations has 3 columns; this table has 4 buckets"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((2, 4)), np.zeros((3, 2))), ValueError,
+         "the codes has 2 rows but embeddings has 3"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.full((1, 4), np.nan), np.zeros((1, 2))),
+         ValueError, "activations must be finite"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.full((1, 2), np.inf)),
+         ValueError, "embeddings must be finite"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)), ids=[-3]),
+         TypeError, "ids must be a numpy array"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)),
+                                              ids=np.array([-3])), ValueError, "found -3"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)))
+         .add(np.zeros((1, 4)), np.zeros((1, 3))), ValueError,
+         "embeddings has dimension 3; the table's embeddings have 2"),
+        (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)))
+         .search(np.zeros((1, 4)), np.zeros((1, 3)), 1), ValueError,
+         "query_embeddings has dimension 3"),
+        (lambda: qk.SparseHashTable(4, 1).search(np.zeros((1, 4)), np.zeros((2, 3)), 1),
+         ValueError, "query_activations has 1 rows but query_embeddings has 2"),
+        (lambda: qk.SparseHashTable(4, 1).search(np.zeros((1, 4)), np.zeros((1, 3)), 0),
+         ValueError, "topk must be >= 1"),
+        (lambda: qk.SparseHashTable(4, 1).search(np.zeros((1, 4)), np.zeros((1, 3)), 1,
+                                                 exclude_ids=np.zeros(2, int)), ValueError,
+         "exclude_ids has 2 rows but there are 1 queries"),
+        (lambda: qk.SparseHashTable(4, 2).add_codes(np.array([[1, 1]]), np.zeros((1, 2))),
+         ValueError, "distinct"),
+        (lambda: qk.SparseHashTable(4, 2).add_codes(np.array([[1]]), np.zeros((1, 2))),
+         ValueError, "codes has 1 columns; this table has k = 2"),
+        (lambda: qk.SparseHashTable(4, 1).add(torch.zeros(1, 4), np.zeros((1, 2))), TypeError,
+         "activations is a torch array but embeddings is a numpy array"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
