@@ -1,20 +1,50 @@
 """qkernels: learn quantizable embeddings end to end and search them faster than a scan.
 
 The public API lives here; see the README for a tour. Importing qkernels compiles nothing and
-imports neither cupy nor torch: kernels compile (or load from Numba's cache) on first use.
+imports neither cupy nor torch: kernels compile (or load from Numba's cache) on first use, and
+the names that need torch (``HouseholderQuantizer``, ``losses``) import it when first used.
 """
 
 __version__ = "0.1.0"
 
 from . import config, metrics
 from .flow import solve_sparse_codes, sparse_code_objective
-from .index import SparseHashTable
+from .index import (
+    BinaryIndex,
+    PQIndex,
+    SparseHashTable,
+    hamming_topk,
+    pack_bits,
+    unpack_bits,
+)
+from .quantize import ITQ, ProductQuantizer
 
 __all__ = [
+    "ITQ",
+    "BinaryIndex",
+    "HouseholderQuantizer",
+    "PQIndex",
+    "ProductQuantizer",
     "SparseHashTable",
     "__version__",
     "config",
+    "hamming_topk",
+    "losses",
     "metrics",
+    "pack_bits",
     "solve_sparse_codes",
     "sparse_code_objective",
+    "unpack_bits",
 ]
+
+
+def __getattr__(name: str):
+    if name == "HouseholderQuantizer":
+        from .quantize.householder import HouseholderQuantizer
+
+        return HouseholderQuantizer
+    if name == "losses":
+        import importlib
+
+        return importlib.import_module(".losses", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

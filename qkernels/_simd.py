@@ -90,7 +90,7 @@ def dot_f32(typingctx, query, row):
 
 @intrinsic
 def popcount64(typingctx, word):
-    """Number of set bits of a uint64, through LLVM's ctpop (one POPCNT instruction)."""
+    """Number of set bits of a uint64 (as an int64), through LLVM's ctpop: one POPCNT."""
     if word != types.uint64:
         raise TypeError("popcount64 takes a uint64")
 
@@ -98,7 +98,7 @@ def popcount64(typingctx, word):
         ctpop = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
         return builder.call(ctpop, [args[0]])
 
-    return types.uint64(types.uint64), codegen
+    return types.int64(types.uint64), codegen
 
 
 @intrinsic

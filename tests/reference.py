@@ -276,3 +276,133 @@ def sparse_table_search(db_codes, db_embeddings, db_ids, query_activations, quer
         all_i.append([int(db_ids[item]) for _, item in scored] + [-1] * missing)
         counts.append(len(candidates))
     return all_d, all_i, counts
+
+
+# --------------------------------------------------------------------------------------------
+# product quantization
+
+
+def kmeans_subspace(points, num_centroids, uniforms, iterations):
+    """k-means++ seeding (draws ``uniforms``) then Lloyd, as qkernels does it, with loops."""
+    f32 = np.float32
+    n = len(points)
+    dist = lambda a, b: lane_distance(a, b, False)  # noqa: E731
+    centroids = [np.array(points[min(n - 1, int(uniforms[0] * n))], dtype=f32)]
+    nearest = [float(dist(points[i], centroids[0])) for i in range(n)]
+    for c in range(1, num_centroids):
+        total = 0.0
+        for value in nearest:
+            total += value
+        pick = -1
+        if total > 0:
+            running = 0.0
+            for i in range(n):
+                running += nearest[i]
+                if running > uniforms[c] * total and nearest[i] > 0:
+                    pick = i
+                    break
+            if pick < 0:
+                pick = max(i for i in range(n) if nearest[i] > 0)
+        if pick < 0:
+            pick = min(n - 1, int(uniforms[c] * n))
+        centroids.append(np.array(points[pick], dtype=f32))
+        for i in range(n):
+            nearest[i] = min(nearest[i], float(dist(points[i], centroids[c])))
+    assign = [-1] * n
+    for it in range(iterations):
+        changed = 0
+        d = [0.0] * n
+        for i in range(n):
+            scores = [dist(points[i], centroids[c]) for c in range(num_centroids)]
+            best = min(range(num_centroids), key=lambda c: (scores[c], c))
+            d[i] = scores[best]
+            if best != assign[i]:
+                changed += 1
+                assign[i] = best
+        if changed == 0 and it > 0:
+            break
+        members = [[i for i in range(n) if assign[i] == c] for c in range(num_centroids)]
+        for c in range(num_centroids):
+            if members[c]:
+                sums = [0.0] * len(points[0])
+                for i in members[c]:
+                    for j in range(len(sums)):
+                        sums[j] += float(points[i][j])
+                centroids[c] = np.array([s / len(members[c]) for s in sums], dtype=f32)
+        for c in range(num_centroids):
+            if members[c]:
+                continue
+            far = max(range(n), key=lambda i: (d[i], -i))
+            centroids[c] = np.array(points[far], dtype=f32)
+            members[c] = [far]
+            assign[far] = c
+            d[far] = f32(0.0)
+    return np.array(centroids, dtype=f32)
+
+
+def pq_encode(x, codebooks):
+    """Nearest codeword per subspace (lane distance; the lower index on ties)."""
+    m_count, k_count, dsub = codebooks.shape
+    codes = []
+    for row in x:
+        code = []
+        for m in range(m_count):
+            sub = row[m * dsub:(m + 1) * dsub]
+            scores = [lane_distance(sub, codebooks[m][c], False) for c in range(k_count)]
+            code.append(min(range(k_count), key=lambda c: (scores[c], c)))
+        codes.append(code)
+    return codes
+
+
+def pq_search(queries, codes, codebooks, topk, metric="l2", symmetric=False):
+    """Asymmetric (or symmetric) PQ search with loops: per query a table of sub-distances, each
+    item the float32 sum of its entries in subspace order; ranked by (distance, item)."""
+    f32 = np.float32
+    inner_product = metric == "ip"
+    m_count, k_count, dsub = codebooks.shape
+    all_d, all_i = [], []
+    for q in queries:
+        if symmetric:
+            q_code = pq_encode([q], codebooks)[0]
+            subs = [codebooks[m][q_code[m]] for m in range(m_count)]
+        else:
+            subs = [q[m * dsub:(m + 1) * dsub] for m in range(m_count)]
+        table = [[lane_distance(subs[m], codebooks[m][c], inner_product)
+                  for c in range(k_count)] for m in range(m_count)]
+        scored = []
+        for item, code in enumerate(codes):
+            total = table[0][int(code[0])]
+            for m in range(1, m_count):
+                total = f32(total + table[m][int(code[m])])
+            scored.append((total, item))
+        scored.sort()
+        best = scored[:topk]
+        pad = topk - len(best)
+        all_d.append([(-d if inner_product else d) for d, _ in best]
+                     + [-np.inf if inner_product else np.inf] * pad)
+        all_i.append([i for _, i in best] + [-1] * pad)
+    return all_d, all_i
+
+
+# --------------------------------------------------------------------------------------------
+# binary codes
+
+
+def hamming_search(query_codes, db_codes, topk, query_features=None, db_features=None):
+    """Hamming distance by counting set bits byte by byte; ranked by (distance, feature
+    distance if given, item)."""
+    all_d, all_i = [], []
+    for q in range(len(query_codes)):
+        scored = []
+        for item in range(len(db_codes)):
+            d = sum(bin(int(a) ^ int(b)).count("1")
+                    for a, b in zip(query_codes[q], db_codes[item], strict=True))
+            t = (lane_distance(query_features[q], db_features[item], False)
+                 if query_features is not None else 0.0)
+            scored.append((d, t, item))
+        scored.sort()
+        best = scored[:topk]
+        pad = topk - len(best)
+        all_d.append([d for d, _, _ in best] + [np.iinfo(np.int32).max] * pad)
+        all_i.append([i for _, _, i in best] + [-1] * pad)
+    return all_d, all_i

@@ -10,8 +10,8 @@ import numpy as np
 
 from .._arrays import origin_of, to_numpy
 from .._checks import as_float_array, as_index_array, check_int, check_rank, check_same_rows
+from .._io import load_npz, save_npz
 from . import _table_cpu
-from ._io import load_npz, save_npz
 
 __all__ = ["SparseHashTable"]
 

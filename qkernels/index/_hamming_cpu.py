@@ -1,0 +1,248 @@
+"""Numba kernels of the Hamming scan: popcount over 64-bit words, fused with top-K selection.
+
+The database is held as words, ``(words, N)`` uint64: the packed bytes zero-padded to a multiple
+of eight and viewed in the machine's byte order (XOR and popcount do not care about the order),
+word ``w`` of every item in one contiguous row. A block of items then gets its distances to a
+query in one vectorised pass, and only a block whose minimum can enter the top-K is walked item
+by item. Ties in distance go to the lower item, or, with a tie-break, to the smaller float32
+squared Euclidean distance between continuous features (then the lower item).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .._simd import popcount64, sq_l2_f32
+
+_MISSING = np.iinfo(np.int32).max
+
+
+@nb.njit(cache=True, nogil=True)
+def _sift_down(hd, hi, size, dist, item):
+    """Replace the root of a max-heap on (distance, item) and sift down."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and (hd[child + 1] > hd[child] or (
+                hd[child + 1] == hd[child] and hi[child + 1] > hi[child])):
+            child += 1
+        if hd[child] < dist or (hd[child] == dist and hi[child] < item):
+            break
+        hd[i] = hd[child]
+        hi[i] = hi[child]
+        i = child
+    hd[i] = dist
+    hi[i] = item
+
+
+@nb.njit(cache=True, nogil=True)
+def _offer(hd, hi, hs, q, dist, item):
+    """Offer (dist, item) to query ``q``'s max-heap: push while there is room, else replace the
+    root. The caller checked that it beats the root when the heap is full."""
+    size = hs[q]
+    if size < hd.shape[1]:
+        i = size
+        while i > 0:
+            parent = (i - 1) >> 1
+            if hd[q, parent] > dist or (hd[q, parent] == dist and hi[q, parent] > item):
+                break
+            hd[q, i] = hd[q, parent]
+            hi[q, i] = hi[q, parent]
+            i = parent
+        hd[q, i] = dist
+        hi[q, i] = item
+        hs[q] = size + 1
+    else:
+        _sift_down(hd[q], hi[q], size, dist, item)
+
+
+@nb.njit(cache=True, nogil=True)
+def _block_distances(query, db_t, start, stop, out):
+    """``out[j]``: Hamming distance between ``query`` and item ``start + j``; returns their
+    minimum. One pass per word over contiguous words, which the compiler vectorises (with
+    VPOPCNTQ where the CPU has it, else a byte-table popcount)."""
+    count = stop - start
+    # slices, not row[start + j]: with a non-negative index there is no wraparound check,
+    # and the loop vectorises (measured 4x faster)
+    q = query[0]
+    row = db_t[0, start:stop]
+    for j in range(count):
+        out[j] = popcount64(row[j] ^ q)
+    for w in range(1, db_t.shape[0]):
+        q = query[w]
+        row = db_t[w, start:stop]
+        for j in range(count):
+            out[j] += popcount64(row[j] ^ q)
+    low = out[0]
+    for j in range(1, count):
+        low = min(low, out[j])
+    return low
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs):
+    """Distances of items ``start..stop-1`` to queries ``q0..q1-1`` into their heaps (rows
+    ``q - q0`` of hd, hi, hs), one block of items at a time: the distances of a block are
+    computed in a vectorised pass, and the block is only walked item by item when its
+    minimum can enter the heap."""
+    topk = hd.shape[1]
+    block = buffer.shape[0]
+    for first in range(start, stop, block):
+        last = min(stop, first + block)
+        for q in range(q0, q1):
+            h = q - q0
+            low = _block_distances(queries[q], db_t, first, last, buffer)
+            if hs[h] == topk and low >= hd[h, 0]:
+                continue
+            for j in range(last - first):
+                d = buffer[j]
+                if hs[h] < topk or d < hd[h, 0]:
+                    _offer(hd, hi, hs, h, d, first + j)
+
+
+@nb.njit(cache=True, nogil=True)
+def _write_sorted(hd, hi, size, out_dist, out_item):
+    for end in range(size - 1, -1, -1):
+        out_dist[end] = hd[0]
+        out_item[end] = hi[0]
+        if end > 0:
+            _sift_down(hd, hi, end, hd[end], hi[end])
+    for t in range(size, out_dist.shape[0]):
+        out_dist[t] = _MISSING
+        out_item[t] = -1
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def topk_by_query(queries, db_t, topk, block, out_dist, out_item):
+    """Exact top-K by Hamming distance; parallel over groups of queries. ``db_t`` holds the
+    codes as words, ``(words, N)``."""
+    num_queries = queries.shape[0]
+    n = db_t.shape[1]
+    group = 8
+    num_groups = (num_queries + group - 1) // group
+    for g in nb.prange(num_groups):
+        q0 = g * group
+        q1 = min(num_queries, q0 + group)
+        buffer = np.empty(block, dtype=np.int64)
+        hd = np.empty((q1 - q0, topk), dtype=np.int64)
+        hi = np.empty((q1 - q0, topk), dtype=np.int64)
+        hs = np.zeros(q1 - q0, dtype=np.int64)
+        _scan(queries, db_t, 0, n, q0, q1, buffer, hd, hi, hs)
+        for q in range(q0, q1):
+            _write_sorted(hd[q - q0], hi[q - q0], hs[q - q0], out_dist[q], out_item[q])
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item):
+    """The same for few queries: parallel over chunks of the database, heaps merged after."""
+    num_queries = queries.shape[0]
+    n = db_t.shape[1]
+    step = (n + num_chunks - 1) // num_chunks
+    hd = np.empty((num_chunks, num_queries, topk), dtype=np.int64)
+    hi = np.empty((num_chunks, num_queries, topk), dtype=np.int64)
+    hs = np.zeros((num_chunks, num_queries), dtype=np.int64)
+    for c in nb.prange(num_chunks):
+        buffer = np.empty(block, dtype=np.int64)
+        _scan(queries, db_t, c * step, min(n, (c + 1) * step), 0, num_queries, buffer, hd[c],
+              hi[c], hs[c])
+    for q in range(num_queries):
+        md = np.empty((1, topk), dtype=np.int64)
+        mi = np.empty((1, topk), dtype=np.int64)
+        ms = np.zeros(1, dtype=np.int64)
+        for c in range(num_chunks):
+            for t in range(hs[c, q]):
+                dist = hd[c, q, t]
+                item = hi[c, q, t]
+                if ms[0] < topk or dist < md[0, 0] or (dist == md[0, 0] and item < mi[0, 0]):
+                    _offer(md, mi, ms, 0, dist, item)
+        _write_sorted(md[0], mi[0], ms[0], out_dist[q], out_item[q])
+
+
+@nb.njit(cache=True, nogil=True)
+def _worse3(d_a, t_a, i_a, d_b, t_b, i_b):
+    """(hamming, tie-break distance, item) of a is larger than that of b."""
+    if d_a != d_b:
+        return d_a > d_b
+    if t_a != t_b:
+        return t_a > t_b
+    return i_a > i_b
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, out_item):
+    """Top-K by (Hamming distance, squared L2 between features, item), parallel over queries.
+    The feature distance is only computed for items that can still enter the heap."""
+    num_queries = queries.shape[0]
+    words, n = db_t.shape
+    for q in nb.prange(num_queries):
+        hd = np.empty(topk, dtype=np.int64)
+        ht = np.empty(topk, dtype=np.float32)
+        hi = np.empty(topk, dtype=np.int64)
+        size = 0
+        for i in range(n):
+            d = 0
+            for w in range(words):
+                d += popcount64(db_t[w, i] ^ queries[q, w])
+            if size == topk and d > hd[0]:
+                continue
+            t = sq_l2_f32(query_features[q], db_features[i])
+            if size == topk and not _worse3(hd[0], ht[0], hi[0], d, t, i):
+                continue
+            if size < topk:  # sift up
+                j = size
+                size += 1
+                while j > 0:
+                    parent = (j - 1) >> 1
+                    if _worse3(hd[parent], ht[parent], hi[parent], d, t, i):
+                        break
+                    hd[j] = hd[parent]
+                    ht[j] = ht[parent]
+                    hi[j] = hi[parent]
+                    j = parent
+            else:  # replace the root, sift down
+                j = 0
+                while True:
+                    child = 2 * j + 1
+                    if child >= size:
+                        break
+                    if child + 1 < size and _worse3(hd[child + 1], ht[child + 1],
+                                                    hi[child + 1], hd[child], ht[child],
+                                                    hi[child]):
+                        child += 1
+                    if not _worse3(hd[child], ht[child], hi[child], d, t, i):
+                        break
+                    hd[j] = hd[child]
+                    ht[j] = ht[child]
+                    hi[j] = hi[child]
+                    j = child
+            hd[j] = d
+            ht[j] = t
+            hi[j] = i
+        # pop in descending order into the output
+        for end in range(size - 1, -1, -1):
+            out_dist[q, end] = hd[0]
+            out_item[q, end] = hi[0]
+            last_d, last_t, last_i = hd[end], ht[end], hi[end]
+            j = 0
+            while True:
+                child = 2 * j + 1
+                if child >= end:
+                    break
+                if child + 1 < end and _worse3(hd[child + 1], ht[child + 1], hi[child + 1],
+                                               hd[child], ht[child], hi[child]):
+                    child += 1
+                if not _worse3(hd[child], ht[child], hi[child], last_d, last_t, last_i):
+                    break
+                hd[j] = hd[child]
+                ht[j] = ht[child]
+                hi[j] = hi[child]
+                j = child
+            hd[j] = last_d
+            ht[j] = last_t
+            hi[j] = last_i
+        for t in range(size, topk):
+            out_dist[q, t] = _MISSING
+            out_item[q, t] = -1

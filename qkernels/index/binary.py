@@ -1,0 +1,233 @@
+"""Packed binary codes: pack_bits, unpack_bits, hamming_topk and BinaryIndex."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numba
+import numpy as np
+
+from .. import config
+from .._arrays import origin_of, to_numpy
+from .._checks import as_float_array, check_int, check_rank, check_same_rows
+from .._io import load_npz, save_npz
+from . import _hamming_cpu
+
+__all__ = ["BinaryIndex", "hamming_topk", "pack_bits", "unpack_bits"]
+
+
+def pack_bits(x: Any) -> Any:
+    """Binary codes of ``x`` ``(N, bits)``: bit ``j`` is ``x[:, j] > 0``.
+
+    Returns uint8 ``(N, ceil(bits / 8))`` in the layout of FAISS binary indexes: bit ``j`` is
+    bit ``j % 8`` (least significant first) of byte ``j // 8``, the last byte zero-padded.
+    Works on numpy arrays and torch tensors (the result has the caller's type).
+    """
+    origin = origin_of(x, names=("x",))
+    a = to_numpy(x, allow_device_copy=True)
+    check_rank(a, "x", (2,), "(N, bits)")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"x must hold real numbers or booleans, got dtype {a.dtype}")
+    return origin.wrap(np.packbits(a > 0, axis=1, bitorder="little"))
+
+
+def unpack_bits(codes: Any, nbits: int) -> Any:
+    """The ``(N, nbits)`` uint8 0/1 bits of packed codes (the inverse of :func:`pack_bits`)."""
+    origin = origin_of(codes, names=("codes",))
+    c = _packed(codes, "codes")
+    nbits = check_int(nbits, "nbits", 1, 8 * c.shape[1])
+    return origin.wrap(np.unpackbits(c, axis=1, count=nbits, bitorder="little"))
+
+
+def _packed(codes: Any, name: str, nbytes: int | None = None) -> np.ndarray:
+    c = to_numpy(codes, allow_device_copy=True)
+    check_rank(c, name, (2,), "(N, bytes) packed uint8 codes")
+    if c.dtype != np.uint8:
+        raise TypeError(
+            f"{name} must be packed uint8 codes (see qk.pack_bits), got dtype {c.dtype}; "
+            "codes are never cast silently"
+        )
+    if nbytes is not None and c.shape[1] != nbytes:
+        raise ValueError(f"{name} has {c.shape[1]} bytes per code; expected {nbytes}")
+    return c
+
+
+def _words(codes: np.ndarray) -> np.ndarray:
+    """Packed bytes as rows of uint64 words ``(N, words)``, zero-padded to whole words."""
+    nbytes = codes.shape[1]
+    padded = -(-nbytes // 8) * 8 if nbytes else 8
+    if padded != nbytes or not codes.flags.c_contiguous:
+        out = np.zeros((codes.shape[0], padded), dtype=np.uint8)
+        out[:, :nbytes] = codes
+        codes = out
+    return codes.view(np.uint64)
+
+
+def _word_columns(codes: np.ndarray) -> np.ndarray:
+    """The database layout of the kernels: ``(words, N)``, word w of every item contiguous."""
+    return np.ascontiguousarray(_words(codes).T)
+
+
+# items per block of the Hamming scan: the block's distances stay in L1
+_BLOCK = 1024
+
+
+def _features(x: Any, name: str, rows: int) -> np.ndarray:
+    f = to_numpy(x, allow_device_copy=True)
+    check_rank(f, name, (2,), "(N, dim)")
+    if f.shape[0] != rows:
+        raise ValueError(f"{name} has {f.shape[0]} rows; expected {rows}")
+    return np.ascontiguousarray(as_float_array(f, name, dtype=np.float32))
+
+
+def _search(query_words: np.ndarray, db_columns: np.ndarray, topk: int,
+            tiebreak: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    num_queries = query_words.shape[0]
+    dist = np.empty((num_queries, topk), dtype=np.int32)
+    items = np.empty((num_queries, topk), dtype=np.int64)
+    if num_queries == 0:
+        return dist, items
+    if tiebreak is not None:
+        _hamming_cpu.topk_tiebreak(query_words, db_columns, tiebreak[0], tiebreak[1], topk,
+                                   dist, items)
+        return dist, items
+    chunks = min(db_columns.shape[1], 4 * numba.get_num_threads())
+    if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1:
+        _hamming_cpu.topk_by_database(query_words, db_columns, topk, _BLOCK, chunks, dist,
+                                      items)
+    else:
+        _hamming_cpu.topk_by_query(query_words, db_columns, topk, _BLOCK, dist, items)
+    return dist, items
+
+
+def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = None
+                 ) -> tuple[Any, Any]:
+    """Exact top-K by Hamming distance between packed codes (FAISS IndexBinaryFlat's search).
+
+    Parameters
+    ----------
+    query_codes, db_codes : uint8 ``(Q, B)`` and ``(N, B)``, packed as by :func:`pack_bits`.
+    topk : int
+    tiebreak : (query_features, db_features), optional
+        Continuous features ``(Q, dim)`` and ``(N, dim)``: items at equal Hamming distance are
+        ordered by squared Euclidean distance between features (the H2Q evaluation rule; pass
+        normalised features for theirs). Without it ties go to the lower index.
+
+    Returns
+    -------
+    D : int32 ``(Q, topk)``, Hamming distances ascending (int32 max where missing).
+    I : int64 ``(Q, topk)``, database rows (-1 where missing).
+    """
+    origin = origin_of(query_codes, db_codes, names=("query_codes", "db_codes"))
+    db = _packed(db_codes, "db_codes")
+    queries = _packed(query_codes, "query_codes", db.shape[1])
+    topk = check_int(topk, "topk", 1)
+    pair = None
+    if tiebreak is not None:
+        if not isinstance(tiebreak, (tuple, list)) or len(tiebreak) != 2:
+            raise TypeError("tiebreak must be a pair (query_features, db_features)")
+        qf = _features(tiebreak[0], "tiebreak[0] (query features)", queries.shape[0])
+        df = _features(tiebreak[1], "tiebreak[1] (database features)", db.shape[0])
+        if qf.shape[1] != df.shape[1]:
+            raise ValueError(f"query features have dimension {qf.shape[1]} but database "
+                             f"features have {df.shape[1]}")
+        pair = (qf, df)
+    dist, items = _search(_words(queries), _word_columns(db), topk, pair)
+    return origin.wrap(dist), origin.wrap(items)
+
+
+class BinaryIndex:
+    """Exhaustive Hamming search over packed binary codes, like FAISS IndexBinaryFlat.
+
+    ``add(codes)`` takes uint8 codes ``(N, ceil(nbits / 8))`` (see :func:`pack_bits`) and,
+    optionally, continuous ``features`` for the H2Q tie-break; ``search(query_codes, topk)``
+    returns int32 Hamming distances and int64 rows.
+    """
+
+    _VERSION = 1
+
+    def __init__(self, nbits: int):
+        self.nbits = check_int(nbits, "nbits", 1)
+        self.nbytes = -(-self.nbits // 8)
+        self._codes = np.empty((0, self.nbytes), dtype=np.uint8)
+        self._columns: np.ndarray | None = None  # the kernels' layout, built on search
+        self._features: np.ndarray | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._codes.shape[0])
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return f"BinaryIndex(nbits={self.nbits}, ntotal={self.ntotal})"
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self._codes
+
+    def add(self, codes: Any, features: Any = None) -> BinaryIndex:
+        """Append packed codes; ``features`` (continuous, for tie-breaks) must come with every
+        add or with none. Returns the index."""
+        origin_of(codes, features, names=("codes", "features"))
+        c = _packed(codes, "codes", self.nbytes)
+        if self.nbits % 8 and (c[:, -1] >> (self.nbits % 8)).any():
+            raise ValueError(f"codes set bits beyond nbits = {self.nbits} in their last byte")
+        if features is not None:
+            f = _features(features, "features", c.shape[0])
+            if self.ntotal and self._features is None:
+                raise ValueError("features were not given with the earlier codes")
+            if self._features is not None and f.shape[1] != self._features.shape[1]:
+                raise ValueError(f"features have dimension {f.shape[1]}; earlier ones "
+                                 f"{self._features.shape[1]}")
+            self._features = f if self._features is None else np.concatenate(
+                [self._features, f])
+        elif self._features is not None:
+            raise ValueError("features were given with the earlier codes; give them again")
+        self._codes = np.concatenate([self._codes, c])
+        self._columns = None
+        return self
+
+    def search(self, query_codes: Any, topk: int, query_features: Any = None
+               ) -> tuple[Any, Any]:
+        """Top-K by Hamming distance; with ``query_features`` (and features added), ties are
+        broken by squared Euclidean distance between features. See :func:`hamming_topk`."""
+        origin = origin_of(query_codes, query_features,
+                           names=("query_codes", "query_features"))
+        queries = _packed(query_codes, "query_codes", self.nbytes)
+        topk = check_int(topk, "topk", 1)
+        pair = None
+        if query_features is not None:
+            if self._features is None:
+                raise ValueError("query_features need features added with the codes")
+            qf = _features(query_features, "query_features", queries.shape[0])
+            check_same_rows(qf, "query_features", queries, "query_codes")
+            if qf.shape[1] != self._features.shape[1]:
+                raise ValueError(f"query_features have dimension {qf.shape[1]}; the index's "
+                                 f"features have {self._features.shape[1]}")
+            pair = (qf, self._features)
+        if self._columns is None:
+            self._columns = _word_columns(self._codes)
+        dist, items = _search(_words(queries), self._columns, topk, pair)
+        return origin.wrap(dist), origin.wrap(items)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (.npz, no pickle)."""
+        extra = {} if self._features is None else {"features": self._features}
+        save_npz(path, "BinaryIndex", self._VERSION, nbits=np.array(self.nbits),
+                 codes=self._codes, **extra)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BinaryIndex:
+        """Read an index written by :meth:`save`."""
+        arrays = load_npz(path, "BinaryIndex", cls._VERSION,
+                          {"nbits": ("iu", 0), "codes": ("u", 2)})
+        try:
+            index = cls(int(arrays["nbits"]))
+            index.add(arrays["codes"], arrays.get("features"))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is a corrupted BinaryIndex file "
+                             f"({error})") from None
+        return index

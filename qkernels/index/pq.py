@@ -1,0 +1,142 @@
+"""PQIndex: search over product-quantization codes by look-up tables (DQN's AQD)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numba
+import numpy as np
+
+from .. import config
+from .._arrays import origin_of
+from .._checks import check_int
+from .._io import load_npz, save_npz
+from ..quantize import _pq_cpu
+from ..quantize.pq import ProductQuantizer
+
+__all__ = ["PQIndex"]
+
+_METRICS = ("l2", "ip")
+
+
+class PQIndex:
+    """Items stored as product-quantization codes, searched by asymmetric distance.
+
+    A query is never quantized (asymmetric distance, ADC): per query one ``(M, K)`` table of
+    distances between its sub-vectors and every codeword, then ``M`` look-ups and adds per item,
+    fused with the top-K selection. With ``symmetric=True`` the query is quantized too (SDC,
+    tables of codeword-to-codeword distances). Parallel over queries, or over the database when
+    there are few queries (``qk.config.SPLIT_DATABASE_MAX_QUERIES``).
+
+    Parameters
+    ----------
+    pq : ProductQuantizer
+        A trained quantizer; the index keeps a reference.
+    metric : {"l2", "ip"}
+        Squared Euclidean distance (ascending) or inner product (descending).
+
+    Examples
+    --------
+    >>> index = PQIndex(ProductQuantizer(64, 8, 8).train(x))
+    >>> index.add(x)
+    >>> D, I = index.search(q, topk=10)
+    """
+
+    _VERSION = 1
+
+    def __init__(self, pq: ProductQuantizer, metric: str = "l2"):
+        if not isinstance(pq, ProductQuantizer):
+            raise TypeError(f"pq must be a ProductQuantizer, got {type(pq).__name__}")
+        pq._require_trained()
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        self.pq = pq
+        self.metric = metric
+        self._codes = np.empty((0, pq.num_subspaces), dtype=pq.code_dtype)
+        self._sdc_tables: np.ndarray | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._codes.shape[0])
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return f"PQIndex({self.pq!r}, metric={self.metric!r}, ntotal={self.ntotal})"
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The stored codes, ``(ntotal, num_subspaces)``."""
+        return self._codes
+
+    def add(self, x: Any) -> PQIndex:
+        """Encode ``x`` ``(N, dim)`` and append the codes. Returns the index."""
+        codes = self.pq.encode(self.pq._vectors(x, "x"))
+        self._codes = np.concatenate([self._codes, codes])
+        return self
+
+    def add_codes(self, codes: Any) -> PQIndex:
+        """Append codes made by this index's quantizer. Returns the index."""
+        self._codes = np.concatenate([self._codes, self.pq._codes(codes)])
+        return self
+
+    def search(self, q: Any, topk: int, *, symmetric: bool = False) -> tuple[Any, Any]:
+        """The ``topk`` nearest items of each query by asymmetric (or symmetric) distance.
+
+        Returns ``D`` float32 ``(Q, topk)`` (squared L2 ascending, or inner products descending;
+        ``inf`` / ``-inf`` where missing) and ``I`` int64 (row numbers in the order added, -1
+        where missing). Ties go to the item added first.
+        """
+        origin = origin_of(q, names=("q",))
+        queries = self.pq._vectors(q, "q")
+        topk = check_int(topk, "topk", 1)
+        inner_product = self.metric == "ip"
+        num_queries = queries.shape[0]
+        dist = np.empty((num_queries, topk), dtype=np.float32)
+        items = np.empty((num_queries, topk), dtype=np.int64)
+        if num_queries == 0:
+            return origin.wrap(dist), origin.wrap(items)
+        tables = self._tables(queries, symmetric, inner_product)
+        chunks = min(self.ntotal, 4 * numba.get_num_threads())
+        if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1:
+            _pq_cpu.scan_by_database(tables, self._codes, topk, chunks, inner_product, dist,
+                                     items)
+        else:
+            _pq_cpu.scan_by_query(tables, self._codes, topk, inner_product, dist, items)
+        return origin.wrap(dist), origin.wrap(items)
+
+    def _tables(self, queries: np.ndarray, symmetric: bool, inner_product: bool) -> np.ndarray:
+        codebooks = self.pq.codebooks
+        if not symmetric:
+            tables = np.empty((queries.shape[0], self.pq.num_subspaces, self.pq.num_centroids),
+                              dtype=np.float32)
+            _pq_cpu.distance_tables(queries, codebooks, inner_product, tables)
+            return tables
+        if self._sdc_tables is None or self._sdc_tables[1] is not codebooks:
+            self._sdc_tables = (_pq_cpu.symmetric_tables(codebooks, inner_product), codebooks)
+        sdc = self._sdc_tables[0]
+        query_codes = self.pq.encode(queries).astype(np.int64)
+        rows = np.arange(self.pq.num_subspaces)
+        return np.ascontiguousarray(sdc[rows[None, :], query_codes])
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index and its quantizer to ``path`` (.npz, no pickle)."""
+        save_npz(path, "PQIndex", self._VERSION, metric=np.array(self.metric),
+                 codes=self._codes, **self.pq._state())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PQIndex:
+        """Read an index written by :meth:`save`."""
+        fields = dict(ProductQuantizer._FIELDS, metric=("U", 0), codes=("u", 2))
+        arrays = load_npz(path, "PQIndex", cls._VERSION, fields)
+        pq = ProductQuantizer._from_state(arrays, path)
+        try:
+            index = cls(pq, str(arrays["metric"]))
+            index.add_codes(arrays["codes"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is a corrupted PQIndex file ({error})") from None
+        return index

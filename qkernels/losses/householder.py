@@ -1,0 +1,49 @@
+"""Quantization losses of Householder quantization (H2Q; Schwengber et al., 2023)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["HouseholderQuantizationLoss"]
+
+KINDS = ("l2", "l1", "bit_var", "min_entry")
+
+
+class HouseholderQuantizationLoss(nn.Module):
+    """How far rotated embeddings ``z`` are from binary vectors, averaged over the batch.
+
+    ``kind`` (H2Q, section 3; ``s`` is the logistic function, means over batch and coordinates
+    unless stated)::
+
+        "l2"         mean (z - sgn z)^2           (the paper's headline loss)
+        "l1"         mean |z - sgn z|
+        "bit_var"    mean s(z) (1 - s(z))
+        "min_entry"  mean_i log sum_j exp(-z_ij^2)   (mean over rows i)
+
+    With ``|z| = sqrt(m)`` (H2Q rescales), ``"l2"`` equals ``2 - 2 |z|_1 / m``. ``sgn`` has
+    zero gradient, so gradients flow through ``z`` only. Input ``(N, m)``, output a scalar.
+    """
+
+    def __init__(self, kind: str = "l2"):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.dim() != 2:
+            raise ValueError(f"z must be a (N, m) tensor, got {getattr(z, 'shape', type(z))}")
+        if z.shape[0] == 0:
+            return z.sum() * 0.0  # keeps the graph connected
+        if self.kind == "l2":
+            return (z - torch.sign(z)).pow(2).mean()
+        if self.kind == "l1":
+            return (z - torch.sign(z)).abs().mean()
+        if self.kind == "bit_var":
+            s = torch.sigmoid(z)
+            return (s * (1 - s)).mean()
+        return torch.logsumexp(-z.pow(2), dim=1).mean()

@@ -1,0 +1,185 @@
+"""HouseholderQuantizer: learn an orthogonal U so that sign(U x) loses little (H2Q, 2023)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._arrays import origin_of, to_numpy
+from .._checks import as_float_array, check_int, check_nonnegative, check_rank
+from .._io import load_npz, save_npz
+from ..index.binary import pack_bits
+from ..losses.householder import KINDS, HouseholderQuantizationLoss
+
+__all__ = ["HouseholderQuantizer"]
+
+
+def rescale(x: torch.Tensor) -> torch.Tensor:
+    """Each row to norm sqrt(m), as H2Q does before rotating (zero rows stay zero)."""
+    norms = x.norm(dim=1, keepdim=True)
+    return x * (x.shape[1] ** 0.5) / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+class HouseholderQuantizer:
+    """An orthogonal ``U = H_1 ... H_m`` learned so that each coordinate of ``U x`` is close to
+    its sign (Schwengber, Resende, Orenstein & Oliveira, "Deep hashing via Householder
+    quantization", 2023). ``b = sign(U x)`` is then the binary code.
+
+    ``U`` is built by ``torch.linalg.householder_product`` from a parameter matrix ``V``
+    (m x m) in LAPACK's form: reflector ``i`` is ``I - tau_i v_i v_i^T`` with ``v_i`` the i-th
+    column of ``V`` below the diagonal and a 1 on it, and ``tau_i = 2 / |v_i|^2``, so every
+    factor is an exact reflection and any orthogonal matrix can be reached. ``V`` starts at
+    the identity (``U = -I``, which codes like the identity: it flips every bit). Embeddings
+    are rescaled to norm ``sqrt(m)`` first. Training is plain SGD on ``V`` (the paper's
+    defaults: batch 128, learning rate 0.1), keeping the ``U`` of the best validation loss.
+
+    Parameters
+    ----------
+    dim : int
+        ``m``, the embedding length (and the number of bits).
+    loss : {"l2", "l1", "bit_var", "min_entry"}
+        See :class:`qkernels.losses.HouseholderQuantizationLoss`.
+    """
+
+    _VERSION = 1
+
+    def __init__(self, dim: int, loss: str = "l2"):
+        self.dim = check_int(dim, "dim", 1)
+        if loss not in KINDS:
+            raise ValueError(f"loss must be one of {KINDS}, got {loss!r}")
+        self.loss = loss
+        self.weights = torch.eye(self.dim, dtype=torch.float64)
+        self.history: list[dict[str, float]] = []
+
+    def __repr__(self) -> str:
+        return f"HouseholderQuantizer(dim={self.dim}, loss={self.loss!r})"
+
+    @staticmethod
+    def _rotation_of(weights: torch.Tensor) -> torch.Tensor:
+        lower = torch.tril(weights, diagonal=-1)
+        tau = 2.0 / (1.0 + lower.pow(2).sum(dim=0))
+        vectors = lower + torch.eye(weights.shape[0], dtype=weights.dtype,
+                                    device=weights.device)
+        return torch.linalg.householder_product(vectors, tau)
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """``U``, float32 ``(dim, dim)``, orthogonal."""
+        with torch.no_grad():
+            return self._rotation_of(self.weights).to(torch.float32).numpy()
+
+    def _embeddings(self, x: Any, name: str) -> torch.Tensor:
+        a = to_numpy(x, allow_device_copy=True)
+        check_rank(a, name, (2,), f"(N, dim = {self.dim})")
+        if a.shape[1] != self.dim:
+            raise ValueError(f"{name} has dimension {a.shape[1]}; this quantizer has {self.dim}")
+        return torch.from_numpy(np.ascontiguousarray(as_float_array(a, name, dtype=np.float64)))
+
+    def fit(self, embeddings: Any, *, epochs: int = 150, lr: float = 0.1,
+            batch_size: int = 128, seed: int = 0, validation_fraction: float = 0.1,
+            progress: bool = False) -> HouseholderQuantizer:
+        """Learn ``U`` from ``embeddings`` ``(N, dim)``; ``validation_fraction`` of them (at
+        least one) is held out to pick the best epoch. ``progress`` shows a tqdm bar. Returns
+        self; ``history`` lists each epoch's train and validation losses (epoch 0: before
+        training, validation only)."""
+        x = rescale(self._embeddings(embeddings, "embeddings"))
+        epochs = check_int(epochs, "epochs", 1)
+        batch_size = check_int(batch_size, "batch_size", 1)
+        lr = check_nonnegative(lr, "lr")
+        validation_fraction = check_nonnegative(validation_fraction, "validation_fraction")
+        if validation_fraction >= 1:
+            raise ValueError("validation_fraction must be below 1")
+        if x.shape[0] < 2:
+            raise ValueError("fit needs at least 2 embeddings (one is held out for validation)")
+        generator = torch.Generator().manual_seed(check_int(seed, "seed"))
+        order = torch.randperm(x.shape[0], generator=generator)
+        num_val = min(x.shape[0] - 1, max(1, round(validation_fraction * x.shape[0])))
+        val, train = x[order[:num_val]], x[order[num_val:]]
+        criterion = HouseholderQuantizationLoss(self.loss)
+        weights = self.weights.clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([weights], lr=lr)
+
+        def validation_loss() -> float:
+            with torch.no_grad():
+                return float(criterion(val @ self._rotation_of(weights).T))
+
+        best = (validation_loss(), weights.detach().clone())
+        self.history = [{"epoch": 0, "train": float("nan"), "validation": best[0]}]
+        bar = range(epochs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(bar, desc="householder", unit="epoch")
+        for epoch in bar:
+            permutation = torch.randperm(train.shape[0], generator=generator)
+            total, count = 0.0, 0
+            for start in range(0, train.shape[0], batch_size):
+                batch = train[permutation[start : start + batch_size]]
+                loss = criterion(batch @ self._rotation_of(weights).T)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * batch.shape[0]
+                count += batch.shape[0]
+            current = validation_loss()
+            self.history.append({"epoch": epoch + 1, "train": total / count,
+                                 "validation": current})
+            if current < best[0]:
+                best = (current, weights.detach().clone())
+            if progress:
+                bar.set_postfix(train=f"{total / count:.4f}", val=f"{current:.4f}")
+        self.weights = best[1]
+        return self
+
+    def transform(self, x: Any) -> Any:
+        """``U x`` of the rescaled embeddings, float32 ``(N, dim)``, the caller's array type."""
+        origin = origin_of(x, names=("x",))
+        with torch.no_grad():
+            z = rescale(self._embeddings(x, "x")) @ self._rotation_of(self.weights).T
+        return origin.wrap(z.to(torch.float32).numpy())
+
+    def encode(self, x: Any) -> Any:
+        """Packed binary codes of ``sign(U x)``: uint8 ``(N, ceil(dim / 8))`` (see pack_bits)."""
+        return pack_bits(self.transform(x))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The learned state, like ``nn.Module.state_dict``."""
+        return {"dim": self.dim, "loss": self.loss, "weights": self.weights.clone(),
+                "history": copy.deepcopy(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> HouseholderQuantizer:
+        weights = torch.as_tensor(state["weights"], dtype=torch.float64)
+        if int(state["dim"]) != self.dim or tuple(weights.shape) != (self.dim, self.dim):
+            raise ValueError(f"the state is for dim = {state['dim']}, this quantizer has "
+                             f"{self.dim}")
+        if not torch.isfinite(weights).all():
+            raise ValueError("the state's weights are not finite")
+        self.loss = str(state["loss"])
+        self.weights = weights.clone()
+        self.history = list(state.get("history", []))
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the quantizer to ``path`` (.npz, no pickle)."""
+        save_npz(path, "HouseholderQuantizer", self._VERSION, dim=np.array(self.dim),
+                 loss=np.array(self.loss), weights=self.weights.numpy())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HouseholderQuantizer:
+        """Read a quantizer written by :meth:`save`."""
+        arrays = load_npz(path, "HouseholderQuantizer", cls._VERSION,
+                          {"dim": ("iu", 0), "loss": ("U", 0), "weights": ("f", 2)})
+        try:
+            quantizer = cls(int(arrays["dim"]), str(arrays["loss"]))
+            quantizer.load_state_dict({"dim": int(arrays["dim"]), "loss": str(arrays["loss"]),
+                                       "weights": torch.from_numpy(arrays["weights"])})
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is a corrupted HouseholderQuantizer file "
+                             f"({error})") from None
+        return quantizer

@@ -1,0 +1,84 @@
+"""ITQ: iterative quantization (Gong & Lazebnik, 2011), the baseline of H2Q."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._arrays import origin_of, to_numpy
+from .._checks import as_float_array, check_int, check_rank
+from ..index.binary import pack_bits
+
+__all__ = ["ITQ"]
+
+
+class ITQ:
+    """Centre, project on the top ``nbits`` principal directions, then learn a rotation ``R``
+    minimising ``|B - V R|^2`` with ``B = sign(V R)`` by alternating the two (orthogonal
+    Procrustes: ``R = W S^T`` from the SVD ``B^T V = S Sigma W^T``). ``encode`` packs
+    ``sign(V R)``.
+
+    Parameters
+    ----------
+    nbits : int or None
+        Code length; at most the input dimension (None: the input dimension).
+    iterations : int
+        Alternations (50 in the ITQ paper).
+    seed : int
+        Seed of the random orthogonal initialisation.
+    """
+
+    def __init__(self, nbits: int | None = None, iterations: int = 50, seed: int = 0):
+        self.nbits = None if nbits is None else check_int(nbits, "nbits", 1)
+        self.iterations = check_int(iterations, "iterations", 0)
+        self.seed = check_int(seed, "seed")
+        self.mean: np.ndarray | None = None
+        self.projection: np.ndarray | None = None  # (dim, nbits): PCA, then the rotation
+
+    def __repr__(self) -> str:
+        return f"ITQ(nbits={self.nbits}, iterations={self.iterations})"
+
+    def _data(self, x: Any, name: str) -> np.ndarray:
+        a = to_numpy(x, allow_device_copy=True)
+        check_rank(a, name, (2,), "(N, dim)")
+        return as_float_array(a, name, dtype=np.float64)
+
+    def fit(self, x: Any) -> ITQ:
+        """Learn the projection from ``x`` ``(N, dim)``. Returns self."""
+        data = self._data(x, "x")
+        n, dim = data.shape
+        nbits = dim if self.nbits is None else self.nbits
+        if nbits > dim:
+            raise ValueError(f"nbits = {nbits} exceeds the input dimension {dim}")
+        if n < 2:
+            raise ValueError("ITQ needs at least 2 points to fit")
+        self.nbits = nbits
+        self.mean = data.mean(axis=0)
+        centred = data - self.mean
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        pca = vt[:nbits].T  # (dim, nbits)
+        v = centred @ pca
+        rng = np.random.default_rng(self.seed)
+        rotation, _ = np.linalg.qr(rng.standard_normal((nbits, nbits)))
+        for _ in range(self.iterations):
+            b = np.where(v @ rotation >= 0, 1.0, -1.0)
+            s, _, wt = np.linalg.svd(b.T @ v)
+            rotation = (s @ wt).T
+        self.projection = pca @ rotation
+        return self
+
+    def transform(self, x: Any) -> Any:
+        """``(x - mean) @ projection``: float32 ``(N, nbits)``, the caller's array type."""
+        if self.projection is None:
+            raise RuntimeError("this ITQ is not fitted: call fit(x) first")
+        origin = origin_of(x, names=("x",))
+        data = self._data(x, "x")
+        if data.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"x has dimension {data.shape[1]}; ITQ was fitted on "
+                             f"{self.mean.shape[0]}")
+        return origin.wrap(((data - self.mean) @ self.projection).astype(np.float32))
+
+    def encode(self, x: Any) -> Any:
+        """Packed codes of the signs of :meth:`transform` (see pack_bits)."""
+        return pack_bits(self.transform(x))

@@ -1,0 +1,199 @@
+"""ProductQuantizer: k-means codebooks per subspace (Jégou et al.; the quantizer of DQN)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._arrays import origin_of, to_numpy
+from .._checks import as_float_array, as_index_array, check_int, check_rank
+from .._io import load_npz, save_npz
+from . import _pq_cpu
+
+__all__ = ["ProductQuantizer"]
+
+
+class ProductQuantizer:
+    """Split vectors into ``num_subspaces`` sub-vectors and quantize each with its own codebook
+    of ``2**nbits`` codewords.
+
+    Parameters
+    ----------
+    dim : int
+        Vector length, a multiple of ``num_subspaces``.
+    num_subspaces : int
+        ``M``, the number of sub-vectors (and bytes per code for ``nbits <= 8``).
+    nbits : int
+        Bits per sub-vector, ``1..16``: codes are uint8 up to 8 bits, uint16 above.
+    iterations : int
+        Lloyd iterations of k-means in each subspace (after k-means++ seeding).
+    max_points_per_centroid : int or None
+        Train on at most this many points per codeword, sampled with ``seed`` (as FAISS does,
+        256 by default); ``None`` trains on every point given.
+    seed : int
+        Seed of the sampling and of k-means++: the same data and seed give the same codebooks.
+
+    Examples
+    --------
+    >>> pq = ProductQuantizer(64, num_subspaces=8, nbits=8).train(x)
+    >>> codes = pq.encode(x)                   # uint8 (N, 8)
+    >>> x_hat = pq.decode(codes)               # (N, 64) float32
+    >>> torch.from_numpy(pq.codebooks)         # (8, 256, 8): for a quantization loss
+    """
+
+    _VERSION = 1
+
+    def __init__(self, dim: int, num_subspaces: int = 8, nbits: int = 8, *,
+                 iterations: int = 25, max_points_per_centroid: int | None = 256,
+                 seed: int = 0):
+        self.dim = check_int(dim, "dim", 1)
+        self.num_subspaces = check_int(num_subspaces, "num_subspaces", 1, self.dim)
+        if self.dim % self.num_subspaces:
+            raise ValueError(
+                f"dim = {self.dim} is not divisible by num_subspaces = {self.num_subspaces}; "
+                "each subspace needs the same number of dimensions"
+            )
+        self.nbits = check_int(nbits, "nbits", 1, 16)
+        self.iterations = check_int(iterations, "iterations", 0)
+        if max_points_per_centroid is not None:
+            max_points_per_centroid = check_int(max_points_per_centroid,
+                                                "max_points_per_centroid", 1)
+        self.max_points_per_centroid = max_points_per_centroid
+        self.seed = check_int(seed, "seed")
+        self._codebooks: np.ndarray | None = None
+
+    @property
+    def dsub(self) -> int:
+        return self.dim // self.num_subspaces
+
+    @property
+    def num_centroids(self) -> int:
+        return 1 << self.nbits
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.nbits <= 8 else np.uint16)
+
+    @property
+    def is_trained(self) -> bool:
+        return self._codebooks is not None
+
+    @property
+    def codebooks(self) -> np.ndarray:
+        """Codewords, float32 ``(num_subspaces, 2**nbits, dim // num_subspaces)``."""
+        self._require_trained()
+        return self._codebooks
+
+    def __repr__(self) -> str:
+        return (f"ProductQuantizer(dim={self.dim}, num_subspaces={self.num_subspaces}, "
+                f"nbits={self.nbits}, trained={self.is_trained})")
+
+    def _require_trained(self) -> None:
+        if self._codebooks is None:
+            raise RuntimeError("this ProductQuantizer is not trained: call train(x) first")
+
+    def _vectors(self, x: Any, name: str) -> np.ndarray:
+        a = to_numpy(x, allow_device_copy=True)
+        check_rank(a, name, (2,), f"(N, dim = {self.dim})")
+        if a.shape[1] != self.dim:
+            raise ValueError(f"{name} has dimension {a.shape[1]}; this quantizer has {self.dim}")
+        return np.ascontiguousarray(as_float_array(a, name, dtype=np.float32))
+
+    def train(self, x: Any) -> ProductQuantizer:
+        """Learn the codebooks from ``x`` ``(N, dim)``, ``N >= 2**nbits``. Returns self."""
+        points = self._vectors(x, "x")
+        k = self.num_centroids
+        if points.shape[0] < k:
+            raise ValueError(
+                f"training needs at least 2**nbits = {k} points, got {points.shape[0]}"
+            )
+        rng = np.random.default_rng(self.seed)
+        if (self.max_points_per_centroid is not None
+                and points.shape[0] > self.max_points_per_centroid * k):
+            keep = np.sort(rng.choice(points.shape[0], self.max_points_per_centroid * k,
+                                      replace=False))
+            points = np.ascontiguousarray(points[keep])
+        uniforms = rng.random((self.num_subspaces, k))
+        codebooks = np.empty((self.num_subspaces, k, self.dsub), dtype=np.float32)
+        _pq_cpu.train(points, self.num_subspaces, k, self.iterations, uniforms, codebooks)
+        self._codebooks = codebooks
+        return self
+
+    def set_codebooks(self, codebooks: Any) -> ProductQuantizer:
+        """Use given codebooks ``(num_subspaces, 2**nbits, dsub)`` (e.g. FAISS's). Returns self."""
+        c = to_numpy(codebooks, allow_device_copy=True)
+        shape = (self.num_subspaces, self.num_centroids, self.dsub)
+        if c.shape != shape:
+            raise ValueError(f"codebooks must have shape {shape}, got {tuple(c.shape)}")
+        self._codebooks = np.ascontiguousarray(as_float_array(c, "codebooks", dtype=np.float32))
+        return self
+
+    def encode(self, x: Any) -> Any:
+        """Nearest codeword per subspace: ``(N, num_subspaces)`` uint8 (uint16 above 8 bits)."""
+        self._require_trained()
+        origin = origin_of(x, names=("x",))
+        points = self._vectors(x, "x")
+        codes = np.empty((points.shape[0], self.num_subspaces), dtype=self.code_dtype)
+        if points.shape[0]:
+            _pq_cpu.encode(points, self._codebooks, codes)
+        return origin.wrap(codes)
+
+    def _codes(self, codes: Any, name: str = "codes") -> np.ndarray:
+        c = to_numpy(codes, allow_device_copy=True)
+        check_rank(c, name, (2,), f"(N, num_subspaces = {self.num_subspaces})")
+        if c.shape[1] != self.num_subspaces:
+            raise ValueError(
+                f"{name} has {c.shape[1]} columns; this quantizer has {self.num_subspaces} "
+                "subspaces"
+            )
+        if c.dtype != self.code_dtype:
+            if c.dtype.kind not in "iu":
+                raise TypeError(f"{name} must hold integers, got dtype {c.dtype}")
+            as_index_array(c, name, self.num_centroids)
+            c = c.astype(self.code_dtype)
+        elif self.nbits not in (8, 16):
+            as_index_array(c, name, self.num_centroids)
+        return np.ascontiguousarray(c)
+
+    def decode(self, codes: Any) -> Any:
+        """The reconstruction: each sub-vector replaced by its codeword, float32 ``(N, dim)``."""
+        self._require_trained()
+        origin = origin_of(codes, names=("codes",))
+        c = self._codes(codes)
+        out = np.empty((c.shape[0], self.dim), dtype=np.float32)
+        if c.shape[0]:
+            _pq_cpu.decode(c, self._codebooks, out)
+        return origin.wrap(out)
+
+    # ------------------------------------------------------------------ files
+
+    def _state(self) -> dict[str, np.ndarray]:
+        self._require_trained()
+        return {"dim": np.array(self.dim), "num_subspaces": np.array(self.num_subspaces),
+                "nbits": np.array(self.nbits), "codebooks": self._codebooks}
+
+    @classmethod
+    def _from_state(cls, arrays: dict[str, np.ndarray], path: str | os.PathLike):
+        try:
+            pq = cls(int(arrays["dim"]), int(arrays["num_subspaces"]), int(arrays["nbits"]))
+            pq.set_codebooks(arrays["codebooks"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is a corrupted {cls.__name__} file "
+                             f"({error})") from None
+        return pq
+
+    _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
+        "dim": ("iu", 0), "num_subspaces": ("iu", 0), "nbits": ("iu", 0), "codebooks": ("f", 3),
+    }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained quantizer to ``path`` (.npz, no pickle)."""
+        save_npz(path, "ProductQuantizer", self._VERSION, **self._state())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ProductQuantizer:
+        """Read a quantizer written by :meth:`save`."""
+        return cls._from_state(load_npz(path, "ProductQuantizer", cls._VERSION, cls._FIELDS),
+                               path)

@@ -1,0 +1,173 @@
+"""ProductQuantizer and PQIndex against the loop reference and FAISS."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qkernels as qk
+from qkernels.quantize import _pq_cpu
+from tests import reference as ref
+
+faiss = pytest.importorskip("faiss")
+
+
+def data(seed, n, dim, centers=5):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)) * 3
+    return (c[rng.integers(0, centers, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(4, 40), st.integers(1, 4), st.integers(1, 3),
+       st.integers(0, 4), st.booleans())
+def test_kmeans_equals_the_reference(seed, n, k, dsub, iterations, duplicates):
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((n, dsub)).astype(np.float32)
+    if duplicates:  # repeated points: k-means++ runs out of distinct ones, clusters go empty
+        points = points[rng.integers(0, max(1, n // 4), n)]
+    k = min(k, n)
+    uniforms = rng.random((1, k))
+    got = np.empty((1, k, dsub), dtype=np.float32)
+    _pq_cpu.train(points, 1, k, iterations, uniforms, got)
+    expected = ref.kmeans_subspace(points, k, uniforms[0], iterations)
+    np.testing.assert_array_equal(got[0], expected)
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([(8, 2), (8, 4), (12, 3), (5, 5), (6, 1)]),
+       st.integers(1, 4))
+def test_encode_decode_and_search_equal_the_reference(seed, shape, nbits):
+    dim, m = shape
+    x = data(seed, 60, dim)
+    q = data(seed + 1, 7, dim)
+    pq = qk.ProductQuantizer(dim, m, nbits, iterations=5, seed=seed % 1000).train(x)
+    codes = pq.encode(x)
+    assert codes.dtype == np.uint8 and codes.shape == (60, m)
+    np.testing.assert_array_equal(codes, ref.pq_encode(x, pq.codebooks))
+    decoded = pq.decode(codes)
+    dsub = dim // m
+    for i in range(3):
+        for j in range(m):
+            np.testing.assert_array_equal(decoded[i, j * dsub:(j + 1) * dsub],
+                                          pq.codebooks[j, codes[i, j]])
+    for metric in ("l2", "ip"):
+        index = qk.PQIndex(pq, metric=metric).add_codes(codes)
+        for symmetric in (False, True):
+            D, I = index.search(q, 12, symmetric=symmetric)
+            rD, rI = ref.pq_search(q, codes, pq.codebooks, 12, metric, symmetric)
+            np.testing.assert_array_equal(I, rI)
+            np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
+
+
+def test_few_queries_split_the_database_and_agree():
+    x = data(3, 3000, 16)
+    q = data(4, 40, 16)
+    pq = qk.ProductQuantizer(16, 4, 6, iterations=4).train(x)
+    index = qk.PQIndex(pq).add(x)
+    many = index.search(q, 15)
+    few = [index.search(q[i:i + 2], 15) for i in range(0, 40, 2)]
+    np.testing.assert_array_equal(np.concatenate([f[1] for f in few]), many[1])
+    np.testing.assert_array_equal(np.concatenate([f[0] for f in few]), many[0])
+
+
+def test_same_codes_and_ids_as_faiss_indexpq():
+    x = data(5, 5000, 32, centers=40)
+    q = data(6, 60, 32, centers=40)
+    pq = qk.ProductQuantizer(32, 8, 8, iterations=10).train(x)
+    f = faiss.IndexPQ(32, 8, 8)
+    faiss.copy_array_to_vector(pq.codebooks.ravel(), f.pq.centroids)
+    f.is_trained = True
+    f.add(x)
+    ours = qk.PQIndex(pq).add(x)
+    np.testing.assert_array_equal(faiss.vector_to_array(f.codes).reshape(-1, 8), ours.codes)
+    Df, If = f.search(q, 10)
+    D, I = ours.search(q, 10)
+    np.testing.assert_array_equal(I, If)
+    np.testing.assert_allclose(D, Df, rtol=1e-5)
+    f.search_type = faiss.IndexPQ.ST_SDC
+    f.pq.compute_sdc_table()
+    Df, If = f.search(q, 10)
+    D, I = ours.search(q, 10, symmetric=True)
+    np.testing.assert_array_equal(I, If)
+    np.testing.assert_allclose(D, Df, rtol=1e-5)
+
+
+def test_training_is_deterministic_under_a_seed_and_reduces_error():
+    x = data(7, 4000, 16, centers=30)
+    a = qk.ProductQuantizer(16, 4, 5, seed=1).train(x)
+    b = qk.ProductQuantizer(16, 4, 5, seed=1).train(x)
+    np.testing.assert_array_equal(a.codebooks, b.codebooks)
+    err = lambda p: float(((p.decode(p.encode(x)) - x) ** 2).mean())  # noqa: E731
+    assert err(a) < err(qk.ProductQuantizer(16, 4, 5, iterations=0, seed=1).train(x))
+    # subsampling (at most 8 points per codeword here) keeps it deterministic
+    c = qk.ProductQuantizer(16, 4, 5, seed=1, max_points_per_centroid=8).train(x)
+    d = qk.ProductQuantizer(16, 4, 5, seed=1, max_points_per_centroid=8).train(x)
+    np.testing.assert_array_equal(c.codebooks, d.codebooks)
+
+
+def test_codes_above_eight_bits_are_uint16():
+    x = data(8, 600, 4, centers=50)
+    pq = qk.ProductQuantizer(4, 2, 9, iterations=2).train(x)
+    codes = pq.encode(x)
+    assert codes.dtype == np.uint16 and 255 < codes.max() < 512
+    np.testing.assert_array_equal(codes, ref.pq_encode(x, pq.codebooks))
+    D, I = qk.PQIndex(pq).add_codes(codes).search(x[:3], 5)
+    rD, rI = ref.pq_search(x[:3], codes, pq.codebooks, 5)
+    np.testing.assert_array_equal(I, rI)
+    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
+
+
+def test_torch_in_torch_out_and_save_load(tmp_path):
+    x = data(9, 600, 8)
+    pq = qk.ProductQuantizer(8, 2, 4).train(torch.from_numpy(x))
+    codes = pq.encode(torch.from_numpy(x))
+    assert isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8
+    index = qk.PQIndex(pq).add(x)
+    _, I = index.search(torch.from_numpy(x[:5]), 3)
+    assert isinstance(I, torch.Tensor)
+    index.save(tmp_path / "pq.npz")
+    loaded = qk.PQIndex.load(tmp_path / "pq.npz")
+    np.testing.assert_array_equal(loaded.search(x[:5], 3)[1], I.numpy())
+    pq.save(tmp_path / "q.npz")
+    np.testing.assert_array_equal(qk.ProductQuantizer.load(tmp_path / "q.npz").codebooks,
+                                  pq.codebooks)
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a qkernels PQIndex file"):
+        qk.PQIndex.load(tmp_path / "foreign.npz")
+
+
+def test_empty_index_and_topk_beyond_it():
+    x = data(10, 300, 8)
+    pq = qk.ProductQuantizer(8, 2, 3).train(x)
+    D, I = qk.PQIndex(pq).search(x[:2], 4)
+    assert (I == -1).all() and np.isinf(D).all()
+    D, I = qk.PQIndex(pq).add(x[:3]).search(x[:2], 5)
+    assert (I[:, 3:] == -1).all() and sorted(I[0, :3]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: qk.ProductQuantizer(10, 3), ValueError, "not divisible by num_subspaces"),
+        (lambda: qk.ProductQuantizer(8, 2, 17), ValueError, r"nbits must be in 1\.\.16"),
+        (lambda: qk.ProductQuantizer(8, 2, 0), ValueError, r"nbits must be in 1\.\.16"),
+        (lambda: qk.ProductQuantizer(8, 2, 8).train(np.zeros((100, 8))), ValueError,
+         "at least 2\\*\\*nbits = 256 points, got 100"),
+        (lambda: qk.ProductQuantizer(8, 2, 2).train(np.zeros((100, 7))), ValueError,
+         "x has dimension 7; this quantizer has 8"),
+        (lambda: qk.ProductQuantizer(8, 2, 2).train(np.full((10, 8), np.nan)), ValueError,
+         "x must be finite"),
+        (lambda: qk.ProductQuantizer(8, 2, 2).encode(np.zeros((1, 8))), RuntimeError,
+         "not trained"),
+        (lambda: qk.PQIndex(qk.ProductQuantizer(8, 2, 2).train(data(1, 20, 8)))
+         .search(np.zeros((1, 6)), 1), ValueError, "q has dimension 6"),
+        (lambda: qk.PQIndex(qk.ProductQuantizer(8, 2, 2).train(data(1, 20, 8)))
+         .add_codes(np.array([[0, 4]])), ValueError, r"indices in 0\.\.3"),
+        (lambda: qk.PQIndex(qk.ProductQuantizer(8, 2, 2).train(data(1, 20, 8)))
+         .add_codes(np.zeros((1, 3), np.uint8)), ValueError, "3 columns"),
+        (lambda: qk.PQIndex("pq"), TypeError, "pq must be a ProductQuantizer"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
