@@ -406,3 +406,111 @@ def hamming_search(query_codes, db_codes, topk, query_features=None, db_features
         all_d.append([d for d, _, _ in best] + [np.iinfo(np.int32).max] * pad)
         all_i.append([i for _, _, i in best] + [-1] * pad)
     return all_d, all_i
+
+
+# --------------------------------------------------------------------------------------------
+# losses (inputs are nested lists or numpy arrays of float64; results are floats)
+
+
+def _norm(v):
+    return math.sqrt(sum(x * x for x in v))
+
+
+def _normalize(v):
+    length = _norm(v)
+    return [x / length for x in v] if length > 0 else list(v)
+
+
+def _shares(a, b):
+    return _shares_label(a, b)
+
+
+def semi_hard_triplet(f, labels, margin=1.0, masks=None, distance="l1", normalize=True):
+    n = len(f)
+    f = [_normalize(row) if normalize else list(row) for row in f]
+
+    def dist(i, j):
+        total = 0.0
+        for r in range(len(f[i])):
+            w = 1.0 if masks is None else (1.0 if (masks[i][r] or masks[j][r]) else 0.0)
+            diff = f[i][r] - f[j][r]
+            total += w * (abs(diff) if distance == "l1" else diff * diff)
+        return total
+
+    losses = []
+    for i in range(n):
+        for p in range(n):
+            if i == p or not _shares(labels[i], labels[p]):
+                continue
+            d_ap = dist(i, p)
+            negatives = [dist(i, j) for j in range(n) if not _shares(labels[i], labels[j])]
+            farther = [d for d in negatives if d > d_ap]
+            d_an = min(farther) if farther else max(negatives)
+            losses.append(max(d_ap - d_an + margin, 0.0))
+    return sum(losses) / len(losses)
+
+
+def npairs(anchors, positives, labels, reg=0.003, anchor_masks=None, positive_masks=None):
+    n = len(anchors)
+    total = 0.0
+    for i in range(n):
+        row = []
+        for j in range(n):
+            s = 0.0
+            for r in range(len(anchors[i])):
+                w = 1.0
+                if anchor_masks is not None:
+                    w = 1.0 if (anchor_masks[i][r] or positive_masks[j][r]) else 0.0
+                s += w * anchors[i][r] * positives[j][r]
+            row.append(s)
+        top = max(row)
+        log_norm = top + math.log(sum(math.exp(s - top) for s in row))
+        same = [j for j in range(n) if _shares(labels[i], labels[j])]
+        total += -sum((row[j] - log_norm) for j in same) / len(same)
+    l2 = (sum(sum(x * x for x in a) for a in anchors) / n
+          + sum(sum(x * x for x in p) for p in positives) / n)
+    return total / n + reg * 0.25 * l2
+
+
+def dqn(z, labels, reconstruction=None, pq_weight=0.0):
+    n = len(z)
+    units = [_normalize(row) for row in z]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            s = 1.0 if _shares(labels[i], labels[j]) else -1.0
+            cos = sum(a * b for a, b in zip(units[i], units[j], strict=True))
+            total += (s - cos) ** 2
+    loss = total / (n * n)
+    if reconstruction is not None:
+        loss += pq_weight * sum(
+            sum((a - b) ** 2 for a, b in zip(z[i], reconstruction[i], strict=True))
+            for i in range(n)) / n
+    return loss
+
+
+def relative_distance(h, target, p=1.0):
+    n = len(h)
+    units = [_normalize(row) for row in h]
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    d_hash = [1 - sum(a * b for a, b in zip(units[i], units[j], strict=True)) for i, j in pairs]
+    d_target = [float(target[i][j]) for i, j in pairs]
+    mean_hash = sum(d_hash) / len(pairs)
+    mean_target = sum(d_target) / len(pairs)
+    return sum(abs(a / mean_hash - b / mean_target) ** p
+               for a, b in zip(d_hash, d_target, strict=True)) / len(pairs)
+
+
+def binary_kl(x, y):
+    """1-NN KL estimate of the outputs x against target samples y."""
+    n, m = len(x), len(x[0])
+
+    def euclid(a, b):
+        return math.sqrt(sum((u - v) ** 2 for u, v in zip(a, b, strict=True)))
+
+    total = 0.0
+    for i in range(n):
+        rho = min(euclid(x[i], x[j]) for j in range(n) if j != i)
+        nu = min(euclid(x[i], t) for t in y)
+        total += math.log(nu / rho)
+    return m / n * total + math.log(len(y) / (n - 1))

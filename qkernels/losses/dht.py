@@ -1,0 +1,169 @@
+"""Deep Hash Table losses (Jeong & Song, ICML 2018): the batch code assignment, and the
+triplet and n-pairs losses, plain or with distances restricted to the buckets of the codes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..flow import solve_sparse_codes
+from ._common import check_embeddings, check_labels, check_mask, same_label_matrix
+
+__all__ = ["BatchCodes", "NPairsLoss", "SemiHardTripletLoss", "assign_batch_codes"]
+
+
+class BatchCodes(NamedTuple):
+    codes: torch.Tensor  # (N, k) int64, each item's buckets, sorted
+    mask: torch.Tensor  # (N, d) 0/1 in the activations' dtype: the buckets of each item's code
+
+
+def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float = 1.0,
+                       normalize: bool = True) -> BatchCodes:
+    """The DHT code assignment of one training batch.
+
+    For each class ``i`` present in the batch the unary score is the mean of its items'
+    activations, ``u_i = mean_{labels == i} a`` (each row L2-normalised first when
+    ``normalize``, as for the triplet variant; for n-pairs pass anchors and positives with
+    ``normalize=False``, which gives ``(a + p) / 2``). The classes' exact k-sparse codes
+    minimise ``-sum_i u_i . z_i + penalty * sum_r C(c_r, 2)``
+    (:func:`qkernels.solve_sparse_codes`); every item gets its class's code.
+
+    Returns ``BatchCodes(codes, mask)``: int64 ``(N, k)`` and a 0/1 ``(N, d)`` mask in the
+    activations' dtype, both on the activations' device. No gradient flows through them. The
+    solve runs on the CPU (on a host copy of the class means) until the GPU solver exists.
+    """
+    a = check_embeddings(activations, "activations").detach()
+    labels = check_labels(labels, a.shape[0], a.device)
+    if labels.dim() != 1:
+        raise ValueError("assign_batch_codes needs (N,) class ids, not a multi-label matrix")
+    if a.shape[0] == 0:
+        raise ValueError("activations is empty: a batch needs at least one item")
+    if normalize:
+        a = nn.functional.normalize(a, dim=1)
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    sums = torch.zeros(classes.shape[0], a.shape[1], dtype=a.dtype, device=a.device)
+    sums.index_add_(0, inverse, a)
+    counts = torch.bincount(inverse, minlength=classes.shape[0]).to(a.dtype)
+    means = sums / counts[:, None]
+    class_codes = solve_sparse_codes(means.cpu(), k, penalty).to(a.device)
+    codes = class_codes[inverse]
+    mask = torch.zeros_like(a).scatter_(1, codes, 1.0)
+    return BatchCodes(codes, mask)
+
+
+def _masked_pairwise(f: torch.Tensor, g: torch.Tensor, mask_f, mask_g, kind: str):
+    """(N, M) distances sum_r w_ijr phi(f_ir - g_jr), w = mask_f[i] OR mask_g[j] (1 unmasked)."""
+    diff = f[:, None, :] - g[None, :, :]
+    term = diff.abs() if kind == "l1" else diff.pow(2)
+    if mask_f is None:
+        return term.sum(-1)
+    either = mask_f[:, None, :] + mask_g[None, :, :] - mask_f[:, None, :] * mask_g[None, :, :]
+    return (either * term).sum(-1)
+
+
+class SemiHardTripletLoss(nn.Module):
+    """Semi-hard triplet loss (Schroff et al., 2015), with DHT's masked distance.
+
+    On L2-normalised embeddings ``f`` (when ``normalize``), with ``distance`` ``"l1"``::
+
+        D_ij = sum_r w_ijr |f_ir - f_jr|,   w_ijr = [h_ir or h_jr]  (1 without codes)
+
+    (``"sqeuclidean"`` uses ``(f_ir - f_jr)^2``), as in the DHT paper: a pair is compared only in
+    the buckets active in either code. For each anchor-positive pair ``(i, p)`` (same label,
+    ``i != p``) the negative is the nearest one farther than the positive, ``min {D_in : D_in >
+    D_ip}``, or, if there is none, the farthest negative; the loss is the mean over pairs of
+    ``max(D_ip - D_in + margin, 0)``. Default margin 1.0 (the DHT triplet setting).
+
+    ``forward(embeddings, labels, masks=None)``: masks are ``(N, d)`` 0/1 (e.g.
+    ``assign_batch_codes(...).mask``). A batch needs two classes and one positive pair.
+    """
+
+    def __init__(self, margin: float = 1.0, distance: str = "l1", normalize: bool = True):
+        super().__init__()
+        if distance not in ("l1", "sqeuclidean"):
+            raise ValueError(f"distance must be 'l1' or 'sqeuclidean', got {distance!r}")
+        self.margin = float(margin)
+        self.distance = distance
+        self.normalize = normalize
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, distance={self.distance!r}, normalize={self.normalize}"
+
+    def forward(self, embeddings: torch.Tensor, labels, masks: torch.Tensor | None = None):
+        f = check_embeddings(embeddings, "embeddings")
+        labels = check_labels(labels, f.shape[0], f.device)
+        if masks is not None:
+            masks = check_mask(masks, f, "masks")
+        if f.shape[0] == 0:
+            return f.sum() * 0.0
+        if self.normalize:
+            f = nn.functional.normalize(f, dim=1)
+        dist = _masked_pairwise(f, f, masks, masks, self.distance)
+        same = same_label_matrix(labels)
+        eye = torch.eye(f.shape[0], dtype=torch.bool, device=f.device)
+        positive = same & ~eye
+        negative = ~same
+        if not negative.any():
+            raise ValueError("SemiHardTripletLoss needs a batch with at least two classes")
+        if not positive.any():
+            raise ValueError("SemiHardTripletLoss needs a batch with two items of one class")
+        anchor, pos = positive.nonzero(as_tuple=True)
+        d_ap = dist[anchor, pos]  # (P,)
+        d_an = dist[anchor]  # (P, N)
+        neg = negative[anchor]
+        inf = torch.finfo(dist.dtype).max
+        farther = neg & (d_an > d_ap[:, None])
+        semi_hard = torch.where(farther, d_an, torch.full_like(d_an, inf)).min(1).values
+        hardest_easy = torch.where(neg, d_an, torch.full_like(d_an, -inf)).max(1).values
+        d_neg = torch.where(farther.any(1), semi_hard, hardest_easy)
+        return torch.clamp(d_ap - d_neg + self.margin, min=0).mean()
+
+
+class NPairsLoss(nn.Module):
+    """Multi-class N-pair loss (Sohn, 2016), with DHT's masked similarity.
+
+    For anchors ``a`` and positives ``p`` (row ``i`` of each from the same class)::
+
+        S_ij = sum_r w_ijr a_ir p_jr,   w_ijr = [h^a_ir or h^p_jr]  (1 without codes)
+        loss = mean_i CE(softmax(S_i), t_i) + (reg / 4) (mean_i |a_i|^2 + mean_i |p_i|^2)
+
+    where the target ``t_ij`` spreads evenly over the columns that share row i's label. The
+    default ``reg = 0.003`` is the DHT n-pairs setting. ``forward(anchors, positives, labels,
+    anchor_masks=None, positive_masks=None)``; with masks both are needed.
+    """
+
+    def __init__(self, reg: float = 0.003):
+        super().__init__()
+        self.reg = float(reg)
+
+    def extra_repr(self) -> str:
+        return f"reg={self.reg}"
+
+    def forward(self, anchors: torch.Tensor, positives: torch.Tensor, labels,
+                anchor_masks: torch.Tensor | None = None,
+                positive_masks: torch.Tensor | None = None):
+        a = check_embeddings(anchors, "anchors")
+        p = check_embeddings(positives, "positives")
+        if a.shape != p.shape:
+            raise ValueError(f"anchors {tuple(a.shape)} and positives {tuple(p.shape)} must "
+                             "have the same shape")
+        labels = check_labels(labels, a.shape[0], a.device)
+        if (anchor_masks is None) != (positive_masks is None):
+            raise ValueError("give both anchor_masks and positive_masks, or neither")
+        if a.shape[0] == 0:
+            return a.sum() * 0.0
+        if anchor_masks is None:
+            sim = a @ p.T
+        else:
+            ma = check_mask(anchor_masks, a, "anchor_masks")
+            mp = check_mask(positive_masks, p, "positive_masks")
+            sim = (ma * a) @ p.T + a @ (mp * p).T - (ma * a) @ (mp * p).T
+        same = same_label_matrix(labels).to(a.dtype)
+        if bool((same.sum(1) == same.shape[1]).all()) and a.shape[0] > 1:
+            raise ValueError("NPairsLoss needs a batch with at least two classes")
+        target = same / same.sum(1, keepdim=True)
+        cross_entropy = -(target * torch.log_softmax(sim, dim=1)).sum(1).mean()
+        l2 = a.pow(2).sum(1).mean() + p.pow(2).sum(1).mean()
+        return cross_entropy + self.reg * 0.25 * l2
