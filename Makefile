@@ -22,7 +22,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) examples/demo_flow.py
+	$(PY) -m training dht --out runs/demo
 
 # Speed: ours against the peers in one process, as ratios (benchmarks/compare.py), and asv.
 compare: $(STAMP)

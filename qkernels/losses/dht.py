@@ -20,7 +20,7 @@ class BatchCodes(NamedTuple):
 
 
 def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float = 1.0,
-                       normalize: bool = True) -> BatchCodes:
+                       normalize: bool = True, *, group=None) -> BatchCodes:
     """The DHT code assignment of one training batch.
 
     For each class ``i`` present in the batch the unary score is the mean of its items'
@@ -30,6 +30,11 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
     minimise ``-sum_i u_i . z_i + penalty * sum_r C(c_r, 2)``
     (:func:`qkernels.solve_sparse_codes`); every item gets its class's code.
 
+    Under ``torch.distributed`` (initialised, more than one process in ``group``) the batch is
+    the global one: the ranks agree on the classes present anywhere, add up their class sums,
+    rank 0 solves once and broadcasts the codes, so that every rank trains on the same codes.
+    Every rank must call it at the same step.
+
     Returns ``BatchCodes(codes, mask)``: int64 ``(N, k)`` and a 0/1 ``(N, d)`` mask in the
     activations' dtype, both on the activations' device. No gradient flows through them. The
     solve runs on the CPU (on a host copy of the class means) until the GPU solver exists.
@@ -38,19 +43,56 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
     labels = check_labels(labels, a.shape[0], a.device)
     if labels.dim() != 1:
         raise ValueError("assign_batch_codes needs (N,) class ids, not a multi-label matrix")
-    if a.shape[0] == 0:
+    distributed = _world_size(group) > 1
+    if a.shape[0] == 0 and not distributed:
         raise ValueError("activations is empty: a batch needs at least one item")
     if normalize:
         a = nn.functional.normalize(a, dim=1)
-    classes, inverse = torch.unique(labels, return_inverse=True)
+    classes = torch.unique(labels)
+    if distributed:
+        classes = _global_classes(classes, group)
+    inverse = torch.searchsorted(classes, labels)
     sums = torch.zeros(classes.shape[0], a.shape[1], dtype=a.dtype, device=a.device)
     sums.index_add_(0, inverse, a)
     counts = torch.bincount(inverse, minlength=classes.shape[0]).to(a.dtype)
-    means = sums / counts[:, None]
-    class_codes = solve_sparse_codes(means.cpu(), k, penalty).to(a.device)
+    if distributed:
+        torch.distributed.all_reduce(sums, group=group)
+        torch.distributed.all_reduce(counts, group=group)
+        class_codes = torch.empty(classes.shape[0], k, dtype=torch.int64, device=a.device)
+        if torch.distributed.get_rank(group) == 0:
+            class_codes = _solve(sums, counts, k, penalty).to(a.device)
+        torch.distributed.broadcast(class_codes, src=torch.distributed.get_global_rank(group, 0)
+                                    if group is not None else 0, group=group)
+    else:
+        class_codes = _solve(sums, counts, k, penalty).to(a.device)
     codes = class_codes[inverse]
     mask = torch.zeros_like(a).scatter_(1, codes, 1.0)
     return BatchCodes(codes, mask)
+
+
+def _solve(sums: torch.Tensor, counts: torch.Tensor, k: int, penalty: float) -> torch.Tensor:
+    return solve_sparse_codes((sums / counts[:, None]).cpu(), k, penalty)
+
+
+def _world_size(group) -> int:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def _global_classes(local: torch.Tensor, group) -> torch.Tensor:
+    """The sorted union of every rank's classes (padded all_gather of variable-size sets)."""
+    dist = torch.distributed
+    size = torch.tensor([local.shape[0]], device=local.device)
+    dist.all_reduce(size, op=dist.ReduceOp.MAX, group=group)
+    pad = torch.iinfo(local.dtype).min  # no class id: the padding of shorter sets
+    padded = torch.full((int(size),), pad, dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, padded, group=group)
+    union = torch.unique(torch.cat(gathered))
+    return union[union != pad]
 
 
 def _masked_pairwise(f: torch.Tensor, g: torch.Tensor, mask_f, mask_g, kind: str):

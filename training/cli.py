@@ -1,0 +1,120 @@
+"""python -m training METHOD [options]: train, build the method's index on the database split,
+query it with the query split, and report (a table, results.json, PNG plots).
+
+Examples::
+
+    python -m training dht                               # DHT (triplet) on the bundled digits
+    python -m training dht --variant npairs --k 2
+    python -m training dqn --dataset synthetic
+    python -m training h2q --dataset npz:features.npz --bits 32
+    python -m training klhash --dataset cifar100:~/data/cifar-100-python --device cuda
+    torchrun --nproc_per_node=2 -m training dht          # DistributedDataParallel
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+__all__ = ["main", "parser"]
+
+METHODS = ("dht", "dqn", "h2q", "klhash")
+# epochs of the first stage by method (--epochs overrides)
+DEFAULT_EPOCHS = {"dht": 30, "dqn": 30, "h2q": 30, "klhash": 30}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("method", choices=METHODS)
+    p.add_argument("--dataset", default="digits",
+                   help="digits (default), synthetic[:S,C,D,N], cifar100:PATH or npz:PATH")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the (first) training stage; method default if omitted")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--classes-per-batch", type=int, default=64,
+                   help="classes per batch (at most the dataset's; default 64 as DHT)")
+    p.add_argument("--items-per-class", type=int, default=4)
+    p.add_argument("--out", default=None, help="output folder (default runs/<method>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    p.add_argument("--batches-per-epoch", type=int, default=None,
+                   help="cap the batches of an epoch (quick runs; default: the whole split)")
+    p.add_argument("--save-replicas", action="store_true",
+                   help="every rank writes its final weights to OUT/replica-RANK.pt (to check "
+                        "that distributed replicas agree)")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no tqdm progress bars (the one-line epoch summaries stay)")
+
+    dht = p.add_argument_group("dht")
+    dht.add_argument("--variant", choices=("triplet", "npairs"), default="triplet")
+    dht.add_argument("--buckets", type=int, default=64, help="d, hash buckets (default 64)")
+    dht.add_argument("--k", type=int, default=2, help="buckets per item (default 2)")
+    dht.add_argument("--max-k", type=int, default=4, help="the curve of the report: k = 1..")
+    dht.add_argument("--penalty", type=float, default=None,
+                     help="lambda of the code assignment (1.0 triplet, 0.3 n-pairs)")
+    dht.add_argument("--margin", type=float, default=1.0, help="triplet margin (1.0)")
+    dht.add_argument("--reg", type=float, default=0.003, help="n-pairs L2 weight (0.003)")
+    dht.add_argument("--hash-epochs", type=int, default=None,
+                     help="epochs of the hash head fine-tuning (default: as --epochs)")
+
+    quant = p.add_argument_group("dqn, h2q, klhash")
+    quant.add_argument("--bits", type=int, default=32,
+                       help="code length: PQ subspaces x 8 (dqn), sign bits (h2q, klhash)")
+    quant.add_argument("--map-k", type=int, default=None,
+                       help="mAP@k / mAHP@k cut-off (default: min(1000, database size))")
+    quant.add_argument("--pq-weight", type=float, default=1e-4, help="DQN lambda (1e-4)")
+    quant.add_argument("--warmup-epochs", type=int, default=None,
+                       help="DQN epochs without the quantization term (default: a third)")
+    quant.add_argument("--h2q-loss", choices=("l2", "l1", "bit_var", "min_entry"), default="l2")
+    quant.add_argument("--h2q-epochs", type=int, default=150)
+    quant.add_argument("--kl-weight", type=float, default=0.001,
+                       help="klhash KL term weight (0.001; the estimate grows with the bits, and "
+                            "0.01 already hurt retrieval on synthetic data)")
+    quant.add_argument("--sim-weight", type=float, default=1.0,
+                       help="klhash relative-distance term weight")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS[args.method]
+    if args.hash_epochs is None:
+        args.hash_epochs = args.epochs
+    if args.penalty is None:
+        args.penalty = 1.0 if args.variant == "triplet" else 0.3
+    if args.out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out = str(Path("runs") / f"{args.method}-{stamp}")
+    if args.resume and not Path(args.out, "checkpoint.pt").is_file():
+        print(f"--resume: no checkpoint in {args.out}; starting afresh", file=sys.stderr)
+    from . import common, report
+    from .data import DatasetError
+
+    try:
+        run = common.Run(args)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    method = __import__(f"training.{args.method}", fromlist=["run"])
+    results = method.run(args, run)
+    if run.is_main:
+        table = results["table"]
+        print()
+        print(table.markdown())
+        out = run.out
+        report.write_results(out, results)
+        report.plot_history(out, run.history, f"{args.method} on {run.data.name}")
+        if "curves" in results:
+            report.plot_curves(out, results["curves"], "P@4",
+                               f"{args.method} on {run.data.name}: precision@4 vs SUF")
+        print(f"\nresults, plots and checkpoint in {out}/")
+    run.finish()
+    return 0

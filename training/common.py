@@ -1,0 +1,218 @@
+"""What every method shares: the run (device, seeds, output folder, torch.distributed), the
+class-balanced batches, resumable training stages with checkpoints, and batched inference."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Dataset, load_dataset
+
+__all__ = ["ClassBatches", "Run", "Stage"]
+
+
+class ClassBatches:
+    """Batches of ``classes_per_batch`` classes x ``items_per_class`` items, drawn without
+    replacement within an epoch (the DHT batches: the code assignment needs several classes,
+    the metric losses several items per class). The order depends on (seed, epoch) only, so
+    every rank of a distributed run sees the same global batches; each takes its own share.
+    """
+
+    def __init__(self, labels: np.ndarray, classes_per_batch: int, items_per_class: int,
+                 seed: int, max_batches: int | None = None):
+        self.labels = labels
+        self.classes = np.unique(labels)
+        self.classes_per_batch = min(classes_per_batch, len(self.classes))
+        self.items_per_class = items_per_class
+        self.seed = seed
+        self.batch_size = self.classes_per_batch * items_per_class
+        self.batches_per_epoch = max(1, len(labels) // self.batch_size)
+        if max_batches is not None:
+            self.batches_per_epoch = min(self.batches_per_epoch, max(1, max_batches))
+
+    def epoch(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        pools = {c: list(rng.permutation(np.flatnonzero(self.labels == c)))
+                 for c in self.classes}
+        for _ in range(self.batches_per_epoch):
+            chosen = rng.choice(self.classes, self.classes_per_batch, replace=False)
+            batch = []
+            for c in chosen:
+                if len(pools[c]) < self.items_per_class:  # refill a class that ran out
+                    pools[c] += list(rng.permutation(np.flatnonzero(self.labels == c)))
+                batch += [pools[c].pop() for _ in range(self.items_per_class)]
+            batch = np.array(batch)
+            yield batch[rank::world_size]
+
+
+class Stage:
+    """One training stage: ``epochs`` passes of ``step(batch_indices, epoch, step) -> loss``
+    over ``optimizer``'s parameters (resumable; see :meth:`Run.train`)."""
+
+    def __init__(self, name: str, epochs: int, optimizer: torch.optim.Optimizer,
+                 step: Callable[[np.ndarray, int, int], torch.Tensor],
+                 batches: ClassBatches,
+                 on_epoch_end: Callable[[int], None] | None = None):
+        self.name = name
+        self.epochs = epochs
+        self.optimizer = optimizer
+        self.step = step
+        self.batches = batches
+        self.on_epoch_end = on_epoch_end  # also called for epochs done before a resume
+
+
+class Run:
+    """A training run: arguments, device, dataset, output folder, distributed set-up, logging
+    (rank 0 only), and the checkpoint that makes it resumable."""
+
+    def __init__(self, args: Any):
+        self.args = args
+        self.rank, self.world_size = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            backend = "nccl" if args.device == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+            self.rank = torch.distributed.get_rank()
+            self.world_size = torch.distributed.get_world_size()
+        if args.device == "cuda":
+            if not torch.cuda.is_available():
+                raise SystemExit("--device cuda: no CUDA device is available")
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        torch.manual_seed(args.seed)
+        self.data: Dataset = load_dataset(args.dataset, args.seed)
+        self.out = Path(args.out)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+        self.history: list[dict[str, Any]] = []
+        self.model: nn.Module | None = None  # the trained network, once train() ran
+        self.completed: dict[str, int] = {}  # stage -> epochs done
+        self._checkpoint = self.out / "checkpoint.pt"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, message: str) -> None:
+        if self.is_main and not self.args.quiet:
+            print(message, flush=True)
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def resume(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Load the checkpoint of an interrupted run (``--resume``) into ``model``."""
+        if not self.args.resume or not self._checkpoint.is_file():
+            return
+        state = torch.load(self._checkpoint, map_location=self.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        for name, optimizer in optimizers.items():
+            if name in state["optimizers"]:
+                optimizer.load_state_dict(state["optimizers"][name])
+        self.completed = dict(state["completed"])
+        self.history = [dict(h) for h in state["history"]]
+        self.log(f"resumed from {self._checkpoint}: "
+                 + ", ".join(f"{k} {v} epochs" for k, v in self.completed.items()))
+
+    def _save(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        if not self.is_main:
+            return
+        state = {"model": model.state_dict(),
+                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                 "completed": self.completed, "history": self.history}
+        temporary = self._checkpoint.with_suffix(".tmp")
+        torch.save(state, temporary)
+        temporary.replace(self._checkpoint)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self, model: nn.Module, stages: list[Stage]) -> None:
+        """Run the stages in order; each epoch ends with a checkpoint and a one-line summary.
+        With ``--resume``, finished epochs are skipped."""
+        self.model = model
+        optimizers = {s.name: s.optimizer for s in stages}
+        self.resume(model, optimizers)
+        for stage in stages:
+            done = self.completed.get(stage.name, 0)
+            if done and stage.on_epoch_end is not None:
+                stage.on_epoch_end(done - 1)  # rebuild what the epoch end left (e.g. codebooks)
+            for epoch in range(done, stage.epochs):
+                model.train()
+                start = time.perf_counter()
+                losses = []
+                batches = stage.batches.epoch(epoch, self.rank, self.world_size)
+                bar = self._bar(batches, stage.batches.batches_per_epoch,
+                                f"{stage.name} {epoch + 1}/{stage.epochs}")
+                for step, indices in enumerate(bar):
+                    loss = stage.step(indices, epoch, step)
+                    stage.optimizer.zero_grad()
+                    loss.backward()
+                    stage.optimizer.step()
+                    losses.append(float(loss.detach()))
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                mean = float(np.mean(losses))
+                if not math.isfinite(mean):
+                    raise FloatingPointError(f"{stage.name}: the loss became {mean}")
+                if stage.on_epoch_end is not None:
+                    stage.on_epoch_end(epoch)
+                self.history.append({"stage": stage.name, "epoch": epoch + 1, "loss": mean})
+                self.completed[stage.name] = epoch + 1
+                self._save(model, optimizers)
+                self.log(f"{stage.name} epoch {epoch + 1}/{stage.epochs}  loss {mean:.4f}  "
+                         f"({time.perf_counter() - start:.1f} s)")
+
+    def _bar(self, iterable, total: int, desc: str):
+        if not self.is_main or self.args.quiet or not self.args.progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False)
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def infer(self, fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray,
+              batch_size: int = 512, desc: str = "") -> np.ndarray:
+        """``fn`` over ``x`` in batches, in eval mode, as a float32 numpy array."""
+        outputs = []
+        for start in self._bar(range(0, len(x), batch_size),
+                               math.ceil(len(x) / batch_size), desc or "inference"):
+            outputs.append(fn(self.tensor(x[start : start + batch_size])).float().cpu())
+        return torch.cat(outputs).numpy()
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` under DistributedDataParallel when the run is distributed."""
+        if self.world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def batches(self) -> ClassBatches:
+        """The run's batches, from its arguments."""
+        a = self.args
+        return ClassBatches(self.data.y_train, a.classes_per_batch, a.items_per_class, a.seed,
+                            a.batches_per_epoch)
+
+    def finish(self) -> None:
+        if self.args.save_replicas and self.model is not None:
+            torch.save(self.model.state_dict(), self.out / f"replica-{self.rank}.pt")
+        if self.world_size > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

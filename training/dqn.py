@@ -1,0 +1,73 @@
+"""Deep Quantization Network (Cao et al., AAAI 2016): a bottleneck embedding trained with the
+pairwise cosine loss plus the product-quantization loss, codebooks re-fitted by k-means;
+searched by asymmetric quantizer distance (PQIndex) and scored by mAP@k."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import qkernels as qk
+from qkernels.losses import DQNLoss
+
+from .common import Run, Stage
+from .evaluation import map_k
+from .models import EmbeddingNet
+from .report import Table
+
+__all__ = ["run"]
+
+
+def run(args, run: Run) -> dict:
+    data = run.data
+    subspaces = max(1, args.bits // 8)
+    # 8 bits per subspace as in the paper, fewer when the training set is small
+    nbits = int(min(8, np.floor(np.log2(len(data.x_train)))))
+    dim = 8 * subspaces * 2  # a bottleneck of 16 dimensions per subspace
+    net = EmbeddingNet(data.x_train.shape[1:], dim).to(run.device)
+    module = run.wrap(net)
+    quantizer = qk.ProductQuantizer(dim, subspaces, nbits, seed=args.seed)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else args.epochs // 3
+    loss_fn = DQNLoss(args.pq_weight)
+
+    def step(indices, epoch, step):
+        x = run.tensor(data.x_train[indices])
+        labels = run.tensor(data.y_train[indices])
+        active = quantizer if epoch >= warmup and quantizer.is_trained else None
+        return loss_fn(module(x), labels, active)
+
+    def refit(epoch):
+        """k-means on the whole training set's embeddings, the same on every rank."""
+        if epoch + 1 >= warmup:
+            net.eval()
+            quantizer.train(run.infer(net, data.x_train, desc="codebooks"))
+
+    batches = run.batches()
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    run.train(net, [Stage("dqn", args.epochs, optimizer, step, batches, refit)])
+    if not run.is_main:
+        return {}
+
+    net.eval()
+    db = run.infer(net, data.x_train, desc="db embeddings")
+    queries = run.infer(net, data.x_test, desc="query embeddings")
+    if not quantizer.is_trained:
+        quantizer.train(db)
+    k = map_k(args, len(db))
+    index = qk.PQIndex(quantizer).add(db)
+    rows = []
+    for name, (_, I) in (("DQN, asymmetric distance (PQIndex)", index.search(queries, k)),
+                         ("DQN, symmetric distance",
+                          index.search(queries, k, symmetric=True))):
+        rows.append((name, qk.metrics.map_at_k(I, data.y_train, data.y_test, k)))
+    # the unquantized embedding, exhaustively, for reference
+    distances = ((queries[:, None, :] - db[None, :, :]) ** 2).sum(-1)
+    I = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    rows.append(("embedding without quantization (exhaustive)",
+                 qk.metrics.map_at_k(I, data.y_train, data.y_test, k)))
+    table = Table(f"DQN on {data.name}: {subspaces} x {nbits} bits ({subspaces * nbits}-bit "
+                  f"codes), {dim}-d embedding, {len(db)} database items, {len(queries)} queries",
+                  ["search", f"mAP@{k}"])
+    for name, value in rows:
+        table.add([name, f"{value:.4f}"])
+    return {"table": table, "map": dict(rows), "history": run.history}

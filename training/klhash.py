@@ -1,0 +1,72 @@
+"""Semantic-similarity hashing (Arponen & Bishop, 2020): classification cross-entropy, a
+relative-distance loss against the label hierarchy, and the empirical KL to uniform binary
+codes; scored by mAHP@k (hierarchical precision) and mAP@k of Hamming ranking."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import qkernels as qk
+from qkernels.losses import BinaryKLLoss, RelativeDistanceLoss
+
+from .common import Run, Stage
+from .evaluation import hamming_ranking, map_k
+from .models import EmbeddingNet
+from .report import Table
+
+__all__ = ["run"]
+
+
+class _HashAndClasses(nn.Module):
+    """The hash outputs (tanh of the embedding) and the class logits, from one backbone pass."""
+
+    def __init__(self, net: EmbeddingNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        features = self.net.features(x)
+        return torch.tanh(self.net.embedding(features)), self.net.heads["classes"](features)
+
+
+def run(args, run: Run) -> dict:
+    data = run.data
+    net = EmbeddingNet(data.x_train.shape[1:], args.bits).to(run.device)
+    net.heads["classes"] = nn.Linear(net.feature_dim, data.num_classes).to(run.device)
+    module = run.wrap(_HashAndClasses(net))
+    distance = torch.as_tensor(data.class_distance())
+    relative = RelativeDistanceLoss()
+    kl = BinaryKLLoss(num_target_samples=256)
+
+    def step(indices, epoch, step):
+        x = run.tensor(data.x_train[indices])
+        labels = run.tensor(data.y_train[indices])
+        h, logits = module(x)
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
+        return (nn.functional.cross_entropy(logits, labels)
+                + args.sim_weight * relative(h, labels, class_distance=distance)
+                + args.kl_weight * kl(h, generator=generator))
+
+    batches = run.batches()
+    optimizer = torch.optim.Adam(module.parameters(), lr=args.lr)
+    run.train(net, [Stage("klhash", args.epochs, optimizer, step, batches)])
+    if not run.is_main:
+        return {}
+
+    net.eval()
+    hash_out = lambda x: torch.tanh(net(x))  # noqa: E731
+    db = run.infer(hash_out, data.x_train, desc="db codes")
+    queries = run.infer(hash_out, data.x_test, desc="query codes")
+    k = map_k(args, len(db))
+    similarity = data.class_similarity()
+    I = hamming_ranking(qk.pack_bits(db), qk.pack_bits(queries), db, queries, k)
+    mahp = qk.metrics.mahp_at_k(I, data.y_train, data.y_test, similarity, k)
+    mean_ap = qk.metrics.map_at_k(I, data.y_train, data.y_test, k)
+    hierarchy = "superclasses" if data.coarse_train is not None else "flat labels"
+    table = Table(f"klhash on {data.name}: {args.bits}-bit codes, {hierarchy}, {len(db)} "
+                  f"database items, {len(queries)} queries; Hamming ranking",
+                  ["metric", "value"])
+    table.add([f"mAHP@{k}", f"{mahp:.4f}"])
+    table.add([f"mAP@{k}", f"{mean_ap:.4f}"])
+    return {"table": table, "mAHP": mahp, "mAP": mean_ap, "history": run.history}
