@@ -74,3 +74,60 @@ def clustered_codes_data(n: int, num_buckets: int, *, dim: int = 64, num_classes
         embeddings = centers[labels] + rng.standard_normal((m, dim), dtype=np.float32)
         activations = boost[labels] + rng.standard_normal((m, num_buckets), dtype=np.float32)
         yield labels, activations, embeddings
+
+
+def ortools_level2(scores: np.ndarray, parents: np.ndarray, k: int, penalty_sibling: float,
+                   penalty_global: float) -> float:
+    """OR-tools on the level-2 network of cascaded codes (CVPR 2019), arcs as numpy vectors
+    (graph build included): source -> class (cap k), class -> group (parent, t) (cap 1,
+    -score), group -> child t and child t -> sink with their convex costs as parallel unit
+    arcs. Returns the optimal cost."""
+    from ortools.graph.python import min_cost_flow
+
+    n, d = scores.shape
+    slots = np.unique(parents, return_inverse=True)[1]
+    groups = int(slots.max()) + 1
+    source = 0
+    cls = 1 + np.arange(n)
+    grp = 1 + n
+    child = grp + groups * d + np.arange(d)
+    sink = grp + groups * d + d
+    group_ids = grp + np.arange(groups * d)
+    unit = np.arange(n, dtype=np.int64)
+    tails = np.concatenate([np.zeros(n, dtype=np.int64), np.repeat(cls, d),
+                            np.repeat(group_ids, n), np.repeat(child, n)])
+    heads = np.concatenate([cls, (grp + slots[:, None] * d + np.arange(d)).ravel(),
+                            np.repeat(np.tile(child, groups), n), np.full(d * n, sink)])
+    caps = np.concatenate([np.full(n, k), np.ones(n * d + groups * d * n + d * n, np.int64)])
+    costs = np.concatenate([np.zeros(n, dtype=np.int64), (-scores).ravel().astype(np.int64),
+                            np.tile((penalty_sibling * unit).astype(np.int64), groups * d),
+                            np.tile((penalty_global * unit).astype(np.int64), d)])
+    solver = min_cost_flow.SimpleMinCostFlow()
+    solver.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
+    supplies = np.zeros(sink + 1, dtype=np.int64)
+    supplies[source], supplies[sink] = n * k, -n * k
+    solver.set_nodes_supplies(np.arange(sink + 1), supplies)
+    if solver.solve() != solver.OPTIMAL:
+        raise RuntimeError("OR-tools found no optimum")
+    return float(solver.optimal_cost())
+
+
+def cascade_codes_data(n: int, d: int, *, dim: int = 64, num_classes: int = 1000,
+                       children: int = 4, seed: int = 0, chunk: int = 100_000):
+    """Like :func:`clustered_codes_data`, with two levels of activations: each class favours
+    one parent bucket and ``children`` child buckets (boost 3 over unit noise). Yields
+    ``(labels, level1, level2, embeddings)`` chunks (float32)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_classes, dim)).astype(np.float32) * 2
+    boost1 = np.zeros((num_classes, d), dtype=np.float32)
+    boost2 = np.zeros((num_classes, d), dtype=np.float32)
+    for c in range(num_classes):
+        boost1[c, rng.integers(0, d)] = 3.0
+        boost2[c, rng.choice(d, children, replace=False)] = 3.0
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        labels = rng.integers(0, num_classes, m)
+        embeddings = centers[labels] + rng.standard_normal((m, dim), dtype=np.float32)
+        level1 = boost1[labels] + rng.standard_normal((m, d), dtype=np.float32)
+        level2 = boost2[labels] + rng.standard_normal((m, d), dtype=np.float32)
+        yield labels, level1, level2, embeddings

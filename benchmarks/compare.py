@@ -33,7 +33,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qkernels as qk
-from benchmarks.common import clustered_codes_data, dht_scores, ortools_sparse_codes
+from benchmarks.common import (
+    SCORE_SCALE,
+    cascade_codes_data,
+    clustered_codes_data,
+    dht_scores,
+    ortools_level2,
+    ortools_sparse_codes,
+)
 from qkernels.index import _table_cpu
 
 SUITES: dict[str, Callable[[argparse.Namespace], None]] = {}
@@ -306,6 +313,69 @@ def binary(args: argparse.Namespace) -> None:
                      f"{(I == If).mean():.3f}"])
     print_table(["bits", "ours q/s", "faiss q/s", "speed-up", "distances",
                  "ids equal (ties may order differently)"], rows)
+
+
+@suite
+def cascade(args: argparse.Namespace) -> None:
+    """Cascaded codes: the hierarchical solver against OR-tools, and the compound table."""
+    import ortools
+
+    n, sibling, glob = 64, 100.0 * SCORE_SCALE, 1.0 * SCORE_SCALE
+    print(f"### cascade: solve_hierarchical_codes vs OR-tools {ortools.__version__} (both levels,"
+          " graph build included)\n")
+    print(f"n = {n} classes; DHT-like scores per level (x 1e4, integers); penalties 100 and 1 "
+          f"(x 1e4). Median of {args.repeat} interleaved runs.\n")
+
+    def peer(s1, s2, k):
+        _, level1 = ortools_sparse_codes(s1, 1, glob)
+        return ortools_level2(s2, level1[:, 0], k, sibling, glob)
+
+    rows = []
+    for d in (32, 64):
+        for k in (1, 2, 3, 4):
+            s1 = dht_scores(n, d, seed=d + k)
+            s2 = dht_scores(n, d, seed=d + k + 100)
+            medians = interleaved({
+                "ortools": lambda s1=s1, s2=s2, k=k: peer(s1, s2, k),
+                "ours": lambda s1=s1, s2=s2, k=k: qk.solve_hierarchical_codes(s1, s2, k,
+                                                                              sibling, glob),
+            }, args.repeat)
+            level1, level2 = qk.solve_hierarchical_codes(s1, s2, k, sibling, glob)
+            ours = qk.hierarchical_code_objective(s1, s2, level1, level2, sibling, glob)[1]
+            same = ours == ortools_level2(s2, level1, k, sibling, glob)
+            rows.append([f"({n}, {d}, {k})", ms(medians["ortools"]), ms(medians["ours"]),
+                         f"{medians['ortools'] / medians['ours']:.1f}x",
+                         "yes" if same else "NO"])
+    print_table(["(n, d per level, k2)", "OR-tools ms", "qkernels ms", "speed-up",
+                 "same optimum"], rows)
+
+    size, d, num_queries, topk = args.table_size, 64, 1000, 16
+    chunks = list(cascade_codes_data(size + num_queries, d, seed=8))
+    level1 = np.concatenate([c[1] for c in chunks])
+    level2 = np.concatenate([c[2] for c in chunks])
+    emb = np.concatenate([c[3] for c in chunks])
+    del chunks
+    print(f"Tables over {size:,} items ({d} buckets per level, k = 2, top-{topk}, "
+          f"{num_queries} queries; classes favour one parent and 4 children):\n")
+    compound = qk.HierarchicalHashTable(d, 2).add(level1[:size], level2[:size], emb[:size])
+    flat = qk.SparseHashTable(d, 2).add(level2[:size], emb[:size])
+    q1, q2, qe = level1[size:], level2[size:], emb[size:]
+    compound.search(q1[:2], q2[:2], qe[:2], topk)
+    flat.search(q2[:2], qe[:2], topk)
+    medians = interleaved({
+        "compound": lambda: compound.search(q1, q2, qe, topk),
+        "flat": lambda: flat.search(q2, qe, topk),
+    }, max(3, args.repeat // 3))
+    table_rows = []
+    for name, index, run in (("cascade (64 x 64)", compound, medians["compound"]),
+                             ("flat DHT (64)", flat, medians["flat"])):
+        if name.startswith("cascade"):
+            index.search(q1, q2, qe, topk)
+        else:
+            index.search(q2, qe, topk)
+        table_rows.append([name, f"{qk.metrics.search_speedup(index.candidate_counts, size):.0f}",
+                           f"{num_queries / run:,.0f}"])
+    print_table(["table", "SUF", "q/s"], table_rows)
 
 
 def main() -> None:

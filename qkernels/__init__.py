@@ -8,9 +8,15 @@ the names that need torch (``HouseholderQuantizer``, ``losses``) import it when 
 __version__ = "0.1.0"
 
 from . import config, metrics
-from .flow import solve_sparse_codes, sparse_code_objective
+from .flow import (
+    hierarchical_code_objective,
+    solve_hierarchical_codes,
+    solve_sparse_codes,
+    sparse_code_objective,
+)
 from .index import (
     BinaryIndex,
+    HierarchicalHashTable,
     PQIndex,
     SparseHashTable,
     hamming_topk,
@@ -22,6 +28,7 @@ from .quantize import ITQ, ProductQuantizer
 __all__ = [
     "ITQ",
     "BinaryIndex",
+    "HierarchicalHashTable",
     "HouseholderQuantizer",
     "PQIndex",
     "ProductQuantizer",
@@ -29,9 +36,11 @@ __all__ = [
     "__version__",
     "config",
     "hamming_topk",
+    "hierarchical_code_objective",
     "losses",
     "metrics",
     "pack_bits",
+    "solve_hierarchical_codes",
     "solve_sparse_codes",
     "sparse_code_objective",
     "unpack_bits",

@@ -514,3 +514,102 @@ def binary_kl(x, y):
         nu = min(euclid(x[i], t) for t in y)
         total += math.log(nu / rho)
     return m / n * total + math.log(len(y) / (n - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# cascaded (hierarchical) codes
+
+
+def level2_objective(scores2, parents, codes2, penalty_sibling, penalty_global):
+    total = 0.0
+    child, pair = {}, {}
+    for i, row in enumerate(codes2):
+        for t in row:
+            total -= float(scores2[i][int(t)])
+            child[int(t)] = child.get(int(t), 0) + 1
+            key = (int(parents[i]), int(t))
+            pair[key] = pair.get(key, 0) + 1
+    total += penalty_global * sum(c * (c - 1) / 2 for c in child.values())
+    total += penalty_sibling * sum(c * (c - 1) / 2 for c in pair.values())
+    return total
+
+
+def level2_brute_force(scores2, parents, k, penalty_sibling, penalty_global):
+    import itertools
+
+    n, d = len(scores2), len(scores2[0])
+    choices = list(itertools.combinations(range(d), k))
+    return min(level2_objective(scores2, parents, codes, penalty_sibling, penalty_global)
+               for codes in itertools.product(choices, repeat=n))
+
+
+def level2_ortools(scores2, parents, k, penalty_sibling, penalty_global):
+    """The level-2 network of the CVPR 2019 paper, built arc by arc: source -> class (k),
+    class -> group (p(i), t) (1, -score), group -> child t (convex sibling cost as parallel unit
+    arcs), child t -> sink (convex global cost as parallel unit arcs)."""
+    from ortools.graph.python import min_cost_flow
+
+    n, d = len(scores2), len(scores2[0])
+    parent_ids = sorted({int(p) for p in parents})
+    slot = {p: s for s, p in enumerate(parent_ids)}
+    source, sink = 0, 1 + n + len(parent_ids) * d + d
+
+    def group(p, t):
+        return 1 + n + slot[p] * d + t
+
+    def child(t):
+        return 1 + n + len(parent_ids) * d + t
+
+    solver = min_cost_flow.SimpleMinCostFlow()
+    for i in range(n):
+        solver.add_arc_with_capacity_and_unit_cost(source, 1 + i, k, 0)
+        for t in range(d):
+            solver.add_arc_with_capacity_and_unit_cost(1 + i, group(int(parents[i]), t), 1,
+                                                       int(-scores2[i][t]))
+    for p in parent_ids:
+        for t in range(d):
+            for c in range(n):
+                solver.add_arc_with_capacity_and_unit_cost(group(p, t), child(t), 1,
+                                                           int(penalty_sibling * c))
+    for t in range(d):
+        for c in range(n):
+            solver.add_arc_with_capacity_and_unit_cost(child(t), sink, 1, int(penalty_global * c))
+    solver.set_node_supply(source, n * k)
+    solver.set_node_supply(sink, -n * k)
+    if solver.solve() != solver.OPTIMAL:
+        raise RuntimeError("OR-tools found no optimum")
+    return float(solver.optimal_cost())
+
+
+def hierarchical_probe_order(level1_row, level2_row):
+    """Compound buckets p * d + t in the order of (level-1 rank, level-2 rank)."""
+    d = len(level2_row)
+    return [p * d + t for p in ranked_buckets(level1_row) for t in ranked_buckets(level2_row)]
+
+
+def hierarchical_table_search(db_parents, db_children, db_embeddings, q_level1, q_level2,
+                              query_embeddings, k, topk):
+    """The cascaded table rule with loops: items in compound buckets p * d + t; a query walks
+    its compound buckets in (parent rank, child rank) order, k first, more while short."""
+    d = len(q_level2[0])
+    buckets = {}
+    for item, (p, children) in enumerate(zip(db_parents, db_children, strict=True)):
+        for t in children:
+            buckets.setdefault(int(p) * d + int(t), []).append(item)
+    all_d, all_i, counts = [], [], []
+    for q in range(len(q_level1)):
+        order = hierarchical_probe_order(q_level1[q], q_level2[q])
+        candidates, seen, probed = [], set(), 0
+        while probed < len(order) and (probed < k or len(candidates) < topk):
+            for item in buckets.get(order[probed], []):
+                if item not in seen:
+                    seen.add(item)
+                    candidates.append(item)
+            probed += 1
+        scored = sorted((lane_distance(query_embeddings[q], db_embeddings[item], False), item)
+                        for item in candidates)[:topk]
+        pad = topk - len(scored)
+        all_d.append([s for s, _ in scored] + [np.inf] * pad)
+        all_i.append([i for _, i in scored] + [-1] * pad)
+        counts.append(len(candidates))
+    return all_d, all_i, counts

@@ -20,7 +20,7 @@ QUICK = ["--epochs", "1", "--hash-epochs", "1", "--batches-per-epoch", "2", "--h
 
 
 @pytest.mark.parametrize("dataset", ["digits", "synthetic"])
-@pytest.mark.parametrize("method", ["dht", "dqn", "h2q", "klhash"])
+@pytest.mark.parametrize("method", ["dht", "cascade", "dqn", "h2q", "klhash"])
 def test_every_method_runs_end_to_end(method, dataset, tmp_path, capsys):
     assert main([method, "--dataset", dataset, "--out", str(tmp_path), *QUICK]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -31,6 +31,8 @@ def test_every_method_runs_end_to_end(method, dataset, tmp_path, capsys):
     if method == "dht":
         assert (tmp_path / "precision_vs_suf.png").is_file()
         assert [r["method"] for r in results["rows"]] == ["Th", "VQ", "DHT"]
+    if method == "cascade":
+        assert [r["method"].split(" (")[0] for r in results["rows"]] == ["cascade", "flat DHT"]
 
 
 def test_npairs_variant_and_resume(tmp_path):

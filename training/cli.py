@@ -5,6 +5,7 @@ Examples::
 
     python -m training dht                               # DHT (triplet) on the bundled digits
     python -m training dht --variant npairs --k 2
+    python -m training cascade --buckets 16             # two levels: 16 x 16 buckets
     python -m training dqn --dataset synthetic
     python -m training h2q --dataset npz:features.npz --bits 32
     python -m training klhash --dataset cifar100:~/data/cifar-100-python --device cuda
@@ -20,9 +21,9 @@ from pathlib import Path
 
 __all__ = ["main", "parser"]
 
-METHODS = ("dht", "dqn", "h2q", "klhash")
+METHODS = ("dht", "cascade", "dqn", "h2q", "klhash")
 # epochs of the first stage by method (--epochs overrides)
-DEFAULT_EPOCHS = {"dht": 30, "dqn": 30, "h2q": 30, "klhash": 30}
+DEFAULT_EPOCHS = {"dht": 30, "cascade": 30, "dqn": 30, "h2q": 30, "klhash": 30}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,13 +53,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no tqdm progress bars (the one-line epoch summaries stay)")
 
-    dht = p.add_argument_group("dht")
+    dht = p.add_argument_group("dht, cascade")
     dht.add_argument("--variant", choices=("triplet", "npairs"), default="triplet")
-    dht.add_argument("--buckets", type=int, default=64, help="d, hash buckets (default 64)")
+    dht.add_argument("--buckets", type=int, default=64,
+                     help="d, hash buckets (per level for cascade; default 64)")
     dht.add_argument("--k", type=int, default=2, help="buckets per item (default 2)")
     dht.add_argument("--max-k", type=int, default=4, help="the curve of the report: k = 1..")
     dht.add_argument("--penalty", type=float, default=None,
                      help="lambda of the code assignment (1.0 triplet, 0.3 n-pairs)")
+    dht.add_argument("--penalty-sibling", type=float, default=100.0,
+                     help="cascade: lambda between siblings of one parent (100)")
     dht.add_argument("--margin", type=float, default=1.0, help="triplet margin (1.0)")
     dht.add_argument("--reg", type=float, default=0.003, help="n-pairs L2 weight (0.003)")
     dht.add_argument("--hash-epochs", type=int, default=None,

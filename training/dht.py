@@ -20,8 +20,9 @@ __all__ = ["run"]
 
 
 class _Head(nn.Module):
-    """Backbone followed by one head: what a stage trains (and what DDP wraps). Only these
-    two are registered, so that DDP sees no parameter the stage leaves unused."""
+    """Backbone followed by one head (or a list of heads, giving a tuple): what a stage trains
+    and what DDP wraps. Only these are registered, so that DDP sees no parameter the stage
+    leaves unused."""
 
     def __init__(self, net: EmbeddingNet, head: nn.Module):
         super().__init__()
@@ -29,7 +30,10 @@ class _Head(nn.Module):
         self.head = head
 
     def forward(self, x):
-        return self.head(self.body(x))
+        features = self.body(x)
+        if isinstance(self.head, nn.ModuleList):
+            return tuple(head(features) for head in self.head)
+        return self.head(features)
 
 
 def _pairs(indices: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,22 +9,27 @@ import numpy as np
 from .._arrays import origin_of, to_numpy
 from .._checks import as_float_array, as_index_array, check_int, check_nonnegative, check_rank
 
-__all__ = ["solve_sparse_codes", "sparse_code_objective"]
+__all__ = [
+    "hierarchical_code_objective",
+    "solve_hierarchical_codes",
+    "solve_sparse_codes",
+    "sparse_code_objective",
+]
 
 _SHAPES = "(n, d) or batched (B, n, d)"
 
 
-def _scores(scores: Any) -> np.ndarray:
+def _scores(scores: Any, name: str = "scores") -> np.ndarray:
     s = to_numpy(scores, allow_device_copy=True)
-    check_rank(s, "scores", (2, 3), _SHAPES)
-    return np.ascontiguousarray(as_float_array(s, "scores", dtype=np.float64))
+    check_rank(s, name, (2, 3), _SHAPES)
+    return np.ascontiguousarray(as_float_array(s, name, dtype=np.float64))
 
 
-def _increments(n: int, penalty: Any, bucket_costs: Any) -> np.ndarray:
+def _increments(n: int, penalty: Any, bucket_costs: Any, name: str = "penalty") -> np.ndarray:
     """incr[c]: the cost of the (c + 1)-th class in one bucket, c = 0..n-1 (at least one entry)."""
     length = max(n, 1)
     if bucket_costs is None:
-        penalty = check_nonnegative(penalty, "penalty")
+        penalty = check_nonnegative(penalty, name)
         return penalty * np.arange(length, dtype=np.float64)
     if penalty != 1.0:
         raise ValueError(
@@ -148,3 +153,80 @@ def sparse_code_objective(
     if s.ndim == 2:
         return float(values[0])
     return origin.wrap(values)
+
+
+def _hierarchical_inputs(scores1: Any, scores2: Any):
+    origin = origin_of(scores1, scores2, names=("scores1", "scores2"))
+    s1, s2 = _scores(scores1, "scores1"), _scores(scores2, "scores2")
+    for name, s in (("scores1", s1), ("scores2", s2)):
+        check_rank(s, name, (s1.ndim,), _SHAPES)
+        if s.shape[-1] == 0:
+            raise ValueError(f"{name} has 0 buckets")
+    if s1.shape[:-1] != s2.shape[:-1]:
+        raise ValueError(f"scores1 {tuple(s1.shape)} and scores2 {tuple(s2.shape)} must have "
+                         "the same batch and class dimensions")
+    return origin, s1, s2
+
+
+def solve_hierarchical_codes(scores1: Any, scores2: Any, k2: int, penalty_sibling: float = 100.0,
+                             penalty_global: float = 1.0) -> tuple[Any, Any]:
+    """Exact cascaded (two-level) codes of ``n`` classes (Jeong, Kim & Song, CVPR 2019).
+
+    Level 1 is the DHT problem with one bucket per class and ``penalty_global``
+    (:func:`solve_sparse_codes` with ``k = 1``): ``p(i)``, class i's parent bucket. Level 2 gives
+    each class ``k2`` child buckets, minimising::
+
+        - sum_i sum_{t in codes2[i]} scores2[i, t]
+          + penalty_sibling * sum_p sum_t C(c_{p,t}, 2) + penalty_global * sum_t C(c_t, 2)
+
+    where ``c_{p,t}`` counts the classes with parent ``p`` in child ``t`` (siblings kept apart;
+    100 by default) and ``c_t`` all classes in child ``t``. Solved exactly by successive
+    shortest paths on the level-2 network of the paper (class -> group (p, t) -> child ->
+    sink, two convex costs), in Numba. A class's compound buckets are ``p(i) * d2 + t``.
+
+    ``scores1`` ``(n, d1)`` and ``scores2`` ``(n, d2)``, or batched ``(B, n, d)``; numpy or
+    torch. Returns ``(level1, level2)``: int64 ``(n,)`` and ``(n, k2)`` (rows sorted), the
+    caller's array type. Exact for integer-valued input, like the flat solver.
+    """
+    from . import _hier_cpu
+
+    origin, s1, s2 = _hierarchical_inputs(scores1, scores2)
+    n, d2 = s2.shape[-2:]
+    k2 = check_int(k2, "k2", 1, d2)
+    sibling = _increments(n, penalty_sibling, None, "penalty_sibling")
+    glob = _increments(n, penalty_global, None, "penalty_global")
+    level1 = solve_sparse_codes(s1, 1, penalty_global)[..., 0]
+    level2 = np.empty((*s2.shape[:-1], k2), dtype=np.int64)
+    parents = np.ascontiguousarray(level1)
+    if s2.ndim == 2:
+        _hier_cpu.solve_level2(s2, parents, k2, sibling, glob, level2)
+    elif s2.shape[0] > 0:
+        _hier_cpu.solve_level2_batch(s2, parents, k2, sibling, glob, level2)
+    return origin.wrap(np.ascontiguousarray(level1)), origin.wrap(level2)
+
+
+def hierarchical_code_objective(scores1: Any, scores2: Any, level1: Any, level2: Any,
+                                penalty_sibling: float = 100.0, penalty_global: float = 1.0
+                                ) -> tuple[Any, Any]:
+    """The two objectives :func:`solve_hierarchical_codes` minimises, for given codes:
+    level 1 (``sparse_code_objective`` with k = 1 and ``penalty_global``) and level 2 (its
+    docstring's formula). Floats, or ``(B,)`` arrays for a batch."""
+    origin, s1, s2 = _hierarchical_inputs(scores1, scores2)
+    l1 = to_numpy(level1, allow_device_copy=True)
+    l2 = to_numpy(level2, allow_device_copy=True)
+    check_rank(l1, "level1", (s1.ndim - 1,), "(n,) or (B, n)")
+    first = sparse_code_objective(s1, np.ascontiguousarray(l1[..., None]), penalty_global)
+    sibling = check_nonnegative(penalty_sibling, "penalty_sibling")
+    d1, d2 = s1.shape[-1], s2.shape[-1]
+    second = np.atleast_1d(sparse_code_objective(s2, l2, penalty_global))
+    # the sibling term: penalty_sibling * C(c_{p,t}, 2) over compound buckets p * d2 + t
+    compound = (as_index_array(l1, "level1", d1)[..., None] * d2
+                + as_index_array(l2, "level2", d2))
+    pairs = np.empty(second.size)
+    for b, row in enumerate(compound.reshape(second.size, -1)):
+        c = np.bincount(row, minlength=d1 * d2)
+        pairs[b] = (c * (c - 1) // 2).sum()
+    second = np.asarray(second, dtype=np.float64).reshape(-1) + sibling * pairs
+    if s1.ndim == 2:
+        return float(first), float(second[0])
+    return first, origin.wrap(second)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -300,21 +300,21 @@ class SparseHashTable:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the table to ``path`` (.npz, no pickle)."""
-        save_npz(path, "SparseHashTable", self._VERSION,
-                 num_buckets=np.array(self.num_buckets), k=np.array(self.k),
-                 metric=np.array(self.metric),
-                 dim=np.array(-1 if self.dim is None else self.dim),
-                 embeddings=self._emb, codes=self._codes, ids=self._ids, rows=self._rows)
+    _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
+        "num_buckets": ("iu", 0), "k": ("iu", 0), "metric": ("U", 0), "dim": ("iu", 0),
+        "embeddings": ("f", 2), "codes": ("iu", 2), "ids": ("iu", 1), "rows": ("iu", 1),
+    }
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"num_buckets": np.array(self.num_buckets), "k": np.array(self.k),
+                "metric": np.array(self.metric),
+                "dim": np.array(-1 if self.dim is None else self.dim),
+                "embeddings": self._emb, "codes": self._codes, "ids": self._ids,
+                "rows": self._rows}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> SparseHashTable:
-        """Read a table written by :meth:`save`; a truncated or foreign file is refused."""
-        a = load_npz(path, "SparseHashTable", cls._VERSION, {
-            "num_buckets": ("iu", 0), "k": ("iu", 0), "metric": ("U", 0), "dim": ("iu", 0),
-            "embeddings": ("f", 2), "codes": ("iu", 2), "ids": ("iu", 1), "rows": ("iu", 1),
-        })
+    def _from_state(cls, a: dict[str, np.ndarray], path: str | os.PathLike,
+                    kind: str = "SparseHashTable") -> SparseHashTable:
         try:
             table = cls(int(a["num_buckets"]), int(a["k"]), str(a["metric"]))
             n = a["ids"].shape[0]
@@ -332,6 +332,16 @@ class SparseHashTable:
                 if np.unique(table._rows).shape[0] != n:
                     raise ValueError("insertion rows repeat")
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted SparseHashTable file "
-                             f"({error})") from None
+            raise ValueError(f"{os.fspath(path)!r} is a corrupted {kind} file ({error})"
+                             ) from None
         return table
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the table to ``path`` (.npz, no pickle)."""
+        save_npz(path, "SparseHashTable", self._VERSION, **self._state())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SparseHashTable:
+        """Read a table written by :meth:`save`; a truncated or foreign file is refused."""
+        return cls._from_state(load_npz(path, "SparseHashTable", cls._VERSION, cls._FIELDS),
+                               path)

@@ -4,7 +4,14 @@ Each is an ``nn.Module``: a batch in, a scalar out, autograd through everything 
 any device. Docstrings give the formula and the paper.
 """
 
-from .dht import BatchCodes, NPairsLoss, SemiHardTripletLoss, assign_batch_codes
+from .dht import (
+    BatchCodes,
+    HierarchicalBatchCodes,
+    NPairsLoss,
+    SemiHardTripletLoss,
+    assign_batch_codes,
+    assign_hierarchical_codes,
+)
 from .dqn import CodebookRefresher, DQNLoss
 from .householder import HouseholderQuantizationLoss
 from .klhash import BinaryKLLoss, RelativeDistanceLoss
@@ -14,9 +21,11 @@ __all__ = [
     "BinaryKLLoss",
     "CodebookRefresher",
     "DQNLoss",
+    "HierarchicalBatchCodes",
     "HouseholderQuantizationLoss",
     "NPairsLoss",
     "RelativeDistanceLoss",
     "SemiHardTripletLoss",
     "assign_batch_codes",
+    "assign_hierarchical_codes",
 ]

@@ -8,10 +8,17 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..flow import solve_sparse_codes
+from ..flow import solve_hierarchical_codes, solve_sparse_codes
 from ._common import check_embeddings, check_labels, check_mask, same_label_matrix
 
-__all__ = ["BatchCodes", "NPairsLoss", "SemiHardTripletLoss", "assign_batch_codes"]
+__all__ = [
+    "BatchCodes",
+    "HierarchicalBatchCodes",
+    "NPairsLoss",
+    "SemiHardTripletLoss",
+    "assign_batch_codes",
+    "assign_hierarchical_codes",
+]
 
 
 class BatchCodes(NamedTuple):
@@ -40,12 +47,61 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
     solve runs on the CPU (on a host copy of the class means) until the GPU solver exists.
     """
     a = check_embeddings(activations, "activations").detach()
+    inverse, means = _class_means(a, labels, normalize, group, "assign_batch_codes")
+    class_codes = _solve_once(lambda: solve_sparse_codes(means.cpu(), k, penalty),
+                              (means.shape[0], k), a.device, group)
+    codes = class_codes[inverse]
+    mask = torch.zeros_like(a).scatter_(1, codes, 1.0)
+    return BatchCodes(codes, mask)
+
+
+class HierarchicalBatchCodes(NamedTuple):
+    level1: torch.Tensor  # (N,) int64, each item's parent bucket
+    level2: torch.Tensor  # (N, k2) int64, its child buckets, sorted
+    mask1: torch.Tensor  # (N, d1) 0/1 one-hot of the parent
+    mask2: torch.Tensor  # (N, d2) 0/1 of the children
+
+
+def assign_hierarchical_codes(level1_activations: torch.Tensor,
+                              level2_activations: torch.Tensor, labels, k2: int,
+                              penalty_sibling: float = 100.0, penalty_global: float = 1.0,
+                              normalize: bool = True, *, group=None) -> HierarchicalBatchCodes:
+    """The cascaded code assignment of one batch (CVPR 2019), like :func:`assign_batch_codes`:
+    per class the mean (normalised) activations of each level, then the exact two-level codes
+    of :func:`qkernels.solve_hierarchical_codes`; every item gets its class's. Distributed
+    runs solve the global batch once, as :func:`assign_batch_codes` does."""
+    a1 = check_embeddings(level1_activations, "level1_activations").detach()
+    a2 = check_embeddings(level2_activations, "level2_activations").detach()
+    if a1.shape[0] != a2.shape[0]:
+        raise ValueError(f"level1_activations has {a1.shape[0]} rows but level2_activations "
+                         f"has {a2.shape[0]}")
+    if normalize:
+        a1, a2 = nn.functional.normalize(a1, dim=1), nn.functional.normalize(a2, dim=1)
+    d1 = a1.shape[1]
+    inverse, means = _class_means(torch.cat([a1, a2], 1), labels, False, group,
+                                  "assign_hierarchical_codes")
+
+    def solve():
+        level1, level2 = solve_hierarchical_codes(means[:, :d1].cpu(), means[:, d1:].cpu(), k2,
+                                                  penalty_sibling, penalty_global)
+        return torch.cat([level1[:, None], level2], 1)
+
+    class_codes = _solve_once(solve, (means.shape[0], 1 + k2), a1.device, group)[inverse]
+    level1, level2 = class_codes[:, 0], class_codes[:, 1:]
+    mask1 = torch.zeros_like(a1).scatter_(1, level1[:, None], 1.0)
+    mask2 = torch.zeros_like(a2).scatter_(1, level2, 1.0)
+    return HierarchicalBatchCodes(level1, level2, mask1, mask2)
+
+
+def _class_means(a: torch.Tensor, labels, normalize: bool, group, caller: str):
+    """Each item's class index and the (normalised) activations averaged per class, over the
+    global batch when distributed (classes agreed on, sums and counts all-reduced)."""
     labels = check_labels(labels, a.shape[0], a.device)
     if labels.dim() != 1:
-        raise ValueError("assign_batch_codes needs (N,) class ids, not a multi-label matrix")
+        raise ValueError(f"{caller} needs (N,) class ids, not a multi-label matrix")
     distributed = _world_size(group) > 1
     if a.shape[0] == 0 and not distributed:
-        raise ValueError("activations is empty: a batch needs at least one item")
+        raise ValueError("the activations are empty: a batch needs at least one item")
     if normalize:
         a = nn.functional.normalize(a, dim=1)
     classes = torch.unique(labels)
@@ -58,20 +114,20 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
     if distributed:
         torch.distributed.all_reduce(sums, group=group)
         torch.distributed.all_reduce(counts, group=group)
-        class_codes = torch.empty(classes.shape[0], k, dtype=torch.int64, device=a.device)
-        if torch.distributed.get_rank(group) == 0:
-            class_codes = _solve(sums, counts, k, penalty).to(a.device)
-        torch.distributed.broadcast(class_codes, src=torch.distributed.get_global_rank(group, 0)
-                                    if group is not None else 0, group=group)
-    else:
-        class_codes = _solve(sums, counts, k, penalty).to(a.device)
-    codes = class_codes[inverse]
-    mask = torch.zeros_like(a).scatter_(1, codes, 1.0)
-    return BatchCodes(codes, mask)
+    return inverse, sums / counts[:, None]
 
 
-def _solve(sums: torch.Tensor, counts: torch.Tensor, k: int, penalty: float) -> torch.Tensor:
-    return solve_sparse_codes((sums / counts[:, None]).cpu(), k, penalty)
+def _solve_once(solve, shape: tuple[int, int], device, group) -> torch.Tensor:
+    """``solve()`` (int64 codes of ``shape``) on this process, or on rank 0 and broadcast."""
+    if _world_size(group) == 1:
+        return solve().to(device)
+    dist = torch.distributed
+    codes = torch.empty(shape, dtype=torch.int64, device=device)
+    if dist.get_rank(group) == 0:
+        codes = solve().to(device)
+    dist.broadcast(codes, src=dist.get_global_rank(group, 0) if group is not None else 0,
+                   group=group)
+    return codes
 
 
 def _world_size(group) -> int:

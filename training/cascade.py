@@ -1,0 +1,106 @@
+"""Cascaded compound codes (Jeong, Kim & Song, CVPR 2019): DHT with a two-level hash head;
+codes from the exact hierarchical solver, d * d compound buckets; reported beside flat DHT."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import qkernels as qk
+from qkernels.losses import SemiHardTripletLoss, assign_batch_codes, assign_hierarchical_codes
+
+from .common import Run, Stage
+from .dht import _Head, _loss_fn
+from .models import EmbeddingNet
+from .report import Table
+
+__all__ = ["run"]
+
+
+def _row(name, table, search, db_codes, data, n_db):
+    search()  # builds the table and loads the kernels
+    start = time.perf_counter()
+    _, I = search()
+    seconds = time.perf_counter() - start
+    return {"method": name, "SUF": qk.metrics.search_speedup(table.candidate_counts, n_db),
+            "P@1": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 1),
+            "P@4": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 4),
+            "P@16": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 16),
+            "NMI": qk.metrics.nmi(db_codes, data.y_train), "search_s": seconds}
+
+
+def run(args, run: Run) -> dict:
+    data = run.data
+    d = args.buckets
+    net = EmbeddingNet(data.x_train.shape[1:], d).to(run.device)
+    # two hash heads on one body: the cascade's (two levels of d) and flat DHT's (d), trained
+    # together so that the comparison shares the body
+    net.heads["hash"] = nn.Linear(net.feature_dim, 2 * d).to(run.device)
+    net.heads["flat"] = nn.Linear(net.feature_dim, d).to(run.device)
+    embed = run.wrap(_Head(net, net.embedding))
+    hashing = run.wrap(_Head(net, nn.ModuleList([net.heads["hash"], net.heads["flat"]])))
+    triplet = SemiHardTripletLoss(args.margin)
+
+    def cascade_step(indices, epoch, step):
+        """The paper's loss: a masked triplet loss per level; at level 1 the label is the
+        assigned parent bucket (classes sharing a parent are positives), at level 2 the class
+        (whose children set it apart from its siblings). Plus flat DHT's loss on its head."""
+        x = run.tensor(data.x_train[indices])
+        labels = run.tensor(data.y_train[indices])
+        out, flat_out = hashing(x)
+        a1, a2 = out[:, :d], out[:, d:]
+        codes = assign_hierarchical_codes(a1, a2, labels, args.k, args.penalty_sibling,
+                                          args.penalty)
+        level1_loss = (triplet(a1, codes.level1, codes.mask1)
+                       if len(torch.unique(codes.level1)) > 1 else a1.sum() * 0.0)
+        flat_masks = assign_batch_codes(flat_out, labels, args.k, args.penalty).mask
+        return (level1_loss + triplet(a2, labels, codes.mask2)
+                + triplet(flat_out, labels, flat_masks))
+
+    batches = run.batches()
+    pretrain = torch.optim.Adam(list(net.body.parameters()) + list(net.embedding.parameters()),
+                                lr=args.lr)
+    finetune = torch.optim.Adam([
+        {"params": [*net.heads["hash"].parameters(), *net.heads["flat"].parameters()],
+         "lr": args.lr},
+        {"params": net.body.parameters(), "lr": args.lr * 0.1},
+    ])
+    args.variant = "triplet"
+    run.train(net, [
+        Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False), batches),
+        Stage("cascade", args.hash_epochs, finetune, cascade_step, batches),
+    ])
+    if not run.is_main:
+        return {}
+
+    net.eval()
+    unit = lambda t: nn.functional.normalize(t, dim=1)  # noqa: E731
+    db_emb = run.infer(lambda x: unit(net(x)), data.x_train, desc="db embeddings")
+    q_emb = run.infer(lambda x: unit(net(x)), data.x_test, desc="query embeddings")
+    db_act = run.infer(lambda x: net.heads["hash"](net.features(x)), data.x_train)
+    q_act = run.infer(lambda x: net.heads["hash"](net.features(x)), data.x_test)
+
+    rows = []
+    compound = qk.HierarchicalHashTable(d, args.k).add(db_act[:, :d], db_act[:, d:], db_emb)
+    parents = np.argmax(db_act[:, :d], axis=1)
+    children = np.argsort(-db_act[:, d:], axis=1, kind="stable")[:, : args.k]
+    rows.append(_row(f"cascade ({d}x{d} buckets)", compound,
+                     lambda: compound.search(q_act[:, :d], q_act[:, d:], q_emb, 16),
+                     parents[:, None] * d + children, data, len(db_emb)))
+    db_flat = run.infer(lambda x: net.heads["flat"](net.features(x)), data.x_train)
+    q_flat = run.infer(lambda x: net.heads["flat"](net.features(x)), data.x_test)
+    flat = qk.SparseHashTable(d, args.k).add(db_flat, db_emb)
+    rows.append(_row(f"flat DHT ({d} buckets)", flat,
+                     lambda: flat.search(q_flat, q_emb, 16),
+                     np.argsort(-db_flat, axis=1, kind="stable")[:, : args.k], data,
+                     len(db_emb)))
+    table = Table(f"cascade on {data.name}: d = {d} per level, k = {args.k}, "
+                  f"{len(db_emb)} database items, {len(q_emb)} queries",
+                  ["table", "SUF", "P@1", "P@4", "P@16", "NMI", "search ms"])
+    for row in rows:
+        table.add([row["method"], f"{row['SUF']:.2f}", f"{row['P@1']:.3f}", f"{row['P@4']:.3f}",
+                   f"{row['P@16']:.3f}", f"{row['NMI']:.3f}", f"{row['search_s'] * 1e3:.2f}"])
+    return {"table": table, "rows": rows, "history": run.history}
