@@ -170,12 +170,18 @@ class SparseHashTable:
             _, by_key = _table_cpu.counting_sort(key, self.num_buckets, chunks)
             order = order[by_key]
         if not np.array_equal(order, np.arange(order.shape[0])):
-            self._emb = _table_cpu.gather_rows(self._emb, order)
-            self._codes = _table_cpu.gather_rows(self._codes, order)
+            self._emb = self._gathered(self._emb, order)
+            self._codes = self._gathered(self._codes, order)
             self._ids = self._ids[order]
             self._rows = self._rows[order]
         self._offsets, self._items = _table_cpu.counting_sort(self._codes, self.num_buckets,
                                                               chunks)
+
+    @staticmethod
+    def _gathered(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+        out = np.empty_like(rows)
+        _table_cpu.gather_rows(rows, order, out)
+        return out
 
     # ------------------------------------------------------------------ searching
 
