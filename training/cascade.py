@@ -3,8 +3,6 @@ codes from the exact hierarchical solver, d * d compound buckets; reported besid
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from torch import nn
@@ -14,6 +12,7 @@ from qkernels.losses import SemiHardTripletLoss, assign_batch_codes, assign_hier
 
 from .common import Run, Stage
 from .dht import _Head, _loss_fn
+from .evaluation import timed
 from .models import EmbeddingNet
 from .report import Table
 
@@ -21,10 +20,7 @@ __all__ = ["run"]
 
 
 def _row(name, table, search, db_codes, data, n_db):
-    search()  # builds the table and loads the kernels
-    start = time.perf_counter()
-    _, I = search()
-    seconds = time.perf_counter() - start
+    (_, I), seconds = timed(search)
     return {"method": name, "SUF": qk.metrics.search_speedup(table.candidate_counts, n_db),
             "P@1": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 1),
             "P@4": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 4),

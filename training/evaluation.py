@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 import qkernels as qk
 
-__all__ = ["hamming_ranking", "map_k", "normalised"]
+__all__ = ["hamming_ranking", "map_k", "normalised", "timed"]
+
+
+def timed(fn: Callable[[], Any], repeat: int = 5) -> tuple[Any, float]:
+    """``fn()``'s result and its median time in seconds over ``repeat`` calls, after one call
+    that warms it up (table build, kernel loading)."""
+    result = fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return result, statistics.median(times)
 
 
 def normalised(x: np.ndarray) -> np.ndarray:

@@ -80,8 +80,9 @@ def plot_curves(out: Path, curves: dict[str, list[dict[str, Any]]], metric: str,
             ax.annotate(f"k={r['k']}", (r["SUF"], r[metric]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("search speed-up factor (SUF)")
