@@ -207,7 +207,9 @@ def sparse_codes_linprog(scores, k, incr):
         for c in range(n):
             a_eq[n + r, num_z + r * n + c] = -1
         b_eq.append(0)
-    result = linprog(cost, A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, 1), method="highs")
+    result = linprog(cost, A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, 1), method="highs",
+                     options={"primal_feasibility_tolerance": 1e-10,
+                              "dual_feasibility_tolerance": 1e-10})
     if result.status != 0:
         raise RuntimeError(result.message)
     return float(result.fun)
