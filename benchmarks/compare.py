@@ -378,6 +378,103 @@ def cascade(args: argparse.Namespace) -> None:
     print_table(["table", "SUF", "q/s"], table_rows)
 
 
+def _cuda_seconds(fn, repeat: int) -> float:
+    """Median of ``repeat`` synchronised runs of ``fn`` (after a warm-up)."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@suite
+def gpu(args: argparse.Namespace) -> None:
+    """GPU kernels against their CPU twins and against torch CUDA exhaustive search."""
+    import torch
+
+    from qkernels import _gpu
+
+    if not (_gpu.available() and torch.cuda.is_available()):
+        print("### gpu: skipped (needs an NVIDIA GPU, cupy and a CUDA torch)\n")
+        return
+    print(f"### gpu: {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
+    rows = []
+    for n, d, k in ((64, 64, 4), (64, 512, 4)):
+        scores = dht_scores(n, d, batch=256, seed=d)
+        on_gpu = torch.from_numpy(scores).cuda()
+        gpu_s = _cuda_seconds(lambda on_gpu=on_gpu, k=k: qk.solve_sparse_codes(on_gpu, k, 1e4),
+                              args.repeat)
+        cpu_s = interleaved({"cpu": lambda s=scores, k=k: qk.solve_sparse_codes(s, k, 1e4)},
+                            max(3, args.repeat // 3))["cpu"]
+        same = np.array_equal(
+            qk.sparse_code_objective(scores, qk.solve_sparse_codes(on_gpu, k, 1e4).cpu().numpy(),
+                                     1e4),
+            qk.sparse_code_objective(scores, qk.solve_sparse_codes(scores, k, 1e4), 1e4))
+        rows.append([f"solve_sparse_codes B=256 ({n}, {d}, {k})", f"{256 / cpu_s:,.0f}/s CPU",
+                     f"{256 / gpu_s:,.0f}/s", f"{cpu_s / gpu_s:.1f}x",
+                     "same objective" if same else "OBJECTIVE DIFFERS"])
+
+    n, dim, num_queries, topk = 10_000_000, 64, 1000, 16
+    xb = torch.from_numpy(_gaussian_classes(n, dim, seed=11)).cuda()
+    xq = torch.from_numpy(_gaussian_classes(num_queries, dim, seed=12)).cuda()
+    norms = (xb * xb).sum(1)
+
+    def exhaustive():
+        for start in range(0, num_queries, 100):
+            torch.topk(norms[None] - 2 * xq[start:start + 100] @ xb.T, topk, dim=1,
+                       largest=False)
+
+    exhaustive_s = _cuda_seconds(exhaustive, max(3, args.repeat // 3))
+    pq = qk.ProductQuantizer(dim, 8, 8).train(xb[:65_536].cpu().numpy())
+    index = qk.PQIndex(pq).add(xb.cpu().numpy())
+    pq_s = _cuda_seconds(lambda: index.search(xq, 10), max(3, args.repeat // 3))
+    rows.append([f"PQIndex N = {n:,}", f"{num_queries / exhaustive_s:,.0f} q/s torch exhaustive",
+                 f"{num_queries / pq_s:,.0f} q/s", f"{exhaustive_s / pq_s:.1f}x", "target 2x"])
+    signs_db = torch.from_numpy(qk.pack_bits(xb.cpu().numpy())).cuda()
+    signs_q = torch.from_numpy(qk.pack_bits(xq.cpu().numpy())).cuda()
+    pm_db = torch.where(xb > 0, 1.0, -1.0).half()
+    pm_q = torch.where(xq > 0, 1.0, -1.0).half()
+
+    def pm_exhaustive():
+        for start in range(0, num_queries, 100):
+            torch.topk(pm_q[start:start + 100] @ pm_db.T, 10, dim=1)
+
+    pm_s = _cuda_seconds(pm_exhaustive, max(3, args.repeat // 3))
+    ham_s = _cuda_seconds(lambda: qk.hamming_topk(signs_q, signs_db, 10),
+                          max(3, args.repeat // 3))
+    rows.append([f"hamming_topk 64 bits N = {n:,}",
+                 f"{num_queries / pm_s:,.0f} q/s torch +-1 matmul",
+                 f"{num_queries / ham_s:,.0f} q/s", f"{pm_s / ham_s:.1f}x", "target 2x"])
+    chunks = list(clustered_codes_data(n + num_queries, 512, dim=dim, seed=13))
+    act = np.concatenate([c[1] for c in chunks])
+    emb = np.concatenate([c[2] for c in chunks])
+    del chunks
+    table = qk.SparseHashTable(512, 2).add(act[:n], emb[:n])
+    q_act, q_emb = torch.from_numpy(act[n:]).cuda(), torch.from_numpy(emb[n:]).cuda()
+    xb_table = torch.from_numpy(emb[:n]).cuda()
+    table_norms = (xb_table * xb_table).sum(1)
+
+    def table_exhaustive():
+        for start in range(0, num_queries, 100):
+            torch.topk(table_norms[None] - 2 * q_emb[start:start + 100] @ xb_table.T, topk,
+                       dim=1, largest=False)
+
+    table_s = _cuda_seconds(lambda: table.search(q_act, q_emb, topk), max(3, args.repeat // 3))
+    scan_s = _cuda_seconds(table_exhaustive, max(3, args.repeat // 3))
+    suf = qk.metrics.search_speedup(table.candidate_counts, n)
+    rows.append([f"SparseHashTable k = 2 N = {n:,}",
+                 f"{num_queries / scan_s:,.0f} q/s torch exhaustive",
+                 f"{num_queries / table_s:,.0f} q/s", f"{scan_s / table_s:.1f}x",
+                 f"target SUF/2 = {suf / 2:.0f}x"])
+    print_table(["kernel", "baseline", "ours", "ratio", "check"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=[*SUITES, "all"])

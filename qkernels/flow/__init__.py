@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import origin_of, to_numpy
+from .. import _gpu
+from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
 from .._checks import as_float_array, as_index_array, check_int, check_nonnegative, check_rank
 
 __all__ = [
@@ -97,10 +98,16 @@ def solve_sparse_codes(
     objective is optimal up to float64 rounding in the shortest-path potentials, about
     ``1e-15 * n * k * (max |scores| + max bucket cost)``. The result is deterministic, the same
     on every run and thread count.
+
+    Scores on a GPU (a torch CUDA tensor or a cupy array) are solved there, one CUDA block per
+    problem, on torch's current stream (qkernels/cuda/flow.cu); without cupy they are solved on
+    a host copy and the codes returned to the device.
     """
     from . import _cpu
 
     origin = origin_of(scores, names=("scores",))
+    if origin.is_cuda and _gpu.available():
+        return _solve_on_device(origin, scores, k, penalty, bucket_costs)
     s = _scores(scores)
     n, d = s.shape[-2:]
     if d == 0:
@@ -113,6 +120,27 @@ def solve_sparse_codes(
     elif s.shape[0] > 0:
         _cpu.solve_batch(s, k, incr, codes)
     return origin.wrap(codes)
+
+
+def _solve_on_device(origin, scores: Any, k: int, penalty: Any, bucket_costs: Any) -> Any:
+    """solve_sparse_codes for GPU input: one CUDA block per problem, on torch's stream."""
+    import cupy
+
+    from . import _gpu as flow_gpu
+
+    s = to_cupy(scores)
+    check_rank(s, "scores", (2, 3), _SHAPES)
+    s = cupy.ascontiguousarray(as_float_array(s, "scores", dtype=np.float64))
+    n, d = s.shape[-2:]
+    if d == 0:
+        raise ValueError("scores has d = 0 buckets; need at least k >= 1 of them")
+    k = check_int(k, "k", 1, d)
+    with torch_stream(origin):
+        incr = cupy.asarray(_increments(n, penalty, bucket_costs))
+        batch = s.reshape(-1, n, d)
+        codes = cupy.empty((batch.shape[0], n, k), dtype=cupy.int64)
+        flow_gpu.solve_batch(batch, k, incr, codes)
+    return origin.wrap(codes.reshape(*s.shape[:-1], k))
 
 
 def sparse_code_objective(

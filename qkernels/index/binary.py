@@ -8,8 +8,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from .. import config
-from .._arrays import origin_of, to_numpy
+from .. import _gpu, config
+from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
 from .._checks import as_float_array, check_int, check_rank, check_same_rows
 from .._io import load_npz, save_npz
 from . import _hamming_cpu
@@ -40,8 +40,9 @@ def unpack_bits(codes: Any, nbits: int) -> Any:
     return origin.wrap(np.unpackbits(c, axis=1, count=nbits, bitorder="little"))
 
 
-def _packed(codes: Any, name: str, nbytes: int | None = None) -> np.ndarray:
-    c = to_numpy(codes, allow_device_copy=True)
+def _packed(codes: Any, name: str, nbytes: int | None = None, device: bool = False):
+    """Packed codes as a numpy array, or as a cupy array when ``device`` (no copy)."""
+    c = to_cupy(codes) if device else to_numpy(codes, allow_device_copy=True)
     check_rank(c, name, (2,), "(N, bytes) packed uint8 codes")
     if c.dtype != np.uint8:
         raise TypeError(
@@ -81,6 +82,15 @@ def _features(x: Any, name: str, rows: int) -> np.ndarray:
     return np.ascontiguousarray(as_float_array(f, name, dtype=np.float32))
 
 
+def _on_device(origin, nbytes: int, topk: int, tiebreak: Any) -> bool:
+    """Whether a search runs on the GPU: GPU input, cupy, and what the kernel handles (else
+    the CPU kernel runs on host copies and the results go back to the device)."""
+    from . import _gpu as index_gpu
+
+    return (origin.is_cuda and _gpu.available() and tiebreak is None
+            and 8 * nbytes <= index_gpu.HAMMING_MAX_BITS and topk <= index_gpu.HAMMING_MAX_TOPK)
+
+
 def _search(query_words: np.ndarray, db_columns: np.ndarray, topk: int,
             tiebreak: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     num_queries = query_words.shape[0]
@@ -114,15 +124,25 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
         ordered by squared Euclidean distance between features (the H2Q evaluation rule; pass
         normalised features for theirs). Without it ties go to the lower index.
 
+    Codes on a GPU are searched there (qkernels/cuda/hamming.cu, on torch's current stream),
+    up to 1024 bits and topk 1024 without a tie-break; otherwise on host copies.
+
     Returns
     -------
     D : int32 ``(Q, topk)``, Hamming distances ascending (int32 max where missing).
     I : int64 ``(Q, topk)``, database rows (-1 where missing).
     """
     origin = origin_of(query_codes, db_codes, names=("query_codes", "db_codes"))
-    db = _packed(db_codes, "db_codes")
-    queries = _packed(query_codes, "query_codes", db.shape[1])
     topk = check_int(topk, "topk", 1)
+    db = _packed(db_codes, "db_codes", device=origin.is_cuda and _gpu.available())
+    if _on_device(origin, db.shape[1], topk, tiebreak):
+        from . import _gpu as index_gpu
+
+        queries = _packed(query_codes, "query_codes", db.shape[1], device=True)
+        with torch_stream(origin):
+            return origin.wrap(index_gpu.hamming_topk(queries, index_gpu.word_columns(db), topk))
+    db = to_numpy(db, allow_device_copy=True)
+    queries = _packed(query_codes, "query_codes", db.shape[1])
     pair = None
     if tiebreak is not None:
         if not isinstance(tiebreak, (tuple, list)) or len(tiebreak) != 2:
@@ -152,6 +172,7 @@ class BinaryIndex:
         self.nbytes = -(-self.nbits // 8)
         self._codes = np.empty((0, self.nbytes), dtype=np.uint8)
         self._columns: np.ndarray | None = None  # the kernels' layout, built on search
+        self._on_gpu: dict[int, Any] = {}  # the same on each GPU searched from
         self._features: np.ndarray | None = None
 
     @property
@@ -188,6 +209,7 @@ class BinaryIndex:
             raise ValueError("features were given with the earlier codes; give them again")
         self._codes = np.concatenate([self._codes, c])
         self._columns = None
+        self._on_gpu = {}
         return self
 
     def search(self, query_codes: Any, topk: int, query_features: Any = None
@@ -196,8 +218,15 @@ class BinaryIndex:
         broken by squared Euclidean distance between features. See :func:`hamming_topk`."""
         origin = origin_of(query_codes, query_features,
                            names=("query_codes", "query_features"))
-        queries = _packed(query_codes, "query_codes", self.nbytes)
         topk = check_int(topk, "topk", 1)
+        if _on_device(origin, self.nbytes, topk, query_features):
+            from . import _gpu as index_gpu
+
+            queries = _packed(query_codes, "query_codes", self.nbytes, device=True)
+            with torch_stream(origin):
+                columns = self._device_columns(index_gpu)
+                return origin.wrap(index_gpu.hamming_topk(queries, columns, topk))
+        queries = _packed(query_codes, "query_codes", self.nbytes)
         pair = None
         if query_features is not None:
             if self._features is None:
@@ -212,6 +241,16 @@ class BinaryIndex:
             self._columns = _word_columns(self._codes)
         dist, items = _search(_words(queries), self._columns, topk, pair)
         return origin.wrap(dist), origin.wrap(items)
+
+    def _device_columns(self, index_gpu):
+        """The codes in the kernels' layout on the current GPU, copied there once per device
+        (and again after an add)."""
+        import cupy
+
+        device = cupy.cuda.Device().id
+        if device not in self._on_gpu:
+            self._on_gpu[device] = index_gpu.word_columns(cupy.asarray(self._codes))
+        return self._on_gpu[device]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` (.npz, no pickle)."""

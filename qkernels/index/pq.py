@@ -8,11 +8,11 @@ from typing import Any
 import numba
 import numpy as np
 
-from .. import config
-from .._arrays import origin_of
-from .._checks import check_int
+from .. import _gpu, config
+from .._arrays import origin_of, to_cupy, torch_stream
+from .._checks import as_float_array, check_int, check_rank
 from .._io import load_npz, save_npz
-from ..quantize import _pq_cpu
+from ..quantize import _pq_cpu, _pq_gpu
 from ..quantize.pq import ProductQuantizer
 
 __all__ = ["PQIndex"]
@@ -27,7 +27,8 @@ class PQIndex:
     distances between its sub-vectors and every codeword, then ``M`` look-ups and adds per item,
     fused with the top-K selection. With ``symmetric=True`` the query is quantized too (SDC,
     tables of codeword-to-codeword distances). Parallel over queries, or over the database when
-    there are few queries (``qk.config.SPLIT_DATABASE_MAX_QUERIES``).
+    there are few queries (``qk.config.SPLIT_DATABASE_MAX_QUERIES``). Queries on a GPU are
+    searched there (asymmetric distance, topk up to 128; qkernels/cuda/pq_scan.cu).
 
     Parameters
     ----------
@@ -55,6 +56,7 @@ class PQIndex:
         self.metric = metric
         self._codes = np.empty((0, pq.num_subspaces), dtype=pq.code_dtype)
         self._sdc_tables: np.ndarray | None = None
+        self._on_gpu = None  # (key, codebooks, codes) on the last GPU searched from
 
     @property
     def ntotal(self) -> int:
@@ -90,9 +92,12 @@ class PQIndex:
         where missing). Ties go to the item added first.
         """
         origin = origin_of(q, names=("q",))
-        queries = self.pq._vectors(q, "q")
         topk = check_int(topk, "topk", 1)
         inner_product = self.metric == "ip"
+        if (origin.is_cuda and _gpu.available() and not symmetric
+                and topk <= _pq_gpu.MAX_TOPK and self.ntotal < 2**32):
+            return self._search_on_device(origin, q, topk, inner_product)
+        queries = self.pq._vectors(q, "q")
         num_queries = queries.shape[0]
         dist = np.empty((num_queries, topk), dtype=np.float32)
         items = np.empty((num_queries, topk), dtype=np.int64)
@@ -106,6 +111,26 @@ class PQIndex:
         else:
             _pq_cpu.scan_by_query(tables, self._codes, topk, inner_product, dist, items)
         return origin.wrap(dist), origin.wrap(items)
+
+    def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool):
+        """The asymmetric search on the GPU (qkernels/cuda/pq_scan.cu), on torch's stream; the
+        codes and codebooks are copied to each device once (again after an add)."""
+        import cupy
+
+        queries = to_cupy(q)
+        check_rank(queries, "q", (2,), f"(N, dim = {self.pq.dim})")
+        if queries.shape[1] != self.pq.dim:
+            raise ValueError(f"q has dimension {queries.shape[1]}; this quantizer has "
+                             f"{self.pq.dim}")
+        queries = cupy.ascontiguousarray(as_float_array(queries, "q", dtype=np.float32))
+        with torch_stream(origin):
+            device = cupy.cuda.Device().id
+            key = (device, id(self.pq.codebooks), self.ntotal)
+            if self._on_gpu is None or self._on_gpu[0] != key:
+                self._on_gpu = (key, cupy.asarray(self.pq.codebooks),
+                                cupy.asarray(self._codes))
+            _, codebooks, codes = self._on_gpu
+            return origin.wrap(_pq_gpu.search(queries, codebooks, codes, topk, inner_product))
 
     def _tables(self, queries: np.ndarray, symmetric: bool, inner_product: bool) -> np.ndarray:
         codebooks = self.pq.codebooks

@@ -8,9 +8,11 @@ from typing import Any, ClassVar
 import numba
 import numpy as np
 
-from .._arrays import origin_of, to_numpy
+from .. import _gpu
+from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
 from .._checks import as_float_array, as_index_array, check_int, check_rank, check_same_rows
 from .._io import load_npz, save_npz
+from . import _gpu as index_gpu
 from . import _table_cpu
 
 __all__ = ["SparseHashTable"]
@@ -65,6 +67,7 @@ class SparseHashTable:
         self._rows = np.empty(0, dtype=np.int64)  # insertion position: breaks distance ties
         self._offsets: np.ndarray | None = None
         self._items: np.ndarray | None = None
+        self._on_gpu = None  # (key, arrays) mirrored on the last GPU searched from
         self.candidate_counts = np.empty(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ adding
@@ -206,10 +209,15 @@ class SparseHashTable:
         I : int64 ``(Q, topk)``, the ids; -1 where a result is missing.
 
         Ties in distance go to the item added first. ``candidate_counts`` then holds the number
-        of candidates each query looked at.
+        of candidates each query looked at. Queries on a GPU are searched there (topk up to 64;
+        qkernels/cuda/table_probe.cu) against a copy of the table made on the first such search.
         """
         origin = origin_of(query_activations, query_embeddings, exclude_ids,
                            names=("query_activations", "query_embeddings", "exclude_ids"))
+        if (origin.is_cuda and _gpu.available() and self.ntotal
+                and check_int(topk, "topk", 1) <= index_gpu.PROBE_MAX_TOPK):
+            return self._search_on_device(origin, query_activations, query_embeddings, topk,
+                                          exclude_ids)
         act = self._activations(query_activations, "query_activations")
         emb = to_numpy(query_embeddings, allow_device_copy=True)
         check_rank(emb, "query_embeddings", (2,), "(Q, dim)")
@@ -241,6 +249,53 @@ class SparseHashTable:
         self.candidate_counts = counts
         ids = np.where(items >= 0, self._ids[np.maximum(items, 0)] if self.ntotal else -1, -1)
         return origin.wrap(dist), origin.wrap(ids.astype(np.int64))
+
+    def _search_on_device(self, origin, query_activations, query_embeddings, topk: int,
+                          exclude_ids):
+        """The probe on the GPU (qkernels/cuda/table_probe.cu), on torch's stream. The table is
+        built on the host and mirrored to each device once (again after an add)."""
+        import cupy
+
+        act = to_cupy(query_activations)
+        emb = to_cupy(query_embeddings)
+        check_rank(act, "query_activations", (2,), f"(Q, num_buckets = {self.num_buckets})")
+        check_rank(emb, "query_embeddings", (2,), "(Q, dim)")
+        if act.shape[1] != self.num_buckets:
+            raise ValueError(f"query_activations has {act.shape[1]} columns; this table has "
+                             f"{self.num_buckets} buckets")
+        if emb.shape[1] != self.dim:
+            raise ValueError(f"query_embeddings has dimension {emb.shape[1]}; the table's "
+                             f"embeddings have {self.dim}")
+        check_same_rows(act, "query_activations", emb, "query_embeddings")
+        act = cupy.ascontiguousarray(as_float_array(act, "query_activations",
+                                                    dtype=np.float32))
+        emb = cupy.ascontiguousarray(as_float_array(emb, "query_embeddings",
+                                                    dtype=np.float32))
+        exclude = self._exclude_positions(self._exclude(
+            None if exclude_ids is None else to_numpy(exclude_ids, allow_device_copy=True),
+            act.shape[0]))
+        with torch_stream(origin):
+            arrays = self._device_arrays()
+            dist, items, counts = index_gpu.probe(act, emb, self.k, topk, arrays[:-1],
+                                                  cupy.asarray(exclude), self.metric == "ip")
+            ids = cupy.where(items >= 0, arrays[-1][cupy.maximum(items, 0)], -1)
+        self.candidate_counts = cupy.asnumpy(counts)
+        return origin.wrap(dist), origin.wrap(ids)
+
+    def _device_arrays(self):
+        """(offsets, items, codes, embeddings, rows, item_of_row, ids) on the current GPU."""
+        import cupy
+
+        self._build()
+        device = cupy.cuda.Device().id
+        key = (device, self.ntotal)
+        if self._on_gpu is None or self._on_gpu[0] != key:
+            item_of_row = np.empty_like(self._rows)
+            item_of_row[self._rows] = np.arange(self.ntotal)
+            self._on_gpu = (key, tuple(cupy.asarray(a) for a in (
+                self._offsets, self._items, self._codes, self._emb, self._rows, item_of_row,
+                self._ids)))
+        return self._on_gpu[1]
 
     def _search_block(self, act, emb, topk, exclude, chunks, dist, items, counts):
         """The passes of a search (see _table_cpu) for one block of queries."""

@@ -1,0 +1,186 @@
+// SparseHashTable probe on the GPU: the twin of qkernels/index/_table_cpu.py's search.
+//
+// One block per query. The block picks the query's next-best bucket (a block-wide argmax of
+// its activations over the buckets not yet probed; the lower bucket wins ties), walks that
+// bucket's items in parallel, and repeats while it has probed fewer than k buckets or has
+// fewer than topk candidates. An item met in several probed buckets counts only in the first
+// of them that the query probed (its other codes are checked against the probe list), so no
+// per-item marks are needed; excluded items are skipped and not counted. Each thread keeps its
+// best topk keys (sortable distance bits << 32 | insertion row); the block bitonic-sorts them,
+// so results are ordered by (distance, row) as on the CPU. Distances use eight fixed lanes
+// and rounding intrinsics, bit for bit the CPU's float32 (qkernels/_simd.py).
+//
+// Per-query scratch in global memory: used[num_buckets] (0/1) and probes[num_buckets].
+
+#define MAX_LOCAL_TOPK 64
+
+__device__ __forceinline__ unsigned int sortable(float value) {
+    unsigned int bits = __float_as_uint(value);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ float unsortable(unsigned int bits) {
+    return __uint_as_float((bits & 0x80000000u) ? (bits & 0x7fffffffu) : ~bits);
+}
+
+__device__ float lane_distance(const float* __restrict__ a, const float* __restrict__ b,
+                               int dim, int inner_product) {
+    float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < dim; ++j) {
+        float term;
+        if (inner_product) {
+            term = __fmul_rn(a[j], b[j]);
+        } else {
+            float diff = __fsub_rn(a[j], b[j]);
+            term = __fmul_rn(diff, diff);
+        }
+        lane[j % 8] = __fadd_rn(lane[j % 8], term);
+    }
+    float low = __fadd_rn(__fadd_rn(lane[0], lane[1]), __fadd_rn(lane[2], lane[3]));
+    float high = __fadd_rn(__fadd_rn(lane[4], lane[5]), __fadd_rn(lane[6], lane[7]));
+    float total = __fadd_rn(low, high);
+    return inner_product ? -total : total;
+}
+
+extern "C" __global__ void probe(const float* __restrict__ query_act,
+                                 const float* __restrict__ query_emb, int num_buckets, int dim,
+                                 int k, int topk, int sort_size,
+                                 const long long* __restrict__ offsets,
+                                 const int* __restrict__ items,
+                                 const long long* __restrict__ codes, int code_width,
+                                 const float* __restrict__ emb,
+                                 const long long* __restrict__ rows,
+                                 const long long* __restrict__ item_of_row,
+                                 const long long* __restrict__ exclude, int num_exclude,
+                                 int inner_product, unsigned char* __restrict__ used_scratch,
+                                 int* __restrict__ probes_scratch,
+                                 float* __restrict__ out_dist, long long* __restrict__ out_item,
+                                 long long* __restrict__ out_count) {
+    extern __shared__ unsigned char shared[];
+    unsigned long long* keys = reinterpret_cast<unsigned long long*>(shared);
+    __shared__ float best_value[1024];
+    __shared__ int best_bucket[1024];
+    __shared__ int probed;
+    __shared__ unsigned long long count;
+
+    const int q = blockIdx.x;
+    const int t = threadIdx.x;
+    const int threads = blockDim.x;
+    const float* act = query_act + (long long)q * num_buckets;
+    const float* query = query_emb + (long long)q * dim;
+    const long long* excluded = exclude + (long long)q * num_exclude;
+    unsigned char* used = used_scratch + (long long)q * num_buckets;
+    int* probes = probes_scratch + (long long)q * num_buckets;
+
+    for (int r = t; r < num_buckets; r += threads) used[r] = 0;
+    if (t == 0) {
+        probed = 0;
+        count = 0;
+    }
+    unsigned long long best[MAX_LOCAL_TOPK];
+    for (int s = 0; s < topk; ++s) best[s] = ~0ULL;
+    __syncthreads();
+
+    while (probed < num_buckets && (probed < k || count < (unsigned long long)topk)) {
+        // the next-best bucket: argmax over buckets not probed, lower index on ties
+        float value = -__int_as_float(0x7f800000);
+        int bucket = num_buckets;
+        for (int r = t; r < num_buckets; r += threads) {
+            if (!used[r] && (bucket == num_buckets || act[r] > value)) {
+                value = act[r];
+                bucket = r;
+            }
+        }
+        best_value[t] = value;
+        best_bucket[t] = bucket;
+        __syncthreads();
+        for (int half = threads / 2; half > 0; half >>= 1) {
+            if (t < half) {
+                int other = best_bucket[t + half];
+                if (other < num_buckets && (best_bucket[t] == num_buckets ||
+                                            best_value[t + half] > best_value[t] ||
+                                            (best_value[t + half] == best_value[t] &&
+                                             other < best_bucket[t]))) {
+                    best_value[t] = best_value[t + half];
+                    best_bucket[t] = other;
+                }
+            }
+            __syncthreads();
+        }
+        const int r = best_bucket[0];
+        const int position = probed;
+        __syncthreads();
+        if (t == 0) {
+            used[r] = 1;
+            probes[position] = r;
+            probed = position + 1;
+        }
+        __syncthreads();
+        unsigned long long found = 0;
+        for (long long p = offsets[r] + t; p < offsets[r + 1]; p += threads) {
+            const int item = items[p];
+            bool earlier = false;  // met in a bucket this query probed before?
+            for (int c = 0; c < code_width && !earlier; ++c) {
+                long long code = codes[(long long)item * code_width + c];
+                if (code == r) continue;
+                for (int v = 0; v < position; ++v) {
+                    if (probes[v] == code) {
+                        earlier = true;
+                        break;
+                    }
+                }
+            }
+            if (earlier) continue;
+            bool skip = false;
+            for (int e = 0; e < num_exclude; ++e) skip |= excluded[e] == item;
+            if (skip) continue;
+            ++found;
+            float dist = lane_distance(query, emb + (long long)item * dim, dim, inner_product);
+            unsigned long long key = ((unsigned long long)sortable(dist) << 32) |
+                                     (unsigned long long)rows[item];
+            if (key < best[topk - 1]) {
+                int s = topk - 1;
+                while (s > 0 && best[s - 1] > key) {
+                    best[s] = best[s - 1];
+                    --s;
+                }
+                best[s] = key;
+            }
+        }
+        atomicAdd(&count, found);
+        __syncthreads();
+    }
+
+    for (int s = 0; s < topk; ++s) keys[t * topk + s] = best[s];
+    for (int s = threads * topk + t; s < sort_size; s += threads) keys[s] = ~0ULL;
+    __syncthreads();
+    for (int size = 2; size <= sort_size; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int s = t; s < sort_size; s += threads) {
+                int partner = s ^ stride;
+                if (partner > s) {
+                    bool ascending = (s & size) == 0;
+                    unsigned long long a = keys[s], b = keys[partner];
+                    if ((a > b) == ascending) {
+                        keys[s] = b;
+                        keys[partner] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (int s = t; s < topk; s += threads) {
+        long long row = (long long)q * topk + s;
+        if (keys[s] != ~0ULL) {
+            float dist = unsortable((unsigned int)(keys[s] >> 32));
+            out_dist[row] = inner_product ? -dist : dist;
+            out_item[row] = item_of_row[keys[s] & 0xffffffffULL];
+        } else {
+            out_dist[row] = inner_product ? -__int_as_float(0x7f800000)
+                                          : __int_as_float(0x7f800000);
+            out_item[row] = -1;
+        }
+    }
+    if (t == 0) out_count[q] = (long long)count;
+}

@@ -1,0 +1,22 @@
+"""GPU twin of ``_cpu.solve_batch``: one CUDA block per problem (qkernels/cuda/flow.cu)."""
+
+from __future__ import annotations
+
+from .. import _gpu
+
+
+def solve_batch(scores, k: int, incr, codes) -> None:
+    """``scores`` (B, n, d) float64, ``incr`` (n,) float64, ``codes`` (B, n, k) int64: cupy
+    arrays on one device. Fills ``codes`` like the CPU solver (rows sorted)."""
+    import cupy
+
+    batch, n, d = scores.shape
+    if batch == 0 or n == 0:
+        return
+    threads = 1 << (min(_gpu.block_size(), max(32, d)).bit_length() - 1)  # a power of two
+    doubles = cupy.empty(batch * (2 * n + 2 * d), dtype=cupy.float64)
+    ints = cupy.empty(batch * (d + d * n + n + 2 * (d + n)), dtype=cupy.int32)
+    flags = cupy.empty(batch * n * d, dtype=cupy.uint8)
+    _gpu.launch("flow", "solve_batch", batch, threads,
+                (scores, cupy.int32(n), cupy.int32(d), cupy.int32(k), incr, doubles, ints,
+                 flags, codes), shared_mem=16 * threads)

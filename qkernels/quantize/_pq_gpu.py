@@ -1,0 +1,37 @@
+"""GPU twins of the PQ distance tables and asymmetric scan (qkernels/cuda/pq_scan.cu)."""
+
+from __future__ import annotations
+
+from .. import _gpu
+
+MAX_TOPK = 128  # the per-thread lists of the kernel; larger topk runs on the CPU
+_KEYS = 4096  # merge keys per block (32 KB of shared memory)
+
+
+def search(queries, codebooks, codes, topk: int, inner_product: bool):
+    """``queries`` (Q, dim) float32, ``codebooks`` (M, K, dsub) float32, ``codes`` (N, M)
+    uint8/uint16, cupy arrays on one device. Returns (distances, items) cupy arrays."""
+    import cupy
+
+    num_queries = queries.shape[0]
+    m, k, dsub = codebooks.shape
+    n = codes.shape[0]
+    if n >= 2**32:
+        raise ValueError("the GPU PQ scan handles fewer than 2**32 items")
+    tables = cupy.empty((num_queries, m, k), dtype=cupy.float32)
+    entries = num_queries * m * k
+    threads = _gpu.block_size()
+    _gpu.launch("pq_scan", "pq_distance_tables", (entries + threads - 1) // threads, threads,
+                (queries, codebooks, cupy.int32(num_queries), cupy.int32(m), cupy.int32(k),
+                 cupy.int32(dsub), cupy.int32(inner_product), tables))
+    threads = 1 << (min(_gpu.block_size(), max(32, _KEYS // topk)).bit_length() - 1)
+    sort_size = 1 << max(0, (threads * topk - 1).bit_length())
+    table_bytes = -(-4 * m * k // 8) * 8
+    dist = cupy.empty((num_queries, topk), dtype=cupy.float32)
+    items = cupy.empty((num_queries, topk), dtype=cupy.int64)
+    name = "pq_scan_u8" if codes.dtype == cupy.uint8 else "pq_scan_u16"
+    _gpu.launch("pq_scan", name, num_queries, threads,
+                (tables, codes, cupy.int64(n), cupy.int32(m), cupy.int32(k), cupy.int32(topk),
+                 cupy.int32(sort_size), cupy.int32(inner_product), dist, items),
+                shared_mem=table_bytes + 8 * sort_size)
+    return dist, items
