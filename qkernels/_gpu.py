@@ -37,17 +37,17 @@ def require(what: str) -> None:
         )
 
 
-@functools.cache
-def _source(name: str) -> str:
-    return resources.files("qkernels").joinpath("cuda", f"{name}.cu").read_text()
+def _cuda_dir():
+    return resources.files("qkernels").joinpath("cuda")
 
 
 @functools.cache
 def _module(name: str, device: int):
     import cupy
 
-    with cupy.cuda.Device(device):
-        return cupy.RawModule(code=_source(name), options=("-std=c++17",))
+    source = _cuda_dir().joinpath(f"{name}.cu").read_text()
+    with cupy.cuda.Device(device):  # the sources include common.cuh from their own folder
+        return cupy.RawModule(code=source, options=("-std=c++17", f"-I{_cuda_dir()}"))
 
 
 def kernel(source: str, function: str):

@@ -26,7 +26,7 @@ def test_there_are_sources():
 @pytest.mark.parametrize("source", SOURCES, ids=[s.name for s in SOURCES])
 def test_cu_compiles_with_nvcc(source, arch, tmp_path):
     result = subprocess.run(
-        [NVCC, f"-arch={arch}", "-std=c++17", "-Werror", "all-warnings", "--cubin",
+        [NVCC, f"-arch={arch}", "-std=c++17", "-Werror", "all-warnings", f"-I{CUDA_DIR}", "--cubin",
          "-o", str(tmp_path / "out.cubin"), str(source)],
         capture_output=True,
         text=True,
@@ -53,7 +53,7 @@ def test_cu_compiles_with_nvrtc(source, arch):
     text = source.read_text().encode()
     assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), text, source.name.encode(), 0, None,
                                     None) == 0
-    options = [b"-std=c++17", f"--gpu-architecture={arch}".encode()]
+    options = [b"-std=c++17", f"--gpu-architecture={arch}".encode(), f"-I{CUDA_DIR}".encode()]
     status = NVRTC.nvrtcCompileProgram(program, len(options),
                                        (ctypes.c_char_p * len(options))(*options))
     size = ctypes.c_size_t()

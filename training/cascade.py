@@ -11,7 +11,7 @@ import qkernels as qk
 from qkernels.losses import SemiHardTripletLoss, assign_batch_codes, assign_hierarchical_codes
 
 from .common import Run, Stage
-from .dht import _Head, _loss_fn
+from .dht import _Head, _loss_fn, embeddings_and_activations
 from .evaluation import timed
 from .models import EmbeddingNet
 from .report import Table
@@ -72,12 +72,8 @@ def run(args, run: Run) -> dict:
     if not run.is_main:
         return {}
 
-    net.eval()
-    unit = lambda t: nn.functional.normalize(t, dim=1)  # noqa: E731
-    db_emb = run.infer(lambda x: unit(net(x)), data.x_train, desc="db embeddings")
-    q_emb = run.infer(lambda x: unit(net(x)), data.x_test, desc="query embeddings")
-    db_act = run.infer(lambda x: net.heads["hash"](net.features(x)), data.x_train)
-    q_act = run.infer(lambda x: net.heads["hash"](net.features(x)), data.x_test)
+    (db_emb, q_emb), ((db_act, q_act), (db_flat, q_flat)) = embeddings_and_activations(
+        run, net, ("hash", "flat"))
 
     rows = []
     compound = qk.HierarchicalHashTable(d, args.k).add(db_act[:, :d], db_act[:, d:], db_emb)
@@ -86,8 +82,6 @@ def run(args, run: Run) -> dict:
     rows.append(_row(f"cascade ({d}x{d} buckets)", compound,
                      lambda: compound.search(q_act[:, :d], q_act[:, d:], q_emb, 16),
                      parents[:, None] * d + children, data, len(db_emb)))
-    db_flat = run.infer(lambda x: net.heads["flat"](net.features(x)), data.x_train)
-    q_flat = run.infer(lambda x: net.heads["flat"](net.features(x)), data.x_test)
     flat = qk.SparseHashTable(d, args.k).add(db_flat, db_emb)
     rows.append(_row(f"flat DHT ({d} buckets)", flat,
                      lambda: flat.search(q_flat, q_emb, 16),

@@ -75,6 +75,21 @@ def _loss_fn(args, run: Run, module: nn.Module, masked: bool):
     return step
 
 
+def embeddings_and_activations(run: Run, net: EmbeddingNet, heads: tuple[str, ...]):
+    """The normalised metric embeddings of the database and query splits, and the outputs of
+    each hash head on them: ``(db, queries), [(db, queries) per head]``."""
+    net.eval()
+    data = run.data
+
+    def both(fn, what):
+        return (run.infer(fn, data.x_train, desc=f"db {what}"),
+                run.infer(fn, data.x_test, desc=f"query {what}"))
+
+    embeddings = both(lambda x: nn.functional.normalize(net(x), dim=1), "embeddings")
+    outputs = [both(lambda x, h=h: net.heads[h](net.features(x)), h) for h in heads]
+    return embeddings, outputs
+
+
 def _table_rows(name: str, db_act, db_emb, q_act, q_emb, data, k: int, buckets: int):
     """Build the table, search every query, and measure the paper's metrics."""
     table = qk.SparseHashTable(buckets, k).add(db_act, db_emb)
@@ -124,12 +139,7 @@ def run(args, run: Run) -> dict:
 
     # The metric embedding is frozen after pretraining (the hash stage tunes the body for the
     # hash head); re-ranking uses the embedding of the network as it is at the end, normalised.
-    net.eval()
-    unit = lambda t: nn.functional.normalize(t, dim=1)  # noqa: E731
-    db_emb = run.infer(lambda x: unit(net(x)), data.x_train, desc="db embeddings")
-    q_emb = run.infer(lambda x: unit(net(x)), data.x_test, desc="query embeddings")
-    db_act = run.infer(lambda x: net.heads["hash"](net.features(x)), data.x_train)
-    q_act = run.infer(lambda x: net.heads["hash"](net.features(x)), data.x_test)
+    (db_emb, q_emb), ((db_act, q_act),) = embeddings_and_activations(run, net, ("hash",))
 
     from sklearn.cluster import KMeans
 

@@ -11,6 +11,8 @@
 // Shared memory: the histogram (at most MAX_BITS + 1 counts), two counts per thread and
 // next_pow2(topk) keys; topk is at most MAX_TOPK (the caller falls back to the CPU above).
 
+#include "common.cuh"
+
 #define MAX_BITS 1024
 #define MAX_TOPK 1024
 #define MAX_THREADS 1024
@@ -94,25 +96,7 @@ extern "C" __global__ void hamming_topk(const unsigned long long* __restrict__ q
     }
     __syncthreads();
     for (int s = filled + t; s < sort_size; s += threads) keys[s] = ~0ULL;  // padding sorts last
-    __syncthreads();
-
-    // bitonic sort of sort_size (a power of two) keys, ascending
-    for (int size = 2; size <= sort_size; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int s = t; s < sort_size; s += threads) {
-                int partner = s ^ stride;
-                if (partner > s) {
-                    bool ascending = (s & size) == 0;
-                    unsigned long long a = keys[s], b = keys[partner];
-                    if ((a > b) == ascending) {
-                        keys[s] = b;
-                        keys[partner] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    bitonic_sort(keys, sort_size);
 
     for (int s = t; s < topk; s += threads) {
         long long row = (long long)q * topk + s;

@@ -8,17 +8,11 @@
 //   t, t + T, ... summing the M entries in subspace order (as the CPU does) and keeps its best
 //   topk keys; the block then bitonic-sorts all threads' keys. A key is (sortable distance
 //   bits << 32 | item): ascending keys order by (distance, item), as on the CPU.
+// Helpers (sortable keys, lane distances, the bitonic merge) are in common.cuh.
+
+#include "common.cuh"
 
 #define MAX_LOCAL_TOPK 128
-
-__device__ __forceinline__ unsigned int sortable(float value) {
-    unsigned int bits = __float_as_uint(value);
-    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-__device__ __forceinline__ float unsortable(unsigned int bits) {
-    return __uint_as_float((bits & 0x80000000u) ? (bits & 0x7fffffffu) : ~bits);
-}
 
 extern "C" __global__ void pq_distance_tables(const float* __restrict__ queries,
                                               const float* __restrict__ codebooks,
@@ -33,21 +27,7 @@ extern "C" __global__ void pq_distance_tables(const float* __restrict__ queries,
     long long q = entry / ((long long)k_count * m_count);
     const float* sub = queries + q * (long long)m_count * dsub + (long long)m * dsub;
     const float* word = codebooks + ((long long)m * k_count + c) * dsub;
-    float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int j = 0; j < dsub; ++j) {
-        float term;
-        if (inner_product) {
-            term = __fmul_rn(sub[j], word[j]);
-        } else {
-            float diff = __fsub_rn(sub[j], word[j]);
-            term = __fmul_rn(diff, diff);
-        }
-        lane[j % 8] = __fadd_rn(lane[j % 8], term);
-    }
-    float low = __fadd_rn(__fadd_rn(lane[0], lane[1]), __fadd_rn(lane[2], lane[3]));
-    float high = __fadd_rn(__fadd_rn(lane[4], lane[5]), __fadd_rn(lane[6], lane[7]));
-    float total_dist = __fadd_rn(low, high);
-    tables[entry] = inner_product ? -total_dist : total_dist;
+    tables[entry] = lane_distance(sub, word, dsub, inner_product);
 }
 
 template <typename Code>
@@ -74,37 +54,9 @@ __device__ void scan(const float* __restrict__ tables, const Code* __restrict__ 
         for (int m = 1; m < m_count; ++m) {
             dist = __fadd_rn(dist, table[m * k_count + code[m]]);
         }
-        unsigned long long key = ((unsigned long long)sortable(dist) << 32) |
-                                 (unsigned long long)i;
-        if (key < best[topk - 1]) {  // insert into the thread's sorted list
-            int s = topk - 1;
-            while (s > 0 && best[s - 1] > key) {
-                best[s] = best[s - 1];
-                --s;
-            }
-            best[s] = key;
-        }
+        keep_best(best, topk, ((unsigned long long)sortable(dist) << 32) | (unsigned long long)i);
     }
-    for (int s = 0; s < topk; ++s) keys[t * topk + s] = best[s];
-    for (int s = threads * topk + t; s < sort_size; s += threads) keys[s] = ~0ULL;
-    __syncthreads();
-
-    for (int size = 2; size <= sort_size; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int s = t; s < sort_size; s += threads) {
-                int partner = s ^ stride;
-                if (partner > s) {
-                    bool ascending = (s & size) == 0;
-                    unsigned long long a = keys[s], b = keys[partner];
-                    if ((a > b) == ascending) {
-                        keys[s] = b;
-                        keys[partner] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    merge_lists(best, topk, keys, sort_size);
     for (int s = t; s < topk; s += threads) {
         long long row = (long long)q * topk + s;
         if (keys[s] != ~0ULL) {

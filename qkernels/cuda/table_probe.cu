@@ -12,35 +12,9 @@
 //
 // Per-query scratch in global memory: used[num_buckets] (0/1) and probes[num_buckets].
 
+#include "common.cuh"
+
 #define MAX_LOCAL_TOPK 64
-
-__device__ __forceinline__ unsigned int sortable(float value) {
-    unsigned int bits = __float_as_uint(value);
-    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-__device__ __forceinline__ float unsortable(unsigned int bits) {
-    return __uint_as_float((bits & 0x80000000u) ? (bits & 0x7fffffffu) : ~bits);
-}
-
-__device__ float lane_distance(const float* __restrict__ a, const float* __restrict__ b,
-                               int dim, int inner_product) {
-    float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int j = 0; j < dim; ++j) {
-        float term;
-        if (inner_product) {
-            term = __fmul_rn(a[j], b[j]);
-        } else {
-            float diff = __fsub_rn(a[j], b[j]);
-            term = __fmul_rn(diff, diff);
-        }
-        lane[j % 8] = __fadd_rn(lane[j % 8], term);
-    }
-    float low = __fadd_rn(__fadd_rn(lane[0], lane[1]), __fadd_rn(lane[2], lane[3]));
-    float high = __fadd_rn(__fadd_rn(lane[4], lane[5]), __fadd_rn(lane[6], lane[7]));
-    float total = __fadd_rn(low, high);
-    return inner_product ? -total : total;
-}
 
 extern "C" __global__ void probe(const float* __restrict__ query_act,
                                  const float* __restrict__ query_emb, int num_buckets, int dim,
@@ -136,40 +110,14 @@ extern "C" __global__ void probe(const float* __restrict__ query_act,
             if (skip) continue;
             ++found;
             float dist = lane_distance(query, emb + (long long)item * dim, dim, inner_product);
-            unsigned long long key = ((unsigned long long)sortable(dist) << 32) |
-                                     (unsigned long long)rows[item];
-            if (key < best[topk - 1]) {
-                int s = topk - 1;
-                while (s > 0 && best[s - 1] > key) {
-                    best[s] = best[s - 1];
-                    --s;
-                }
-                best[s] = key;
-            }
+            keep_best(best, topk,
+                      ((unsigned long long)sortable(dist) << 32) | (unsigned long long)rows[item]);
         }
         atomicAdd(&count, found);
         __syncthreads();
     }
 
-    for (int s = 0; s < topk; ++s) keys[t * topk + s] = best[s];
-    for (int s = threads * topk + t; s < sort_size; s += threads) keys[s] = ~0ULL;
-    __syncthreads();
-    for (int size = 2; size <= sort_size; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int s = t; s < sort_size; s += threads) {
-                int partner = s ^ stride;
-                if (partner > s) {
-                    bool ascending = (s & size) == 0;
-                    unsigned long long a = keys[s], b = keys[partner];
-                    if ((a > b) == ascending) {
-                        keys[s] = b;
-                        keys[partner] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    merge_lists(best, topk, keys, sort_size);
     for (int s = t; s < topk; s += threads) {
         long long row = (long long)q * topk + s;
         if (keys[s] != ~0ULL) {

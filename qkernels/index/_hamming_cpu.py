@@ -13,29 +13,10 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._heap import drain_sorted, push, sift_down
 from .._simd import popcount64, sq_l2_f32
 
 _MISSING = np.iinfo(np.int32).max
-
-
-@nb.njit(cache=True, nogil=True)
-def _sift_down(hd, hi, size, dist, item):
-    """Replace the root of a max-heap on (distance, item) and sift down."""
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and (hd[child + 1] > hd[child] or (
-                hd[child + 1] == hd[child] and hi[child + 1] > hi[child])):
-            child += 1
-        if hd[child] < dist or (hd[child] == dist and hi[child] < item):
-            break
-        hd[i] = hd[child]
-        hi[i] = hi[child]
-        i = child
-    hd[i] = dist
-    hi[i] = item
 
 
 @nb.njit(cache=True, nogil=True)
@@ -44,19 +25,10 @@ def _offer(hd, hi, hs, q, dist, item):
     root. The caller checked that it beats the root when the heap is full."""
     size = hs[q]
     if size < hd.shape[1]:
-        i = size
-        while i > 0:
-            parent = (i - 1) >> 1
-            if hd[q, parent] > dist or (hd[q, parent] == dist and hi[q, parent] > item):
-                break
-            hd[q, i] = hd[q, parent]
-            hi[q, i] = hi[q, parent]
-            i = parent
-        hd[q, i] = dist
-        hi[q, i] = item
+        push(hd[q], hi[q], size, dist, item)
         hs[q] = size + 1
     else:
-        _sift_down(hd[q], hi[q], size, dist, item)
+        sift_down(hd[q], hi[q], size, dist, item)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -105,11 +77,7 @@ def _scan(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs):
 
 @nb.njit(cache=True, nogil=True)
 def _write_sorted(hd, hi, size, out_dist, out_item):
-    for end in range(size - 1, -1, -1):
-        out_dist[end] = hd[0]
-        out_item[end] = hi[0]
-        if end > 0:
-            _sift_down(hd, hi, end, hd[end], hi[end])
+    drain_sorted(hd, hi, size, out_dist, out_item)
     for t in range(size, out_dist.shape[0]):
         out_dist[t] = _MISSING
         out_item[t] = -1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._heap import drain_sorted, push, sift_down
 from .._simd import dot_f32, sq_l2_f32
 
 _INF32 = np.float32(np.inf)
@@ -175,41 +176,6 @@ def symmetric_tables(centroids, inner_product):
 
 
 @nb.njit(cache=True, nogil=True)
-def _sift_down(hd, hi, size, dist, item):
-    """Replace the root of a max-heap on (distance, item) by (dist, item) and sift it down."""
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and (hd[child + 1] > hd[child] or (
-                hd[child + 1] == hd[child] and hi[child + 1] > hi[child])):
-            child += 1
-        if hd[child] < dist or (hd[child] == dist and hi[child] < item):
-            break
-        hd[i] = hd[child]
-        hi[i] = hi[child]
-        i = child
-    hd[i] = dist
-    hi[i] = item
-
-
-@nb.njit(cache=True, nogil=True)
-def _push(hd, hi, size, dist, item):
-    """Add (dist, item) to a max-heap of ``size`` entries with room left."""
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if hd[parent] > dist or (hd[parent] == dist and hi[parent] > item):
-            break
-        hd[i] = hd[parent]
-        hi[i] = hi[parent]
-        i = parent
-    hd[i] = dist
-    hi[i] = item
-
-
-@nb.njit(cache=True, nogil=True)
 def _adc(table, code):
     """Asymmetric distance of one code: its table entries summed in subspace order."""
     dist = table[0, code[0]]
@@ -232,7 +198,7 @@ def _scan_range(table, codes, start, stop, hd, hi, size):
     num_subspaces = table.shape[0]
     i = start
     while i < stop and size < topk:
-        _push(hd, hi, size, _adc(table, codes[i]), i)
+        push(hd, hi, size, _adc(table, codes[i]), i)
         size += 1
         i += 1
     block = codes[i:stop]  # a slice: non-negative indices, no wraparound checks
@@ -258,26 +224,26 @@ def _scan_range(table, codes, start, stop, hd, hi, size):
             d6 += row[block[j + 6, m]]
             d7 += row[block[j + 7, m]]
         if d0 < hd[0]:  # an equal distance loses: the heap's item has the lower index
-            _sift_down(hd, hi, size, d0, i + j + 0)
+            sift_down(hd, hi, size, d0, i + j + 0)
         if d1 < hd[0]:
-            _sift_down(hd, hi, size, d1, i + j + 1)
+            sift_down(hd, hi, size, d1, i + j + 1)
         if d2 < hd[0]:
-            _sift_down(hd, hi, size, d2, i + j + 2)
+            sift_down(hd, hi, size, d2, i + j + 2)
         if d3 < hd[0]:
-            _sift_down(hd, hi, size, d3, i + j + 3)
+            sift_down(hd, hi, size, d3, i + j + 3)
         if d4 < hd[0]:
-            _sift_down(hd, hi, size, d4, i + j + 4)
+            sift_down(hd, hi, size, d4, i + j + 4)
         if d5 < hd[0]:
-            _sift_down(hd, hi, size, d5, i + j + 5)
+            sift_down(hd, hi, size, d5, i + j + 5)
         if d6 < hd[0]:
-            _sift_down(hd, hi, size, d6, i + j + 6)
+            sift_down(hd, hi, size, d6, i + j + 6)
         if d7 < hd[0]:
-            _sift_down(hd, hi, size, d7, i + j + 7)
+            sift_down(hd, hi, size, d7, i + j + 7)
         j += 8
     while j < count:
         dist = _adc(table, block[j])
         if dist < hd[0]:
-            _sift_down(hd, hi, size, dist, i + j)
+            sift_down(hd, hi, size, dist, i + j)
         j += 1
     return size
 
@@ -285,11 +251,10 @@ def _scan_range(table, codes, start, stop, hd, hi, size):
 @nb.njit(cache=True, nogil=True)
 def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
     """Write a heap's entries ascending by (distance, item), then padding."""
-    for end in range(size - 1, -1, -1):
-        out_dist[end] = -hd[0] if inner_product else hd[0]
-        out_item[end] = hi[0]
-        if end > 0:
-            _sift_down(hd, hi, end, hd[end], hi[end])
+    drain_sorted(hd, hi, size, out_dist, out_item)
+    if inner_product:
+        for t in range(size):
+            out_dist[t] = -out_dist[t]
     for t in range(size, out_dist.shape[0]):
         out_dist[t] = -_INF32 if inner_product else _INF32
         out_item[t] = -1
@@ -328,8 +293,8 @@ def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, o
                 dist = hd[q, c, t]
                 item = hi[q, c, t]
                 if size < topk:
-                    _push(merged_d, merged_i, size, dist, item)
+                    push(merged_d, merged_i, size, dist, item)
                     size += 1
                 elif dist < merged_d[0] or (dist == merged_d[0] and item < merged_i[0]):
-                    _sift_down(merged_d, merged_i, size, dist, item)
+                    sift_down(merged_d, merged_i, size, dist, item)
         _sorted_out(merged_d, merged_i, size, inner_product, out_dist[q], out_item[q])
