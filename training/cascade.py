@@ -64,9 +64,9 @@ def run(args, run: Run) -> dict:
          "lr": args.lr},
         {"params": net.body.parameters(), "lr": args.lr * 0.1},
     ])
-    args.variant = "triplet"
     run.train(net, [
-        Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False), batches),
+        Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False,
+                                                              variant="triplet"), batches),
         Stage("cascade", args.hash_epochs, finetune, cascade_step, batches),
     ])
     if not run.is_main:

@@ -46,15 +46,15 @@ def _pairs(indices: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.array(anchors), np.array(positives)
 
 
-def _loss_fn(args, run: Run, module: nn.Module, masked: bool):
+def _loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | None = None):
     """The step function of a stage: triplet or n-pairs on ``module``'s outputs, with the
-    exact batch codes' masks when ``masked``."""
+    exact batch codes' masks when ``masked``; ``variant`` overrides ``args.variant``."""
     x_train, y_train = run.data.x_train, run.data.y_train
     triplet = SemiHardTripletLoss(args.margin)
     npairs = NPairsLoss(args.reg)
 
     def step(indices, epoch, step):
-        if args.variant == "triplet":
+        if (variant or args.variant) == "triplet":
             x, labels = run.tensor(x_train[indices]), run.tensor(y_train[indices])
             out = module(x)
             masks = None
