@@ -96,14 +96,24 @@ def _sink_costs(incr, f, r, fwd, back):
 def solve_one(scores, k, incr, codes):
     """Write the optimal ``(n, k)`` codes of one problem into ``codes`` (rows sorted)."""
     n, d = scores.shape
-    if n == 0:
-        return
+    solve_with_potentials(scores, k, incr, codes, np.empty(d), np.empty(n))
+
+
+@nb.njit(cache=True, nogil=True)
+def solve_with_potentials(scores, k, incr, codes, pb, pc):
+    """``solve_one`` that also leaves optimal potentials: ``pb`` (d,) of the buckets, ``pc``
+    (n,) of the classes; returns the sink's. Every residual arc of the optimum has a reduced
+    cost ``>= 0`` with them (up to float64 rounding). The level-2 solver starts from these."""
+    n, d = scores.shape
     levels = incr.shape[0]
+    psink = incr[min((n * k) // d, levels - 1)] if levels > 0 else 0.0
+    if n == 0:
+        pb[:] = 0.0
+        return psink
     sink = d  # node ids: bucket r -> r, the sink -> d
 
-    # the greedy start
-    pb = np.zeros(d)  # bucket potentials
-    pc = np.empty(n)  # class potentials
+    # the greedy start: bucket potentials 0, class potentials the k-th best score
+    pb[:] = 0.0
     assigned = np.zeros((n, d), dtype=np.bool_)
     count = np.zeros(d, dtype=np.int64)  # classes in each bucket
     occ = np.empty((d, n), dtype=np.int64)  # occ[r, :count[r]]: the classes in bucket r
@@ -117,7 +127,6 @@ def solve_one(scores, k, incr, codes):
             count[r] += 1
 
     # sink flows f in lo..hi, as close to the occupancy as the total n * k allows
-    psink = incr[min((n * k) // d, levels - 1)]
     lo = 0
     hi = 0
     for c in range(levels):
@@ -267,6 +276,7 @@ def solve_one(scores, k, incr, codes):
 
     for i in range(n):
         codes[i].sort()
+    return psink
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
