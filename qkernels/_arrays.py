@@ -88,6 +88,8 @@ class Origin:
         CUDA caller is copied to the caller's device, which is the one copy a CPU kernel run on
         behalf of a GPU caller has to make.
         """
+        if self.library == NUMPY and type(result) is np.ndarray:
+            return result
         if isinstance(result, tuple):
             return tuple(self.wrap(r) for r in result)
         if result is None or np.isscalar(result):
@@ -117,12 +119,17 @@ class Origin:
         return result
 
 
+HOST = Origin(NUMPY, "cpu")
+
+
 def origin_of(*arrays: Any, names: tuple[str, ...] | None = None) -> Origin:
     """Return the common :class:`Origin` of ``arrays``; ``None`` entries are ignored.
 
     Raises TypeError for an unsupported type or a mix of libraries, and ValueError for arrays
     on two different devices. ``names`` (one per array) makes the messages name the arguments.
     """
+    if len(arrays) == 1 and type(arrays[0]) is np.ndarray:  # the common call, kept cheap
+        return HOST
     if names is None:
         names = tuple(f"argument {i}" for i in range(len(arrays)))
     found: list[tuple[str, str, str]] = []

@@ -8,6 +8,7 @@ the device and only a boolean comes back).
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from collections.abc import Sequence
@@ -37,6 +38,9 @@ def _xp(x: Any):
 
 def check_int(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` as a Python int, checking ``low <= value <= high`` where given."""
+    if (type(value) is int and (low is None or value >= low)
+            and (high is None or value <= high)):
+        return value  # the common case, without the abstract-class checks below
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got bool {value!r}")
     if not isinstance(value, numbers.Integral):
@@ -66,7 +70,7 @@ def check_nonnegative(value: Any, name: str) -> float:
         value = float(value)  # Python and numpy numbers, 0-d arrays and tensors
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not np.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
 

@@ -81,6 +81,48 @@ def test_hundreds_of_random_instances_equal_ortools(seed):
         )
 
 
+@pytest.mark.parametrize(("n", "d", "k"), [(64, 64, 4), (96, 32, 3), (64, 64, 1), (40, 200, 2)])
+def test_dht_like_crowded_problems_equal_ortools(n, d, k):
+    """Sizes the solver meets in training: class means of unit vectors x 1e4 against a penalty
+    of 1e4 (the greedy start is then far from even loads), and a mild penalty of 300."""
+    rng = np.random.default_rng(n * d + k)
+    for penalty in (1e4, 300.0):
+        for _ in range(3):
+            out = rng.standard_normal((n, 2, d))
+            out /= np.linalg.norm(out, axis=-1, keepdims=True)
+            scores = np.trunc(out.mean(axis=1) * 1e4)
+            codes = qk.solve_sparse_codes(scores, k, penalty)
+            _check_codes(codes, n, d, k)
+            assert qk.sparse_code_objective(scores, codes, penalty) == (
+                ref.sparse_codes_ortools(scores.tolist(), k, _incr(n, penalty)))
+
+
+@given(integer_problem(), st.booleans())
+def test_final_potentials_certify_the_optimum(problem, general_costs):
+    """The potentials the solver ends with are dual feasible and complementary to its codes:
+    every residual arc has a reduced cost >= 0, a certificate of optimality independent of any
+    other solver (the level-2 solver starts from them)."""
+    from qkernels.flow import _cpu
+
+    scores, k, penalty = problem
+    n, d = scores.shape
+    incr = np.asarray(_incr(n, penalty), dtype=np.float64)
+    if general_costs:
+        incr = np.cumsum(np.random.default_rng(n * d).integers(0, 4, n)) - 3.0
+    codes = np.empty((n, k), dtype=np.int64)
+    pb, pc = np.empty(d), np.empty(n)
+    psink = _cpu.solve_with_potentials(scores.astype(np.float64), k, incr, codes, pb, pc)
+    _check_codes(codes, n, d, k)
+    assigned = np.zeros((n, d), dtype=bool)
+    np.put_along_axis(assigned, codes, True, axis=1)
+    reduced = -scores + pc[:, None] - pb[None, :]  # class -> bucket
+    assert (reduced[~assigned] >= 0).all() and (reduced[assigned] <= 0).all()
+    load = assigned.sum(axis=0)
+    more = np.where(load < incr.size, incr[np.minimum(load, incr.size - 1)], np.inf)
+    less = np.where(load > 0, incr[np.maximum(load - 1, 0)], -np.inf)
+    assert (more + pb - psink >= 0).all() and (psink - pb - less >= 0).all()
+
+
 @given(integer_problem(max_n=4, max_d=4))
 def test_optimum_equals_brute_force(problem):
     scores, k, penalty = problem
@@ -221,6 +263,8 @@ def test_empty_problems_return_empty_codes():
         (lambda: qk.solve_sparse_codes(np.array([[np.nan, 1.0]]), 1), ValueError,
          r"scores must be finite, found nan at index \(0, 0\)"),
         (lambda: qk.solve_sparse_codes(np.array([[np.inf, 1.0]]), 1), ValueError, "finite"),
+        (lambda: qk.solve_sparse_codes(np.pad([[[-np.inf]]], ((1, 0), (0, 2), (3, 0))), 1),
+         ValueError, r"scores must be finite, found -inf at index \(1, 0, 3\)"),
         (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 0), ValueError,
          r"k must be in 1\.\.3, got 0"),
         (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 4), ValueError, r"k must be in 1\.\.3"),

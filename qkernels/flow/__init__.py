@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from .. import _gpu
-from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
-from .._checks import as_float_array, as_index_array, check_int, check_nonnegative, check_rank
+from .._arrays import HOST, origin_of, to_cupy, to_numpy, torch_stream
+from .._checks import (
+    as_float_array,
+    as_index_array,
+    check_finite,
+    check_int,
+    check_nonnegative,
+    check_rank,
+)
 
 __all__ = [
     "hierarchical_code_objective",
@@ -26,12 +34,20 @@ def _scores(scores: Any, name: str = "scores") -> np.ndarray:
     return np.ascontiguousarray(as_float_array(s, name, dtype=np.float64))
 
 
+@functools.lru_cache(maxsize=64)
+def _linear_increments(length: int, penalty: float) -> np.ndarray:
+    """penalty * [0, 1, ..., length - 1], read-only: a training loop asks for the same one at
+    every step, so it is made once."""
+    incr = penalty * np.arange(length, dtype=np.float64)
+    incr.setflags(write=False)
+    return incr
+
+
 def _increments(n: int, penalty: Any, bucket_costs: Any, name: str = "penalty") -> np.ndarray:
     """incr[c]: the cost of the (c + 1)-th class in one bucket, c = 0..n-1 (at least one entry)."""
     length = max(n, 1)
     if bucket_costs is None:
-        penalty = check_nonnegative(penalty, name)
-        return penalty * np.arange(length, dtype=np.float64)
+        return _linear_increments(length, check_nonnegative(penalty, name))
     if penalty != 1.0:
         raise ValueError(
             "pass either penalty or bucket_costs, not both (bucket_costs replaces the "
@@ -105,10 +121,17 @@ def solve_sparse_codes(
     """
     from . import _cpu
 
-    origin = origin_of(scores, names=("scores",))
-    if origin.is_cuda and _gpu.available():
-        return _solve_on_device(origin, scores, k, penalty, bucket_costs)
-    s = _scores(scores)
+    if (type(scores) is np.ndarray and scores.dtype == np.float64 and scores.ndim in (2, 3)
+            and scores.flags.c_contiguous):
+        # the common call from a host loop: nothing to convert, and the kernel checks that the
+        # scores are finite while it reads them (cold-cache Python here costs as much as a
+        # small solve)
+        origin, s = HOST, scores
+    else:
+        origin = origin_of(scores, names=("scores",))
+        if origin.is_cuda and _gpu.available():
+            return _solve_on_device(origin, scores, k, penalty, bucket_costs)
+        s = _scores(scores)
     n, d = s.shape[-2:]
     if d == 0:
         raise ValueError("scores has d = 0 buckets; need at least k >= 1 of them")
@@ -116,9 +139,11 @@ def solve_sparse_codes(
     incr = _increments(n, penalty, bucket_costs)
     codes = np.empty((*s.shape[:-1], k), dtype=np.int64)
     if s.ndim == 2:
-        _cpu.solve_one(s, k, incr, codes)
-    elif s.shape[0] > 0:
-        _cpu.solve_batch(s, k, incr, codes)
+        finite = _cpu.solve_one(s, k, incr, codes)
+    else:
+        finite = s.shape[0] == 0 or _cpu.solve_batch(s, k, incr, codes)
+    if not finite:
+        check_finite(s, "scores")  # raises, naming the first NaN or Inf
     return origin.wrap(codes)
 
 

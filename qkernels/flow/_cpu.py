@@ -93,10 +93,26 @@ def _sink_costs(incr, f, r, fwd, back):
 
 
 @nb.njit(cache=True, nogil=True)
+def all_finite(scores):
+    """No NaN or Inf in ``scores`` (C-contiguous): no exponent field is all ones. An integer
+    reduction over the bit patterns, so that it vectorises."""
+    bits = scores.reshape(-1).view(np.int64)
+    top = np.int64(0)
+    for i in range(bits.shape[0]):
+        top = max(top, bits[i] & _INF_BITS)
+    return top != _INF_BITS
+
+
+@nb.njit(cache=True, nogil=True)
 def solve_one(scores, k, incr, codes):
-    """Write the optimal ``(n, k)`` codes of one problem into ``codes`` (rows sorted)."""
+    """Write the optimal ``(n, k)`` codes of one problem into ``codes`` (rows sorted).
+
+    Returns False, and writes nothing, if ``scores`` holds NaN or Inf."""
+    if not all_finite(scores):
+        return False
     n, d = scores.shape
     solve_with_potentials(scores, k, incr, codes, np.empty(d), np.empty(n))
+    return True
 
 
 @nb.njit(cache=True, nogil=True)
@@ -281,6 +297,11 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def solve_batch(scores, k, incr, codes):
-    """``solve_one`` for each problem of a ``(B, n, d)`` batch, in parallel over problems."""
+    """``solve_one`` for each problem of a ``(B, n, d)`` batch, in parallel over problems.
+
+    Returns False, and writes nothing, if ``scores`` holds NaN or Inf."""
+    if not all_finite(scores):
+        return False
     for b in nb.prange(scores.shape[0]):
         solve_one(scores[b], k, incr, codes[b])
+    return True
