@@ -1,8 +1,11 @@
 // Exact k-sparse codes for a batch of problems: the GPU twin of qkernels/flow/_cpu.py.
 //
-// One block per problem runs the same successive-shortest-path algorithm: supply at the
+// One block per problem runs successive shortest paths on the same network: supply at the
 // classes, the convex bucket cost charged from occupancy, Dijkstra from one class stopped at
-// the sink, potentials moved on the settled nodes only. The block parallelises each step:
+// the sink, potentials moved on the settled nodes only. (This is the CPU solver's previous
+// form; the CPU solver now starts from the greedy codes and moves only their excess, which
+// this kernel does not do yet. Both return an optimum of the same objective, which is what
+// the parity tests compare.) The block parallelises each step:
 // the relaxation of a settled class's d arcs (one bucket per thread), of a bucket's occupants,
 // and the choice of the next node (a block-wide argmin over the labels; the lower node id
 // wins ties, buckets 0..d-1 before classes d..d+n-1, the sink before both), so it is exact
