@@ -174,7 +174,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     deficit[sink] = _INF_BITS
 
     label = np.empty(d + 1)  # buckets and the sink
-    key = np.empty(d + 1)  # label while not settled, inf once settled
+    key = np.full((d + 8) // 8 * 8, _INF)  # label while not settled, inf once settled; padded
     key_bits = key.view(np.int64)
     pred = np.empty(d + 1, dtype=np.int64)  # a bucket's class (-1: the sink); the sink's bucket
     label_c = np.empty(n)
@@ -205,7 +205,14 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                     break
                 scratch_bits[0] = bound_bits
                 bound = scratch[0]
-                node = 0
+                node = 0  # the first node at `near`: eight labels at a time, then one by one
+                while True:
+                    hit = False
+                    for u in range(node, node + 8):
+                        hit |= key_bits[u] == near
+                    if hit:
+                        break
+                    node += 8
                 while key_bits[node] != near:
                     node += 1
                 dist = key[node]
