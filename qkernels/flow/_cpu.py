@@ -63,7 +63,14 @@ def _remove(values, count, value):
 @nb.njit(cache=True, nogil=True)
 def _top_k(row, k, out, top):
     """Write the ``k`` largest entries' indices of ``row`` into ``out``, largest first (lower
-    index first on ties); ``top`` is scratch of length ``k``. Returns the ``k``-th largest."""
+    index first on ties); ``top`` is scratch of length ``k``. Returns the ``k``-th largest.
+
+    Insertion into a sorted list of ``k`` (cheap for the usual k <= 4); a stable sort beyond
+    16, where insertion would cost ``k * d``."""
+    if k > 16:
+        order = np.argsort(-row, kind="mergesort")
+        out[:] = order[:k]
+        return row[order[k - 1]]
     filled = 0
     for r in range(row.shape[0]):
         value = row[r]
