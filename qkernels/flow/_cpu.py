@@ -33,9 +33,10 @@ selected itself: when a settled bucket improves a class's label, the class relax
 is already no nearer than some labelled deficit bucket is skipped (nothing it reaches can come
 first), and a deficit bucket among the nearest nodes ends the search at once (ties are common
 with integer scores). Against the solver this replaced (every unit served from its class,
-Dijkstra over per-class lists of near buckets) it measured 6-14x faster at the benchmark
-sizes of compare.py and 8x at (1024, 1024, 4); at d = 2048 the dense relaxation costs more
-and it was ~1.25x slower, at (1024, 1024, 1) on par.
+Dijkstra over per-class lists of near buckets) it measured 1.4-13x faster at compare.py's sizes
+(most where buckets are crowded) and 6x at (1024, 1024, 4); it was ~1.2x slower at d = 2048,
+where the dense relaxation costs more, and at (1024, 1024, 4) with a penalty tiny beside the
+scores, where the greedy start leaves many units to move.
 
 All arithmetic is in float64; reduced costs that rounding pushes below zero are clamped to
 zero. With integer-valued costs every quantity stays an integer, so the optimum is exact.

@@ -33,7 +33,7 @@ chosen around ``p(sink) = glob[n k // d]`` as in the flat solver, and Dijkstra r
 child with an excess to the nearest child with a deficit (which wins ties). Selection by block
 minima, potentials moved on the nodes nearer than the target only, float64 arithmetic with
 reduced costs clamped at zero; integer-valued costs give the exact optimum. Against the
-class-by-class solver this replaced, compare.py cascade went from 7-60x to 37-118x OR-tools.
+class-by-class solver this replaced, compare.py cascade went from 7-60x to 28-96x OR-tools.
 """
 
 from __future__ import annotations
