@@ -101,6 +101,43 @@ def _sink_costs(incr, f, r, fwd, back):
 
 
 @nb.njit(cache=True, nogil=True)
+def sink_flows(incr, count, units):
+    """The sink's potential and each bucket's flow to it for a start where every bucket's
+    potential is 0 and bucket ``r`` holds ``count[r]`` units (``units`` in all).
+
+    With ``p(sink) = incr[units // d]``, any flow ``f`` with ``lo <= f <= hi`` is optimal on a
+    bucket's sink arc (``lo`` unit costs lie below ``p(sink)``, ``hi`` at or below it), and
+    ``d * lo <= units <= d * hi``. Each ``f`` is chosen as close to the bucket's count as the
+    total ``units`` allows. Returns ``(p(sink), f)``."""
+    d = count.shape[0]
+    levels = incr.shape[0]
+    psink = incr[min(units // d, levels - 1)]
+    lo = 0
+    hi = 0
+    for c in range(levels):
+        if incr[c] < psink:
+            lo += 1
+        if incr[c] <= psink:
+            hi += 1
+    f = np.empty(d, dtype=np.int64)
+    total = 0
+    for r in range(d):
+        f[r] = min(max(count[r], lo), hi)
+        total += f[r]
+    while total > units:
+        for r in range(d):
+            if total > units and f[r] > lo:
+                f[r] -= 1
+                total -= 1
+    while total < units:
+        for r in range(d):
+            if total < units and f[r] < hi:
+                f[r] += 1
+                total += 1
+    return psink, f
+
+
+@nb.njit(cache=True, nogil=True)
 def all_finite(scores):
     """No NaN or Inf in ``scores`` (C-contiguous): no exponent field is all ones. An integer
     reduction over the bit patterns, so that it vectorises."""
@@ -129,11 +166,9 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     (n,) of the classes; returns the sink's. Every residual arc of the optimum has a reduced
     cost ``>= 0`` with them (up to float64 rounding). The level-2 solver starts from these."""
     n, d = scores.shape
-    levels = incr.shape[0]
-    psink = incr[min((n * k) // d, levels - 1)] if levels > 0 else 0.0
     if n == 0:
         pb[:] = 0.0
-        return psink
+        return incr[0]
     sink = d  # node ids: bucket r -> r, the sink -> d
 
     # the greedy start: bucket potentials 0, class potentials the k-th best score
@@ -150,29 +185,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             occ[r, count[r]] = j
             count[r] += 1
 
-    # sink flows f in lo..hi, as close to the occupancy as the total n * k allows
-    lo = 0
-    hi = 0
-    for c in range(levels):
-        if incr[c] < psink:
-            lo += 1
-        if incr[c] <= psink:
-            hi += 1
-    f = np.empty(d, dtype=np.int64)
-    total = 0
-    for r in range(d):
-        f[r] = min(max(count[r], lo), hi)
-        total += f[r]
-    while total > n * k:
-        for r in range(d):
-            if total > n * k and f[r] > lo:
-                f[r] -= 1
-                total -= 1
-    while total < n * k:
-        for r in range(d):
-            if total < n * k and f[r] < hi:
-                f[r] += 1
-                total += 1
+    psink, f = sink_flows(incr, count, n * k)
     fwd = np.empty(d)
     back = np.empty(d)
     deficit = np.empty(d + 1, dtype=np.int64)  # 0 for a deficit bucket, inf's bits otherwise

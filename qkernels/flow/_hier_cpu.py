@@ -41,7 +41,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._cpu import _remove, solve_with_potentials
+from ._cpu import _remove, sink_flows, solve_with_potentials
 
 _INF = np.inf
 _BLOCK = 32
@@ -112,29 +112,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
 
     # sink flows f in lo..hi around p(sink) = glob[n k // d], as in the flat solver; children
     # holding more classes than they send have an excess, those holding fewer a deficit
-    psink = glob[min((n * k) // d, levels - 1)]
-    lo = 0
-    hi = 0
-    for c in range(levels):
-        if glob[c] < psink:
-            lo += 1
-        if glob[c] <= psink:
-            hi += 1
-    f = np.empty(d, dtype=np.int64)
-    total = 0
-    for t in range(d):
-        f[t] = min(max(count_child[t], lo), hi)
-        total += f[t]
-    while total > n * k:
-        for t in range(d):
-            if total > n * k and f[t] > lo:
-                f[t] -= 1
-                total -= 1
-    while total < n * k:
-        for t in range(d):
-            if total < n * k and f[t] < hi:
-                f[t] += 1
-                total += 1
+    psink, f = sink_flows(glob, count_child, n * k)
 
     # node ids: class j -> j, child t -> n + t, the sink -> n + d
     child0 = n
