@@ -330,6 +330,7 @@ def solve_batch(scores, k, incr, codes):
     Returns False, and writes nothing, if ``scores`` holds NaN or Inf."""
     if not all_finite(scores):
         return False
+    n, d = scores.shape[1:]
     for b in nb.prange(scores.shape[0]):
-        solve_one(scores[b], k, incr, codes[b])
+        solve_with_potentials(scores[b], k, incr, codes[b], np.empty(d), np.empty(n))
     return True
