@@ -32,9 +32,9 @@ selected itself: when a settled bucket improves a class's label, the class relax
 ``d`` buckets at once in a branch-free loop that the compiler vectorises. A class whose label
 is already no nearer than some labelled deficit bucket is skipped (nothing it reaches can come
 first), and a deficit bucket among the nearest nodes ends the search at once (ties are common
-with integer scores). Against the solver this replaced (every unit served from its class,
-Dijkstra over per-class lists of near buckets) it measured 1.4-13x faster at compare.py's sizes
-(most where buckets are crowded) and 6x at (1024, 1024, 4); it was ~1.2x slower at d = 2048,
+with integer scores). Timed in one process beside the solver this replaced (every unit served
+from its class, Dijkstra over per-class lists of near buckets), on fresh inputs: faster at
+every size compare.py reports, most where buckets are crowded; about 1.2x slower at d = 2048,
 where the dense relaxation costs more, and at (1024, 1024, 4) with a penalty tiny beside the
 scores, where the greedy start leaves many units to move.
 
