@@ -26,6 +26,7 @@ __all__ = [
     "Origin",
     "array_library",
     "is_cuda",
+    "native",
     "origin_of",
     "to_cupy",
     "to_numpy",
@@ -140,10 +141,7 @@ def origin_of(*arrays: Any, names: tuple[str, ...] | None = None) -> Origin:
             continue
         library = array_library(x)
         if library is None:
-            raise TypeError(
-                f"{name} must be a numpy array, a torch tensor or a cupy array, "
-                f"got {type(x).__module__}.{type(x).__qualname__}"
-            )
+            raise _unsupported(x, name)
         found.append((name, library, _device_of(x, library)))
     if not found:
         raise TypeError("no array given")
@@ -162,16 +160,37 @@ def origin_of(*arrays: Any, names: tuple[str, ...] | None = None) -> Origin:
     return Origin(library, device)
 
 
-def to_numpy(x: Any, *, allow_device_copy: bool = False) -> np.ndarray:
+def _unsupported(x: Any, name: str) -> TypeError:
+    return TypeError(
+        f"{name} must be a numpy array, a torch tensor or a cupy array, "
+        f"got {type(x).__module__}.{type(x).__qualname__}"
+    )
+
+
+def native(x: np.ndarray) -> np.ndarray:
+    """``x`` itself when it is in the machine's byte order and aligned, else a native, aligned
+    copy with the same values (Numba kernels read raw bytes: a big-endian or unaligned buffer
+    would be misread or refused deep inside)."""
+    if x.dtype.isnative and x.flags.aligned:
+        return x
+    if x.dtype.fields is not None or x.dtype.subdtype is not None:
+        raise TypeError(f"structured dtype {x.dtype} is not accepted; pass a plain array")
+    return x.astype(x.dtype.newbyteorder("="), order="K")
+
+
+def to_numpy(x: Any, *, allow_device_copy: bool = False, name: str = "input") -> np.ndarray:
     """A numpy view of ``x`` without copying; strides (non-contiguous inputs) are kept.
 
     A torch tensor that requires grad is detached (kernels carry no gradient). Memory on a GPU
     cannot be viewed from the host: it is copied when ``allow_device_copy`` is true and refused
-    otherwise. Other sequences (lists, scalars) are converted with ``np.asarray``.
+    otherwise. A numpy array in the other byte order, or unaligned, is copied into a native,
+    aligned one (the one copy at the boundary; see :func:`native`). Anything that is not a numpy
+    array, a torch tensor or a cupy array (a list, say) is refused with a TypeError, as
+    :func:`origin_of` refuses it: one rule at every entry point.
     """
     library = array_library(x)
     if library == NUMPY:
-        return x
+        return native(x)
     if library == TORCH:
         t = x.detach()
         if t.is_conj():
@@ -189,7 +208,7 @@ def to_numpy(x: Any, *, allow_device_copy: bool = False) -> np.ndarray:
         if not allow_device_copy:
             raise ValueError("cupy array lives on a GPU; this operation needs a host array")
         return x.get()
-    return np.asarray(x)
+    raise _unsupported(x, name)
 
 
 def to_cupy(x: Any):

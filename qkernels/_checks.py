@@ -19,11 +19,15 @@ import numpy as np
 __all__ = [
     "as_float_array",
     "as_index_array",
+    "check_columns",
+    "check_distance_range",
     "check_finite",
     "check_int",
     "check_nonnegative",
     "check_rank",
+    "check_real",
     "check_same_rows",
+    "check_topk",
 ]
 
 
@@ -75,6 +79,63 @@ def check_nonnegative(value: Any, name: str) -> float:
     return value
 
 
+def check_real(value: Any, name: str, *, low: float | None = None, strict: bool = False
+               ) -> float:
+    """Return ``value`` as a finite float, checking ``value >= low`` (``> low`` if ``strict``)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    below = low is not None and (number <= low if strict else number < low)
+    if not math.isfinite(number) or below:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return number
+
+
+def check_columns(x: Any, name: str, what: str = "columns") -> None:
+    """Reject a 2-d (or wider) array with an empty last axis."""
+    if x.ndim >= 2 and x.shape[-1] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: 0 {what}; at least 1 is needed")
+
+
+def check_distance_range(x: Any, name: str) -> None:
+    """Reject float32 vectors whose squared distances can overflow float32.
+
+    Two vectors of ``dim`` entries each at most ``b`` in magnitude are at squared distance at
+    most ``4 b^2 dim``; above float32's largest value every distance would be ``inf`` and the
+    ranking arbitrary.
+    """
+    if x.size == 0:
+        return
+    dim = max(1, x.shape[-1])
+    bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * dim))
+    xp = _xp(x)
+    largest = float(xp.abs(x).max())
+    if largest > bound:
+        raise ValueError(
+            f"{name} holds a value of magnitude {largest:.3g}; squared distances between "
+            f"{dim}-d vectors that large overflow float32 (accepted: |x| <= {bound:.3g}); "
+            "scale them down"
+        )
+
+
+def check_topk(topk: Any, ntotal: int, num_queries: int) -> tuple[int, int]:
+    """``(topk, work)``: the requested count (>= 1) and the count a kernel needs to select,
+    ``min(topk, ntotal)`` (the rest of each row is padding). A ``topk`` beyond the database
+    whose padded result would not fit in memory is refused."""
+    topk = check_int(topk, "topk", 1)
+    if topk > ntotal and num_queries * topk > 2**28:
+        raise ValueError(
+            f"topk = {topk} exceeds the {ntotal} items searched, and the padded "
+            f"({num_queries}, {topk}) result would take {num_queries * topk * 12 / 2**30:.1f} "
+            f"GiB; ask for at most {max(ntotal, 1)}"
+        )
+    return topk, max(1, min(topk, ntotal))
+
+
 def check_rank(x: Any, name: str, ranks: Sequence[int], shape_text: str) -> None:
     """Check that ``x.ndim`` is one of ``ranks``; ``shape_text`` names the accepted shapes."""
     if x.ndim not in tuple(ranks):
@@ -110,10 +171,29 @@ def as_float_array(x: Any, name: str, *, dtype: Any = None) -> Any:
         )
     if dtype is not None:
         target = np.dtype(dtype)
+    target = target.newbyteorder("=")
     if x.dtype != target:
+        if kind == "f" and target.itemsize < x.dtype.itemsize:
+            # name the value the caller gave, not the inf that the narrowing would make of it
+            check_finite(x, name)
+            _check_fits(x, name, target)
         x = x.astype(target)
     check_finite(x, name)
     return x
+
+
+def _check_fits(x: Any, name: str, target: np.dtype) -> None:
+    if x.size == 0:
+        return
+    xp = _xp(x)
+    limit = float(np.finfo(target).max)
+    magnitude = xp.abs(x)
+    if float(magnitude.max()) > limit:
+        where = tuple(int(i) for i in xp.argwhere(magnitude > limit)[0])
+        raise ValueError(
+            f"{name} holds {x[where].item():g} at index {where}, beyond the {target} range "
+            f"(|x| <= {limit:.4g}) that the kernel computes in"
+        )
 
 
 def as_index_array(x: Any, name: str, upper: int | None = None, *, allow_missing: bool = False):

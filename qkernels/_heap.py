@@ -5,8 +5,23 @@ to the lower item."""
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
-__all__ = ["drain_sorted", "push", "sift_down"]
+__all__ = ["drain_sorted", "padded", "push", "sift_down"]
+
+
+def padded(dist: np.ndarray, items: np.ndarray, topk: int, missing
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Widen ``(Q, work)`` results to ``(Q, topk)`` with ``missing`` distances and -1 ids: a
+    search selects at most as many results as the database holds, however large ``topk``."""
+    work = dist.shape[1]
+    if work >= topk:
+        return dist, items
+    wide_dist = np.full((dist.shape[0], topk), missing, dtype=dist.dtype)
+    wide_items = np.full((items.shape[0], topk), -1, dtype=items.dtype)
+    wide_dist[:, :work] = dist
+    wide_items[:, :work] = items
+    return wide_dist, wide_items
 
 
 @nb.njit(cache=True, nogil=True)

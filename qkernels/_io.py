@@ -1,24 +1,83 @@
 """Versioned, pickle-free .npz files for the indexes.
 
 Every file holds ``__format__`` (the index class name), ``__version__`` (an int) and the index's
-own arrays. Loading never unpickles (``allow_pickle=False``); a truncated, foreign or newer
-file is refused with a ValueError that names the file and what was expected.
+own arrays. Loading never unpickles and reads nothing it has not checked first: the zip
+directory must be sound, every member a ``.npy`` array of plain (non-object) dtype whose
+declared size is what its header implies, and the whole no larger than the file can honestly
+hold (a member that claims to unpack to far more than the file's size is refused before a byte
+of it is unpacked). A truncated, foreign, damaged or newer file is refused with a ValueError that
+names the file and what was expected.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
 
 __all__ = ["load_npz", "save_npz"]
 
+# np.savez stores members uncompressed; np.savez_compressed deflates them. Real index data (float
+# embeddings, small integer codes) deflates by a few times at most; a member that claims more
+# than this ratio of its compressed size is a zip bomb, not an index.
+_MAX_RATIO = 64
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+                struct.error, NotImplementedError, RuntimeError, UnicodeDecodeError)
+
 
 def save_npz(path: str | os.PathLike, kind: str, version: int, **arrays: Any) -> None:
     """Write ``arrays`` to ``path`` (numpy's .npz; the suffix is added if missing)."""
     np.savez(path, __format__=np.array(kind), __version__=np.array(version), **arrays)
+
+
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple:
+    """(shape, dtype) from a member's .npy header, after checking what the zip declares."""
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"member {info.filename!r} is not a .npy array")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"member {info.filename!r} uses an unsupported compression")
+    if info.file_size > _MAX_RATIO * max(info.compress_size, 1) + 4096:
+        raise ValueError(f"member {info.filename!r} claims to unpack {info.compress_size} bytes "
+                         f"into {info.file_size}")
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"member {info.filename!r} has .npy format {version}")
+        read = readers[version]
+        shape, _fortran, dtype = read(member, max_header_size=10_000)
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename!r} holds Python objects (dtype {dtype}); "
+                         "index files hold plain arrays only")
+    implied = header_bytes + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if implied != info.file_size:
+        raise ValueError(f"member {info.filename!r} declares {info.file_size} bytes but its "
+                         f"header ({shape}, {dtype}) implies {implied}")
+    return shape, dtype
+
+
+def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        declared = sum(info.file_size for info in infos)
+        if declared > _MAX_RATIO * size + 65536:
+            raise ValueError(f"its members claim {declared} bytes, far more than the file's "
+                             f"{size}")
+        for info in infos:
+            _member_header(archive, info)
+        arrays = {}
+        for info in infos:
+            with archive.open(info) as member:
+                arrays[info.filename[:-4]] = np.lib.format.read_array(
+                    member, allow_pickle=False, max_header_size=10_000)
+        return arrays
 
 
 def load_npz(path: str | os.PathLike, kind: str, version: int,
@@ -27,34 +86,34 @@ def load_npz(path: str | os.PathLike, kind: str, version: int,
 
     ``fields`` maps each required array to (dtype kind letters, ndim), e.g. ``("f", 2)``.
     """
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise ValueError(f"{name!r} is a directory, not a qkernels {kind} file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        arrays = _read(path)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a readable qkernels {kind} file ({error})"
-        ) from None
-    found = str(arrays.get("__format__", "")) if "__format__" in arrays else None
+    except _READ_ERRORS as error:
+        raise ValueError(f"{name!r} is not a readable qkernels {kind} file ({error})") from None
+    fmt = arrays.get("__format__")
+    found = str(fmt) if fmt is not None and fmt.dtype.kind == "U" and fmt.ndim == 0 else None
     if found != kind:
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a qkernels {kind} file"
-            + (f" (it holds a {found})" if found else "")
-        )
-    file_version = int(arrays["__version__"]) if "__version__" in arrays else -1
-    if file_version != version:
-        raise ValueError(
-            f"{os.fspath(path)!r} is a {kind} file of format version {file_version}; "
-            f"this qkernels reads version {version}"
-        )
-    for name, (kinds, ndim) in fields.items():
-        if name not in arrays:
-            raise ValueError(f"{os.fspath(path)!r} lacks the array {name!r} of a {kind} file")
-        value = arrays[name]
+        raise ValueError(f"{name!r} is not a qkernels {kind} file"
+                         + (f" (it holds a {found})" if found else ""))
+    file_version = arrays.get("__version__")
+    if file_version is None or file_version.ndim != 0 or file_version.dtype.kind not in "iu":
+        raise ValueError(f"{name!r} has no integer format version; this qkernels reads "
+                         f"{kind} files of version {version}")
+    if int(file_version) != version:
+        raise ValueError(f"{name!r} is a {kind} file of format version {int(file_version)}; "
+                         f"this qkernels reads version {version}")
+    for field, (kinds, ndim) in fields.items():
+        if field not in arrays:
+            raise ValueError(f"{name!r} lacks the array {field!r} of a {kind} file")
+        value = arrays[field]
         if value.dtype.kind not in kinds or value.ndim != ndim:
             raise ValueError(
-                f"{os.fspath(path)!r}: {name!r} has dtype {value.dtype} and {value.ndim} "
+                f"{name!r}: {field!r} has dtype {value.dtype} and {value.ndim} "
                 f"dimensions; a {kind} file holds {ndim}-d arrays of kind {kinds!r}"
             )
     return arrays

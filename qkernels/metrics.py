@@ -20,7 +20,7 @@ __all__ = ["mahp_at_k", "map_at_k", "nmi", "precision_at_k", "search_speedup"]
 
 
 def _host(x: Any, name: str) -> np.ndarray:
-    x = to_numpy(x, allow_device_copy=True)
+    x = to_numpy(x, allow_device_copy=True, name=name)
     if x.dtype == object:
         raise TypeError(f"{name} must be a numeric array, got an object array")
     return x

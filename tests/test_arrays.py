@@ -52,8 +52,25 @@ def test_numpy_result_comes_back_as_torch_sharing_memory():
     assert origin.wrap((result, result))[1].data_ptr() == _ptr(result)
 
 
-def test_lists_and_scalars_are_converted():
-    np.testing.assert_array_equal(to_numpy([1, 2]), np.array([1, 2]))
+def test_lists_and_scalars_are_refused_as_origin_of_refuses_them():
+    for value in ([1, 2], 3.0, (1, 2)):
+        with pytest.raises(TypeError, match="x must be a numpy array, a torch tensor or a cupy"):
+            to_numpy(value, name="x")
+
+
+def test_big_endian_and_unaligned_arrays_become_native_copies_with_the_same_values():
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    swapped = to_numpy(x.astype(">f8"))
+    assert swapped.dtype == np.float64 and swapped.dtype.isnative
+    np.testing.assert_array_equal(swapped, x)
+    buffer = bytearray(x.nbytes + 1)
+    unaligned = np.frombuffer(buffer, dtype=np.float64, offset=1).reshape(3, 4)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned
+    fixed = to_numpy(unaligned)
+    assert fixed.flags.aligned
+    np.testing.assert_array_equal(fixed, x)
+    assert to_numpy(x) is x  # native and aligned: no copy
 
 
 def test_mixed_libraries_are_rejected_with_names():

@@ -127,7 +127,7 @@ def test_hand_computed_values():
     ap0 = (1 / 1 + 2 / 3) / 2
     ap1 = (1 / 2) / 1
     assert qk.metrics.map_at_k(I, db, queries, 4) == pytest.approx((ap0 + ap1) / 2)
-    assert qk.metrics.search_speedup([10, 30], 1000) == pytest.approx(50.0)
+    assert qk.metrics.search_speedup(np.array([10, 30]), 1000) == pytest.approx(50.0)
 
 
 def test_mahp_hand_computed():
@@ -165,9 +165,10 @@ def test_metrics_accept_torch_tensors():
                                            np.zeros(1, int), 2), "integers"),
         (lambda: qk.metrics.nmi(np.zeros(3, int), np.zeros(4, int)), "rows"),
         (lambda: qk.metrics.nmi(np.full(3, -1), np.zeros(3, int)), "no bucket"),
-        (lambda: qk.metrics.search_speedup([], 10), "empty"),
-        (lambda: qk.metrics.search_speedup([-1], 10), "indices"),
-        (lambda: qk.metrics.search_speedup([1], 0), "db_size must be >= 1"),
+        (lambda: qk.metrics.search_speedup(np.array([], dtype=np.int64), 10), "empty"),
+        (lambda: qk.metrics.search_speedup(np.array([-1]), 10), "indices"),
+        (lambda: qk.metrics.search_speedup(np.array([1]), 0), "db_size must be >= 1"),
+        (lambda: qk.metrics.search_speedup([1, 2], 10), "numpy array, a torch tensor"),
         (lambda: qk.metrics.mahp_at_k(np.zeros((1, 1), int), np.zeros(2, int), np.zeros(1, int),
                                       np.ones((2, 3)), 1), "square"),
         (lambda: qk.metrics.mahp_at_k(np.zeros((1, 1), int), np.zeros(2, int), np.zeros(1, int),

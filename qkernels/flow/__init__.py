@@ -53,7 +53,7 @@ def _increments(n: int, penalty: Any, bucket_costs: Any, name: str = "penalty") 
             "pass either penalty or bucket_costs, not both (bucket_costs replaces the "
             "penalty * c schedule)"
         )
-    incr = to_numpy(bucket_costs, allow_device_copy=True)
+    incr = to_numpy(bucket_costs, allow_device_copy=True, name="bucket_costs")
     check_rank(incr, "bucket_costs", (1,), "(L,) with L >= n")
     incr = as_float_array(incr, "bucket_costs", dtype=np.float64)
     if incr.shape[0] < n:
@@ -122,7 +122,7 @@ def solve_sparse_codes(
     from . import _cpu
 
     if (type(scores) is np.ndarray and scores.dtype == np.float64 and scores.ndim in (2, 3)
-            and scores.flags.c_contiguous):
+            and scores.flags.c_contiguous and scores.flags.aligned):
         # the common call from a host loop: nothing to convert, and the kernel checks that the
         # scores are finite while it reads them (cold-cache Python here costs as much as a
         # small solve)
@@ -188,6 +188,10 @@ def sparse_code_objective(
             f"codes must be {tuple(s.shape[:-1])} + (k,)"
         )
     n, d = s.shape[-2:]
+    if d == 0:
+        raise ValueError("scores has d = 0 buckets; need at least k >= 1 of them")
+    if c.shape[-1] == 0:
+        raise ValueError(f"codes has shape {tuple(c.shape)}: 0 buckets per class; k >= 1")
     c = as_index_array(c, "codes", d)
     if c.shape[-1] > 1:
         ordered = np.sort(c, axis=-1)

@@ -47,6 +47,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._parallel import parallel_kernel
+
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
 
@@ -323,7 +325,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     return psink
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def solve_batch(scores, k, incr, codes):
     """``solve_one`` for each problem of a ``(B, n, d)`` batch, in parallel over problems.
 

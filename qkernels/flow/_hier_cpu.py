@@ -41,6 +41,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._parallel import parallel_kernel
 from ._cpu import _remove, sink_flows, solve_with_potentials
 
 _INF = np.inf
@@ -325,7 +326,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
         codes[i, :k].sort()
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def solve_level2_batch(scores, parents, k, sib, glob, codes):
     for b in nb.prange(scores.shape[0]):
         solve_level2(scores[b], parents[b], k, sib, glob, codes[b])

@@ -14,6 +14,7 @@ import numba as nb
 import numpy as np
 
 from .._heap import drain_sorted, push, sift_down
+from .._parallel import parallel_kernel
 from .._simd import popcount64, sq_l2_f32
 
 _MISSING = np.iinfo(np.int32).max
@@ -83,7 +84,7 @@ def _write_sorted(hd, hi, size, out_dist, out_item):
         out_item[t] = -1
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def topk_by_query(queries, db_t, topk, block, out_dist, out_item):
     """Exact top-K by Hamming distance; parallel over groups of queries. ``db_t`` holds the
     codes as words, ``(words, N)``."""
@@ -103,7 +104,7 @@ def topk_by_query(queries, db_t, topk, block, out_dist, out_item):
             _write_sorted(hd[q - q0], hi[q - q0], hs[q - q0], out_dist[q], out_item[q])
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item):
     """The same for few queries: parallel over chunks of the database, heaps merged after."""
     num_queries = queries.shape[0]
@@ -139,7 +140,7 @@ def _worse3(d_a, t_a, i_a, d_b, t_b, i_b):
     return i_a > i_b
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, out_item):
     """Top-K by (Hamming distance, squared L2 between features, item), parallel over queries.
     The feature distance is only computed for items that can still enter the heap."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._parallel import parallel_kernel
 from .._simd import dot_f32, prefetch, sq_l2_f32
 
 # rows of the embedding matrix are prefetched this many candidates ahead
@@ -42,7 +43,7 @@ def _next_best(values, used, stamp):
     return best
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def topk_rows(values, k, out):
     """``out[i]``: the ``k`` largest entries of row ``i``, best first (lowest index on ties)."""
     n, d = values.shape
@@ -54,7 +55,7 @@ def topk_rows(values, k, out):
             out[i, t] = r
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def gather_rows(source, order, out):
     """``out[i] = source[order[i]]`` for 2-d arrays, in parallel. ``out`` comes from numpy,
     whose large allocations ask the kernel for huge pages: far fewer page faults than an
@@ -63,7 +64,7 @@ def gather_rows(source, order, out):
         out[i] = source[order[i]]
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def counting_sort(codes, num_buckets, num_chunks):
     """CSR of ``codes`` (N, k): ``offsets`` (num_buckets + 1) and ``items`` (N * k) int32, the
     items of bucket r being ``items[offsets[r]:offsets[r + 1]]`` in ascending order.
@@ -143,7 +144,7 @@ def _heap_offer(hd, hr, hi, hs, q, dist, row, item):
     hi[q, i] = item
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, probe_count):
     """Pass 1: how many buckets each query probes.
 
@@ -215,7 +216,7 @@ def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, 
             probe_count[q] = probed
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def fill_probes(query_act, probe_offsets, probe_list):
     """Pass 2: the probed buckets of each query, best first, into ``probe_list`` (CSR)."""
     num_queries, num_buckets = query_act.shape
@@ -249,7 +250,7 @@ def invert_probes(probe_offsets, probe_list, num_buckets):
     return bucket_offsets, who, where
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
                  probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
                  heap_dist, heap_row, heap_item, heap_size, found):
@@ -329,7 +330,7 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
                         earlier[probe_list[base + v]] = 0
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, out_dist, out_item):
     """Pass 4: each query's best ``topk`` over the chunks' heaps, by (distance, row)."""
     num_chunks, num_queries, topk = heap_dist.shape

@@ -10,8 +10,18 @@ import numpy as np
 
 from .. import _gpu, config
 from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
-from .._checks import as_float_array, check_int, check_rank, check_same_rows
+from .._checks import (
+    as_float_array,
+    check_columns,
+    check_distance_range,
+    check_int,
+    check_rank,
+    check_same_rows,
+    check_topk,
+)
+from .._heap import padded
 from .._io import load_npz, save_npz
+from .._shared import LazyState
 from . import _hamming_cpu
 
 __all__ = ["BinaryIndex", "hamming_topk", "pack_bits", "unpack_bits"]
@@ -27,8 +37,13 @@ def pack_bits(x: Any) -> Any:
     origin = origin_of(x, names=("x",))
     a = to_numpy(x, allow_device_copy=True)
     check_rank(a, "x", (2,), "(N, bits)")
+    check_columns(a, "x", "bits")
     if a.dtype.kind not in "biuf":
         raise TypeError(f"x must hold real numbers or booleans, got dtype {a.dtype}")
+    if a.dtype.kind == "f" and a.size and np.isnan(a).any():
+        where = tuple(int(i) for i in np.argwhere(np.isnan(a))[0])
+        raise ValueError(f"x holds NaN at index {where}; a NaN has no sign (bit j is "
+                         "x[:, j] > 0, and +-inf are accepted)")
     return origin.wrap(np.packbits(a > 0, axis=1, bitorder="little"))
 
 
@@ -42,8 +57,9 @@ def unpack_bits(codes: Any, nbits: int) -> Any:
 
 def _packed(codes: Any, name: str, nbytes: int | None = None, device: bool = False):
     """Packed codes as a numpy array, or as a cupy array when ``device`` (no copy)."""
-    c = to_cupy(codes) if device else to_numpy(codes, allow_device_copy=True)
+    c = to_cupy(codes) if device else to_numpy(codes, allow_device_copy=True, name=name)
     check_rank(c, name, (2,), "(N, bytes) packed uint8 codes")
+    check_columns(c, name, "bytes")
     if c.dtype != np.uint8:
         raise TypeError(
             f"{name} must be packed uint8 codes (see qk.pack_bits), got dtype {c.dtype}; "
@@ -75,11 +91,14 @@ _BLOCK = 1024
 
 
 def _features(x: Any, name: str, rows: int) -> np.ndarray:
-    f = to_numpy(x, allow_device_copy=True)
+    f = to_numpy(x, allow_device_copy=True, name=name)
     check_rank(f, name, (2,), "(N, dim)")
+    check_columns(f, name, "dimensions")
     if f.shape[0] != rows:
         raise ValueError(f"{name} has {f.shape[0]} rows; expected {rows}")
-    return np.ascontiguousarray(as_float_array(f, name, dtype=np.float32))
+    f = np.ascontiguousarray(as_float_array(f, name, dtype=np.float32))
+    check_distance_range(f, name)
+    return f
 
 
 def _on_device(origin, nbytes: int, topk: int, tiebreak: Any) -> bool:
@@ -93,6 +112,13 @@ def _on_device(origin, nbytes: int, topk: int, tiebreak: Any) -> bool:
 
 def _search(query_words: np.ndarray, db_columns: np.ndarray, topk: int,
             tiebreak: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    num_queries = query_words.shape[0]
+    requested, topk = check_topk(topk, db_columns.shape[1], num_queries)
+    dist, items = _select(query_words, db_columns, topk, tiebreak)
+    return padded(dist, items, requested, np.iinfo(np.int32).max)
+
+
+def _select(query_words, db_columns, topk, tiebreak):
     num_queries = query_words.shape[0]
     dist = np.empty((num_queries, topk), dtype=np.int32)
     items = np.empty((num_queries, topk), dtype=np.int64)
@@ -132,7 +158,10 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
     D : int32 ``(Q, topk)``, Hamming distances ascending (int32 max where missing).
     I : int64 ``(Q, topk)``, database rows (-1 where missing).
     """
-    origin = origin_of(query_codes, db_codes, names=("query_codes", "db_codes"))
+    pair = tuple(tiebreak) if isinstance(tiebreak, (tuple, list)) and len(tiebreak) == 2 else (
+        None, None)
+    origin = origin_of(query_codes, db_codes, *pair,
+                       names=("query_codes", "db_codes", "tiebreak[0]", "tiebreak[1]"))
     topk = check_int(topk, "topk", 1)
     db = _packed(db_codes, "db_codes", device=origin.is_cuda and _gpu.available())
     if _on_device(origin, db.shape[1], topk, tiebreak):
@@ -157,7 +186,7 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
     return origin.wrap(dist), origin.wrap(items)
 
 
-class BinaryIndex:
+class BinaryIndex(LazyState):
     """Exhaustive Hamming search over packed binary codes, like FAISS IndexBinaryFlat.
 
     ``add(codes)`` takes uint8 codes ``(N, ceil(nbits / 8))`` (see :func:`pack_bits`) and,
@@ -174,6 +203,7 @@ class BinaryIndex:
         self._columns: np.ndarray | None = None  # the kernels' layout, built on search
         self._on_gpu: dict[int, Any] = {}  # the same on each GPU searched from
         self._features: np.ndarray | None = None
+        self._init_lock()
 
     @property
     def ntotal(self) -> int:
@@ -237,10 +267,18 @@ class BinaryIndex:
                 raise ValueError(f"query_features have dimension {qf.shape[1]}; the index's "
                                  f"features have {self._features.shape[1]}")
             pair = (qf, self._features)
-        if self._columns is None:
-            self._columns = _word_columns(self._codes)
-        dist, items = _search(_words(queries), self._columns, topk, pair)
+        dist, items = _search(_words(queries), self._host_columns(), topk, pair)
         return origin.wrap(dist), origin.wrap(items)
+
+    def _host_columns(self) -> np.ndarray:
+        """The codes in the kernels' layout, made on the first search (under the lock)."""
+        columns = self._columns
+        if columns is None:
+            with self._lock:
+                if self._columns is None:
+                    self._columns = _word_columns(self._codes)
+                columns = self._columns
+        return columns
 
     def _device_columns(self, index_gpu):
         """The codes in the kernels' layout on the current GPU, copied there once per device
@@ -248,9 +286,14 @@ class BinaryIndex:
         import cupy
 
         device = cupy.cuda.Device().id
-        if device not in self._on_gpu:
-            self._on_gpu[device] = index_gpu.word_columns(cupy.asarray(self._codes))
-        return self._on_gpu[device]
+        columns = self._on_gpu.get(device)
+        if columns is None:
+            with self._lock:
+                columns = self._on_gpu.get(device)
+                if columns is None:
+                    columns = index_gpu.word_columns(cupy.asarray(self._codes))
+                    self._on_gpu = {**self._on_gpu, device: columns}
+        return columns
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` (.npz, no pickle)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -11,7 +12,7 @@ from .._arrays import origin_of, to_numpy
 from .._checks import as_float_array, as_index_array, check_int, check_rank
 from .._io import load_npz, save_npz
 from . import _table_cpu
-from .table import SparseHashTable
+from .table import MAX_BUCKETS, SparseHashTable
 
 __all__ = ["HierarchicalHashTable"]
 
@@ -49,7 +50,7 @@ class HierarchicalHashTable:
     _VERSION = 1
 
     def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
-        self.num_buckets = check_int(num_buckets, "num_buckets", 1)
+        self.num_buckets = check_int(num_buckets, "num_buckets", 1, math.isqrt(MAX_BUCKETS))
         self.k = check_int(k, "k", 1, self.num_buckets)
         self._table = SparseHashTable(self.num_buckets**2, self.k, metric)
 

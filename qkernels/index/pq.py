@@ -10,8 +10,10 @@ import numpy as np
 
 from .. import _gpu, config
 from .._arrays import origin_of, to_cupy, torch_stream
-from .._checks import as_float_array, check_int, check_rank
+from .._checks import as_float_array, check_int, check_rank, check_topk
+from .._heap import padded
 from .._io import load_npz, save_npz
+from .._shared import LazyState
 from ..quantize import _pq_cpu, _pq_gpu
 from ..quantize.pq import ProductQuantizer
 
@@ -20,7 +22,7 @@ __all__ = ["PQIndex"]
 _METRICS = ("l2", "ip")
 
 
-class PQIndex:
+class PQIndex(LazyState):
     """Items stored as product-quantization codes, searched by asymmetric distance.
 
     A query is never quantized (asymmetric distance, ADC): per query one ``(M, K)`` table of
@@ -55,8 +57,9 @@ class PQIndex:
         self.pq = pq
         self.metric = metric
         self._codes = np.empty((0, pq.num_subspaces), dtype=pq.code_dtype)
-        self._sdc_tables: np.ndarray | None = None
+        self._sdc_tables = None  # (tables, codebooks they were made from), built on demand
         self._on_gpu = None  # (key, codebooks, codes) on the last GPU searched from
+        self._init_lock()
 
     @property
     def ntotal(self) -> int:
@@ -99,17 +102,18 @@ class PQIndex:
             return self._search_on_device(origin, q, topk, inner_product)
         queries = self.pq._vectors(q, "q")
         num_queries = queries.shape[0]
-        dist = np.empty((num_queries, topk), dtype=np.float32)
-        items = np.empty((num_queries, topk), dtype=np.int64)
-        if num_queries == 0:
-            return origin.wrap(dist), origin.wrap(items)
-        tables = self._tables(queries, symmetric, inner_product)
-        chunks = min(self.ntotal, 4 * numba.get_num_threads())
-        if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1:
-            _pq_cpu.scan_by_database(tables, self._codes, topk, chunks, inner_product, dist,
-                                     items)
-        else:
-            _pq_cpu.scan_by_query(tables, self._codes, topk, inner_product, dist, items)
+        topk, work = check_topk(topk, self.ntotal, num_queries)
+        dist = np.empty((num_queries, work), dtype=np.float32)
+        items = np.empty((num_queries, work), dtype=np.int64)
+        if num_queries:
+            tables = self._tables(queries, symmetric, inner_product)
+            chunks = min(self.ntotal, 4 * numba.get_num_threads())
+            if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1:
+                _pq_cpu.scan_by_database(tables, self._codes, work, chunks, inner_product,
+                                         dist, items)
+            else:
+                _pq_cpu.scan_by_query(tables, self._codes, work, inner_product, dist, items)
+        dist, items = padded(dist, items, topk, -np.inf if inner_product else np.inf)
         return origin.wrap(dist), origin.wrap(items)
 
     def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool):
@@ -124,12 +128,18 @@ class PQIndex:
                              f"{self.pq.dim}")
         queries = cupy.ascontiguousarray(as_float_array(queries, "q", dtype=np.float32))
         with torch_stream(origin):
-            device = cupy.cuda.Device().id
-            key = (device, id(self.pq.codebooks), self.ntotal)
-            if self._on_gpu is None or self._on_gpu[0] != key:
-                self._on_gpu = (key, cupy.asarray(self.pq.codebooks),
-                                cupy.asarray(self._codes))
-            _, codebooks, codes = self._on_gpu
+            # keyed by the arrays themselves (held in the mirror, so their ids stay unique):
+            # a retrained quantizer or an add makes new arrays and so a new mirror
+            host = (self.pq.codebooks, self._codes)
+            key = (cupy.cuda.Device().id, id(host[0]), id(host[1]))
+            mirror = self._on_gpu
+            if mirror is None or mirror[0] != key:
+                with self._lock:
+                    mirror = self._on_gpu
+                    if mirror is None or mirror[0] != key:
+                        mirror = (key, cupy.asarray(host[0]), cupy.asarray(host[1]), host)
+                        self._on_gpu = mirror
+            _, codebooks, codes, _ = mirror
             return origin.wrap(_pq_gpu.search(queries, codebooks, codes, topk, inner_product))
 
     def _tables(self, queries: np.ndarray, symmetric: bool, inner_product: bool) -> np.ndarray:
@@ -139,9 +149,14 @@ class PQIndex:
                               dtype=np.float32)
             _pq_cpu.distance_tables(queries, codebooks, inner_product, tables)
             return tables
-        if self._sdc_tables is None or self._sdc_tables[1] is not codebooks:
-            self._sdc_tables = (_pq_cpu.symmetric_tables(codebooks, inner_product), codebooks)
-        sdc = self._sdc_tables[0]
+        cached = self._sdc_tables
+        if cached is None or cached[1] is not codebooks:
+            with self._lock:
+                cached = self._sdc_tables
+                if cached is None or cached[1] is not codebooks:
+                    cached = (_pq_cpu.symmetric_tables(codebooks, inner_product), codebooks)
+                    self._sdc_tables = cached
+        sdc = cached[0]
         query_codes = self.pq.encode(queries).astype(np.int64)
         rows = np.arange(self.pq.num_subspaces)
         return np.ascontiguousarray(sdc[rows[None, :], query_codes])

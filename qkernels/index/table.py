@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numba
 import numpy as np
 
 from .. import _gpu
 from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
-from .._checks import as_float_array, as_index_array, check_int, check_rank, check_same_rows
+from .._checks import (
+    as_float_array,
+    as_index_array,
+    check_columns,
+    check_distance_range,
+    check_int,
+    check_rank,
+    check_same_rows,
+    check_topk,
+)
+from .._heap import padded
 from .._io import load_npz, save_npz
+from .._shared import LazyState
 from . import _gpu as index_gpu
 from . import _table_cpu
 
 __all__ = ["SparseHashTable"]
 
 _METRICS = ("l2", "ip")
+# a build holds a few (threads x buckets) int64 count arrays: 2**24 buckets (a 4096 x 4096
+# cascade) take about 1 GB there; more is a mistake, not a table
+MAX_BUCKETS = 1 << 24
 
 
 def _chunks(count: int) -> int:
@@ -25,7 +39,31 @@ def _chunks(count: int) -> int:
     return max(1, min(count, 4 * numba.get_num_threads()))
 
 
-class SparseHashTable:
+def _check_distinct(codes: np.ndarray, name: str) -> None:
+    """Each row of ``(N, k)`` codes must name ``k`` different buckets (an item sits in a
+    bucket once; a repeated bucket would return the same id twice)."""
+    if codes.shape[1] > 1 and codes.shape[0]:
+        ordered = np.sort(codes, axis=1)
+        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if repeats.any():
+            row = int(np.flatnonzero(repeats)[0])
+            raise ValueError(f"{name} must hold distinct buckets in each row; row {row} is "
+                             f"{codes[row].tolist()}")
+
+
+class _Built(NamedTuple):
+    """The searchable state, published in one assignment: items sorted by their codes, the CSR
+    of bucket -> positions, and the arrays in that order."""
+
+    offsets: np.ndarray
+    items: np.ndarray
+    codes: np.ndarray
+    emb: np.ndarray
+    ids: np.ndarray
+    rows: np.ndarray
+
+
+class SparseHashTable(LazyState):
     """A hash table over k-sparse codes, re-ranked by exact distance (Jeong & Song, ICML 2018).
 
     Each item goes into the buckets of its ``k`` largest activations. A query looks at the
@@ -54,7 +92,7 @@ class SparseHashTable:
     _VERSION = 1
 
     def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
-        self.num_buckets = check_int(num_buckets, "num_buckets", 1)
+        self.num_buckets = check_int(num_buckets, "num_buckets", 1, MAX_BUCKETS)
         self.k = check_int(k, "k", 1, self.num_buckets)
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
@@ -65,9 +103,9 @@ class SparseHashTable:
         self._codes = np.empty((0, self.k), dtype=np.int64)  # best bucket first
         self._ids = np.empty(0, dtype=np.int64)
         self._rows = np.empty(0, dtype=np.int64)  # insertion position: breaks distance ties
-        self._offsets: np.ndarray | None = None
-        self._items: np.ndarray | None = None
+        self._built: _Built | None = None  # built on the first search, under the lock
         self._on_gpu = None  # (key, arrays) mirrored on the last GPU searched from
+        self._init_lock()
         self.candidate_counts = np.empty(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ adding
@@ -107,10 +145,7 @@ class SparseHashTable:
         if c.shape[1] != self.k:
             raise ValueError(f"codes has {c.shape[1]} columns; this table has k = {self.k}")
         c = as_index_array(c, "codes", self.num_buckets)
-        if self.k > 1:
-            ordered = np.sort(c, axis=1)
-            if (ordered[:, 1:] == ordered[:, :-1]).any():
-                raise ValueError("codes must hold distinct buckets in each row")
+        _check_distinct(c, "codes")
         return self._append(np.ascontiguousarray(c), embeddings, ids, c.shape[0])
 
     def _activations(self, activations: Any, name: str) -> np.ndarray:
@@ -123,13 +158,15 @@ class SparseHashTable:
         return np.ascontiguousarray(as_float_array(act, name))
 
     def _embeddings(self, embeddings: Any, name: str) -> np.ndarray:
-        emb = to_numpy(embeddings, allow_device_copy=True)
+        emb = to_numpy(embeddings, allow_device_copy=True, name=name)
         check_rank(emb, name, (2,), "(N, dim)")
+        check_columns(emb, name, "dimensions")
         emb = np.ascontiguousarray(as_float_array(emb, name, dtype=np.float32))
         if self.dim is not None and emb.shape[1] != self.dim:
             raise ValueError(
                 f"{name} has dimension {emb.shape[1]}; the table's embeddings have {self.dim}"
             )
+        check_distance_range(emb, name)
         return emb
 
     def _append(self, codes: np.ndarray, embeddings: Any, ids: Any, n: int) -> SparseHashTable:
@@ -152,33 +189,46 @@ class SparseHashTable:
         self._codes = np.concatenate([self._codes, codes])
         self._ids = np.concatenate([self._ids, new_ids])
         self._rows = np.concatenate([self._rows, self._rows.shape[0] + np.arange(n)])
-        self._offsets = self._items = None
+        self._built = None
+        self._on_gpu = None
         return self
 
-    def _build(self) -> None:
+    def _build(self) -> _Built:
         """Sort the items by their codes, best bucket first, and build the CSR (counting
-        sorts, in parallel).
+        sorts, in parallel); return the searchable state.
+
+        Built once, under the table's lock (a search from another thread that finds it missing
+        waits, then uses the same state), on local arrays that are published only when whole:
+        two threads never rearrange the arrays at once, and a search never sees half of them.
 
         Sorting by the whole code tuple, not only the best bucket, makes every bucket's items
         fall into long contiguous runs: the items that rank the bucket first form one block,
         and those that rank it second come in one run per first bucket, which for learned codes
         are few. A search then streams rows instead of gathering them.
         """
-        if self._offsets is not None:
-            return
-        chunks = _chunks(self.ntotal)
-        order = np.arange(self.ntotal)
-        for t in reversed(range(self.k)):  # least significant key first; each pass is stable
-            key = np.ascontiguousarray(self._codes[order, t : t + 1])
-            _, by_key = _table_cpu.counting_sort(key, self.num_buckets, chunks)
-            order = order[by_key]
-        if not np.array_equal(order, np.arange(order.shape[0])):
-            self._emb = self._gathered(self._emb, order)
-            self._codes = self._gathered(self._codes, order)
-            self._ids = self._ids[order]
-            self._rows = self._rows[order]
-        self._offsets, self._items = _table_cpu.counting_sort(self._codes, self.num_buckets,
-                                                              chunks)
+        built = self._built
+        if built is not None:
+            return built
+        with self._lock:
+            if self._built is not None:
+                return self._built
+            emb, codes, ids, rows = self._emb, self._codes, self._ids, self._rows
+            chunks = _chunks(ids.shape[0])
+            order = np.arange(ids.shape[0])
+            for t in reversed(range(self.k)):  # least significant key first; stable passes
+                key = np.ascontiguousarray(codes[order, t : t + 1])
+                _, by_key = _table_cpu.counting_sort(key, self.num_buckets, chunks)
+                order = order[by_key]
+            if not np.array_equal(order, np.arange(order.shape[0])):
+                emb = self._gathered(emb, order)
+                codes = self._gathered(codes, order)
+                ids = ids[order]
+                rows = rows[order]
+            offsets, items = _table_cpu.counting_sort(codes, self.num_buckets, chunks)
+            # the sorted order is kept as the table's order (no second copy of the embeddings)
+            self._emb, self._codes, self._ids, self._rows = emb, codes, ids, rows
+            self._built = _Built(offsets, items, codes, emb, ids, rows)
+            return self._built
 
     @staticmethod
     def _gathered(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -219,36 +269,31 @@ class SparseHashTable:
             return self._search_on_device(origin, query_activations, query_embeddings, topk,
                                           exclude_ids)
         act = self._activations(query_activations, "query_activations")
-        emb = to_numpy(query_embeddings, allow_device_copy=True)
-        check_rank(emb, "query_embeddings", (2,), "(Q, dim)")
-        emb = np.ascontiguousarray(as_float_array(emb, "query_embeddings", dtype=np.float32))
+        emb = self._embeddings(query_embeddings, "query_embeddings")
         check_same_rows(act, "query_activations", emb, "query_embeddings")
-        if self.dim is not None and emb.shape[1] != self.dim:
-            raise ValueError(
-                f"query_embeddings has dimension {emb.shape[1]}; the table's embeddings have "
-                f"{self.dim}"
-            )
-        topk = check_int(topk, "topk", 1)
         num_queries = act.shape[0]
+        topk, work = check_topk(topk, self.ntotal, num_queries)
         exclude = self._exclude(exclude_ids, num_queries)
-        dist = np.empty((num_queries, topk), dtype=np.float32)
-        items = np.full((num_queries, topk), -1, dtype=np.int64)
+        dist = np.empty((num_queries, work), dtype=np.float32)
+        items = np.full((num_queries, work), -1, dtype=np.int64)
         counts = np.zeros(num_queries, dtype=np.int64)
+        ids = items
         if self.ntotal == 0:
             dist.fill(-np.inf if self.metric == "ip" else np.inf)
         elif num_queries:
-            self._build()
-            exclude = self._exclude_positions(exclude)
+            built = self._build()
+            exclude = self._exclude_positions(built.ids, exclude)
             # bound the per-chunk heaps (chunks x queries x topk entries, 20 bytes each) to ~80 MB
             chunks = _chunks(self.num_buckets)
-            block = max(1, (1 << 22) // (chunks * topk))
+            block = max(1, (1 << 22) // (chunks * work))
             for start in range(0, num_queries, block):
                 part = slice(start, min(num_queries, start + block))
-                self._search_block(act[part], emb[part], topk, exclude[part], chunks,
+                self._search_block(built, act[part], emb[part], work, exclude[part], chunks,
                                    dist[part], items[part], counts[part])
+            ids = np.where(items >= 0, built.ids[np.maximum(items, 0)], -1)
         self.candidate_counts = counts
-        ids = np.where(items >= 0, self._ids[np.maximum(items, 0)] if self.ntotal else -1, -1)
-        return origin.wrap(dist), origin.wrap(ids.astype(np.int64))
+        dist, ids = padded(dist, ids, topk, -np.inf if self.metric == "ip" else np.inf)
+        return origin.wrap(dist), origin.wrap(ids.astype(np.int64, copy=False))
 
     def _search_on_device(self, origin, query_activations, query_embeddings, topk: int,
                           exclude_ids):
@@ -271,7 +316,7 @@ class SparseHashTable:
                                                     dtype=np.float32))
         emb = cupy.ascontiguousarray(as_float_array(emb, "query_embeddings",
                                                     dtype=np.float32))
-        exclude = self._exclude_positions(self._exclude(
+        exclude = self._exclude_positions(self._build().ids, self._exclude(
             None if exclude_ids is None else to_numpy(exclude_ids, allow_device_copy=True),
             act.shape[0]))
         with torch_stream(origin):
@@ -286,22 +331,25 @@ class SparseHashTable:
         """(offsets, items, codes, embeddings, rows, item_of_row, ids) on the current GPU."""
         import cupy
 
-        self._build()
-        device = cupy.cuda.Device().id
-        key = (device, self.ntotal)
-        if self._on_gpu is None or self._on_gpu[0] != key:
-            item_of_row = np.empty_like(self._rows)
-            item_of_row[self._rows] = np.arange(self.ntotal)
-            self._on_gpu = (key, tuple(cupy.asarray(a) for a in (
-                self._offsets, self._items, self._codes, self._emb, self._rows, item_of_row,
-                self._ids)))
-        return self._on_gpu[1]
+        built = self._build()
+        key = (cupy.cuda.Device().id, id(built))
+        mirror = self._on_gpu
+        if mirror is not None and mirror[0] == key:
+            return mirror[1]
+        with self._lock:
+            if self._on_gpu is None or self._on_gpu[0] != key:
+                item_of_row = np.empty_like(built.rows)
+                item_of_row[built.rows] = np.arange(built.rows.shape[0])
+                self._on_gpu = (key, tuple(cupy.asarray(a) for a in (
+                    built.offsets, built.items, built.codes, built.emb, built.rows,
+                    item_of_row, built.ids)), built)  # built kept alive: its id stays unique
+            return self._on_gpu[1]
 
-    def _search_block(self, act, emb, topk, exclude, chunks, dist, items, counts):
+    def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts):
         """The passes of a search (see _table_cpu) for one block of queries."""
         num_queries = act.shape[0]
         probe_count = np.empty(num_queries, dtype=np.int64)
-        _table_cpu.plan_probes(act, self.k, topk, self._offsets, self._items, self._codes,
+        _table_cpu.plan_probes(act, self.k, topk, built.offsets, built.items, built.codes,
                                exclude, _chunks(num_queries), probe_count)
         probe_offsets = np.zeros(num_queries + 1, dtype=np.int64)
         np.cumsum(probe_count, out=probe_offsets[1:])
@@ -310,7 +358,7 @@ class SparseHashTable:
         bucket_offsets, who, where = _table_cpu.invert_probes(probe_offsets, probe_list,
                                                               self.num_buckets)
         # chunks of consecutive buckets with about equal work (items x probing queries)
-        work = np.diff(self._offsets) * np.diff(bucket_offsets) + 1
+        work = np.diff(built.offsets) * np.diff(bucket_offsets) + 1
         cumulative = np.cumsum(work)
         targets = cumulative[-1] * np.arange(1, chunks) / chunks
         chunk_starts = np.concatenate(
@@ -322,20 +370,21 @@ class SparseHashTable:
         heap_size = np.zeros((chunks, num_queries), dtype=np.int64)
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
-        _table_cpu.scan_buckets(emb, self.k, chunk_starts, self._offsets, self._items,
-                                self._codes, self._emb, self._rows, exclude, probe_offsets,
+        _table_cpu.scan_buckets(emb, self.k, chunk_starts, built.offsets, built.items,
+                                built.codes, built.emb, built.rows, exclude, probe_offsets,
                                 probe_list, bucket_offsets, who, where, inner_product,
                                 heap_dist, heap_row, heap_item, heap_size, found)
         counts[:] = found.sum(axis=0)
         _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, dist,
                                items)
 
-    def _exclude_positions(self, exclude: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _exclude_positions(table_ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
         """Excluded ids -> the table positions holding them (every one: ids may repeat)."""
         if exclude.shape[1] == 0:
             return exclude
-        order = np.argsort(self._ids, kind="stable")
-        sorted_ids = self._ids[order]
+        order = np.argsort(table_ids, kind="stable")
+        sorted_ids = table_ids[order]
         low = np.searchsorted(sorted_ids, exclude, side="left")
         high = np.searchsorted(sorted_ids, exclude, side="right")
         high = np.where(exclude < 0, low, high)
@@ -386,8 +435,9 @@ class SparseHashTable:
                 raise ValueError("array shapes do not agree")
             if n:
                 table.dim = dim
-                table._emb = np.ascontiguousarray(a["embeddings"], dtype=np.float32)
+                table._emb = table._embeddings(a["embeddings"], "embeddings")
                 table._codes = as_index_array(a["codes"], "codes", table.num_buckets).copy()
+                _check_distinct(table._codes, "codes")
                 table._ids = as_index_array(a["ids"], "ids").copy()
                 table._rows = as_index_array(a["rows"], "rows", n).copy()
                 if np.unique(table._rows).shape[0] != n:

@@ -2,34 +2,66 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["check_embeddings", "check_labels", "check_mask", "same_label_matrix"]
+__all__ = ["check_embeddings", "check_labels", "check_mask", "same_label_matrix", "unit_rows"]
+
+
+def _first_nonfinite(x: torch.Tensor, name: str) -> None:
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        where = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise ValueError(f"{name} must be finite, found {x[where].item()} at index {where}")
 
 
 def check_embeddings(x, name: str, ndim: int = 2) -> torch.Tensor:
+    """A floating-point tensor of ``ndim`` dimensions, finite, with at least one column."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} must be finite (found NaN or Inf)")
+    if ndim >= 2 and x.shape[-1] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: 0 columns; at least 1 is needed")
+    _first_nonfinite(x.detach(), name)
     return x
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows to unit L2 norm (zero rows stay zero), safe from overflow: each row is divided by
+    its largest magnitude first, which changes neither the result nor its gradient, so that
+    |x| = 1e160 (whose squares overflow float64) gives the same direction as |x| = 1."""
+    scale = x.detach().abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return nn.functional.normalize(x / scale, dim=-1)
+
+
 def check_labels(labels, batch: int, device: torch.device, name: str = "labels") -> torch.Tensor:
-    """Class ids ``(N,)`` or a multi-label 0/1 matrix ``(N, C)``, moved to ``device``."""
+    """Class ids ``(N,)`` (integers >= 0) or a multi-label 0/1 matrix ``(N, C)``, moved to
+    ``device``."""
     if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels)
+        array = labels if isinstance(labels, np.ndarray) else np.asarray(labels)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold integer class ids (or a 0/1 matrix), got "
+                            f"dtype {array.dtype}")
+        labels = torch.as_tensor(array)
     if labels.dim() not in (1, 2):
         raise ValueError(f"{name} must be (N,) class ids or an (N, C) 0/1 matrix, got shape "
                          f"{tuple(labels.shape)}")
     if labels.shape[0] != batch:
         raise ValueError(f"{name} has {labels.shape[0]} entries but the batch has {batch}")
-    if labels.dim() == 1 and (labels.is_floating_point() or labels.dtype == torch.bool):
+    if labels.dim() == 1 and (labels.is_floating_point() or labels.dtype == torch.bool
+                              or labels.is_complex()):
         raise TypeError(f"{name} as class ids must be integers, got {labels.dtype}")
+    if labels.numel():
+        if labels.is_floating_point():
+            _first_nonfinite(labels, name)
+        low = labels.min().item()
+        if low < 0:
+            raise ValueError(f"{name} must be >= 0 (class ids, or 0/1 entries), found {low}")
     return labels.to(device)
 
 
@@ -47,4 +79,11 @@ def check_mask(mask, like: torch.Tensor, name: str) -> torch.Tensor:
     if tuple(mask.shape) != tuple(like.shape):
         raise ValueError(f"{name} has shape {tuple(mask.shape)}; it must match the embeddings' "
                          f"{tuple(like.shape)}")
-    return mask.to(device=like.device, dtype=like.dtype)
+    if mask.is_complex():
+        raise TypeError(f"{name} must be real 0/1 weights, got {mask.dtype}")
+    mask = mask.detach().to(device=like.device, dtype=like.dtype)
+    _first_nonfinite(mask, name)
+    if mask.numel() and (mask.min() < 0 or mask.max() > 1):
+        raise ValueError(f"{name} must hold weights in [0, 1] (1: the bucket is in the code), "
+                         f"found values in [{mask.min().item()}, {mask.max().item()}]")
+    return mask

@@ -8,8 +8,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .._checks import check_real
 from ..flow import solve_hierarchical_codes, solve_sparse_codes
-from ._common import check_embeddings, check_labels, check_mask, same_label_matrix
+from ._common import (
+    check_embeddings,
+    check_labels,
+    check_mask,
+    same_label_matrix,
+    unit_rows,
+)
 
 __all__ = [
     "BatchCodes",
@@ -76,7 +83,7 @@ def assign_hierarchical_codes(level1_activations: torch.Tensor,
         raise ValueError(f"level1_activations has {a1.shape[0]} rows but level2_activations "
                          f"has {a2.shape[0]}")
     if normalize:
-        a1, a2 = nn.functional.normalize(a1, dim=1), nn.functional.normalize(a2, dim=1)
+        a1, a2 = unit_rows(a1), unit_rows(a2)
     d1 = a1.shape[1]
     inverse, means = _class_means(torch.cat([a1, a2], 1), labels, False, group,
                                   "assign_hierarchical_codes")
@@ -103,7 +110,7 @@ def _class_means(a: torch.Tensor, labels, normalize: bool, group, caller: str):
     if a.shape[0] == 0 and not distributed:
         raise ValueError("the activations are empty: a batch needs at least one item")
     if normalize:
-        a = nn.functional.normalize(a, dim=1)
+        a = unit_rows(a)
     classes = torch.unique(labels)
     if distributed:
         classes = _global_classes(classes, group)
@@ -182,7 +189,7 @@ class SemiHardTripletLoss(nn.Module):
         super().__init__()
         if distance not in ("l1", "sqeuclidean"):
             raise ValueError(f"distance must be 'l1' or 'sqeuclidean', got {distance!r}")
-        self.margin = float(margin)
+        self.margin = check_real(margin, "margin", low=0.0)
         self.distance = distance
         self.normalize = normalize
 
@@ -197,7 +204,7 @@ class SemiHardTripletLoss(nn.Module):
         if f.shape[0] == 0:
             return f.sum() * 0.0
         if self.normalize:
-            f = nn.functional.normalize(f, dim=1)
+            f = unit_rows(f)
         dist = _masked_pairwise(f, f, masks, masks, self.distance)
         same = same_label_matrix(labels)
         eye = torch.eye(f.shape[0], dtype=torch.bool, device=f.device)
@@ -234,7 +241,7 @@ class NPairsLoss(nn.Module):
 
     def __init__(self, reg: float = 0.003):
         super().__init__()
-        self.reg = float(reg)
+        self.reg = check_real(reg, "reg", low=0.0)
 
     def extra_repr(self) -> str:
         return f"reg={self.reg}"

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_int, check_real
 from ..quantize.pq import ProductQuantizer
-from ._common import check_embeddings, check_labels, same_label_matrix
+from ._common import check_embeddings, check_labels, same_label_matrix, unit_rows
 
 __all__ = ["CodebookRefresher", "DQNLoss"]
 
@@ -31,7 +31,7 @@ class DQNLoss(nn.Module):
 
     def __init__(self, pq_weight: float = 1e-4):
         super().__init__()
-        self.pq_weight = float(pq_weight)
+        self.pq_weight = check_real(pq_weight, "pq_weight", low=0.0)
 
     def extra_repr(self) -> str:
         return f"pq_weight={self.pq_weight}"
@@ -39,9 +39,12 @@ class DQNLoss(nn.Module):
     def forward(self, z: torch.Tensor, labels, quantizer: ProductQuantizer | None = None):
         z = check_embeddings(z, "z")
         labels = check_labels(labels, z.shape[0], z.device)
+        if quantizer is not None and not isinstance(quantizer, ProductQuantizer):
+            raise TypeError(f"quantizer must be a ProductQuantizer or None, got "
+                            f"{type(quantizer).__name__}")
         if z.shape[0] == 0:
             return z.sum() * 0.0
-        unit = nn.functional.normalize(z, dim=1)
+        unit = unit_rows(z)
         cosine = unit @ unit.T
         s = same_label_matrix(labels).to(z.dtype) * 2 - 1
         loss = (s - cosine).pow(2).mean()

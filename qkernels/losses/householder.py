@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._common import check_embeddings
+
 __all__ = ["HouseholderQuantizationLoss"]
 
 KINDS = ("l2", "l1", "bit_var", "min_entry")
@@ -35,8 +37,7 @@ class HouseholderQuantizationLoss(nn.Module):
         return f"kind={self.kind!r}"
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor) or z.dim() != 2:
-            raise ValueError(f"z must be a (N, m) tensor, got {getattr(z, 'shape', type(z))}")
+        z = check_embeddings(z, "z")
         if z.shape[0] == 0:
             return z.sum() * 0.0  # keeps the graph connected
         if self.kind == "l2":

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_int
-from ._common import check_embeddings, check_labels
+from .._checks import check_int, check_real
+from ._common import check_embeddings, check_labels, unit_rows
 
 __all__ = ["BinaryKLLoss", "RelativeDistanceLoss"]
 
@@ -29,10 +29,8 @@ class RelativeDistanceLoss(nn.Module):
 
     def __init__(self, p: float = 1.0, eps: float = 1e-12):
         super().__init__()
-        if p <= 0:
-            raise ValueError(f"p must be > 0, got {p}")
-        self.p = float(p)
-        self.eps = float(eps)
+        self.p = check_real(p, "p", low=0.0, strict=True)
+        self.eps = check_real(eps, "eps", low=0.0, strict=True)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -66,7 +64,7 @@ class RelativeDistanceLoss(nn.Module):
         if n < 2:
             raise ValueError("RelativeDistanceLoss needs at least two items")
         i, j = torch.triu_indices(n, n, offset=1, device=h.device)
-        unit = nn.functional.normalize(h, dim=1)
+        unit = unit_rows(h)
         d_hash = 1 - (unit[i] * unit[j]).sum(1)
         d_target = target[i, j]
         mean_target = d_target.mean()
@@ -96,7 +94,7 @@ class BinaryKLLoss(nn.Module):
     def __init__(self, num_target_samples: int = 256, eps: float = 1e-8):
         super().__init__()
         self.num_target_samples = check_int(num_target_samples, "num_target_samples", 1)
-        self.eps = float(eps)
+        self.eps = check_real(eps, "eps", low=0.0, strict=True)
 
     def extra_repr(self) -> str:
         return f"num_target_samples={self.num_target_samples}"

@@ -13,6 +13,7 @@ import numba as nb
 import numpy as np
 
 from .._heap import drain_sorted, push, sift_down
+from .._parallel import parallel_kernel
 from .._simd import dot_f32, sq_l2_f32
 
 _INF32 = np.float32(np.inf)
@@ -113,7 +114,7 @@ def _lloyd(points, centroids, iterations):
     return iterations
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def train(x, num_subspaces, num_centroids, iterations, uniforms, centroids):
     """k-means++ then Lloyd in every subspace, in parallel over subspaces.
 
@@ -127,7 +128,7 @@ def train(x, num_subspaces, num_centroids, iterations, uniforms, centroids):
         _lloyd(points, centroids[m], iterations)
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def encode(x, centroids, codes):
     """``codes[i, m]``: the codeword of subspace ``m`` nearest to ``x[i]``'s m-th sub-vector."""
     num_subspaces, _, dsub = centroids.shape
@@ -137,7 +138,7 @@ def encode(x, centroids, codes):
             codes[i, m] = c
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def decode(codes, centroids, out):
     num_subspaces, _, dsub = centroids.shape
     for i in nb.prange(codes.shape[0]):
@@ -145,7 +146,7 @@ def decode(codes, centroids, out):
             out[i, m * dsub:(m + 1) * dsub] = centroids[m, codes[i, m]]
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def distance_tables(queries, centroids, inner_product, tables):
     """``tables[q, m, c]``: squared L2 (or minus the inner product) between query ``q``'s m-th
     sub-vector and codeword ``c`` of subspace ``m``."""
@@ -260,7 +261,7 @@ def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
         out_item[t] = -1
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
     """Look-up-table scan of every item for every query, in parallel over queries."""
     for q in nb.prange(tables.shape[0]):
@@ -270,7 +271,7 @@ def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
         _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@parallel_kernel
 def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
     """The same scan for few queries, in parallel over chunks of the database; each chunk keeps
     its own heap per query and the heaps are merged at the end."""

@@ -19,7 +19,11 @@ __all__ = ["HouseholderQuantizer"]
 
 
 def rescale(x: torch.Tensor) -> torch.Tensor:
-    """Each row to norm sqrt(m), as H2Q does before rotating (zero rows stay zero)."""
+    """Each row to norm sqrt(m), as H2Q does before rotating (zero rows stay zero). Each row is
+    divided by its largest magnitude first, so that rows of 1e155 (whose squares overflow) or
+    1e-300 (whose squares underflow) keep their direction."""
+    largest = x.abs().amax(dim=1, keepdim=True)
+    x = x / torch.where(largest > 0, largest, torch.ones_like(largest))
     norms = x.norm(dim=1, keepdim=True)
     return x * (x.shape[1] ** 0.5) / torch.where(norms > 0, norms, torch.ones_like(norms))
 
@@ -73,7 +77,7 @@ class HouseholderQuantizer:
             return self._rotation_of(self.weights).to(torch.float32).numpy()
 
     def _embeddings(self, x: Any, name: str) -> torch.Tensor:
-        a = to_numpy(x, allow_device_copy=True)
+        a = to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), f"(N, dim = {self.dim})")
         if a.shape[1] != self.dim:
             raise ValueError(f"{name} has dimension {a.shape[1]}; this quantizer has {self.dim}")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import origin_of, to_numpy
-from .._checks import as_float_array, check_int, check_rank
+from .._checks import as_float_array, check_columns, check_int, check_rank
 from ..index.binary import pack_bits
 
 __all__ = ["ITQ"]
@@ -40,8 +40,9 @@ class ITQ:
         return f"ITQ(nbits={self.nbits}, iterations={self.iterations})"
 
     def _data(self, x: Any, name: str) -> np.ndarray:
-        a = to_numpy(x, allow_device_copy=True)
+        a = to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), "(N, dim)")
+        check_columns(a, name, "dimensions")
         return as_float_array(a, name, dtype=np.float64)
 
     def fit(self, x: Any) -> ITQ:
@@ -56,6 +57,11 @@ class ITQ:
         self.nbits = nbits
         self.mean = data.mean(axis=0)
         centred = data - self.mean
+        # the directions and signs are scale-free: fit on data scaled to magnitude 1, so that
+        # inputs of 1e-300 or 1e300 (whose squares under- or overflow) give the same rotation
+        largest = np.abs(centred).max()
+        if largest > 0:
+            centred = centred / largest
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         pca = vt[:nbits].T  # (dim, nbits)
         v = centred @ pca
@@ -68,17 +74,23 @@ class ITQ:
         self.projection = pca @ rotation
         return self
 
-    def transform(self, x: Any) -> Any:
-        """``(x - mean) @ projection``: float32 ``(N, nbits)``, the caller's array type."""
+    def _projected(self, x: Any) -> np.ndarray:
         if self.projection is None:
             raise RuntimeError("this ITQ is not fitted: call fit(x) first")
-        origin = origin_of(x, names=("x",))
         data = self._data(x, "x")
         if data.shape[1] != self.mean.shape[0]:
             raise ValueError(f"x has dimension {data.shape[1]}; ITQ was fitted on "
                              f"{self.mean.shape[0]}")
-        return origin.wrap(((data - self.mean) @ self.projection).astype(np.float32))
+        return (data - self.mean) @ self.projection
+
+    def transform(self, x: Any) -> Any:
+        """``(x - mean) @ projection``: float32 ``(N, nbits)``, the caller's array type."""
+        origin = origin_of(x, names=("x",))
+        return origin.wrap(as_float_array(self._projected(x), "the projection of x",
+                                          dtype=np.float32))
 
     def encode(self, x: Any) -> Any:
-        """Packed codes of the signs of :meth:`transform` (see pack_bits)."""
-        return pack_bits(self.transform(x))
+        """Packed codes of the signs of :meth:`transform` (see pack_bits), taken in float64:
+        a projection too small for float32 keeps its sign."""
+        origin = origin_of(x, names=("x",))
+        return origin.wrap(pack_bits(self._projected(x)))

@@ -8,7 +8,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._arrays import origin_of, to_numpy
-from .._checks import as_float_array, as_index_array, check_int, check_rank
+from .._checks import (
+    as_float_array,
+    as_index_array,
+    check_distance_range,
+    check_int,
+    check_rank,
+)
 from .._io import load_npz, save_npz
 from . import _pq_cpu
 
@@ -95,11 +101,13 @@ class ProductQuantizer:
             raise RuntimeError("this ProductQuantizer is not trained: call train(x) first")
 
     def _vectors(self, x: Any, name: str) -> np.ndarray:
-        a = to_numpy(x, allow_device_copy=True)
+        a = to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), f"(N, dim = {self.dim})")
         if a.shape[1] != self.dim:
             raise ValueError(f"{name} has dimension {a.shape[1]}; this quantizer has {self.dim}")
-        return np.ascontiguousarray(as_float_array(a, name, dtype=np.float32))
+        a = np.ascontiguousarray(as_float_array(a, name, dtype=np.float32))
+        check_distance_range(a, name)
+        return a
 
     def train(self, x: Any) -> ProductQuantizer:
         """Learn the codebooks from ``x`` ``(N, dim)``, ``N >= 2**nbits``. Returns self."""

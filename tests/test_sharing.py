@@ -1,0 +1,186 @@
+"""Safe to share: every index searched from many threads at once right after add or load gives
+what one thread gives; byte order and alignment never change an answer; Numba's workqueue
+threading layer never aborts the process."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import qkernels as qk
+
+THREADS = 4
+
+
+def _data(seed=0, n=6000, d=48, dim=16):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 40, n)
+    act = rng.standard_normal((40, d))[labels] * 2 + rng.standard_normal((n, d))
+    emb = (rng.standard_normal((40, dim))[labels] * 3 + rng.standard_normal((n, dim)))
+    return act, emb.astype(np.float32)
+
+
+def _indexes(tmp_path):
+    """Each index type freshly added and freshly loaded, with a search function per index."""
+    act, emb = _data()
+    act2, _ = _data(seed=1)
+    q = slice(0, 200)
+    fresh = []
+
+    def table():
+        return qk.SparseHashTable(act.shape[1], 2).add(act, emb)
+
+    def hierarchical():
+        return qk.HierarchicalHashTable(act.shape[1], 2).add(act, act2, emb)
+
+    pq = qk.ProductQuantizer(emb.shape[1], 4, 6).train(emb)
+
+    def pq_index():
+        return qk.PQIndex(pq).add(emb)
+
+    codes = qk.pack_bits(act)
+
+    def binary():
+        return qk.BinaryIndex(act.shape[1]).add(codes, emb)
+
+    searches = {
+        "SparseHashTable": (table, lambda t: t.search(act[q], emb[q], 12,
+                                                      exclude_ids=np.arange(200))),
+        "HierarchicalHashTable": (hierarchical, lambda t: t.search(act[q], act2[q], emb[q], 12)),
+        "PQIndex": (pq_index, lambda t: t.search(emb[q], 12)),
+        "PQIndex-symmetric": (pq_index, lambda t: t.search(emb[q], 12, symmetric=True)),
+        "BinaryIndex": (binary, lambda t: t.search(codes[q], 12)),
+        "BinaryIndex-tiebreak": (binary, lambda t: t.search(codes[q], 12, emb[q])),
+    }
+    for name, (make, search) in searches.items():
+        fresh.append((name, "added", make, search))
+
+        def loaded(make=make, name=name):
+            path = tmp_path / f"{name}.npz"
+            make().save(path)
+            return type(make()).load(path)
+
+        fresh.append((name, "loaded", loaded, search))
+    return fresh
+
+
+def _concurrently(search, index):
+    barrier = threading.Barrier(THREADS)
+    results = [None] * THREADS
+    errors = []
+
+    def run(i):
+        try:
+            barrier.wait()  # the threads really start together, all finding the index unbuilt
+            results[i] = search(index)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
+def test_first_searches_from_many_threads_equal_one_thread(tmp_path):
+    for name, how, make, search in _indexes(tmp_path):
+        expected = search(make())
+        for _trial in range(3):
+            index = make()
+            for D, I in _concurrently(search, index):
+                np.testing.assert_array_equal(I, expected[1], err_msg=f"{name} {how}")
+                np.testing.assert_array_equal(D, expected[0], err_msg=f"{name} {how}")
+            D, I = search(index)  # and the index is not corrupted for later searches
+            np.testing.assert_array_equal(I, expected[1], err_msg=f"{name} {how}, later")
+
+
+def _swapped(x):
+    return x.astype(x.dtype.newbyteorder(">" if sys.byteorder == "little" else "<"))
+
+
+def _unaligned(x):
+    buffer = bytearray(x.nbytes + 1)
+    out = np.frombuffer(buffer, dtype=x.dtype, offset=1).reshape(x.shape)
+    out[...] = x
+    assert not out.flags.aligned or x.dtype.itemsize == 1
+    return out
+
+
+@pytest.mark.parametrize("convert", [_swapped, _unaligned], ids=["byteswapped", "unaligned"])
+def test_byte_order_and_alignment_never_change_an_answer(convert):
+    act, emb = _data(n=800)
+    act = act.astype(np.float32)
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((2, 12, 10))
+
+    def calls(f):
+        pq = qk.ProductQuantizer(16, 4, 4).train(f(emb))
+        codes = qk.pack_bits(f(act))
+        return {
+            "solve_sparse_codes": qk.solve_sparse_codes(f(scores), 2),
+            "solve_sparse_codes-2d": qk.solve_sparse_codes(f(scores[0]), 3),
+            "sparse_code_objective": qk.sparse_code_objective(
+                f(scores[0]), f(qk.solve_sparse_codes(scores[0], 3))),
+            "solve_hierarchical_codes": qk.solve_hierarchical_codes(
+                f(scores), f(scores[::-1].copy()), 2),
+            "table.add+search": qk.SparseHashTable(48, 2).add(f(act), f(emb)).search(
+                f(act[:50]), f(emb[:50]), 5, exclude_ids=f(np.arange(50))),
+            "table.add_codes": qk.SparseHashTable(48, 2).add_codes(
+                f(np.stack([np.arange(800) % 48, (np.arange(800) + 1) % 48], 1)), f(emb)
+            ).search(f(act[:50]), f(emb[:50]), 5),
+            "hierarchical": qk.HierarchicalHashTable(48, 2).add(f(act), f(act[::-1].copy()),
+                                                                f(emb)).search(
+                f(act[:50]), f(act[:50]), f(emb[:50]), 5),
+            "pq.encode": pq.encode(f(emb)),
+            "pq.decode": pq.decode(f(pq.encode(emb).astype(np.int64))),
+            "PQIndex": qk.PQIndex(pq).add(f(emb)).search(f(emb[:20]), 5),
+            "pack_bits": codes,
+            "hamming_topk": qk.hamming_topk(f(codes[:30]), f(codes), 5,
+                                            tiebreak=(f(emb[:30]), f(emb))),
+            "BinaryIndex": qk.BinaryIndex(48).add(f(codes)).search(f(codes[:30]), 5),
+            "ITQ": qk.ITQ(8).fit(f(emb)).encode(f(emb)),
+            "metrics.precision_at_k": qk.metrics.precision_at_k(
+                f(np.arange(40).reshape(10, 4)), f(np.arange(40) % 3), f(np.arange(10) % 3), 4),
+        }
+
+    clean, other = calls(lambda x: x), calls(convert)
+    for name, value in clean.items():
+        for a, b in zip(np.atleast_1d(value) if not isinstance(value, tuple) else value,
+                        other[name] if isinstance(other[name], tuple) else
+                        np.atleast_1d(other[name]), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_workqueue_threading_layer_serialises_instead_of_aborting():
+    script = textwrap.dedent("""
+        import threading, numba, numpy as np, qkernels as qk
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4000, 16)).astype(np.float32)
+        idx = qk.PQIndex(qk.ProductQuantizer(16, 4, 6).train(x)).add(x)
+        table = qk.SparseHashTable(16, 2).add(x, x)
+        codes = qk.pack_bits(x)
+        expected = [idx.search(x[:100], 5), table.search(x[:100], x[:100], 5),
+                    qk.hamming_topk(codes[:100], codes, 5)]
+        barrier, wrong = threading.Barrier(4), []
+        def run():
+            barrier.wait()
+            for _ in range(3):
+                got = [idx.search(x[:100], 5), table.search(x[:100], x[:100], 5),
+                       qk.hamming_topk(codes[:100], codes, 5)]
+                wrong.extend(not np.array_equal(g[1], e[1]) for g, e in zip(got, expected))
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        print(numba.threading_layer(), sum(wrong))
+    """)
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["workqueue", "0"]
