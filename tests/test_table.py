@@ -230,7 +230,8 @@ def test_counting_sort_equals_a_stable_sort(seed, n, num_buckets, k, chunks):
     ("call", "error", "message"),
     [
         (lambda: qk.SparseHashTable(4, 5), ValueError, r"k must be in 1\.\.4"),
-        (lambda: qk.SparseHashTable(0, 1), ValueError, r"num_buckets must be in 1\.\.16777216, got 0"),
+        (lambda: qk.SparseHashTable(0, 1), ValueError,
+         r"num_buckets must be in 1\.\.16777216, got 0"),
         (lambda: qk.SparseHashTable(4, 1, metric="cos"), ValueError, "metric must be one of"),
         (lambda: qk.SparseHashTable(4, 1).add(np.zeros((2, 3)), np.zeros((2, 2))), ValueError,
          "activations has 3 columns; this table has 4 buckets"),
