@@ -86,8 +86,62 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# (option, smallest accepted value, whether it must be strictly above it); None: optional
+_INT_BOUNDS = {"epochs": 1, "hash_epochs": 1, "classes_per_batch": 2, "items_per_class": 1,
+               "batches_per_epoch": 1, "buckets": 1, "k": 1, "max_k": 1, "bits": 1, "map_k": 1,
+               "warmup_epochs": 0, "h2q_epochs": 1, "seed": 0}
+_FLOAT_BOUNDS = {"lr": (0.0, True), "penalty": (0.0, False), "penalty_sibling": (0.0, False),
+                 "margin": (0.0, False), "reg": (0.0, False), "pq_weight": (0.0, False),
+                 "kl_weight": (0.0, False), "sim_weight": (0.0, False)}
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values no run can use, as argparse refuses a bad choice: one ``error:`` line and
+    exit status 2, never a traceback and never a silent change of what was asked."""
+    import math
+
+    for name, low in _INT_BOUNDS.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"{_option(name)} must be >= {low}, got {value}")
+    for name, (low, strict) in _FLOAT_BOUNDS.items():
+        value = getattr(args, name)
+        if value is not None and (not math.isfinite(value) or value < low
+                                  or (strict and value == low)):
+            p.error(f"{_option(name)} must be a finite number {'>' if strict else '>='} {low:g}, "
+                    f"got {value}")
+    if args.k > args.buckets:
+        p.error(f"--k must be at most --buckets = {args.buckets}, got {args.k}")
+    if args.method in ("dht", "cascade"):
+        if args.max_k > args.buckets:
+            p.error(f"--max-k must be at most --buckets = {args.buckets}, got {args.max_k}")
+        if args.items_per_class < 2:
+            p.error("--items-per-class must be >= 2 for dht and cascade (the metric losses "
+                    f"need two items of a class), got {args.items_per_class}")
+    if args.method == "dqn" and args.bits % 8:
+        p.error(f"--bits must be a multiple of 8 for dqn (8 bits per PQ subspace), got "
+                f"{args.bits}")
+
+
+def check_data(args: argparse.Namespace, data) -> None:
+    """What the dataset must offer the method (raises DatasetError)."""
+    from .data import DatasetError
+
+    if len(data.x_test) == 0:
+        raise DatasetError(f"{data.name}: the query split (x_test) is empty")
+    if args.method in ("dht", "cascade") and len(data.x_train) < args.buckets:
+        raise DatasetError(f"{data.name}: {len(data.x_train)} training items is fewer than the "
+                           f"--buckets = {args.buckets} (the VQ baseline needs one per centroid)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS[args.method]
     if args.hash_epochs is None:
@@ -97,18 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out = str(Path("runs") / f"{args.method}-{stamp}")
-    if args.resume and not Path(args.out, "checkpoint.pt").is_file():
+    if args.resume and not Path(args.out, "checkpoint.pt").exists():
         print(f"--resume: no checkpoint in {args.out}; starting afresh", file=sys.stderr)
     from . import common, report
     from .data import DatasetError
 
+    method = __import__(f"training.{args.method}", fromlist=["run"])
     try:
         run = common.Run(args)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
+        check_data(args, run.data)
+        results = method.run(args, run)
+    except (DatasetError, common.CheckpointError) as error:
+        print(f"{p.prog}: error: {error}", file=sys.stderr)
         return 2
-    method = __import__(f"training.{args.method}", fromlist=["run"])
-    results = method.run(args, run)
     if run.is_main:
         table = results["table"]
         print()

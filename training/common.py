@@ -17,7 +17,24 @@ from torch import nn
 
 from .data import Dataset, load_dataset
 
-__all__ = ["ClassBatches", "Run", "Stage"]
+__all__ = ["CheckpointError", "ClassBatches", "Run", "Stage", "weights_checksum"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: missing parts, damaged, or for another model."""
+
+
+def weights_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor of a state dict (names, dtypes, shapes and bytes, in order):
+    a bit flipped anywhere in the weights changes it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 class ClassBatches:
@@ -115,15 +132,47 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
 
     def resume(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        """Load the checkpoint of an interrupted run (``--resume``) into ``model``."""
-        if not self.args.resume or not self._checkpoint.is_file():
+        """Load the checkpoint of an interrupted run (``--resume``) into ``model``. A checkpoint
+        that is damaged (its weights' checksum disagrees), truncated, incomplete, not finite or
+        for another model raises CheckpointError, and nothing is loaded."""
+        path = self._checkpoint
+        if not self.args.resume or not path.exists():
             return
-        state = torch.load(self._checkpoint, map_location=self.device, weights_only=True)
-        model.load_state_dict(state["model"])
-        for name, optimizer in optimizers.items():
-            if name in state["optimizers"]:
-                optimizer.load_state_dict(state["optimizers"][name])
-        self.completed = dict(state["completed"])
+        if not path.is_file():
+            raise CheckpointError(f"--resume: {path} is not a file")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+            raise CheckpointError(f"--resume: {path} is not a readable checkpoint "
+                                  f"({type(error).__name__}: {str(error)[:200]})") from None
+        expected = {"model", "optimizers", "completed", "history", "checksum"}
+        if not isinstance(state, dict) or not expected <= set(state):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"--resume: {path} lacks parts of a checkpoint (needs "
+                                  f"{sorted(expected)}, found {found})")
+        weights = state["model"]
+        if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor)
+                                                    for t in weights.values()):
+            raise CheckpointError(f"--resume: {path} holds no model state dict")
+        if weights_checksum(weights) != state["checksum"]:
+            raise CheckpointError(f"--resume: {path} is damaged: its weights do not match the "
+                                  "checksum stored with them")
+        for name, tensor in weights.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"--resume: {path}: the weights {name!r} are not finite")
+        completed = state["completed"]
+        if not isinstance(completed, dict) or not all(
+                isinstance(v, int) and v >= 0 for v in completed.values()):
+            raise CheckpointError(f"--resume: {path}: 'completed' is not stage -> epochs")
+        try:
+            model.load_state_dict(weights)
+            for name, optimizer in optimizers.items():
+                if name in state["optimizers"]:
+                    optimizer.load_state_dict(state["optimizers"][name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"--resume: {path} is for another model or run "
+                                  f"({str(error)[:300]})") from None
+        self.completed = dict(completed)
         self.history = [dict(h) for h in state["history"]]
         self.log(f"resumed from {self._checkpoint}: "
                  + ", ".join(f"{k} {v} epochs" for k, v in self.completed.items()))
@@ -131,7 +180,8 @@ class Run:
     def _save(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
         if not self.is_main:
             return
-        state = {"model": model.state_dict(),
+        weights = model.state_dict()
+        state = {"model": weights, "checksum": weights_checksum(weights),
                  "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                  "completed": self.completed, "history": self.history}
         temporary = self._checkpoint.with_suffix(".tmp")

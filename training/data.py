@@ -190,6 +190,11 @@ def _npz(path: str) -> Dataset:
             x = np.transpose(x, (0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
         if not np.isfinite(x).all():
             raise DatasetError(f"{path}: {name} holds NaN or Inf")
+        if x.ndim == 4 and min(x.shape[2:]) < 2:
+            raise DatasetError(f"{path}: {name} images are {x.shape[2]}x{x.shape[3]} pixels; "
+                               "the networks need at least 2x2")
+        if int(np.prod(x.shape[1:])) == 0:
+            raise DatasetError(f"{path}: {name} items are empty (shape {x.shape})")
         return x
 
     def labels(y, name, n):
@@ -203,13 +208,22 @@ def _npz(path: str) -> Dataset:
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DatasetError(f"{path}: x_train items are {x_train.shape[1:]} but x_test items are "
                            f"{x_test.shape[1:]}")
-    y_train = labels(arrays["y_train"], "y_train", len(x_train))
-    y_test = labels(arrays["y_test"], "y_test", len(x_test))
+    y_train, y_test = _dense(labels(arrays["y_train"], "y_train", len(x_train)),
+                             labels(arrays["y_test"], "y_test", len(x_test)))
     coarse = [None, None]
     if "coarse_train" in arrays or "coarse_test" in arrays:
-        coarse = [labels(arrays.get("coarse_train", np.zeros(0)), "coarse_train", len(x_train)),
-                  labels(arrays.get("coarse_test", np.zeros(0)), "coarse_test", len(x_test))]
+        coarse = _dense(
+            labels(arrays.get("coarse_train", np.zeros(0)), "coarse_train", len(x_train)),
+            labels(arrays.get("coarse_test", np.zeros(0)), "coarse_test", len(x_test)))
     return Dataset("npz", x_train, y_train, x_test, y_test, *coarse)
+
+
+def _dense(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids renumbered 0..C-1 in the order of the given ids, jointly over both splits:
+    ids such as 10**9 name a class and are no size (the hierarchy tables are C x C)."""
+    _, inverse = np.unique(np.concatenate([train, test]), return_inverse=True)
+    inverse = inverse.astype(np.int64)
+    return inverse[: len(train)], inverse[len(train):]
 
 
 def load_dataset(spec: str, seed: int = 0) -> Dataset:
