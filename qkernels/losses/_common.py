@@ -6,7 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["check_embeddings", "check_labels", "check_mask", "same_label_matrix", "unit_rows"]
+from .._arrays import to_numpy
+
+__all__ = ["as_tensor", "check_embeddings", "check_labels", "check_like", "check_mask",
+           "same_label_matrix", "unit_rows"]
 
 
 def _first_nonfinite(x: torch.Tensor, name: str) -> None:
@@ -30,6 +33,16 @@ def check_embeddings(x, name: str, ndim: int = 2) -> torch.Tensor:
     return x
 
 
+def check_like(x: torch.Tensor, x_name: str, other: torch.Tensor, other_name: str) -> None:
+    """Two tensors that meet in one computation: the same shape, dtype and device."""
+    if x.shape != other.shape:
+        raise ValueError(f"{x_name} {tuple(x.shape)} and {other_name} {tuple(other.shape)} must "
+                         "have the same shape")
+    if x.dtype != other.dtype or x.device != other.device:
+        raise TypeError(f"{x_name} is {x.dtype} on {x.device} but {other_name} is {other.dtype} "
+                        f"on {other.device}; pass them with one dtype, on one device")
+
+
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows to unit L2 norm (zero rows stay zero), safe from overflow: each row is divided by
     its largest magnitude first, which changes neither the result nor its gradient, so that
@@ -42,12 +55,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
 def check_labels(labels, batch: int, device: torch.device, name: str = "labels") -> torch.Tensor:
     """Class ids ``(N,)`` (integers >= 0) or a multi-label 0/1 matrix ``(N, C)``, moved to
     ``device``."""
-    if not isinstance(labels, torch.Tensor):
-        array = labels if isinstance(labels, np.ndarray) else np.asarray(labels)
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold integer class ids (or a 0/1 matrix), got "
-                            f"dtype {array.dtype}")
-        labels = torch.as_tensor(array)
+    labels = as_tensor(labels, name)
     if labels.dim() not in (1, 2):
         raise ValueError(f"{name} must be (N,) class ids or an (N, C) 0/1 matrix, got shape "
                          f"{tuple(labels.shape)}")
@@ -62,7 +70,23 @@ def check_labels(labels, batch: int, device: torch.device, name: str = "labels")
         low = labels.min().item()
         if low < 0:
             raise ValueError(f"{name} must be >= 0 (class ids, or 0/1 entries), found {low}")
-    return labels.to(device)
+    return labels.to(device).contiguous()
+
+
+def as_tensor(x, name: str, dtype: torch.dtype | None = None,
+              device: torch.device | None = None) -> torch.Tensor:
+    """A torch tensor or numpy array of real numbers as a tensor (numpy shares memory); lists,
+    strings, complex and object arrays are refused, as at every entry point of qkernels."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        x = torch.from_numpy(to_numpy(x, name=name))
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor or a numpy array, got "
+                        f"{type(x).__module__}.{type(x).__qualname__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got {x.dtype}")
+    return x.to(dtype=dtype or x.dtype, device=device or x.device)
 
 
 def same_label_matrix(labels: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from ..flow import solve_hierarchical_codes, solve_sparse_codes
 from ._common import (
     check_embeddings,
     check_labels,
+    check_like,
     check_mask,
     same_label_matrix,
     unit_rows,
@@ -251,9 +252,7 @@ class NPairsLoss(nn.Module):
                 positive_masks: torch.Tensor | None = None):
         a = check_embeddings(anchors, "anchors")
         p = check_embeddings(positives, "positives")
-        if a.shape != p.shape:
-            raise ValueError(f"anchors {tuple(a.shape)} and positives {tuple(p.shape)} must "
-                             "have the same shape")
+        check_like(a, "anchors", p, "positives")
         labels = check_labels(labels, a.shape[0], a.device)
         if (anchor_masks is None) != (positive_masks is None):
             raise ValueError("give both anchor_masks and positive_masks, or neither")

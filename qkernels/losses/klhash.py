@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_real
-from ._common import check_embeddings, check_labels, unit_rows
+from ._common import as_tensor, check_embeddings, check_labels, unit_rows
 
 __all__ = ["BinaryKLLoss", "RelativeDistanceLoss"]
 
@@ -47,7 +47,7 @@ class RelativeDistanceLoss(nn.Module):
             labels = check_labels(labels, n, h.device)
             if labels.dim() != 1:
                 raise ValueError("class_distance needs (N,) class ids")
-            table = torch.as_tensor(class_distance, dtype=h.dtype, device=h.device)
+            table = as_tensor(class_distance, "class_distance", h.dtype, h.device)
             if table.dim() != 2 or table.shape[0] != table.shape[1]:
                 raise ValueError(f"class_distance must be (C, C), got {tuple(table.shape)}")
             if n and int(labels.max()) >= table.shape[0]:
@@ -55,7 +55,7 @@ class RelativeDistanceLoss(nn.Module):
                                  f"{table.shape[0]} classes of class_distance")
             target = table[labels[:, None], labels[None, :]]
         else:
-            target = torch.as_tensor(target_distances, dtype=h.dtype, device=h.device)
+            target = as_tensor(target_distances, "target_distances", h.dtype, h.device)
             if tuple(target.shape) != (n, n):
                 raise ValueError(f"target_distances must be ({n}, {n}), got "
                                  f"{tuple(target.shape)}")
@@ -104,6 +104,8 @@ class BinaryKLLoss(nn.Module):
         n, m = x.shape
         if n < 2:
             raise ValueError("BinaryKLLoss needs at least two outputs in the batch")
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # torch.cdist has no half-precision kernel on every device
         y = torch.randint(0, 2, (self.num_target_samples, m), generator=generator,
                           device="cpu").to(device=x.device, dtype=x.dtype) * 2 - 1
         within = torch.cdist(x, x)

@@ -52,7 +52,8 @@ class HouseholderQuantizer:
     _VERSION = 1
 
     def __init__(self, dim: int, loss: str = "l2"):
-        self.dim = check_int(dim, "dim", 1)
+        # U is a dense float64 (dim x dim) matrix (512 MiB at the cap), for codes of dim bits
+        self.dim = check_int(dim, "dim", 1, 8192)
         if loss not in KINDS:
             raise ValueError(f"loss must be one of {KINDS}, got {loss!r}")
         self.loss = loss
