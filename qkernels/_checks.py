@@ -172,11 +172,13 @@ def as_float_array(x: Any, name: str, *, dtype: Any = None) -> Any:
     if dtype is not None:
         target = np.dtype(dtype)
     target = target.newbyteorder("=")
+    if kind == "f" and target.itemsize < x.dtype.itemsize:
+        # checked before narrowing, so that the message names the value the caller gave, not
+        # the inf that the cast would make of it; finite and in range, the cast stays finite
+        check_finite(x, name)
+        _check_fits(x, name, target)
+        return x.astype(target)
     if x.dtype != target:
-        if kind == "f" and target.itemsize < x.dtype.itemsize:
-            # name the value the caller gave, not the inf that the narrowing would make of it
-            check_finite(x, name)
-            _check_fits(x, name, target)
         x = x.astype(target)
     check_finite(x, name)
     return x
