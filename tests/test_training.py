@@ -161,3 +161,79 @@ def test_unknown_and_missing_datasets(tmp_path, capsys):
         load_dataset("synthetic:1,2")
     assert main(["dht", "--dataset", "npz:/nonexistent.npz", "--out", str(tmp_path)]) == 2
     assert "expects an .npz with x_train" in capsys.readouterr().err
+
+
+def _write_idx(path, array, compress=True):
+    import gzip
+    import struct
+
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _fashion_folder(folder, n_train=120, n_test=30):
+    rng = np.random.default_rng(0)
+    folder.mkdir(exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = (rng.integers(0, 40, (n, 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def test_fashion_mnist_loader_on_generated_idx_files(tmp_path):
+    folder = _fashion_folder(tmp_path / "fm")
+    data = load_dataset(f"fashion-mnist:{folder}")
+    assert data.x_train.shape == (120, 1, 28, 28) and data.x_test.shape == (30, 1, 28, 28)
+    assert data.num_classes == 10 and data.x_train.dtype == np.float32
+    assert abs(float(data.x_train.mean())) < 1e-4  # standardised by the training split
+    validation = data.validation_split(0.25, seed=3)
+    assert len(validation.x_train) + len(validation.x_test) == 120
+    assert np.bincount(validation.y_test).tolist() == [3] * 10  # stratified: 3 of each 12
+    again = data.validation_split(0.25, seed=3)
+    np.testing.assert_array_equal(again.x_test, validation.x_test)  # seeded
+    assert main(["dht", "--dataset", f"fashion-mnist:{folder}", "--out", str(tmp_path / "run"),
+                 *QUICK, "--buckets", "16"]) == 0
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda f: (f / "t10k-labels-idx1-ubyte.gz").unlink(), "lacks t10k-labels"),
+    (lambda f: (f / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip"), "not a readable"),
+    (lambda f: _write_idx(f / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8)),
+     "train images .* and labels"),
+    (lambda f: _write_idx(f / "t10k-images-idx3-ubyte.gz", np.zeros(4, np.uint8)[None]),
+     "not \\(N, 28, 28\\)"),
+])
+def test_fashion_mnist_loader_refuses_damaged_folders(tmp_path, damage, message):
+    folder = _fashion_folder(tmp_path / "fm")
+    damage(folder)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(f"fashion-mnist:{folder}")
+
+
+def test_fashion_mnist_absent_names_the_debian_package(tmp_path, monkeypatch):
+    import training.data
+
+    monkeypatch.setattr(training.data, "FASHION_MNIST", tmp_path / "none")
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
+def test_idx_reader_checks_the_header(tmp_path):
+    from training.data import read_idx
+
+    path = tmp_path / "x.idx"
+    _write_idx(path, np.arange(24, dtype=np.uint8).reshape(2, 3, 4), compress=False)
+    np.testing.assert_array_equal(read_idx(path), np.arange(24).reshape(2, 3, 4))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(DatasetError, match="promises 24 bytes"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01abcd")  # float32 type
+    with pytest.raises(DatasetError, match="unsigned bytes"):
+        read_idx(path)

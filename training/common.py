@@ -31,7 +31,7 @@ def weights_checksum(state: dict[str, torch.Tensor]) -> str:
 
     digest = hashlib.sha256()
     for name, tensor in state.items():
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d counters too
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

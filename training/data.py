@@ -7,17 +7,26 @@
 ``npz:PATH``         an .npz with ``x_train, y_train, x_test, y_test`` (optionally
                      ``coarse_train, coarse_test``); images ``(N, H, W)`` or ``(N, H, W, C)``,
                      or feature vectors ``(N, D)``.
+``fashion-mnist[:DIR]`` Fashion-MNIST (Zalando, MIT licence; 70,000 real 28x28 grey images of
+                     10 classes), the four IDX gzip files in DIR (default
+                     /usr/share/datasets/fashion-mnist, where Debian's package
+                     ``dataset-fashion-mnist`` puts them); the standard 60,000 / 10,000 split.
 ``synthetic``        hierarchical Gaussian classes (superclasses of classes), so that a label
                      hierarchy exists for mAHP; ``synthetic:S,C,D,N`` sets superclasses, classes
                      per superclass, dimension and items per class (default 5,4,32,100).
 
-The database of every evaluation is the training split, the queries the test split.
+The database of every evaluation is the training split, the queries the test split. Model
+selection never looks at the test split: :meth:`Dataset.validation_split` holds out a seeded,
+stratified part of the training split as queries against the rest.
 """
 
 from __future__ import annotations
 
+import gzip
 import pickle
-from dataclasses import dataclass
+import struct
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +72,15 @@ class Dataset:
     def class_distance(self) -> np.ndarray:
         """``1 - class_similarity``: a target distance for RelativeDistanceLoss."""
         return 1.0 - self.class_similarity()
+
+    def validation_split(self, fraction: float = 0.1, seed: int = 0) -> Dataset:
+        """The data for model selection: ``fraction`` of each class of the training split
+        (seeded) becomes the query split, the rest the training split and database. The test
+        split is not in it at all."""
+        parts = _split(self.x_train, self.y_train, self.coarse_train, fraction, seed)
+        return replace(self, name=f"{self.name} (validation)", x_train=parts[0],
+                       y_train=parts[1], x_test=parts[2], y_test=parts[3],
+                       coarse_train=parts[4], coarse_test=parts[5])
 
 
 def _split(x, y, coarse, test_fraction: float, seed: int):
@@ -226,6 +244,58 @@ def _dense(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return inverse[: len(train)], inverse[len(train):]
 
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_IDX_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
+              "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, gzip-compressed or not): a big-endian header of
+    magic ``0 0 type ndim`` and ``ndim`` int32 sizes, then the data. Only unsigned bytes
+    (type 0x08) are read, as every (Fashion-)MNIST file holds."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if (len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] != 0x08
+                    or not 1 <= magic[3] <= 4):
+                raise DatasetError(f"{path} is not an IDX file of unsigned bytes (magic "
+                                   f"{magic.hex() or 'missing'})")
+            ndim = magic[3]
+            sizes = struct.unpack(f">{ndim}i", f.read(4 * ndim))
+            count = int(np.prod(sizes, dtype=np.int64))
+            if min(sizes) < 0 or count > 1 << 31:
+                raise DatasetError(f"{path}: implausible IDX sizes {sizes}")
+            data = f.read(count + 1)
+    except (OSError, EOFError, struct.error, zlib.error) as error:
+        raise DatasetError(f"{path} is not a readable IDX file ({error})") from None
+    if len(data) != count:
+        raise DatasetError(f"{path}: the header promises {count} bytes of data, the file holds "
+                           f"{len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(sizes)
+
+
+def _fashion_mnist(folder: str) -> Dataset:
+    root = Path(folder).expanduser() if folder else FASHION_MNIST
+    missing = [name for name in _IDX_FILES.values() if not (root / name).is_file()]
+    if missing:
+        hint = ("install Debian's package dataset-fashion-mnist (apt-get install "
+                "dataset-fashion-mnist), which puts them there, or give fashion-mnist:DIR"
+                if not folder else "fashion-mnist:DIR expects the four IDX gzip files")
+        raise DatasetError(f"Fashion-MNIST not found: {root} lacks {', '.join(missing)}; {hint}")
+    arrays = {key: read_idx(root / name) for key, name in _IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or (len(y) and y.max() > 9):
+            raise DatasetError(f"{root}: the {split} images {x.shape} and labels {y.shape} are "
+                               "not (N, 28, 28) images with N labels in 0..9")
+    mean, std = float(arrays["x_train"].mean()), float(arrays["x_train"].std()) + 1e-6
+    x_train, x_test = ((arrays[k].astype(np.float32)[:, None] - mean) / std
+                       for k in ("x_train", "x_test"))
+    return Dataset("fashion-mnist", x_train, arrays["y_train"].astype(np.int64), x_test,
+                   arrays["y_test"].astype(np.int64))
+
+
 def load_dataset(spec: str, seed: int = 0) -> Dataset:
     """Load ``spec`` (see the module docstring); raises DatasetError with the expected layout."""
     kind, _, rest = spec.partition(":")
@@ -237,9 +307,11 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
         data = _cifar100(rest)
     elif kind == "npz" and rest:
         data = _npz(rest)
+    elif kind == "fashion-mnist":
+        data = _fashion_mnist(rest)
     else:
         raise DatasetError(f"unknown dataset {spec!r}: use digits, synthetic[:S,C,D,N], "
-                           "cifar100:PATH or npz:PATH")
+                           "fashion-mnist[:DIR], cifar100:PATH or npz:PATH")
     if len(np.unique(data.y_train)) < 2:
         raise DatasetError(f"{spec}: the training split needs at least two classes")
     return data
