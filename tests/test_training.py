@@ -39,14 +39,16 @@ def test_npairs_variant_and_resume(tmp_path):
     args = ["dht", "--variant", "npairs", "--out", str(tmp_path), *QUICK]
     assert main(args) == 0
     first = json.loads((tmp_path / "results.json").read_text())["history"]
-    assert [(h["stage"], h["epoch"]) for h in first] == [("metric", 1), ("hash", 1)]
+    # a hash stage per k of the curve (--max-k 2, --k 2)
+    stages = [("metric", 1), ("hash k=1", 1), ("hash k=2", 1)]
+    assert [(h["stage"], h["epoch"]) for h in first] == stages
     # one more epoch of each stage, continuing from the checkpoint
     more = [a if a != "1" else "2" for a in args]
     assert main([*more, "--resume"]) == 0
     second = json.loads((tmp_path / "results.json").read_text())["history"]
     assert [(h["stage"], h["epoch"]) for h in second] == [
-        ("metric", 1), ("hash", 1), ("metric", 2), ("hash", 2)]
-    assert second[:2] == first
+        *stages, ("metric", 2), ("hash k=1", 2), ("hash k=2", 2)]
+    assert second[:3] == first
 
 
 def test_dht_beats_the_th_baseline_on_digits(tmp_path):
@@ -55,7 +57,7 @@ def test_dht_beats_the_th_baseline_on_digits(tmp_path):
     assert main(["dht", "--out", str(tmp_path), "--quiet", "--no-progress"]) == 0
     rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     assert rows["DHT"]["P@4"] >= rows["Th"]["P@4"]
-    assert rows["DHT"]["SUF"] >= 1.4 * rows["Th"]["SUF"]
+    assert rows["DHT"]["SUF@4"] >= 1.4 * rows["Th"]["SUF@4"]
 
 
 def test_two_process_ddp_ends_with_identical_replicas(tmp_path):

@@ -12,20 +12,16 @@ from qkernels.losses import SemiHardTripletLoss, assign_batch_codes, assign_hier
 
 from .common import Run, Stage
 from .dht import _Head, _loss_fn, embeddings_and_activations
-from .evaluation import timed
+from .evaluation import table_cells, table_columns, table_metrics
 from .models import EmbeddingNet
 from .report import Table
 
 __all__ = ["run"]
 
 
-def _row(name, table, search, db_codes, data, n_db):
-    (_, I), seconds = timed(search)
-    return {"method": name, "SUF": qk.metrics.search_speedup(table.candidate_counts, n_db),
-            "P@1": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 1),
-            "P@4": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 4),
-            "P@16": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 16),
-            "NMI": qk.metrics.nmi(db_codes, data.y_train), "search_s": seconds}
+def _row(name, table, search, db_codes, data):
+    """The paper's metrics of one table, one search per K (see table_metrics)."""
+    return {"method": name, **table_metrics(table, search, data.y_train, data.y_test, db_codes)}
 
 
 def run(args, run: Run) -> dict:
@@ -80,17 +76,14 @@ def run(args, run: Run) -> dict:
     parents = np.argmax(db_act[:, :d], axis=1)
     children = np.argsort(-db_act[:, d:], axis=1, kind="stable")[:, : args.k]
     rows.append(_row(f"cascade ({d}x{d} buckets)", compound,
-                     lambda: compound.search(q_act[:, :d], q_act[:, d:], q_emb, 16),
-                     parents[:, None] * d + children, data, len(db_emb)))
+                     lambda K: compound.search(q_act[:, :d], q_act[:, d:], q_emb, K),
+                     parents[:, None] * d + children, data))
     flat = qk.SparseHashTable(d, args.k).add(db_flat, db_emb)
-    rows.append(_row(f"flat DHT ({d} buckets)", flat,
-                     lambda: flat.search(q_flat, q_emb, 16),
-                     np.argsort(-db_flat, axis=1, kind="stable")[:, : args.k], data,
-                     len(db_emb)))
+    rows.append(_row(f"flat DHT ({d} buckets)", flat, lambda K: flat.search(q_flat, q_emb, K),
+                     np.argsort(-db_flat, axis=1, kind="stable")[:, : args.k], data))
     table = Table(f"cascade on {data.name}: d = {d} per level, k = {args.k}, "
-                  f"{len(db_emb)} database items, {len(q_emb)} queries",
-                  ["table", "SUF", "P@1", "P@4", "P@16", "NMI", "search ms"])
+                  f"{len(db_emb)} database items, {len(q_emb)} queries; one search per K",
+                  table_columns("table"))
     for row in rows:
-        table.add([row["method"], f"{row['SUF']:.2f}", f"{row['P@1']:.3f}", f"{row['P@4']:.3f}",
-                   f"{row['P@16']:.3f}", f"{row['NMI']:.3f}", f"{row['search_s'] * 1e3:.2f}"])
+        table.add(table_cells(row))
     return {"table": table, "rows": rows, "history": run.history}

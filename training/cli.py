@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         report.plot_history(out, run.history, f"{args.method} on {run.data.name}")
         if "curves" in results:
             report.plot_curves(out, results["curves"], "P@4",
-                               f"{args.method} on {run.data.name}: precision@4 vs SUF")
+                               f"{args.method} on {run.data.name}: precision@4 vs SUF",
+                               suf="SUF@4")
         print(f"\nresults, plots and checkpoint in {out}/")
     run.finish()
     return 0

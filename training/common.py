@@ -78,13 +78,15 @@ class Stage:
     def __init__(self, name: str, epochs: int, optimizer: torch.optim.Optimizer,
                  step: Callable[[np.ndarray, int, int], torch.Tensor],
                  batches: ClassBatches,
-                 on_epoch_end: Callable[[int], None] | None = None):
+                 on_epoch_end: Callable[[int], None] | None = None,
+                 on_start: Callable[[], None] | None = None):
         self.name = name
         self.epochs = epochs
         self.optimizer = optimizer
         self.step = step
         self.batches = batches
         self.on_epoch_end = on_epoch_end  # also called for epochs done before a resume
+        self.on_start = on_start  # before the first epoch (not on a resume past it)
 
 
 class Run:
@@ -198,6 +200,8 @@ class Run:
         self.resume(model, optimizers)
         for stage in stages:
             done = self.completed.get(stage.name, 0)
+            if not done and stage.on_start is not None:
+                stage.on_start()
             if done and stage.on_epoch_end is not None:
                 stage.on_epoch_end(done - 1)  # rebuild what the epoch end left (e.g. codebooks)
             for epoch in range(done, stage.epochs):

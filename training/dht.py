@@ -3,6 +3,8 @@ exact batch codes; evaluated as the paper does (Th, VQ and DHT tables), plus wal
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ import qkernels as qk
 from qkernels.losses import NPairsLoss, SemiHardTripletLoss, assign_batch_codes
 
 from .common import Run, Stage
-from .evaluation import timed
+from .evaluation import table_cells, table_columns, table_metrics, timed
 from .models import EmbeddingNet
 from .report import Table
 
@@ -75,9 +77,11 @@ def _loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | Non
     return step
 
 
-def embeddings_and_activations(run: Run, net: EmbeddingNet, heads: tuple[str, ...]):
-    """The normalised metric embeddings of the database and query splits, and the outputs of
-    each hash head on them: ``(db, queries), [(db, queries) per head]``."""
+def embeddings_and_activations(run: Run, net: EmbeddingNet, heads: tuple[str, ...],
+                               embeddings: bool = True):
+    """The normalised metric embeddings of the database and query splits (unless not
+    ``embeddings``: None), and the outputs of each hash head on them: ``(db, queries),
+    [(db, queries) per head]``."""
     net.eval()
     data = run.data
 
@@ -85,25 +89,26 @@ def embeddings_and_activations(run: Run, net: EmbeddingNet, heads: tuple[str, ..
         return (run.infer(fn, data.x_train, desc=f"db {what}"),
                 run.infer(fn, data.x_test, desc=f"query {what}"))
 
-    embeddings = both(lambda x: nn.functional.normalize(net(x), dim=1), "embeddings")
+    if embeddings:
+        embeddings = both(lambda x: nn.functional.normalize(net(x), dim=1), "embeddings")
+    else:
+        embeddings = None
     outputs = [both(lambda x, h=h: net.heads[h](net.features(x)), h) for h in heads]
     return embeddings, outputs
 
 
 def _table_rows(name: str, db_act, db_emb, q_act, q_emb, data, k: int, buckets: int):
-    """Build the table, search every query, and measure the paper's metrics."""
+    """Build the table and measure the paper's metrics (one search per K)."""
     table = qk.SparseHashTable(buckets, k).add(db_act, db_emb)
-    (_, I), seconds = timed(lambda: table.search(q_act, q_emb, 16))
     db_codes = np.argsort(-db_act, axis=1, kind="stable")[:, :k]  # the table's own rule
-    return {
-        "method": name, "k": k,
-        "SUF": qk.metrics.search_speedup(table.candidate_counts, len(db_emb)),
-        "P@1": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 1),
-        "P@4": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 4),
-        "P@16": qk.metrics.precision_at_k(I, data.y_train, data.y_test, 16),
-        "NMI": qk.metrics.nmi(db_codes, data.y_train),
-        "search_s": seconds,
-    }
+    row = table_metrics(table, lambda K: table.search(q_act, q_emb, K), data.y_train,
+                        data.y_test, db_codes)
+    return {"method": name, "k": k, **row}
+
+
+def curve_ks(args) -> list[int]:
+    """The k of the report's curve (1..max_k) and the headline k: each gets its own head."""
+    return sorted(set(range(1, args.max_k + 1)) | {args.k})
 
 
 def _exhaustive_seconds(db_emb: np.ndarray, q_emb: np.ndarray) -> float:
@@ -116,30 +121,47 @@ def _exhaustive_seconds(db_emb: np.ndarray, q_emb: np.ndarray) -> float:
     return timed(scan)[1]
 
 
+def _hash_net(args, run: Run, net: EmbeddingNet) -> EmbeddingNet:
+    """A network with the metric net's shape and a hash head of ``args.buckets`` outputs."""
+    hashed = EmbeddingNet(run.data.x_train.shape[1:], args.buckets).to(run.device)
+    hashed.heads["hash"] = nn.Linear(net.feature_dim, args.buckets).to(run.device)
+    return hashed
+
+
 def run(args, run: Run) -> dict:
     data = run.data
     net = EmbeddingNet(data.x_train.shape[1:], args.buckets).to(run.device)
-    net.heads["hash"] = nn.Linear(net.feature_dim, args.buckets).to(run.device)
     embed = run.wrap(_Head(net, net.embedding))
-    hashing = run.wrap(_Head(net, net.heads["hash"]))
     batches = run.batches()
     pretrain = torch.optim.Adam(list(net.body.parameters()) + list(net.embedding.parameters()),
                                 lr=args.lr)
-    finetune = torch.optim.Adam([
-        {"params": net.heads["hash"].parameters(), "lr": args.lr},
-        {"params": net.body.parameters(), "lr": args.lr * 0.1},  # body at 0.1x, as the paper
-    ])
-    run.train(net, [
-        Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False), batches),
-        Stage("hash", args.hash_epochs, finetune, _loss_fn(args, run, hashing, masked=True),
-              batches),
-    ])
+    stages = [Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False),
+                    batches)]
+    # one hash network per k of the curve, each fine-tuned from the pretrained one with codes
+    # of its own k (the paper trains a model per k; scoring every k with one head trained at
+    # --k would favour that k)
+    hash_nets = nn.ModuleDict()
+    for k in curve_ks(args):
+        hashed = hash_nets[f"k{k}"] = _hash_net(args, run, net)
+        finetune = torch.optim.Adam([
+            {"params": hashed.heads["hash"].parameters(), "lr": args.lr},
+            {"params": hashed.body.parameters(), "lr": args.lr * 0.1},  # 0.1x, as the paper
+        ])
+        stage_args = argparse.Namespace(**{**vars(args), "k": k})
+        stages.append(Stage(
+            f"hash k={k}", args.hash_epochs, finetune,
+            _loss_fn(stage_args, run, run.wrap(_Head(hashed, hashed.heads["hash"])),
+                     masked=True),
+            batches, on_start=lambda hashed=hashed: hashed.body.load_state_dict(
+                net.body.state_dict())))
+    run.train(nn.ModuleDict({"metric": net, "hash": hash_nets}), stages)
     if not run.is_main:
         return {}
 
-    # The metric embedding is frozen after pretraining (the hash stage tunes the body for the
-    # hash head); re-ranking uses the embedding of the network as it is at the end, normalised.
-    (db_emb, q_emb), ((db_act, q_act),) = embeddings_and_activations(run, net, ("hash",))
+    # Re-ranking uses the metric embedding as pretraining left it (frozen: the hash stages
+    # tune copies of the body), normalised, for every method alike: the methods differ only in
+    # the buckets they probe.
+    (db_emb, q_emb), _ = embeddings_and_activations(run, net, ())
 
     from sklearn.cluster import KMeans
 
@@ -147,23 +169,27 @@ def run(args, run: Run) -> dict:
     vq = lambda e: -centroids.transform(e)  # noqa: E731  (nearest centroids score highest)
 
     rows, curves = [], {"Th": [], "VQ": [], "DHT": []}
-    for k in range(1, args.max_k + 1):
+    for k in curve_ks(args):
+        _, ((db_act, q_act),) = embeddings_and_activations(run, hash_nets[f"k{k}"], ("hash",),
+                                                           embeddings=False)
         for name, db_keys, q_keys in (("Th", db_emb, q_emb), ("VQ", vq(db_emb), vq(q_emb)),
                                       ("DHT", db_act, q_act)):
             row = _table_rows(name, db_keys, db_emb, q_keys, q_emb, data, k, args.buckets)
-            curves[name].append(row)
+            if k <= args.max_k:
+                curves[name].append(row)
             if k == args.k:
                 rows.append(row)
     exhaustive = _exhaustive_seconds(db_emb, q_emb)
     table = Table(f"DHT ({args.variant}) on {data.name}: d = {args.buckets} buckets, k = "
-                  f"{args.k}, {len(db_emb)} database items, {len(q_emb)} queries",
-                  ["method", "SUF", "P@1", "P@4", "P@16", "NMI", "search ms"])
+                  f"{args.k}, {len(db_emb)} database items, {len(q_emb)} queries; one search "
+                  "per K (SUF@K: the speed-up of that search)",
+                  table_columns("method"))
     for row in rows:
-        table.add([row["method"], f"{row['SUF']:.2f}", f"{row['P@1']:.3f}", f"{row['P@4']:.3f}",
-                   f"{row['P@16']:.3f}", f"{row['NMI']:.3f}", f"{row['search_s'] * 1e3:.2f}"])
+        table.add(table_cells(row))
     dht = rows[-1]
-    table.note(f"exhaustive scan (torch matmul + topk): {exhaustive * 1e3:.2f} ms; DHT table "
-               f"search: {dht['search_s'] * 1e3:.2f} ms: a speed-up of "
-               f"{exhaustive / dht['search_s']:.1f}x at SUF {dht['SUF']:.1f} (medians of 5)")
+    table.note(f"exhaustive scan (torch matmul + topk, K = 16): {exhaustive * 1e3:.2f} ms; DHT "
+               f"table search: {dht['search_s'] * 1e3:.2f} ms: a speed-up of "
+               f"{exhaustive / dht['search_s']:.1f}x at SUF@16 {dht['SUF@16']:.1f} (medians of "
+               "5)")
     return {"table": table, "rows": rows, "curves": curves, "exhaustive_s": exhaustive,
             "history": run.history}

@@ -69,15 +69,16 @@ def plot_history(out: Path, history: list[dict[str, Any]], title: str) -> Path:
     return path
 
 
-def plot_curves(out: Path, curves: dict[str, list[dict[str, Any]]], metric: str, title: str
-                ) -> Path:
-    """``metric`` against the search speed-up factor, one line per method (points: k = 1..)."""
+def plot_curves(out: Path, curves: dict[str, list[dict[str, Any]]], metric: str, title: str,
+                suf: str = "SUF") -> Path:
+    """``metric`` against the search speed-up factor ``suf`` (a key of each row), one line per
+    method (points: k = 1..)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, rows in curves.items():
-        ax.plot([r["SUF"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+        ax.plot([r[suf] for r in rows], [r[metric] for r in rows], marker="o", label=name)
         for r in rows:
-            ax.annotate(f"k={r['k']}", (r["SUF"], r[metric]), fontsize=7,
+            ax.annotate(f"k={r['k']}", (r[suf], r[metric]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -85,7 +86,7 @@ def plot_curves(out: Path, curves: dict[str, list[dict[str, Any]]], metric: str,
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("search speed-up factor (SUF)")
+    ax.set_xlabel(f"search speed-up factor ({suf})")
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.legend()
