@@ -184,3 +184,15 @@ def test_workqueue_threading_layer_serialises_instead_of_aborting():
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["workqueue", "0"]
+
+
+def test_indexes_copy_and_pickle_with_their_own_lock(tmp_path):
+    import copy
+    import pickle
+
+    for name, _how, make, search in _indexes(tmp_path)[::2]:
+        index = make()
+        expected = search(index)
+        for clone in (copy.deepcopy(index), pickle.loads(pickle.dumps(index))):
+            assert clone._lock is not index._lock, name
+            np.testing.assert_array_equal(search(clone)[1], expected[1], err_msg=name)
