@@ -239,3 +239,15 @@ def test_idx_reader_checks_the_header(tmp_path):
     path.write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01abcd")  # float32 type
     with pytest.raises(DatasetError, match="unsigned bytes"):
         read_idx(path)
+
+
+def test_validation_runs_never_see_the_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.random((100, 6)), y_train=np.arange(100) % 4,
+             x_test=rng.random((13, 6)), y_test=np.arange(13) % 4)
+    out = tmp_path / "run"
+    assert main(["dht", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--validation", "0.2",
+                 "--buckets", "8", "--out", str(out), *QUICK]) == 0
+    title = json.loads((out / "results.json").read_text())["table"]["title"]
+    # 20 validation queries (5 of each class's 25), 80 database items; not the 13 test items
+    assert "npz (validation)" in title and "80 database items, 20 queries" in title

@@ -34,7 +34,7 @@ def run(args, run: Run) -> dict:
     net.heads["flat"] = nn.Linear(net.feature_dim, d).to(run.device)
     embed = run.wrap(_Head(net, net.embedding))
     hashing = run.wrap(_Head(net, nn.ModuleList([net.heads["hash"], net.heads["flat"]])))
-    triplet = SemiHardTripletLoss(args.margin)
+    triplet = SemiHardTripletLoss(args.margin if args.hash_margin is None else args.hash_margin)
 
     def cascade_step(indices, epoch, step):
         """The paper's loss: a masked triplet loss per level; at level 1 the label is the

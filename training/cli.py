@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("method", choices=METHODS)
     p.add_argument("--dataset", default="digits",
                    help="digits (default), synthetic[:S,C,D,N], cifar100:PATH or npz:PATH")
+    p.add_argument("--validation", type=float, default=None, metavar="FRACTION",
+                   help="model selection: hold out FRACTION of each training class as the "
+                        "queries and train on the rest; the test split is not used")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None,
@@ -64,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     dht.add_argument("--penalty-sibling", type=float, default=100.0,
                      help="cascade: lambda between siblings of one parent (100)")
     dht.add_argument("--margin", type=float, default=1.0, help="triplet margin (1.0)")
+    dht.add_argument("--hash-margin", type=float, default=3.0,
+                     help="triplet margin of the hash stage (3.0). Its masked distances span "
+                          "the 2k buckets of two codes of a unit vector (at most 2 sqrt(k) "
+                          "apart when disjoint), so the paper's 1.0 is met as soon as codes "
+                          "differ and the loss stops teaching")
     dht.add_argument("--reg", type=float, default=0.003, help="n-pairs L2 weight (0.003)")
     dht.add_argument("--hash-epochs", type=int, default=None,
                      help="epochs of the hash head fine-tuning (default: as --epochs)")
@@ -91,7 +99,8 @@ _INT_BOUNDS = {"epochs": 1, "hash_epochs": 1, "classes_per_batch": 2, "items_per
                "batches_per_epoch": 1, "buckets": 1, "k": 1, "max_k": 1, "bits": 1, "map_k": 1,
                "warmup_epochs": 0, "h2q_epochs": 1, "seed": 0}
 _FLOAT_BOUNDS = {"lr": (0.0, True), "penalty": (0.0, False), "penalty_sibling": (0.0, False),
-                 "margin": (0.0, False), "reg": (0.0, False), "pq_weight": (0.0, False),
+                 "margin": (0.0, False), "hash_margin": (0.0, False), "reg": (0.0, False),
+                 "pq_weight": (0.0, False),
                  "kl_weight": (0.0, False), "sim_weight": (0.0, False)}
 
 
@@ -114,6 +123,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                                   or (strict and value == low)):
             p.error(f"{_option(name)} must be a finite number {'>' if strict else '>='} {low:g}, "
                     f"got {value}")
+    if args.validation is not None and not 0 < args.validation < 1:
+        p.error(f"--validation must be a fraction in (0, 1), got {args.validation}")
     if args.k > args.buckets:
         p.error(f"--k must be at most --buckets = {args.buckets}, got {args.k}")
     if args.method in ("dht", "cascade"):

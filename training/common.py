@@ -111,6 +111,8 @@ class Run:
             self.device = torch.device("cpu")
         torch.manual_seed(args.seed)
         self.data: Dataset = load_dataset(args.dataset, args.seed)
+        if getattr(args, "validation", None):
+            self.data = self.data.validation_split(args.validation, args.seed)
         self.out = Path(args.out)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)

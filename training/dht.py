@@ -52,7 +52,8 @@ def _loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | Non
     """The step function of a stage: triplet or n-pairs on ``module``'s outputs, with the
     exact batch codes' masks when ``masked``; ``variant`` overrides ``args.variant``."""
     x_train, y_train = run.data.x_train, run.data.y_train
-    triplet = SemiHardTripletLoss(args.margin)
+    margin = args.margin if not masked or args.hash_margin is None else args.hash_margin
+    triplet = SemiHardTripletLoss(margin)
     npairs = NPairsLoss(args.reg)
 
     def step(indices, epoch, step):
