@@ -68,15 +68,7 @@ def check_int(value: Any, name: str, low: int | None = None, high: int | None = 
 
 def check_nonnegative(value: Any, name: str) -> float:
     """Return ``value`` as a float, checking it is a finite number >= 0."""
-    if isinstance(value, (bool, np.bool_, str, bytes)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        value = float(value)  # Python and numpy numbers, 0-d arrays and tensors
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
+    return check_real(value, name, low=0.0)
 
 
 def check_real(value: Any, name: str, *, low: float | None = None, strict: bool = False
@@ -91,7 +83,7 @@ def check_real(value: Any, name: str, *, low: float | None = None, strict: bool 
     below = low is not None and (number <= low if strict else number < low)
     if not math.isfinite(number) or below:
         bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
-        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number{bound}, got {number}")
     return number
 
 
