@@ -13,6 +13,8 @@ with searches of the same index (as with FAISS indexes).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["LazyState"]
 
@@ -23,6 +25,20 @@ class LazyState:
 
     def _init_lock(self) -> None:
         self._lock = threading.RLock()
+
+    def _once(self, attr: str, valid: Callable[[Any], bool], build: Callable[[], Any]) -> Any:
+        """``self.<attr>`` if ``valid`` says it is current, else ``build()``'s result, stored
+        there: built under the lock and checked again inside it (a thread that waited finds
+        it built), published in one assignment. The fast path takes no lock."""
+        value = getattr(self, attr)
+        if valid(value):
+            return value
+        with self._lock:
+            value = getattr(self, attr)
+            if not valid(value):
+                value = build()
+                setattr(self, attr, value)
+            return value
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

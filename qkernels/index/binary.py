@@ -272,13 +272,8 @@ class BinaryIndex(LazyState):
 
     def _host_columns(self) -> np.ndarray:
         """The codes in the kernels' layout, made on the first search (under the lock)."""
-        columns = self._columns
-        if columns is None:
-            with self._lock:
-                if self._columns is None:
-                    self._columns = _word_columns(self._codes)
-                columns = self._columns
-        return columns
+        return self._once("_columns", lambda c: c is not None,
+                          lambda: _word_columns(self._codes))
 
     def _device_columns(self, index_gpu):
         """The codes in the kernels' layout on the current GPU, copied there once per device

@@ -132,13 +132,9 @@ class PQIndex(LazyState):
             # a retrained quantizer or an add makes new arrays and so a new mirror
             host = (self.pq.codebooks, self._codes)
             key = (cupy.cuda.Device().id, id(host[0]), id(host[1]))
-            mirror = self._on_gpu
-            if mirror is None or mirror[0] != key:
-                with self._lock:
-                    mirror = self._on_gpu
-                    if mirror is None or mirror[0] != key:
-                        mirror = (key, cupy.asarray(host[0]), cupy.asarray(host[1]), host)
-                        self._on_gpu = mirror
+            mirror = self._once(
+                "_on_gpu", lambda m: m is not None and m[0] == key,
+                lambda: (key, cupy.asarray(host[0]), cupy.asarray(host[1]), host))
             _, codebooks, codes, _ = mirror
             return origin.wrap(_pq_gpu.search(queries, codebooks, codes, topk, inner_product))
 
@@ -149,13 +145,9 @@ class PQIndex(LazyState):
                               dtype=np.float32)
             _pq_cpu.distance_tables(queries, codebooks, inner_product, tables)
             return tables
-        cached = self._sdc_tables
-        if cached is None or cached[1] is not codebooks:
-            with self._lock:
-                cached = self._sdc_tables
-                if cached is None or cached[1] is not codebooks:
-                    cached = (_pq_cpu.symmetric_tables(codebooks, inner_product), codebooks)
-                    self._sdc_tables = cached
+        cached = self._once(
+            "_sdc_tables", lambda c: c is not None and c[1] is codebooks,
+            lambda: (_pq_cpu.symmetric_tables(codebooks, inner_product), codebooks))
         sdc = cached[0]
         query_codes = self.pq.encode(queries).astype(np.int64)
         rows = np.arange(self.pq.num_subspaces)

@@ -206,29 +206,26 @@ class SparseHashTable(LazyState):
         and those that rank it second come in one run per first bucket, which for learned codes
         are few. A search then streams rows instead of gathering them.
         """
-        built = self._built
-        if built is not None:
-            return built
-        with self._lock:
-            if self._built is not None:
-                return self._built
-            emb, codes, ids, rows = self._emb, self._codes, self._ids, self._rows
-            chunks = _chunks(ids.shape[0])
-            order = np.arange(ids.shape[0])
-            for t in reversed(range(self.k)):  # least significant key first; stable passes
-                key = np.ascontiguousarray(codes[order, t : t + 1])
-                _, by_key = _table_cpu.counting_sort(key, self.num_buckets, chunks)
-                order = order[by_key]
-            if not np.array_equal(order, np.arange(order.shape[0])):
-                emb = self._gathered(emb, order)
-                codes = self._gathered(codes, order)
-                ids = ids[order]
-                rows = rows[order]
-            offsets, items = _table_cpu.counting_sort(codes, self.num_buckets, chunks)
-            # the sorted order is kept as the table's order (no second copy of the embeddings)
-            self._emb, self._codes, self._ids, self._rows = emb, codes, ids, rows
-            self._built = _Built(offsets, items, codes, emb, ids, rows)
-            return self._built
+        return self._once("_built", lambda built: built is not None, self._sorted)
+
+    def _sorted(self) -> _Built:
+        """The build itself (called under the lock by :meth:`_build`)."""
+        emb, codes, ids, rows = self._emb, self._codes, self._ids, self._rows
+        chunks = _chunks(ids.shape[0])
+        order = np.arange(ids.shape[0])
+        for t in reversed(range(self.k)):  # least significant key first; stable passes
+            key = np.ascontiguousarray(codes[order, t : t + 1])
+            _, by_key = _table_cpu.counting_sort(key, self.num_buckets, chunks)
+            order = order[by_key]
+        if not np.array_equal(order, np.arange(order.shape[0])):
+            emb = self._gathered(emb, order)
+            codes = self._gathered(codes, order)
+            ids = ids[order]
+            rows = rows[order]
+        offsets, items = _table_cpu.counting_sort(codes, self.num_buckets, chunks)
+        # the sorted order is kept as the table's order (no second copy of the embeddings)
+        self._emb, self._codes, self._ids, self._rows = emb, codes, ids, rows
+        return _Built(offsets, items, codes, emb, ids, rows)
 
     @staticmethod
     def _gathered(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -333,17 +330,15 @@ class SparseHashTable(LazyState):
 
         built = self._build()
         key = (cupy.cuda.Device().id, id(built))
-        mirror = self._on_gpu
-        if mirror is not None and mirror[0] == key:
-            return mirror[1]
-        with self._lock:
-            if self._on_gpu is None or self._on_gpu[0] != key:
-                item_of_row = np.empty_like(built.rows)
-                item_of_row[built.rows] = np.arange(built.rows.shape[0])
-                self._on_gpu = (key, tuple(cupy.asarray(a) for a in (
-                    built.offsets, built.items, built.codes, built.emb, built.rows,
-                    item_of_row, built.ids)), built)  # built kept alive: its id stays unique
-            return self._on_gpu[1]
+
+        def mirror():
+            item_of_row = np.empty_like(built.rows)
+            item_of_row[built.rows] = np.arange(built.rows.shape[0])
+            return (key, tuple(cupy.asarray(a) for a in (
+                built.offsets, built.items, built.codes, built.emb, built.rows, item_of_row,
+                built.ids)), built)  # built kept alive: its id stays unique
+
+        return self._once("_on_gpu", lambda m: m is not None and m[0] == key, mirror)[1]
 
     def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts):
         """The passes of a search (see _table_cpu) for one block of queries."""
