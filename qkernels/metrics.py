@@ -16,7 +16,8 @@ import numpy as np
 from ._arrays import to_numpy
 from ._checks import as_index_array, check_int, check_rank
 
-__all__ = ["mahp_at_k", "map_at_k", "nmi", "precision_at_k", "search_speedup"]
+__all__ = ["mahp_at_k", "map_at_k", "nmi", "precision_at_k", "precision_recall_curve",
+           "search_speedup"]
 
 
 def _host(x: Any, name: str) -> np.ndarray:
@@ -95,6 +96,46 @@ def map_at_k(I: Any, db_labels: Any, query_labels: Any, k: int) -> float:
         num_relevant > 0, (precision * rel).sum(axis=1) / np.maximum(num_relevant, 1), 0.0
     )
     return float(ap.mean())
+
+
+def precision_recall_curve(I: Any, db_labels: Any, query_labels: Any,
+                           cutoffs: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after the first ``c`` results, for each ``c`` in ``cutoffs``
+    (default ``1 .. K``), averaged over queries: the precision-recall curve of a ranking, as
+    DeepHash-pytorch's ``CalcTopMapWithPR`` computes it.
+
+    ``precision(c) = (1 / Q') sum_q hits_q(c) / c`` and ``recall(c) = (1 / Q') sum_q hits_q(c) /
+    R_q``, with ``hits_q(c)`` the relevant results among the first ``c`` of ``I[q]`` and ``R_q``
+    the relevant items of the whole database. ``Q'`` counts the queries with ``R_q > 0`` (a
+    query with nothing to find has no recall; the reference also drops it). Ties are as ``I``
+    orders them: rank the whole database (``K = N``) for recall to reach 1.
+    """
+    db = _labels(db_labels, "db_labels")
+    queries = _labels(query_labels, "query_labels")
+    I = _host(I, "I")
+    check_rank(I, "I", (2,), "(num_queries, K)")
+    if cutoffs is None:
+        cutoffs = np.arange(1, I.shape[1] + 1)
+    cutoffs = as_index_array(_host(cutoffs, "cutoffs"), "cutoffs")
+    check_rank(cutoffs, "cutoffs", (1,), "(C,) result counts")
+    if cutoffs.size and (cutoffs.min() < 1 or cutoffs.max() > I.shape[1]):
+        raise ValueError(f"cutoffs must lie in [1, K = {I.shape[1]}], got {cutoffs.min()}.."
+                         f"{cutoffs.max()}")
+    rel = _relevance(I, db, queries, I.shape[1])
+    if db.ndim == 1:
+        classes, counts = np.unique(db, return_counts=True)
+        where = np.searchsorted(classes, queries).clip(0, max(len(classes) - 1, 0))
+        found = classes[where] == queries if len(classes) else np.zeros(len(queries), bool)
+        total = np.where(found, counts[where] if len(classes) else 0, 0)
+    else:
+        total = (queries.astype(np.float32) @ db.T.astype(np.float32) > 0).sum(axis=1)
+    keep = total > 0
+    if not keep.any() or cutoffs.size == 0:
+        return np.zeros(cutoffs.size), np.zeros(cutoffs.size)
+    hits = np.cumsum(rel[keep], axis=1)[:, cutoffs - 1]
+    precision = (hits / cutoffs[None, :]).mean(axis=0)
+    recall = (hits / total[keep][:, None]).mean(axis=0)
+    return precision, recall
 
 
 def mahp_at_k(

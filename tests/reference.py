@@ -46,6 +46,27 @@ def map_at_k(I, db_labels, query_labels, k):
     return total / len(I) if len(I) else 0.0
 
 
+def precision_recall_curve(I, db_labels, query_labels, cutoffs):
+    """Per query: hits among the first c results over c, and over the query's relevant items in
+    the whole database; means over the queries that have any (CalcTopMapWithPR's rule)."""
+    precision = [0.0] * len(cutoffs)
+    recall = [0.0] * len(cutoffs)
+    counted = 0
+    for q in range(len(I)):
+        relevant = sum(_shares_label(y, query_labels[q]) for y in db_labels)
+        if relevant == 0:
+            continue
+        counted += 1
+        for i, c in enumerate(cutoffs):
+            hits = sum(1 for j in range(int(c)) if int(I[q][j]) >= 0
+                       and _shares_label(db_labels[int(I[q][j])], query_labels[q]))
+            precision[i] += hits / int(c)
+            recall[i] += hits / relevant
+    if counted == 0:
+        return [0.0] * len(cutoffs), [0.0] * len(cutoffs)
+    return [p / counted for p in precision], [r / counted for r in recall]
+
+
 def mahp_at_k(I, db_labels, query_labels, class_similarity, k):
     total = 0.0
     for q in range(len(I)):

@@ -71,6 +71,35 @@ def test_mahp_matches_reference(case, seed):
     )
 
 
+@given(st.one_of(retrieval_case(), retrieval_case(multilabel=True)), st.data())
+def test_precision_recall_curve_matches_reference(case, data):
+    I, db, queries, _ = case
+    cutoffs = np.array(sorted(data.draw(st.sets(st.integers(1, I.shape[1]), min_size=1))))
+    precision, recall = qk.metrics.precision_recall_curve(I, db, queries, cutoffs)
+    want_p, want_r = ref.precision_recall_curve(I, db, queries, cutoffs)
+    np.testing.assert_allclose(precision, want_p, atol=1e-12)
+    np.testing.assert_allclose(recall, want_r, atol=1e-12)
+
+
+def test_precision_recall_curve_of_a_full_ranking():
+    """Ranking the whole database: recall climbs to exactly 1 at c = N, and there precision is
+    the share of relevant items; P@c agrees with precision_at_k at every cutoff."""
+    rng = np.random.default_rng(3)
+    db, queries = rng.integers(0, 4, 60), rng.integers(0, 4, 9)
+    I = np.argsort(rng.random((9, 60)), axis=1)
+    precision, recall = qk.metrics.precision_recall_curve(I, db, queries)
+    assert recall[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(recall) >= 0)
+    keep = [np.any(db == q) for q in queries]
+    share = np.mean([np.mean(db == q) for q, k in zip(queries, keep, strict=True) if k])
+    assert precision[-1] == pytest.approx(share)
+    for c in (1, 7, 60):
+        want = qk.metrics.precision_at_k(I[keep], db, queries[keep], c)
+        assert precision[c - 1] == pytest.approx(want)
+    with pytest.raises(ValueError, match="cutoffs must lie in"):
+        qk.metrics.precision_recall_curve(I, db, queries, np.array([0, 3]))
+
+
 @st.composite
 def bucket_case(draw):
     seed = draw(st.integers(0, 2**32 - 1))

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             report.plot_curves(out, results["curves"], "P@4",
                                f"{args.method} on {run.data.name}: precision@4 vs SUF",
                                suf="SUF@4")
+        if "pr" in results:
+            report.plot_pr(out, results["pr"], f"{args.method} on {run.data.name}: "
+                           "precision-recall of the whole-database ranking")
         print(f"\nresults, plots and checkpoint in {out}/")
     run.finish()
     return 0

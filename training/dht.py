@@ -13,7 +13,7 @@ import qkernels as qk
 from qkernels.losses import NPairsLoss, SemiHardTripletLoss, assign_batch_codes
 
 from .common import Run, Stage
-from .evaluation import table_cells, table_columns, table_metrics, timed
+from .evaluation import matched_precision, table_cells, table_columns, table_metrics, timed
 from .models import EmbeddingNet
 from .report import Table
 
@@ -192,5 +192,12 @@ def run(args, run: Run) -> dict:
                f"table search: {dht['search_s'] * 1e3:.2f} ms: a speed-up of "
                f"{exhaustive / dht['search_s']:.1f}x at SUF@16 {dht['SUF@16']:.1f} (medians of "
                "5)")
-    return {"table": table, "rows": rows, "curves": curves, "exhaustive_s": exhaustive,
-            "history": run.history}
+    matched = matched_precision(curves, "DHT", "SUF@4", "P@4")
+    for m in matched:
+        others = ", ".join(f"{name} {'-' if m[name] is None else f'{m[name]:.3f}'}"
+                           for name in curves if name != "DHT")
+        table.note(f"matched speed-up: at DHT k={m['k']}'s SUF@4 {m['SUF@4']:.2f}, P@4 is DHT "
+                   f"{m['DHT']:.3f}, {others} (interpolated on each curve in log SUF; - where "
+                   "its curve does not reach that SUF)")
+    return {"table": table, "rows": rows, "curves": curves, "matched": matched,
+            "exhaustive_s": exhaustive, "history": run.history}

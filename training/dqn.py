@@ -11,7 +11,7 @@ import qkernels as qk
 from qkernels.losses import DQNLoss
 
 from .common import Run, Stage
-from .evaluation import map_k
+from .evaluation import map_k, ranking_pr, squared_l2_keys
 from .models import EmbeddingNet
 from .report import Table
 
@@ -61,13 +61,18 @@ def run(args, run: Run) -> dict:
                           index.search(queries, k, symmetric=True))):
         rows.append((name, qk.metrics.map_at_k(I, data.y_train, data.y_test, k)))
     # the unquantized embedding, exhaustively, for reference
-    distances = ((queries[:, None, :] - db[None, :, :]) ** 2).sum(-1)
-    I = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    exact = squared_l2_keys(queries, db)
+    I = np.argsort(exact(np.arange(len(queries))), axis=1, kind="stable")[:, :k]
     rows.append(("embedding without quantization (exhaustive)",
                  qk.metrics.map_at_k(I, data.y_train, data.y_test, k)))
+    # the asymmetric distance is the distance to the decoded database vectors
+    pr = {"DQN (asymmetric distance)": ranking_pr(
+              squared_l2_keys(queries, np.asarray(quantizer.decode(quantizer.encode(db)))),
+              data.y_test, data.y_train, args.seed),
+          "embedding (exhaustive)": ranking_pr(exact, data.y_test, data.y_train, args.seed)}
     table = Table(f"DQN on {data.name}: {subspaces} x {nbits} bits ({subspaces * nbits}-bit "
                   f"codes), {dim}-d embedding, {len(db)} database items, {len(queries)} queries",
                   ["search", f"mAP@{k}"])
     for name, value in rows:
         table.add([name, f"{value:.4f}"])
-    return {"table": table, "map": dict(rows), "history": run.history}
+    return {"table": table, "map": dict(rows), "pr": pr, "history": run.history}

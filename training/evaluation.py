@@ -11,8 +11,9 @@ import numpy as np
 
 import qkernels as qk
 
-__all__ = ["PRECISION_KS", "hamming_ranking", "map_k", "normalised", "table_cells",
-           "table_columns", "table_metrics", "timed"]
+__all__ = ["PRECISION_KS", "hamming_keys", "hamming_ranking", "map_k", "matched_precision",
+           "normalised", "ranking_pr", "squared_l2_keys", "table_cells", "table_columns",
+           "table_metrics", "timed"]
 
 # the K of the DHT papers' tables: precision@K, and the search speed-up factor of that search
 PRECISION_KS = (1, 4, 16)
@@ -76,3 +77,80 @@ def hamming_ranking(db_codes, q_codes, db_features, q_features, k: int) -> np.nd
     _, I = qk.hamming_topk(q_codes, db_codes, k,
                            tiebreak=(normalised(q_features), normalised(db_features)))
     return I
+
+
+# PR curves rank the whole database for at most this many queries (a seeded sample): the
+# curve of 10,000 queries x 60,000 items would cost a full sort per query for little change
+PR_QUERIES = 2000
+
+
+def ranking_pr(keys: Callable[[np.ndarray], np.ndarray], q_labels: np.ndarray,
+               db_labels: np.ndarray, seed: int = 0, chunk: int = 256) -> dict[str, list]:
+    """The precision-recall curve of ranking the whole database by ``keys(query_rows)`` (a
+    ``(len(rows), N)`` array, smaller first; equal keys by lower index), at about 70 cutoffs
+    from 1 to N, over at most :data:`PR_QUERIES` queries: ``{"precision", "recall",
+    "cutoffs"}`` (qkernels.metrics.precision_recall_curve, CalcTopMapWithPR's rule)."""
+    n = len(db_labels)
+    rows = np.arange(len(q_labels))
+    if len(rows) > PR_QUERIES:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, PR_QUERIES, replace=False))
+    cutoffs = np.unique(np.concatenate([np.geomspace(1, n, 30), np.linspace(1, n, 40)])
+                        .round().astype(np.int64))
+    precision, recall = np.zeros(len(cutoffs)), np.zeros(len(cutoffs))
+    counted = 0
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        I = np.argsort(keys(part), axis=1, kind="stable")
+        weight = int(np.isin(q_labels[part], db_labels).sum())  # queries with relevant items
+        if weight:
+            p, r = qk.metrics.precision_recall_curve(I, db_labels, q_labels[part], cutoffs)
+            precision += weight * p
+            recall += weight * r
+            counted += weight
+    counted = max(counted, 1)
+    return {"precision": (precision / counted).tolist(), "recall": (recall / counted).tolist(),
+            "cutoffs": cutoffs.tolist()}
+
+
+def squared_l2_keys(queries: np.ndarray, db: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Squared Euclidean distances of query rows to every database vector (float64)."""
+    db64 = db.astype(np.float64)
+    norms = (db64 * db64).sum(axis=1)
+    return lambda rows: norms[None, :] - 2 * queries[rows].astype(np.float64) @ db64.T
+
+
+def hamming_keys(db_codes, q_codes, nbits: int, db_features, q_features):
+    """Hamming distance with the Euclidean tie-break of :func:`hamming_ranking` as one key:
+    ``4 * hamming + ||a - b||`` of the normalised features (which lies in [0, 2])."""
+    signs = lambda c: 2.0 * np.asarray(qk.unpack_bits(c, nbits), np.float64) - 1  # noqa: E731
+    db_s, q_s = signs(db_codes), signs(q_codes)
+    db_f, q_f = normalised(db_features).astype(np.float64), normalised(q_features)
+
+    def keys(rows):
+        hamming = (nbits - q_s[rows] @ db_s.T) / 2
+        cos = q_f[rows].astype(np.float64) @ db_f.T
+        return 4 * np.rint(hamming) + np.sqrt(np.maximum(2 - 2 * cos, 0))
+
+    return keys
+
+
+def matched_precision(curves: dict[str, list[dict]], reference: str, suf: str,
+                      metric: str) -> list[dict]:
+    """The comparison at matched speed-up: for each point of ``reference``'s curve, every other
+    method's ``metric`` at the same ``suf``, interpolated linearly in log(SUF) between the two
+    points of its curve around it (None outside its curve: no extrapolation)."""
+    out = []
+    for point in curves[reference]:
+        row = {"k": point["k"], suf: point[suf], reference: point[metric]}
+        for name, rows in curves.items():
+            if name == reference:
+                continue
+            xs = np.log([r[suf] for r in rows])
+            ys = np.array([r[metric] for r in rows])
+            order = np.argsort(xs)
+            xs, ys = xs[order], ys[order]
+            x = np.log(point[suf])
+            row[name] = (float(np.interp(x, xs, ys)) if len(xs) and xs[0] <= x <= xs[-1]
+                         else None)
+        out.append(row)
+    return out

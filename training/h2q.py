@@ -10,7 +10,7 @@ import qkernels as qk
 from qkernels.losses import DQNLoss
 
 from .common import Run, Stage
-from .evaluation import hamming_ranking, map_k
+from .evaluation import hamming_keys, hamming_ranking, map_k, ranking_pr
 from .models import EmbeddingNet
 from .report import Table
 
@@ -43,15 +43,18 @@ def run(args, run: Run) -> dict:
                             "loss": entry["train"]})
     itq = qk.ITQ(args.bits, seed=args.seed).fit(db)
     k = map_k(args, len(db))
-    rows = []
+    rows, pr = [], {}
     for name, encode in (("H2Q: sign(U x)", householder.encode), ("sign(x)", qk.pack_bits),
                          ("ITQ", itq.encode)):
-        I = hamming_ranking(encode(db), encode(queries), db, queries, k)
+        db_codes, q_codes = encode(db), encode(queries)
+        I = hamming_ranking(db_codes, q_codes, db, queries, k)
         rows.append((name, qk.metrics.map_at_k(I, data.y_train, data.y_test, k)))
+        pr[name] = ranking_pr(hamming_keys(db_codes, q_codes, args.bits, db, queries),
+                              data.y_test, data.y_train, args.seed)
     table = Table(f"H2Q on {data.name}: {args.bits}-bit codes ({args.h2q_loss} loss), "
                   f"{len(db)} database items, {len(queries)} queries; Hamming ranking, ties by "
                   "Euclidean distance of the normalised embeddings",
                   ["codes", f"mAP@{k}"])
     for name, value in rows:
         table.add([name, f"{value:.4f}"])
-    return {"table": table, "map": dict(rows), "history": run.history}
+    return {"table": table, "map": dict(rows), "pr": pr, "history": run.history}

@@ -11,7 +11,7 @@ import qkernels as qk
 from qkernels.losses import BinaryKLLoss, RelativeDistanceLoss
 
 from .common import Run, Stage
-from .evaluation import hamming_ranking, map_k
+from .evaluation import hamming_keys, hamming_ranking, map_k, ranking_pr
 from .models import EmbeddingNet
 from .report import Table
 
@@ -60,7 +60,10 @@ def run(args, run: Run) -> dict:
     queries = run.infer(hash_out, data.x_test, desc="query codes")
     k = map_k(args, len(db))
     similarity = data.class_similarity()
-    I = hamming_ranking(qk.pack_bits(db), qk.pack_bits(queries), db, queries, k)
+    db_codes, q_codes = qk.pack_bits(db), qk.pack_bits(queries)
+    I = hamming_ranking(db_codes, q_codes, db, queries, k)
+    pr = {"klhash": ranking_pr(hamming_keys(db_codes, q_codes, args.bits, db, queries),
+                               data.y_test, data.y_train, args.seed)}
     mahp = qk.metrics.mahp_at_k(I, data.y_train, data.y_test, similarity, k)
     mean_ap = qk.metrics.map_at_k(I, data.y_train, data.y_test, k)
     hierarchy = "superclasses" if data.coarse_train is not None else "flat labels"
@@ -69,4 +72,4 @@ def run(args, run: Run) -> dict:
                   ["metric", "value"])
     table.add([f"mAHP@{k}", f"{mahp:.4f}"])
     table.add([f"mAP@{k}", f"{mean_ap:.4f}"])
-    return {"table": table, "mAHP": mahp, "mAP": mean_ap, "history": run.history}
+    return {"table": table, "mAHP": mahp, "mAP": mean_ap, "pr": pr, "history": run.history}

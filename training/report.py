@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Table", "plot_curves", "plot_history", "write_results"]
+__all__ = ["Table", "plot_curves", "plot_history", "plot_pr", "write_results"]
 
 
 class Table:
@@ -92,6 +92,26 @@ def plot_curves(out: Path, curves: dict[str, list[dict[str, Any]]], metric: str,
     ax.legend()
     fig.tight_layout()
     path = out / "precision_vs_suf.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pr(out: Path, curves: dict[str, dict[str, list]], title: str) -> Path:
+    """Precision-recall curves of whole-database rankings (training.evaluation.ranking_pr), one
+    line per method, saved as pr_curve.png."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in curves.items():
+        ax.plot(curve["recall"], curve["precision"], marker=".", markersize=3, label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pr_curve.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
