@@ -71,6 +71,24 @@ def test_dqn_equals_reference(seed, multilabel):
         ref.dqn(z.tolist(), labels.tolist(), recon.tolist(), 0.5), rel=1e-6)
 
 
+@given(st.integers(0, 2**32 - 1), st.floats(1e-3, 1e3))
+def test_dqn_normalized_quantizes_unit_vectors_and_is_scale_free(seed, scale):
+    """normalize=True: the PQ term is that of z / |z| (the reference on unit rows), so scaling
+    the outputs changes neither term: the network cannot lower it by shrinking."""
+    z, labels, _ = batch(seed, d=8)
+    rng = np.random.default_rng(seed)
+    train = rng.standard_normal((50, 8))
+    pq = qk.ProductQuantizer(8, 2, 2, iterations=3).train(
+        (train / np.linalg.norm(train, axis=1, keepdims=True)).astype(np.float32))
+    loss = DQNLoss(pq_weight=0.5, normalize=True)
+    unit = z / z.norm(dim=1, keepdim=True)
+    recon = pq.decode(pq.encode(unit.numpy().astype(np.float32)))
+    assert float(loss(z, labels, pq)) == pytest.approx(
+        ref.dqn(unit.tolist(), labels.tolist(), recon.tolist(), 0.5), rel=1e-6)
+    assert float(loss(z * scale, labels, pq)) == pytest.approx(float(loss(z, labels, pq)),
+                                                                 rel=1e-5)
+
+
 @given(st.integers(0, 2**32 - 1), st.floats(0.5, 3.0))
 def test_relative_distance_equals_reference(seed, p):
     h, labels, _ = batch(seed, classes=4)

@@ -24,6 +24,8 @@ __all__ = ["main", "parser"]
 METHODS = ("dht", "cascade", "dqn", "h2q", "klhash")
 # epochs of the first stage by method (--epochs overrides)
 DEFAULT_EPOCHS = {"dht": 30, "cascade": 30, "dqn": 30, "h2q": 30, "klhash": 30}
+# DQN's lambda by whether unit vectors are quantized (see --dqn-raw)
+DQN_PQ_WEIGHT = {True: 0.1, False: 1e-4}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +83,12 @@ def parser() -> argparse.ArgumentParser:
                        help="code length: PQ subspaces x 8 (dqn), sign bits (h2q, klhash)")
     quant.add_argument("--map-k", type=int, default=None,
                        help="mAP@k / mAHP@k cut-off (default: min(1000, database size))")
-    quant.add_argument("--pq-weight", type=float, default=1e-4, help="DQN lambda (1e-4)")
+    quant.add_argument("--pq-weight", type=float, default=None,
+                       help="DQN lambda (default 0.1 on unit vectors, 1e-4 with --dqn-raw)")
+    quant.add_argument("--dqn-raw", dest="dqn_normalize", action="store_false",
+                       help="DQN quantizes the raw outputs z (the paper) instead of the unit "
+                            "vectors z / |z| the cosine loss sees; on raw z the network meets "
+                            "the quantization term by shrinking its outputs")
     quant.add_argument("--warmup-epochs", type=int, default=None,
                        help="DQN epochs without the quantization term (default: a third)")
     quant.add_argument("--h2q-loss", choices=("l2", "l1", "bit_var", "min_entry"), default="l2")
@@ -89,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     quant.add_argument("--kl-weight", type=float, default=0.001,
                        help="klhash KL term weight (0.001; the estimate grows with the bits, and "
                             "0.01 already hurt retrieval on synthetic data)")
+    quant.add_argument("--kl-ramp", type=int, default=0, metavar="EPOCHS",
+                       help="klhash: ramp the KL weight up from 0 over these epochs (0: none)")
     quant.add_argument("--sim-weight", type=float, default=1.0,
                        help="klhash relative-distance term weight")
     return p
@@ -97,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 # (option, smallest accepted value, whether it must be strictly above it); None: optional
 _INT_BOUNDS = {"epochs": 1, "hash_epochs": 1, "classes_per_batch": 2, "items_per_class": 1,
                "batches_per_epoch": 1, "buckets": 1, "k": 1, "max_k": 1, "bits": 1, "map_k": 1,
-               "warmup_epochs": 0, "h2q_epochs": 1, "seed": 0}
+               "warmup_epochs": 0, "h2q_epochs": 1, "seed": 0, "kl_ramp": 0}
 _FLOAT_BOUNDS = {"lr": (0.0, True), "penalty": (0.0, False), "penalty_sibling": (0.0, False),
                  "margin": (0.0, False), "hash_margin": (0.0, False), "reg": (0.0, False),
                  "pq_weight": (0.0, False),
@@ -157,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs = DEFAULT_EPOCHS[args.method]
     if args.hash_epochs is None:
         args.hash_epochs = args.epochs
+    if args.pq_weight is None:
+        args.pq_weight = DQN_PQ_WEIGHT[args.dqn_normalize]
     if args.penalty is None:
         args.penalty = 1.0 if args.variant == "triplet" else 0.3
     if args.out is None:

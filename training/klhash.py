@@ -15,7 +15,7 @@ from .evaluation import hamming_keys, hamming_ranking, map_k, ranking_pr
 from .models import EmbeddingNet
 from .report import Table
 
-__all__ = ["run"]
+__all__ = ["kl_schedule", "run"]
 
 
 class _HashAndClasses(nn.Module):
@@ -30,14 +30,28 @@ class _HashAndClasses(nn.Module):
         return torch.tanh(self.net.embedding(features)), self.net.heads["classes"](features)
 
 
+def kl_schedule(weight: float, ramp_epochs: int, steps_per_epoch: int):
+    """``(epoch, step) -> `` the KL weight: ``weight`` throughout when ``ramp_epochs`` is 0,
+    else rising linearly from ``weight / (ramp_epochs * steps_per_epoch)`` at the first step to
+    ``weight`` at the last step of epoch ``ramp_epochs``, then constant: the codes first learn
+    the classes, then spread over the hypercube."""
+    if not ramp_epochs:
+        return lambda epoch, step: weight
+    total = ramp_epochs * steps_per_epoch
+    return lambda epoch, step: weight * min(1.0, (epoch * steps_per_epoch + step + 1) / total)
+
+
 def run(args, run: Run) -> dict:
     data = run.data
     net = EmbeddingNet(data.x_train.shape[1:], args.bits).to(run.device)
     net.heads["classes"] = nn.Linear(net.feature_dim, data.num_classes).to(run.device)
     module = run.wrap(_HashAndClasses(net))
     distance = torch.as_tensor(data.class_distance())
+    batches = run.batches()
     relative = RelativeDistanceLoss()
     kl = BinaryKLLoss(num_target_samples=256)
+
+    kl_weight = kl_schedule(args.kl_weight, args.kl_ramp, batches.batches_per_epoch)
 
     def step(indices, epoch, step):
         x = run.tensor(data.x_train[indices])
@@ -46,9 +60,8 @@ def run(args, run: Run) -> dict:
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
         return (nn.functional.cross_entropy(logits, labels)
                 + args.sim_weight * relative(h, labels, class_distance=distance)
-                + args.kl_weight * kl(h, generator=generator))
+                + kl_weight(epoch, step) * kl(h, generator=generator))
 
-    batches = run.batches()
     optimizer = torch.optim.Adam(module.parameters(), lr=args.lr)
     run.train(net, [Stage("klhash", args.epochs, optimizer, step, batches)])
     if not run.is_main:
