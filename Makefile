@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.qkernels-installed
 
-.PHONY: test lint demo compare bench clean
+.PHONY: test lint demo compare bench quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 # Speed: ours against the peers in one process, as ratios (benchmarks/compare.py), and asv.
 compare: $(STAMP)
 	$(PY) benchmarks/compare.py all
+
+# Quality: each method against its baseline on Fashion-MNIST and 100 synthetic classes, 3 seeds
+# (about 40 min on 2 cores; needs Debian's dataset-fashion-mnist)
+quality: $(STAMP)
+	$(PY) -m training.benchmark --out runs/quality
 
 bench: $(STAMP)
 	$(VENV)/bin/asv machine --yes >/dev/null

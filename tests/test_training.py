@@ -31,8 +31,49 @@ def test_every_method_runs_end_to_end(method, dataset, tmp_path, capsys):
     if method == "dht":
         assert (tmp_path / "precision_vs_suf.png").is_file()
         assert [r["method"] for r in results["rows"]] == ["Th", "VQ", "DHT"]
+        assert [m["k"] for m in results["matched"]] == [1, 2]  # a point per k of the curve
+    if method in ("dqn", "h2q", "klhash"):
+        assert (tmp_path / "pr_curve.png").stat().st_size > 0
+        for curve in results["pr"].values():
+            assert curve["recall"][-1] == pytest.approx(1.0)  # the whole database ranked
+            assert all(0 <= p <= 1 for p in curve["precision"])
     if method == "cascade":
         assert [r["method"].split(" (")[0] for r in results["rows"]] == ["cascade", "flat DHT"]
+
+
+def test_dqn_quantizes_unit_vectors_unless_raw(tmp_path):
+    """The default quantizes z / |z| (lambda 0.1); --dqn-raw the outputs (lambda 1e-4)."""
+    for flag, weight, space in (([], 0.1, "unit vectors"), (["--dqn-raw"], 1e-4, "raw")):
+        out = tmp_path / str(weight)
+        assert main(["dqn", *flag, "--out", str(out), *QUICK]) == 0
+        assert json.loads((out / "args.json").read_text())["pq_weight"] == weight
+        assert space in json.loads((out / "results.json").read_text())["table"]["title"]
+
+
+def test_kl_ramp_rises_linearly_then_holds(tmp_path):
+    from training.klhash import kl_schedule
+
+    constant = kl_schedule(0.5, 0, 10)
+    assert constant(0, 0) == constant(7, 3) == 0.5
+    ramp = kl_schedule(0.5, 2, 10)  # 20 steps to the full weight
+    assert ramp(0, 0) == pytest.approx(0.5 / 20)
+    assert ramp(0, 9) == pytest.approx(0.25)
+    assert ramp(1, 9) == ramp(2, 0) == ramp(9, 9) == 0.5
+    args = ["klhash", "--kl-ramp", "2", "--out", str(tmp_path), *QUICK]
+    assert main(args) == 0
+
+
+def test_quality_benchmark_summary(tmp_path):
+    """training.benchmark: one experiment, one seed, end to end on the synthetic data, and the
+    summary's mean and sample deviation."""
+    from training import benchmark
+
+    table = benchmark.summarise({"x": {"mAP": [0.5, 0.7]}})
+    assert "| x | mAP | 0.6000 | 0.1414 | 2 |" in table
+    assert benchmark.main(["--seeds", "0", "--only", "klhash-nokl", "--out", str(tmp_path)]) == 0
+    assert "klhash-nokl" in (tmp_path / "quality.md").read_text()
+    values = json.loads((tmp_path / "quality.json").read_text())["klhash-nokl"]
+    assert set(values) == {"mAHP", "mAP"} and all(len(v) == 1 for v in values.values())
 
 
 def test_npairs_variant_and_resume(tmp_path):

@@ -1,0 +1,159 @@
+"""python -m training.benchmark: the quality benchmark. Each method against the baseline it must
+beat (the same network quantized afterwards, or a rule without learning), on real images
+(Fashion-MNIST) and on 100 synthetic classes with a label hierarchy, over several seeds; the
+test split is scored, hyper-parameters come from validation runs (``--validation``), never from
+it. Prints one markdown table of mean +- standard deviation over the seeds and writes it, with
+the raw per-seed values (quality.json) and the first seed's plots, to ``--out``.
+
+    python -m training.benchmark                       # 3 seeds, about 40 min on 2 cores
+    python -m training.benchmark --seeds 0 --only dqn  # one seed, one experiment
+
+Needs Debian's dataset-fashion-mnist (or --fashion DIR). The training budget is a CPU budget
+(see BUDGET), far below the papers' epochs: the comparison is between methods trained alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["EXPERIMENTS", "main", "summarise"]
+
+# the CPU budget of every Fashion-MNIST run: 4 epochs of 100 batches of 10 classes x 8 items
+# (32,000 images seen), the hash stages 2 epochs each
+BUDGET = ["--epochs", "4", "--batches-per-epoch", "100", "--items-per-class", "8",
+          "--hash-epochs", "2"]
+SYNTHETIC = "synthetic:10,10,32,100"  # 10 superclasses x 10 classes, 32-d, 100 items per class
+
+
+def _dht_rows(results: dict) -> dict[str, float]:
+    out = {}
+    for row in results["rows"]:
+        for key in ("SUF@1", "P@1", "SUF@4", "P@4", "SUF@16", "P@16"):
+            out[f"{row['method']} {key}"] = row[key]
+    for m in results["matched"]:
+        for name, value in m.items():
+            if name not in ("k", "SUF@4") and value is not None:
+                out[f"P@4 at DHT k={m['k']}'s SUF@4: {name}"] = value
+    return out
+
+
+def _maps(results: dict) -> dict[str, float]:
+    return dict(results["map"])
+
+
+# (name, dataset, method and its arguments, what to read from results.json)
+_KL = lambda r: {"mAHP": r["mAHP"], "mAP": r["mAP"]}  # noqa: E731
+EXPERIMENTS = [
+    ("dqn", "fashion", ["dqn"], _maps),
+    ("dqn-posthoc", "fashion", ["dqn", "--pq-weight", "0"], _maps),
+    ("dht", "fashion", ["dht", "--k", "2", "--max-k", "2"], _dht_rows),
+    ("h2q-64", "fashion", ["h2q", "--bits", "64"], _maps),
+    ("dht-c100", SYNTHETIC, ["dht", "--k", "2", "--max-k", "2", "--buckets", "32"], _dht_rows),
+    ("klhash-nokl", SYNTHETIC, ["klhash", "--kl-weight", "0"], _KL),
+    ("klhash", SYNTHETIC, ["klhash"], _KL),
+    ("klhash-ramp", SYNTHETIC, ["klhash", "--kl-ramp", "15"], _KL),
+]
+
+
+def summarise(per_seed: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: one row per (experiment, value), mean +- sample standard deviation, seeds."""
+    lines = ["| experiment | value | mean | +- sd | seeds |", "|---|---|---|---|---|"]
+    for name, values in per_seed.items():
+        for key, xs in values.items():
+            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            lines.append(f"| {name} | {key} | {statistics.mean(xs):.4f} | {sd:.4f} | "
+                         f"{len(xs)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.benchmark",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--only", nargs="+", default=None, metavar="EXPERIMENT",
+                   help="run only these: " + ", ".join(e[0] for e in EXPERIMENTS))
+    p.add_argument("--fashion", default="", metavar="DIR",
+                   help="the Fashion-MNIST folder (default: Debian's)")
+    p.add_argument("--out", default="runs/quality")
+    args = p.parse_args(argv)
+    chosen = [e for e in EXPERIMENTS if args.only is None or e[0] in args.only]
+    if not chosen:
+        p.error(f"--only: no experiment named {args.only}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for name, dataset, command, read in chosen:
+        spec = f"fashion-mnist:{args.fashion}" if dataset == "fashion" else dataset
+        if spec.endswith(":"):
+            spec = spec[:-1]
+        budget = BUDGET if dataset == "fashion" else []
+        for seed in args.seeds:
+            run_dir = out / f"{name}-seed{seed}"
+            options = [*command, "--dataset", spec, "--seed", str(seed), *budget, "--quiet",
+                       "--no-progress", "--out", str(run_dir)]
+            results = _finished(run_dir, options)
+            t0 = time.time()
+            if results is None:
+                done = subprocess.run([sys.executable, "-m", "training", *options],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
+                    print(f"{name} seed {seed}: failed (python -m training "
+                          f"{' '.join(options)})", file=sys.stderr)
+                    return done.returncode
+                (run_dir / "command.json").write_text(json.dumps(options))
+                results = json.loads((run_dir / "results.json").read_text())
+            for key, value in read(results).items():
+                per_seed.setdefault(name, {}).setdefault(key, []).append(float(value))
+            print(f"{name} seed {seed}: {time.time() - t0:.0f} s", flush=True)  # 0: reused
+            if seed == args.seeds[0]:
+                for png in run_dir.glob("*.png"):
+                    shutil.copy(png, out / f"{name}-{png.name}")
+            _write(out, per_seed, args.seeds)  # after every run
+    print(_write(out, per_seed, args.seeds))
+    return 0
+
+
+def _cpu() -> str:
+    import os
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.machine()} x {os.cpu_count()}"
+
+
+def _finished(run_dir: Path, options: list[str]) -> dict | None:
+    """The results of an earlier run of exactly these options in ``run_dir``, else None (a
+    benchmark that was stopped continues where it was)."""
+    try:
+        if json.loads((run_dir / "command.json").read_text()) == options:
+            return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _write(out: Path, per_seed: dict, seeds: list[int]) -> str:
+    header = (f"Quality benchmark, {time.strftime('%Y-%m-%d')}, {_cpu()}, Python "
+              f"{platform.python_version()}; seeds {seeds}. Fashion-MNIST runs: "
+              f"{' '.join(BUDGET)}; synthetic: {SYNTHETIC}, method defaults.")
+    text = header + "\n\n" + summarise(per_seed) + "\n"
+    (out / "quality.md").write_text(text)
+    (out / "quality.json").write_text(json.dumps(per_seed, indent=2))
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
