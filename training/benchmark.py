@@ -34,14 +34,16 @@ SYNTHETIC = "synthetic:10,10,32,100"  # 10 superclasses x 10 classes, 32-d, 100 
 
 
 def _dht_rows(results: dict) -> dict[str, float]:
+    """SUF@K and P@K of every method at every k of the curve, and P@4 at DHT's SUF@4."""
     out = {}
-    for row in results["rows"]:
-        for key in ("SUF@1", "P@1", "SUF@4", "P@4", "SUF@16", "P@16"):
-            out[f"{row['method']} {key}"] = row[key]
+    for name, rows in results["curves"].items():
+        for row in rows:
+            for key in ("SUF@1", "P@1", "SUF@4", "P@4", "SUF@16", "P@16"):
+                out[f"k={row['k']} {name} {key}"] = row[key]
     for m in results["matched"]:
         for name, value in m.items():
             if name not in ("k", "SUF@4") and value is not None:
-                out[f"P@4 at DHT k={m['k']}'s SUF@4: {name}"] = value
+                out[f"k={m['k']} P@4 at DHT's SUF@4: {name}"] = value
     return out
 
 
