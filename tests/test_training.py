@@ -74,6 +74,12 @@ def test_quality_benchmark_summary(tmp_path):
     assert "klhash-nokl" in (tmp_path / "quality.md").read_text()
     values = json.loads((tmp_path / "quality.json").read_text())["klhash-nokl"]
     assert set(values) == {"mAHP", "mAP"} and all(len(v) == 1 for v in values.values())
+    # --summarise runs nothing: seed 1 was never run, so the rows stay over one seed
+    assert benchmark.main(["--seeds", "0", "1", "--only", "klhash-nokl", "--summarise",
+                           "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "klhash-nokl-seed1").exists()
+    assert "| klhash-nokl | mAP |" in (tmp_path / "quality.md").read_text()
+    assert json.loads((tmp_path / "quality.json").read_text()) == {"klhash-nokl": values}
 
 
 def test_npairs_variant_and_resume(tmp_path):

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fashion", default="", metavar="DIR",
                    help="the Fashion-MNIST folder (default: Debian's)")
     p.add_argument("--out", default="runs/quality")
+    p.add_argument("--summarise", action="store_true",
+                   help="run nothing: the table of the runs already finished in --out (each "
+                        "row says over how many seeds)")
     args = p.parse_args(argv)
     chosen = [e for e in EXPERIMENTS if args.only is None or e[0] in args.only]
     if not chosen:
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--no-progress", "--out", str(run_dir)]
             results = _finished(run_dir, options)
             t0 = time.time()
+            if results is None and args.summarise:
+                continue
             if results is None:
                 done = subprocess.run([sys.executable, "-m", "training", *options],
                                       capture_output=True, text=True)
