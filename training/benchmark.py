@@ -5,7 +5,7 @@ test split is scored, hyper-parameters come from validation runs (``--validation
 it. Prints one markdown table of mean +- standard deviation over the seeds and writes it, with
 the raw per-seed values (quality.json) and the first seed's plots, to ``--out``.
 
-    python -m training.benchmark                       # 3 seeds, about 40 min on 2 cores
+    python -m training.benchmark                       # 3 seeds: about 2 hours on 2 cores
     python -m training.benchmark --seeds 0 --only dqn  # one seed, one experiment
 
 Needs Debian's dataset-fashion-mnist (or --fashion DIR). The training budget is a CPU budget
