@@ -281,14 +281,10 @@ class BinaryIndex(LazyState):
         import cupy
 
         device = cupy.cuda.Device().id
-        columns = self._on_gpu.get(device)
-        if columns is None:
-            with self._lock:
-                columns = self._on_gpu.get(device)
-                if columns is None:
-                    columns = index_gpu.word_columns(cupy.asarray(self._codes))
-                    self._on_gpu = {**self._on_gpu, device: columns}
-        return columns
+        mirrors = self._once(  # a new dict, published whole: readers never see it half-made
+            "_on_gpu", lambda m: device in m,
+            lambda: {**self._on_gpu, device: index_gpu.word_columns(cupy.asarray(self._codes))})
+        return mirrors[device]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` (.npz, no pickle)."""
