@@ -122,11 +122,9 @@ def precision_recall_curve(I: Any, db_labels: Any, query_labels: Any,
         raise ValueError(f"cutoffs must lie in [1, K = {I.shape[1]}], got {cutoffs.min()}.."
                          f"{cutoffs.max()}")
     rel = _relevance(I, db, queries, I.shape[1])
-    if db.ndim == 1:
-        classes, counts = np.unique(db, return_counts=True)
-        where = np.searchsorted(classes, queries).clip(0, max(len(classes) - 1, 0))
-        found = classes[where] == queries if len(classes) else np.zeros(len(queries), bool)
-        total = np.where(found, counts[where] if len(classes) else 0, 0)
+    if db.ndim == 1:  # R_q: the database items of the query's class
+        per_class = dict(zip(*np.unique(db, return_counts=True), strict=True))
+        total = np.array([per_class.get(q, 0) for q in queries], dtype=np.int64)
     else:
         total = (queries.astype(np.float32) @ db.T.astype(np.float32) > 0).sum(axis=1)
     keep = total > 0

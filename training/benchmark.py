@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[str, dict[str, list[float]]] = {}
     for name, dataset, command, read in chosen:
-        spec = f"fashion-mnist:{args.fashion}" if dataset == "fashion" else dataset
-        if spec.endswith(":"):
-            spec = spec[:-1]
+        spec = dataset
+        if dataset == "fashion":
+            spec = f"fashion-mnist:{args.fashion}" if args.fashion else "fashion-mnist"
         budget = BUDGET if dataset == "fashion" else []
         for seed in args.seeds:
             run_dir = out / f"{name}-seed{seed}"

@@ -30,7 +30,7 @@ def run(args, run: Run) -> dict:
     warmup = args.warmup_epochs if args.warmup_epochs is not None else args.epochs // 3
     loss_fn = DQNLoss(args.pq_weight, normalize=args.dqn_normalize)
     # what is quantized: the unit vectors the cosine loss sees (the default), or raw z
-    target = (lambda e: normalised(e)) if args.dqn_normalize else (lambda e: e)
+    target = normalised if args.dqn_normalize else (lambda e: e)
 
     def step(indices, epoch, step):
         x = run.tensor(data.x_train[indices])

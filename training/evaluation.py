@@ -98,9 +98,7 @@ def ranking_pr(keys: Callable[[np.ndarray], np.ndarray], q_labels: np.ndarray,
                         .round().astype(np.int64))
     precision, recall = np.zeros(len(cutoffs)), np.zeros(len(cutoffs))
     counted = 0
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        I = np.argsort(keys(part), axis=1, kind="stable")
+    for part, I in _rankings(keys, rows, None, chunk):
         weight = int(np.isin(q_labels[part], db_labels).sum())  # queries with relevant items
         if weight:
             p, r = qk.metrics.precision_recall_curve(I, db_labels, q_labels[part], cutoffs)
@@ -117,11 +115,16 @@ def ranked(keys: Callable[[np.ndarray], np.ndarray], num_queries: int, k: int,
     """The top ``k`` database rows by ``keys`` (smaller first, equal keys by lower index) for
     every query, a chunk of queries at a time (an exhaustive reference ranking; the whole
     ``(Q, N)`` matrix of 10,000 x 60,000 would take gigabytes)."""
-    out = []
-    for start in range(0, num_queries, chunk):
-        rows = np.arange(start, min(start + chunk, num_queries))
-        out.append(np.argsort(keys(rows), axis=1, kind="stable")[:, :k])
+    out = [I for _, I in _rankings(keys, np.arange(num_queries), k, chunk)]
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def _rankings(keys, rows: np.ndarray, k: int | None, chunk: int):
+    """``(rows of a chunk, their first k database rows by keys)`` chunk by chunk (every row of
+    the database when k is None): one stable sort per chunk, equal keys by lower index."""
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        yield part, np.argsort(keys(part), axis=1, kind="stable")[:, :k]
 
 
 def squared_l2_keys(queries: np.ndarray, db: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
