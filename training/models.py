@@ -34,9 +34,9 @@ def build_backbone(input_shape: tuple[int, ...], width: int = 64) -> tuple[nn.Mo
             _nin_block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         return net, 2 * width
-    if height >= 16:  # LeNet-style for 28x28 (Fashion-MNIST): two conv + pool stages; on two
-        # CPU cores it trains ~6x faster than the NIN network, which is what makes a 3-seed
-        # quality run on 60,000 images fit in the time a benchmark can take
+    if height >= 16:  # LeNet-style for 28x28 (Fashion-MNIST): two conv + pool stages; a
+        # training step of 80 images takes 0.043 s on 2 CPU cores against the NIN network's
+        # 0.20 s (4.7x), which is what lets a 3-seed quality run on 60,000 images fit
         net = nn.Sequential(
             nn.Conv2d(channels, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2),
             nn.ReLU(inplace=True), nn.MaxPool2d(2),
