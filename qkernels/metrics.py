@@ -16,8 +16,8 @@ import numpy as np
 from ._arrays import to_numpy
 from ._checks import as_index_array, check_int, check_rank
 
-__all__ = ["mahp_at_k", "map_at_k", "nmi", "precision_at_k", "precision_recall_curve",
-           "search_speedup"]
+__all__ = ["bit_balance", "mahp_at_k", "map_at_k", "nmi", "precision_at_k",
+           "precision_recall_curve", "search_speedup"]
 
 
 def _host(x: Any, name: str) -> np.ndarray:
@@ -246,3 +246,43 @@ def search_speedup(candidate_counts: Any, db_size: int) -> float:
     db_size = check_int(db_size, "db_size", 1)
     mean = counts.mean()
     return float("inf") if mean == 0 else float(db_size / mean)
+
+
+def bit_balance(codes: Any) -> dict[str, float]:
+    """How evenly binary codes use their bits, the quantities a KL-to-uniform term drives.
+
+    ``codes`` is ``(N, bits)``, unpacked: continuous outputs, +-1 or 0/1 codes, or booleans;
+    bit ``b`` of item ``i`` is set when ``codes[i, b] > 0`` (sign() of the outputs, the same
+    bits as ``pack_bits``). Returns a dict of floats:
+
+    - ``imbalance``: ``mean_b |2 p_b - 1|`` with ``p_b`` the fraction of items whose bit ``b``
+      is set; 0 when every bit splits the items in half, 1 when every bit is constant;
+    - ``correlation``: the mean absolute Pearson correlation between two different bits
+      (a constant bit counts as uncorrelated); 0 for independent bits;
+    - ``entropy``: the mean per-bit entropy in bits (1 when balanced).
+    """
+    x = _host(codes, "codes")
+    check_rank(x, "codes", (2,), "(N, bits)")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"codes must be numeric or boolean, got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"codes has shape {x.shape}: need at least one item and one bit")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError("codes holds NaN or infinity")
+    bits = (x > 0).astype(np.float64)
+    p = bits.mean(axis=0)
+    imbalance = float(np.abs(2 * p - 1).mean())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    entropy = float(np.nan_to_num(terms, nan=0.0).mean())
+    correlation = 0.0
+    if bits.shape[1] > 1:
+        centred = bits - p
+        sd = np.sqrt((centred**2).mean(axis=0))
+        cov = centred.T @ centred / bits.shape[0]
+        live = sd > 0
+        corr = np.zeros_like(cov)
+        corr[np.ix_(live, live)] = cov[np.ix_(live, live)] / np.outer(sd[live], sd[live])
+        off = ~np.eye(bits.shape[1], dtype=bool)
+        correlation = float(np.abs(corr[off]).mean())
+    return {"imbalance": imbalance, "correlation": correlation, "entropy": entropy}

@@ -636,3 +636,26 @@ def hierarchical_table_search(db_parents, db_children, db_embeddings, q_level1, 
         all_i.append([i for _, i in scored] + [-1] * pad)
         counts.append(len(candidates))
     return all_d, all_i, counts
+
+
+def bit_balance(codes):
+    """Per bit by counting; correlations by the textbook formula, pair by pair."""
+    n, m = len(codes), len(codes[0])
+    bits = [[1.0 if float(codes[i][b]) > 0 else 0.0 for b in range(m)] for i in range(n)]
+    p = [sum(bits[i][b] for i in range(n)) / n for b in range(m)]
+    imbalance = sum(abs(2 * q - 1) for q in p) / m
+    entropy = sum(0.0 if q in (0.0, 1.0) else -(q * math.log2(q) + (1 - q) * math.log2(1 - q))
+                  for q in p) / m
+    total, pairs = 0.0, 0
+    for a in range(m):
+        for b in range(m):
+            if a == b:
+                continue
+            pairs += 1
+            cov = sum((bits[i][a] - p[a]) * (bits[i][b] - p[b]) for i in range(n)) / n
+            var_a = sum((bits[i][a] - p[a]) ** 2 for i in range(n)) / n
+            var_b = sum((bits[i][b] - p[b]) ** 2 for i in range(n)) / n
+            if var_a > 0 and var_b > 0:
+                total += abs(cov / math.sqrt(var_a * var_b))
+    return {"imbalance": imbalance, "correlation": total / pairs if pairs else 0.0,
+            "entropy": entropy}

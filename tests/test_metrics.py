@@ -146,6 +146,35 @@ def test_search_speedup_matches_reference(counts, db_size):
     assert got == pytest.approx(expected) or (math.isinf(got) and math.isinf(expected))
 
 
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 12),
+       st.sampled_from(["float", "sign", "01", "bool"]))
+def test_bit_balance_matches_reference(seed, n, bits, kind):
+    rng = np.random.default_rng(seed)
+    skew = rng.uniform(-2, 2, bits)  # uneven bits, some nearly constant
+    x = (rng.standard_normal((n, bits)) + skew).astype(np.float32)
+    codes = {"float": x, "sign": np.where(x > 0, 1, -1), "01": (x > 0).astype(np.uint8),
+             "bool": x > 0}[kind]
+    got = qk.metrics.bit_balance(codes)
+    expected = ref.bit_balance(codes.tolist())
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_bit_balance_of_balanced_and_of_constant_bits():
+    # all four patterns of two bits once each: balanced and independent
+    balanced = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]])
+    assert qk.metrics.bit_balance(balanced) == {"imbalance": 0.0, "correlation": 0.0,
+                                                "entropy": 1.0}
+    # a copied bit correlates perfectly; a constant bit is imbalance 1, entropy 0
+    copied = np.array([[1, 1, 1], [-1, -1, 1], [1, 1, 1], [-1, -1, 1]])
+    got = qk.metrics.bit_balance(copied)
+    assert got["imbalance"] == pytest.approx(1 / 3)
+    assert got["entropy"] == pytest.approx(2 / 3)
+    assert got["correlation"] == pytest.approx(2 / 6)  # (0,1) and (1,0) of 6 ordered pairs
+    assert qk.metrics.bit_balance(torch.tensor(balanced)) == qk.metrics.bit_balance(balanced)
+
+
 def test_hand_computed_values():
     # query 0 (class 1): hit, miss, hit, missing; query 1 (class 0): miss, hit, -1, -1
     db = np.array([1, 0, 1, 2])
@@ -202,6 +231,9 @@ def test_metrics_accept_torch_tensors():
                                       np.ones((2, 3)), 1), "square"),
         (lambda: qk.metrics.mahp_at_k(np.zeros((1, 1), int), np.zeros(2, int), np.zeros(1, int),
                                       -np.ones((2, 2)), 1), ">= 0"),
+        (lambda: qk.metrics.bit_balance(np.zeros(4)), "bits"),
+        (lambda: qk.metrics.bit_balance(np.zeros((0, 4))), "at least one item"),
+        (lambda: qk.metrics.bit_balance(np.full((2, 2), np.nan)), "NaN"),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, message):

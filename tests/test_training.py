@@ -37,6 +37,8 @@ def test_every_method_runs_end_to_end(method, dataset, tmp_path, capsys):
         for curve in results["pr"].values():
             assert curve["recall"][-1] == pytest.approx(1.0)  # the whole database ranked
             assert all(0 <= p <= 1 for p in curve["precision"])
+    if method == "klhash":
+        assert 0 <= results["bit_balance"]["imbalance"] <= 1
     if method == "cascade":
         assert [r["method"].split(" (")[0] for r in results["rows"]] == ["cascade", "flat DHT"]
 
@@ -73,7 +75,8 @@ def test_quality_benchmark_summary(tmp_path):
     assert benchmark.main(["--seeds", "0", "--only", "klhash-nokl", "--out", str(tmp_path)]) == 0
     assert "klhash-nokl" in (tmp_path / "quality.md").read_text()
     values = json.loads((tmp_path / "quality.json").read_text())["klhash-nokl"]
-    assert set(values) == {"mAHP", "mAP"} and all(len(v) == 1 for v in values.values())
+    assert set(values) == {"mAHP", "mAP", "bit imbalance", "bit |correlation|"}
+    assert all(len(v) == 1 for v in values.values())
     # --summarise runs nothing: seed 1 was never run, so the rows stay over one seed
     assert benchmark.main(["--seeds", "0", "1", "--only", "klhash-nokl", "--summarise",
                            "--out", str(tmp_path)]) == 0

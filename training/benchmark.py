@@ -52,7 +52,9 @@ def _maps(results: dict) -> dict[str, float]:
 
 
 # (name, dataset, method and its arguments, what to read from results.json)
-_KL = lambda r: {"mAHP": r["mAHP"], "mAP": r["mAP"]}  # noqa: E731
+_KL = lambda r: {"mAHP": r["mAHP"], "mAP": r["mAP"],  # noqa: E731
+                 "bit imbalance": r["bit_balance"]["imbalance"],
+                 "bit |correlation|": r["bit_balance"]["correlation"]}
 EXPERIMENTS = [
     ("dqn", "fashion", ["dqn"], _maps),
     ("dqn-posthoc", "fashion", ["dqn", "--pq-weight", "0"], _maps),

@@ -79,10 +79,15 @@ def run(args, run: Run) -> dict:
                                data.y_test, data.y_train, args.seed)}
     mahp = qk.metrics.mahp_at_k(I, data.y_train, data.y_test, similarity, k)
     mean_ap = qk.metrics.map_at_k(I, data.y_train, data.y_test, k)
+    balance = qk.metrics.bit_balance(db)  # of the database codes, what the KL term acts on
     hierarchy = "superclasses" if data.coarse_train is not None else "flat labels"
     table = Table(f"klhash on {data.name}: {args.bits}-bit codes, {hierarchy}, {len(db)} "
                   f"database items, {len(queries)} queries; Hamming ranking",
                   ["metric", "value"])
     table.add([f"mAHP@{k}", f"{mahp:.4f}"])
     table.add([f"mAP@{k}", f"{mean_ap:.4f}"])
-    return {"table": table, "mAHP": mahp, "mAP": mean_ap, "pr": pr, "history": run.history}
+    table.add(["bit imbalance mean |2 p - 1|", f"{balance['imbalance']:.4f}"])
+    table.add(["mean |correlation| of two bits", f"{balance['correlation']:.4f}"])
+    table.add(["mean bit entropy (bits)", f"{balance['entropy']:.4f}"])
+    return {"table": table, "mAHP": mahp, "mAP": mean_ap, "bit_balance": balance, "pr": pr,
+            "history": run.history}
