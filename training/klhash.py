@@ -86,8 +86,8 @@ def run(args, run: Run) -> dict:
                   ["metric", "value"])
     table.add([f"mAHP@{k}", f"{mahp:.4f}"])
     table.add([f"mAP@{k}", f"{mean_ap:.4f}"])
-    table.add(["bit imbalance mean |2 p - 1|", f"{balance['imbalance']:.4f}"])
-    table.add(["mean |correlation| of two bits", f"{balance['correlation']:.4f}"])
+    table.add(["bit imbalance, mean abs(2 p - 1)", f"{balance['imbalance']:.4f}"])
+    table.add(["mean abs correlation of two bits", f"{balance['correlation']:.4f}"])
     table.add(["mean bit entropy (bits)", f"{balance['entropy']:.4f}"])
     return {"table": table, "mAHP": mahp, "mAP": mean_ap, "bit_balance": balance, "pr": pr,
             "history": run.history}
