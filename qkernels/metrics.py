@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import to_numpy
-from ._checks import as_index_array, check_int, check_rank
+from ._checks import as_index_array, check_finite, check_int, check_rank
 
 __all__ = ["bit_balance", "mahp_at_k", "map_at_k", "nmi", "precision_at_k",
            "precision_recall_curve", "search_speedup"]
@@ -267,8 +267,7 @@ def bit_balance(codes: Any) -> dict[str, float]:
         raise TypeError(f"codes must be numeric or boolean, got dtype {x.dtype}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"codes has shape {x.shape}: need at least one item and one bit")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ValueError("codes holds NaN or infinity")
+    check_finite(x, "codes")
     bits = (x > 0).astype(np.float64)
     p = bits.mean(axis=0)
     imbalance = float(np.abs(2 * p - 1).mean())

@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / f"{name}-seed{seed}"
             options = [*command, "--dataset", spec, "--seed", str(seed), *budget, "--quiet",
                        "--no-progress", "--out", str(run_dir)]
-            results = _finished(run_dir, options, read)
+            values = _finished(run_dir, options, read)
             t0 = time.time()
-            if results is None and args.summarise:
+            if values is None and args.summarise:
                 continue
-            if results is None:
+            if values is None:
                 done = subprocess.run([sys.executable, "-m", "training", *options],
                                       capture_output=True, text=True)
                 if done.returncode:
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{' '.join(options)})", file=sys.stderr)
                     return done.returncode
                 (run_dir / "command.json").write_text(json.dumps(options))
-                results = json.loads((run_dir / "results.json").read_text())
-            for key, value in read(results).items():
+                values = read(json.loads((run_dir / "results.json").read_text()))
+            for key, value in values.items():
                 per_seed.setdefault(name, {}).setdefault(key, []).append(float(value))
             print(f"{name} seed {seed}: {time.time() - t0:.0f} s", flush=True)  # 0: reused
             if seed == args.seeds[0]:
@@ -145,15 +145,13 @@ def _cpu() -> str:
     return f"{platform.machine()} x {os.cpu_count()}"
 
 
-def _finished(run_dir: Path, options: list[str], read) -> dict | None:
-    """The results of an earlier run of exactly these options in ``run_dir``, else None (a
-    benchmark that was stopped continues where it was); None too when ``read`` finds a value
-    missing (a run from before the benchmark tabulated it: it runs again)."""
+def _finished(run_dir: Path, options: list[str], read) -> dict[str, float] | None:
+    """What ``read`` takes from the results of an earlier run of exactly these options in
+    ``run_dir``, else None (a benchmark that was stopped continues where it was); None too when
+    a value is missing (a run from before the benchmark tabulated it: it runs again)."""
     try:
         if json.loads((run_dir / "command.json").read_text()) == options:
-            results = json.loads((run_dir / "results.json").read_text())
-            read(results)
-            return results
+            return read(json.loads((run_dir / "results.json").read_text()))
     except (OSError, ValueError, KeyError):
         pass
     return None
