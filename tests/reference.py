@@ -473,8 +473,12 @@ def semi_hard_triplet(f, labels, margin=1.0, masks=None, distance="l1", normaliz
     return sum(losses) / len(losses)
 
 
-def npairs(anchors, positives, labels, reg=0.003, anchor_masks=None, positive_masks=None):
+def npairs(anchors, positives, labels, reg=0.003, anchor_masks=None, positive_masks=None,
+           scale=None):
     n = len(anchors)
+    if scale is not None:
+        anchors = [[scale * x for x in _normalize(a)] for a in anchors]
+        positives = [[scale * x for x in _normalize(p)] for p in positives]
     total = 0.0
     for i in range(n):
         row = []
@@ -490,6 +494,8 @@ def npairs(anchors, positives, labels, reg=0.003, anchor_masks=None, positive_ma
         log_norm = top + math.log(sum(math.exp(s - top) for s in row))
         same = [j for j in range(n) if _shares(labels[i], labels[j])]
         total += -sum((row[j] - log_norm) for j in same) / len(same)
+    if scale is not None:
+        return total / n
     l2 = (sum(sum(x * x for x in a) for a in anchors) / n
           + sum(sum(x * x for x in p) for p in positives) / n)
     return total / n + reg * 0.25 * l2

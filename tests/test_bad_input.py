@@ -251,6 +251,7 @@ SCALARS = {
     "metrics.search_speedup db_size": lambda v: qk.metrics.search_speedup(np.arange(1, 4), v),
     "SemiHardTripletLoss margin": lambda v: losses.SemiHardTripletLoss(margin=v),
     "NPairsLoss reg": lambda v: losses.NPairsLoss(reg=v),
+    "NPairsLoss scale": lambda v: losses.NPairsLoss(scale=v),
     "DQNLoss pq_weight": lambda v: losses.DQNLoss(pq_weight=v),
     "BinaryKLLoss num_target_samples": lambda v: losses.BinaryKLLoss(num_target_samples=v),
     "BinaryKLLoss eps": lambda v: losses.BinaryKLLoss(eps=v),
@@ -260,7 +261,8 @@ SCALARS = {
 }
 
 
-NONE_MEANS_DEFAULT = {"ITQ nbits"}  # ITQ(None): as many bits as input dimensions
+# ITQ(None): as many bits as input dimensions; NPairsLoss(scale=None): outputs unnormalised
+NONE_MEANS_DEFAULT = {"ITQ nbits", "NPairsLoss scale"}
 
 
 @pytest.mark.parametrize("name", list(SCALARS))

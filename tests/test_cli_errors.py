@@ -38,6 +38,7 @@ def _refused(argv, capsys, message):
     (["dht", "--epochs", "-1"], "--epochs must be >= 1"),
     (["dht", "--lr", "0"], "--lr must be a finite number > 0"),
     (["dht", "--margin", "-0.5"], "--margin must be a finite number >= 0"),
+    (["dht", "--npairs-scale", "0"], "--npairs-scale must be a finite number > 0"),
     (["h2q", "--bits", "0"], "--bits must be >= 1"),
     (["dqn", "--bits", "7"], "--bits must be a multiple of 8 for dqn"),
     (["klhash", "--kl-weight", "inf"], "--kl-weight must be a finite number >= 0"),

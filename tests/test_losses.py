@@ -47,15 +47,28 @@ def test_triplet_equals_reference(seed, distance, masked, margin):
     assert float(loss) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
-@given(st.integers(0, 2**32 - 1), st.booleans())
-def test_npairs_equals_reference(seed, masked):
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.sampled_from([None, 0.5, 4.0]))
+def test_npairs_equals_reference(seed, masked, scale):
     a, labels, ma = batch(seed, n=8)
     p, _, mp = batch(seed + 1, n=8)
     args = (ma, mp) if masked else (None, None)
-    loss = NPairsLoss(0.01)(a, p, labels, *args)
+    loss = NPairsLoss(0.01, scale)(a, p, labels, *args)
     expected = ref.npairs(a.tolist(), p.tolist(), labels.tolist(), 0.01,
-                          *(m.tolist() if m is not None else None for m in args))
+                          *(m.tolist() if m is not None else None for m in args), scale)
     assert float(loss) == pytest.approx(expected, rel=1e-9)
+
+
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.floats(0.01, 100.0))
+def test_scaled_npairs_ignores_the_outputs_length(seed, masked, factor):
+    # normalised to length s first, the loss sees only directions: a network cannot lower
+    # it by growing its outputs, which is what the unnormalised loss rewards
+    a, labels, ma = batch(seed, n=8)
+    p, _, mp = batch(seed + 1, n=8)
+    masks = (ma, mp) if masked else (None, None)
+    loss = NPairsLoss(scale=3.0)
+    assert float(loss(factor * a, factor * p, labels, *masks)) == pytest.approx(
+        float(loss(a, p, labels, *masks)), rel=1e-9)
+    assert "scale=3.0" in repr(loss) and "reg=0.003" in repr(NPairsLoss())
 
 
 @given(st.integers(0, 2**32 - 1), st.booleans())

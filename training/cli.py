@@ -75,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
                           "apart when disjoint), so the paper's 1.0 is met as soon as codes "
                           "differ and the loss stops teaching")
     dht.add_argument("--reg", type=float, default=0.003, help="n-pairs L2 weight (0.003)")
+    dht.add_argument("--npairs-scale", type=float, default=None, metavar="S",
+                     help="n-pairs: normalise the outputs to length S (a cosine softmax at "
+                          "temperature 1/S) instead of the L2 term, which does not hold them "
+                          "in scale (default: unnormalised, as the paper)")
     dht.add_argument("--hash-epochs", type=int, default=None,
                      help="epochs of the hash head fine-tuning (default: as --epochs)")
 
@@ -109,6 +113,7 @@ _INT_BOUNDS = {"epochs": 1, "hash_epochs": 1, "classes_per_batch": 2, "items_per
                "warmup_epochs": 0, "h2q_epochs": 1, "seed": 0, "kl_ramp": 0}
 _FLOAT_BOUNDS = {"lr": (0.0, True), "penalty": (0.0, False), "penalty_sibling": (0.0, False),
                  "margin": (0.0, False), "hash_margin": (0.0, False), "reg": (0.0, False),
+                 "npairs_scale": (0.0, True),
                  "pq_weight": (0.0, False),
                  "kl_weight": (0.0, False), "sim_weight": (0.0, False)}
 

@@ -54,7 +54,7 @@ def _loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | Non
     x_train, y_train = run.data.x_train, run.data.y_train
     margin = args.margin if not masked or args.hash_margin is None else args.hash_margin
     triplet = SemiHardTripletLoss(margin)
-    npairs = NPairsLoss(args.reg)
+    npairs = NPairsLoss(args.reg, args.npairs_scale)
 
     def step(indices, epoch, step):
         if (variant or args.variant) == "triplet":
@@ -71,8 +71,9 @@ def _loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | Non
         if not masked:
             return npairs(a, p, labels)
         both = torch.cat([a, p])
+        # the codes of the outputs the loss sees: normalised when it normalises them
         codes = assign_batch_codes(both, torch.cat([labels, labels]), args.k, args.penalty,
-                                   normalize=False)
+                                   normalize=args.npairs_scale is not None)
         return npairs(a, p, labels, codes.mask[: len(a)], codes.mask[len(a):])
 
     return step
@@ -169,10 +170,14 @@ def run(args, run: Run) -> dict:
     centroids = KMeans(args.buckets, n_init=3, random_state=args.seed).fit(db_emb)
     vq = lambda e: -centroids.transform(e)  # noqa: E731  (nearest centroids score highest)
 
+    # the mean squared length of the raw outputs (on the queries), which n-pairs' softmax
+    # rewards: does the loss hold them in scale?
+    square_norms = {"metric": _mean_square_norm(run.infer(net, data.x_test, desc="norms"))}
     rows, curves = [], {"Th": [], "VQ": [], "DHT": []}
     for k in curve_ks(args):
         _, ((db_act, q_act),) = embeddings_and_activations(run, hash_nets[f"k{k}"], ("hash",),
                                                            embeddings=False)
+        square_norms[f"hash k={k}"] = _mean_square_norm(q_act)
         for name, db_keys, q_keys in (("Th", db_emb, q_emb), ("VQ", vq(db_emb), vq(q_emb)),
                                       ("DHT", db_act, q_act)):
             row = _table_rows(name, db_keys, db_emb, q_keys, q_emb, data, k, args.buckets)
@@ -192,6 +197,8 @@ def run(args, run: Run) -> dict:
                f"table search: {dht['search_s'] * 1e3:.2f} ms: a speed-up of "
                f"{exhaustive / dht['search_s']:.1f}x at SUF@16 {dht['SUF@16']:.1f} (medians of "
                "5)")
+    table.note("mean squared output length on the queries: " + ", ".join(
+        f"{name} {value:.2f}" for name, value in square_norms.items()))
     matched = matched_precision(curves, "DHT", "SUF@4", "P@4")
     for m in matched:
         others = ", ".join(f"{name} {'-' if m[name] is None else f'{m[name]:.3f}'}"
@@ -200,4 +207,8 @@ def run(args, run: Run) -> dict:
                    f"{m['DHT']:.3f}, {others} (interpolated on each curve in log SUF; - where "
                    "its curve does not reach that SUF)")
     return {"table": table, "rows": rows, "curves": curves, "matched": matched,
-            "exhaustive_s": exhaustive, "history": run.history}
+            "exhaustive_s": exhaustive, "square_norms": square_norms, "history": run.history}
+
+
+def _mean_square_norm(outputs: np.ndarray) -> float:
+    return float(np.mean(np.sum(np.square(outputs, dtype=np.float64), axis=1)))

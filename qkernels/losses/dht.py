@@ -238,14 +238,21 @@ class NPairsLoss(nn.Module):
     where the target ``t_ij`` spreads evenly over the columns that share row i's label. The
     default ``reg = 0.003`` is the DHT n-pairs setting. ``forward(anchors, positives, labels,
     anchor_masks=None, positive_masks=None)``; with masks both are needed.
+
+    The softmax rewards larger outputs whatever their direction, and the weak L2 term does not
+    stop them growing (the head's squared norm grows from 6 to over 100 in training). With
+    ``scale = s`` every output is first normalised to length ``s`` (``a_i <- s a_i / |a_i|``,
+    the fixed-temperature cosine softmax of NormFace), which holds it in scale; the L2 term
+    is then a constant and is left out.
     """
 
-    def __init__(self, reg: float = 0.003):
+    def __init__(self, reg: float = 0.003, scale: float | None = None):
         super().__init__()
         self.reg = check_real(reg, "reg", low=0.0)
+        self.scale = None if scale is None else check_real(scale, "scale", low=0.0, strict=True)
 
     def extra_repr(self) -> str:
-        return f"reg={self.reg}"
+        return f"reg={self.reg}" if self.scale is None else f"scale={self.scale}"
 
     def forward(self, anchors: torch.Tensor, positives: torch.Tensor, labels,
                 anchor_masks: torch.Tensor | None = None,
@@ -258,6 +265,9 @@ class NPairsLoss(nn.Module):
             raise ValueError("give both anchor_masks and positive_masks, or neither")
         if a.shape[0] == 0:
             return a.sum() * 0.0
+        if self.scale is not None:
+            a = self.scale * nn.functional.normalize(a, dim=1)
+            p = self.scale * nn.functional.normalize(p, dim=1)
         if anchor_masks is None:
             sim = a @ p.T
         else:
@@ -269,5 +279,7 @@ class NPairsLoss(nn.Module):
             raise ValueError("NPairsLoss needs a batch with at least two classes")
         target = same / same.sum(1, keepdim=True)
         cross_entropy = -(target * torch.log_softmax(sim, dim=1)).sum(1).mean()
+        if self.scale is not None:
+            return cross_entropy
         l2 = a.pow(2).sum(1).mean() + p.pow(2).sum(1).mean()
         return cross_entropy + self.reg * 0.25 * l2
