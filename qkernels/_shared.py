@@ -8,6 +8,11 @@ again inside the lock (a thread that waited finds it built), and published in on
 
 Searches never take the lock once the state exists; ``add`` is not meant to run concurrently
 with searches of the same index (as with FAISS indexes).
+
+Device mirrors (copies of an index's arrays on each GPU searched from) are one idiom for every
+index: :meth:`LazyState._device_mirror`, keyed by the device and by version counters (the
+index's own, bumped by :meth:`LazyState._changed` on every add, plus e.g. the quantizer's
+``codebooks_version``), never by ``id()`` of an array, which a new array may reuse.
 """
 
 from __future__ import annotations
@@ -25,6 +30,33 @@ class LazyState:
 
     def _init_lock(self) -> None:
         self._lock = threading.RLock()
+        self._generation = 0  # bumped by _changed: the data the mirrors were made from
+        self._mirrors: dict[int, tuple[tuple, Any]] = {}  # device -> (key, mirror)
+
+    def _changed(self) -> None:
+        """Call after the index's data changed (an add): mirrors of the old data are dropped
+        (and never served: their key holds the old generation)."""
+        self._generation += 1
+        self._mirrors = {}
+
+    def _device_mirror(self, build: Callable[[], Any], versions: tuple = ()) -> Any:
+        """``build()``'s device copy of the index's state on the current CUDA device, made once
+        per device and per (generation, *versions) under the lock; mirrors of other devices
+        with the same key are kept (a dict published whole: readers never see it half-made)."""
+        import cupy
+
+        device = cupy.cuda.Device().id
+        key = (self._generation, *versions)
+
+        def current(mirrors: dict) -> bool:
+            entry = mirrors.get(device)
+            return entry is not None and entry[0] == key
+
+        def make() -> dict:
+            kept = {d: e for d, e in self._mirrors.items() if e[0] == key}
+            return {**kept, device: (key, build())}
+
+        return self._once("_mirrors", current, make)[device][1]
 
     def _once(self, attr: str, valid: Callable[[Any], bool], build: Callable[[], Any]) -> Any:
         """``self.<attr>`` if ``valid`` says it is current, else ``build()``'s result, stored
@@ -43,8 +75,11 @@ class LazyState:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_lock", None)
+        state.pop("_mirrors", None)  # device arrays: each copy makes its own
         return state
 
     def __setstate__(self, state: dict) -> None:
+        generation = state.get("_generation", 0)
         self.__dict__.update(state)
         self._init_lock()
+        self._generation = generation

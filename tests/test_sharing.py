@@ -197,3 +197,97 @@ def test_indexes_copy_and_pickle_with_their_own_lock(tmp_path):
             inner = getattr(index, "_table", index)  # a HierarchicalHashTable's own table
             assert getattr(clone, "_table", clone)._lock is not inner._lock, name
             np.testing.assert_array_equal(search(clone)[1], expected[1], err_msg=name)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A stand-in for cupy that only says which device is current: enough to exercise the
+    keying of device mirrors (LazyState._device_mirror) without a GPU."""
+    import types
+
+    current = types.SimpleNamespace(id=0)
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=current.id))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return current
+
+
+@pytest.mark.parametrize("kind", ["SparseHashTable", "PQIndex", "BinaryIndex"])
+def test_device_mirrors_are_remade_after_an_add_and_kept_per_device(kind, fake_cupy):
+    act, emb = _data(n=500)
+    index = {"SparseHashTable": lambda: qk.SparseHashTable(act.shape[1], 2).add(act, emb),
+             "PQIndex": lambda: qk.PQIndex(qk.ProductQuantizer(16, 4, 4).train(emb)).add(emb),
+             "BinaryIndex": lambda: qk.BinaryIndex(act.shape[1]).add(qk.pack_bits(act))}[kind]()
+    builds = []
+
+    def mirror():
+        return index._device_mirror(lambda: builds.append(len(builds)) or len(builds))
+
+    assert mirror() == mirror() == 1
+    fake_cupy.id = 1
+    assert mirror() == 2
+    fake_cupy.id = 0
+    assert mirror() == 1  # the first device's mirror is kept
+    if kind == "SparseHashTable":
+        index.add(act[:5], emb[:5])
+    elif kind == "PQIndex":
+        index.add(emb[:5])
+    else:
+        index.add(qk.pack_bits(act[:5]))
+    assert mirror() == 3  # never the mirror of the data before the add
+    fake_cupy.id = 1
+    assert mirror() == 4
+
+
+def test_device_mirror_is_built_once_under_many_threads(fake_cupy):
+    act, _ = _data(n=500)
+    index = qk.BinaryIndex(act.shape[1]).add(qk.pack_bits(act))
+    builds, start = [], threading.Barrier(THREADS)
+
+    def build():
+        builds.append(1)
+        return object()
+
+    def search():
+        start.wait()
+        return index._device_mirror(build)
+
+    threads_out = []
+    workers = [threading.Thread(target=lambda: threads_out.append(search()))
+               for _ in range(THREADS)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(builds) == 1 and len({id(m) for m in threads_out}) == 1
+
+
+def test_pq_mirrors_and_tables_follow_the_codebooks(fake_cupy):
+    """A quantizer whose codebooks change (set_codebooks, train) is never served stale: the
+    symmetric tables and the device mirror key on codebooks_version, not on the array's id,
+    and set_codebooks copies, so the caller writing into its array later changes nothing."""
+    _, emb = _data(n=800)
+    pq = qk.ProductQuantizer(16, 4, 4).train(emb)
+    index = qk.PQIndex(pq).add(emb)
+    versions = {pq.codebooks_version}
+    codebooks = pq.codebooks.copy()
+    before = index.search(emb[:50], 10, symmetric=True)
+    keys = []
+    index._device_mirror(lambda: keys.append(pq.codebooks_version), (pq.codebooks_version,))
+    codebooks[:, :, :] = codebooks[:, ::-1, :]  # the same array, other contents
+    pq.set_codebooks(codebooks)
+    codebooks[:] = 0  # after the call: not seen
+    assert pq.codebooks.any()
+    versions.add(pq.codebooks_version)
+    fresh = qk.PQIndex(qk.ProductQuantizer(16, 4, 4).set_codebooks(pq.codebooks))
+    fresh.add_codes(index.codes)  # the same stored codes, tables from the new codebooks
+    got = index.search(emb[:50], 10, symmetric=True)
+    want = fresh.search(emb[:50], 10, symmetric=True)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert not np.array_equal(got[0], before[0])
+    index._device_mirror(lambda: keys.append(pq.codebooks_version), (pq.codebooks_version,))
+    assert len(keys) == 2  # remade for the new codebooks
+    pq.train(emb[::-1])
+    versions.add(pq.codebooks_version)
+    other = qk.ProductQuantizer(16, 4, 4).train(emb)  # versions are unique across quantizers
+    assert len(versions | {other.codebooks_version}) == 4

@@ -1,4 +1,4 @@
-// Product-quantization search on the GPU: the twin of qkernels/quantize/_pq_cpu.py.
+// Product-quantization search on the GPU: the twin of qkernels/index/_pq_cpu.py.
 //
 // pq_distance_tables: one thread per (query, subspace, codeword) entry, the distance between
 //   the query's sub-vector and the codeword accumulated in eight lanes (coordinate j in lane

@@ -9,7 +9,8 @@ import numba
 import numpy as np
 
 from .. import _gpu, config
-from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
+from .._arrays import origin_of, to_numpy, torch_stream
+from .._bits import pack_bits, packed, unpack_bits
 from .._checks import (
     as_float_array,
     check_columns,
@@ -25,49 +26,6 @@ from .._shared import LazyState
 from . import _hamming_cpu
 
 __all__ = ["BinaryIndex", "hamming_topk", "pack_bits", "unpack_bits"]
-
-
-def pack_bits(x: Any) -> Any:
-    """Binary codes of ``x`` ``(N, bits)``: bit ``j`` is ``x[:, j] > 0``.
-
-    Returns uint8 ``(N, ceil(bits / 8))`` in the layout of FAISS binary indexes: bit ``j`` is
-    bit ``j % 8`` (least significant first) of byte ``j // 8``, the last byte zero-padded.
-    Works on numpy arrays and torch tensors (the result has the caller's type).
-    """
-    origin = origin_of(x, names=("x",))
-    a = to_numpy(x, allow_device_copy=True)
-    check_rank(a, "x", (2,), "(N, bits)")
-    check_columns(a, "x", "bits")
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"x must hold real numbers or booleans, got dtype {a.dtype}")
-    if a.dtype.kind == "f" and a.size and np.isnan(a).any():
-        where = tuple(int(i) for i in np.argwhere(np.isnan(a))[0])
-        raise ValueError(f"x holds NaN at index {where}; a NaN has no sign (bit j is "
-                         "x[:, j] > 0, and +-inf are accepted)")
-    return origin.wrap(np.packbits(a > 0, axis=1, bitorder="little"))
-
-
-def unpack_bits(codes: Any, nbits: int) -> Any:
-    """The ``(N, nbits)`` uint8 0/1 bits of packed codes (the inverse of :func:`pack_bits`)."""
-    origin = origin_of(codes, names=("codes",))
-    c = _packed(codes, "codes")
-    nbits = check_int(nbits, "nbits", 1, 8 * c.shape[1])
-    return origin.wrap(np.unpackbits(c, axis=1, count=nbits, bitorder="little"))
-
-
-def _packed(codes: Any, name: str, nbytes: int | None = None, device: bool = False):
-    """Packed codes as a numpy array, or as a cupy array when ``device`` (no copy)."""
-    c = to_cupy(codes) if device else to_numpy(codes, allow_device_copy=True, name=name)
-    check_rank(c, name, (2,), "(N, bytes) packed uint8 codes")
-    check_columns(c, name, "bytes")
-    if c.dtype != np.uint8:
-        raise TypeError(
-            f"{name} must be packed uint8 codes (see qk.pack_bits), got dtype {c.dtype}; "
-            "codes are never cast silently"
-        )
-    if nbytes is not None and c.shape[1] != nbytes:
-        raise ValueError(f"{name} has {c.shape[1]} bytes per code; expected {nbytes}")
-    return c
 
 
 def _words(codes: np.ndarray) -> np.ndarray:
@@ -163,15 +121,15 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
     origin = origin_of(query_codes, db_codes, *pair,
                        names=("query_codes", "db_codes", "tiebreak[0]", "tiebreak[1]"))
     topk = check_int(topk, "topk", 1)
-    db = _packed(db_codes, "db_codes", device=origin.is_cuda and _gpu.available())
+    db = packed(db_codes, "db_codes", device=origin.is_cuda and _gpu.available())
     if _on_device(origin, db.shape[1], topk, tiebreak):
         from . import _gpu as index_gpu
 
-        queries = _packed(query_codes, "query_codes", db.shape[1], device=True)
+        queries = packed(query_codes, "query_codes", db.shape[1], device=True)
         with torch_stream(origin):
             return origin.wrap(index_gpu.hamming_topk(queries, index_gpu.word_columns(db), topk))
     db = to_numpy(db, allow_device_copy=True)
-    queries = _packed(query_codes, "query_codes", db.shape[1])
+    queries = packed(query_codes, "query_codes", db.shape[1])
     pair = None
     if tiebreak is not None:
         if not isinstance(tiebreak, (tuple, list)) or len(tiebreak) != 2:
@@ -201,7 +159,6 @@ class BinaryIndex(LazyState):
         self.nbytes = -(-self.nbits // 8)
         self._codes = np.empty((0, self.nbytes), dtype=np.uint8)
         self._columns: np.ndarray | None = None  # the kernels' layout, built on search
-        self._on_gpu: dict[int, Any] = {}  # the same on each GPU searched from
         self._features: np.ndarray | None = None
         self._init_lock()
 
@@ -223,7 +180,7 @@ class BinaryIndex(LazyState):
         """Append packed codes; ``features`` (continuous, for tie-breaks) must come with every
         add or with none. Returns the index."""
         origin_of(codes, features, names=("codes", "features"))
-        c = _packed(codes, "codes", self.nbytes)
+        c = packed(codes, "codes", self.nbytes)
         if self.nbits % 8 and (c[:, -1] >> (self.nbits % 8)).any():
             raise ValueError(f"codes set bits beyond nbits = {self.nbits} in their last byte")
         if features is not None:
@@ -239,7 +196,7 @@ class BinaryIndex(LazyState):
             raise ValueError("features were given with the earlier codes; give them again")
         self._codes = np.concatenate([self._codes, c])
         self._columns = None
-        self._on_gpu = {}
+        self._changed()
         return self
 
     def search(self, query_codes: Any, topk: int, query_features: Any = None
@@ -252,11 +209,11 @@ class BinaryIndex(LazyState):
         if _on_device(origin, self.nbytes, topk, query_features):
             from . import _gpu as index_gpu
 
-            queries = _packed(query_codes, "query_codes", self.nbytes, device=True)
+            queries = packed(query_codes, "query_codes", self.nbytes, device=True)
             with torch_stream(origin):
                 columns = self._device_columns(index_gpu)
                 return origin.wrap(index_gpu.hamming_topk(queries, columns, topk))
-        queries = _packed(query_codes, "query_codes", self.nbytes)
+        queries = packed(query_codes, "query_codes", self.nbytes)
         pair = None
         if query_features is not None:
             if self._features is None:
@@ -280,11 +237,7 @@ class BinaryIndex(LazyState):
         (and again after an add)."""
         import cupy
 
-        device = cupy.cuda.Device().id
-        mirrors = self._once(  # a new dict, published whole: readers never see it half-made
-            "_on_gpu", lambda m: device in m,
-            lambda: {**self._on_gpu, device: index_gpu.word_columns(cupy.asarray(self._codes))})
-        return mirrors[device]
+        return self._device_mirror(lambda: index_gpu.word_columns(cupy.asarray(self._codes)))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` (.npz, no pickle)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -14,8 +14,8 @@ from .._checks import as_float_array, check_int, check_rank, check_topk
 from .._heap import padded
 from .._io import load_npz, save_npz
 from .._shared import LazyState
-from ..quantize import _pq_cpu, _pq_gpu
-from ..quantize.pq import ProductQuantizer
+from ..quantize import ProductQuantizer
+from . import _pq_cpu, _pq_gpu
 
 __all__ = ["PQIndex"]
 
@@ -51,14 +51,14 @@ class PQIndex(LazyState):
     def __init__(self, pq: ProductQuantizer, metric: str = "l2"):
         if not isinstance(pq, ProductQuantizer):
             raise TypeError(f"pq must be a ProductQuantizer, got {type(pq).__name__}")
-        pq._require_trained()
+        if not pq.is_trained:
+            raise RuntimeError("this ProductQuantizer is not trained: call pq.train(x) first")
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
         self.pq = pq
         self.metric = metric
         self._codes = np.empty((0, pq.num_subspaces), dtype=pq.code_dtype)
-        self._sdc_tables = None  # (tables, codebooks they were made from), built on demand
-        self._on_gpu = None  # (key, codebooks, codes) on the last GPU searched from
+        self._sdc_tables = None  # (codebooks_version, tables), built on demand
         self._init_lock()
 
     @property
@@ -78,13 +78,15 @@ class PQIndex(LazyState):
 
     def add(self, x: Any) -> PQIndex:
         """Encode ``x`` ``(N, dim)`` and append the codes. Returns the index."""
-        codes = self.pq.encode(self.pq._vectors(x, "x"))
+        codes = self.pq.encode(self.pq.check_vectors(x, "x"))
         self._codes = np.concatenate([self._codes, codes])
+        self._changed()
         return self
 
     def add_codes(self, codes: Any) -> PQIndex:
         """Append codes made by this index's quantizer. Returns the index."""
-        self._codes = np.concatenate([self._codes, self.pq._codes(codes)])
+        self._codes = np.concatenate([self._codes, self.pq.check_codes(codes)])
+        self._changed()
         return self
 
     def search(self, q: Any, topk: int, *, symmetric: bool = False) -> tuple[Any, Any]:
@@ -100,7 +102,7 @@ class PQIndex(LazyState):
         if (origin.is_cuda and _gpu.available() and not symmetric
                 and topk <= _pq_gpu.MAX_TOPK and self.ntotal < 2**32):
             return self._search_on_device(origin, q, topk, inner_product)
-        queries = self.pq._vectors(q, "q")
+        queries = self.pq.check_vectors(q, "q")
         num_queries = queries.shape[0]
         topk, work = check_topk(topk, self.ntotal, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
@@ -118,7 +120,8 @@ class PQIndex(LazyState):
 
     def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool):
         """The asymmetric search on the GPU (qkernels/cuda/pq_scan.cu), on torch's stream; the
-        codes and codebooks are copied to each device once (again after an add)."""
+        codes and codebooks are copied to each device once (again after an add or a change of
+        the quantizer's codebooks)."""
         import cupy
 
         queries = to_cupy(q)
@@ -128,45 +131,50 @@ class PQIndex(LazyState):
                              f"{self.pq.dim}")
         queries = cupy.ascontiguousarray(as_float_array(queries, "q", dtype=np.float32))
         with torch_stream(origin):
-            # keyed by the arrays themselves (held in the mirror, so their ids stay unique):
-            # a retrained quantizer or an add makes new arrays and so a new mirror
-            host = (self.pq.codebooks, self._codes)
-            key = (cupy.cuda.Device().id, id(host[0]), id(host[1]))
-            mirror = self._once(
-                "_on_gpu", lambda m: m is not None and m[0] == key,
-                lambda: (key, cupy.asarray(host[0]), cupy.asarray(host[1]), host))
-            _, codebooks, codes, _ = mirror
+            # once per device, again after an add or when the quantizer's codebooks change
+            pq = self.pq
+            codebooks, codes = self._device_mirror(
+                lambda: (cupy.asarray(pq.codebooks), cupy.asarray(self._codes)),
+                (pq.codebooks_version,))
             return origin.wrap(_pq_gpu.search(queries, codebooks, codes, topk, inner_product))
 
     def _tables(self, queries: np.ndarray, symmetric: bool, inner_product: bool) -> np.ndarray:
+        version = self.pq.codebooks_version  # read first: a change after it forces a rebuild
         codebooks = self.pq.codebooks
         if not symmetric:
             tables = np.empty((queries.shape[0], self.pq.num_subspaces, self.pq.num_centroids),
                               dtype=np.float32)
             _pq_cpu.distance_tables(queries, codebooks, inner_product, tables)
             return tables
-        cached = self._once(
-            "_sdc_tables", lambda c: c is not None and c[1] is codebooks,
-            lambda: (_pq_cpu.symmetric_tables(codebooks, inner_product), codebooks))
-        sdc = cached[0]
+        sdc = self._once(
+            "_sdc_tables", lambda c: c is not None and c[0] == version,
+            lambda: (version, _pq_cpu.symmetric_tables(codebooks, inner_product)))[1]
         query_codes = self.pq.encode(queries).astype(np.int64)
         rows = np.arange(self.pq.num_subspaces)
         return np.ascontiguousarray(sdc[rows[None, :], query_codes])
 
     # ------------------------------------------------------------------ files
 
+    _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
+        "metric": ("U", 0), "codes": ("u", 2), "dim": ("iu", 0), "num_subspaces": ("iu", 0),
+        "nbits": ("iu", 0), "codebooks": ("f", 3),
+    }
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the index and its quantizer to ``path`` (.npz, no pickle)."""
+        pq = self.pq
         save_npz(path, "PQIndex", self._VERSION, metric=np.array(self.metric),
-                 codes=self._codes, **self.pq._state())
+                 codes=self._codes, dim=np.array(pq.dim),
+                 num_subspaces=np.array(pq.num_subspaces), nbits=np.array(pq.nbits),
+                 codebooks=pq.codebooks)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PQIndex:
         """Read an index written by :meth:`save`."""
-        fields = dict(ProductQuantizer._FIELDS, metric=("U", 0), codes=("u", 2))
-        arrays = load_npz(path, "PQIndex", cls._VERSION, fields)
-        pq = ProductQuantizer._from_state(arrays, path)
+        arrays = load_npz(path, "PQIndex", cls._VERSION, cls._FIELDS)
         try:
+            pq = ProductQuantizer(int(arrays["dim"]), int(arrays["num_subspaces"]),
+                                  int(arrays["nbits"])).set_codebooks(arrays["codebooks"])
             index = cls(pq, str(arrays["metric"]))
             index.add_codes(arrays["codes"])
         except (ValueError, TypeError) as error:

@@ -104,7 +104,6 @@ class SparseHashTable(LazyState):
         self._ids = np.empty(0, dtype=np.int64)
         self._rows = np.empty(0, dtype=np.int64)  # insertion position: breaks distance ties
         self._built: _Built | None = None  # built on the first search, under the lock
-        self._on_gpu = None  # (key, arrays) mirrored on the last GPU searched from
         self._init_lock()
         self.candidate_counts = np.empty(0, dtype=np.int64)
 
@@ -190,7 +189,7 @@ class SparseHashTable(LazyState):
         self._ids = np.concatenate([self._ids, new_ids])
         self._rows = np.concatenate([self._rows, self._rows.shape[0] + np.arange(n)])
         self._built = None
-        self._on_gpu = None
+        self._changed()
         return self
 
     def _build(self) -> _Built:
@@ -329,16 +328,15 @@ class SparseHashTable(LazyState):
         import cupy
 
         built = self._build()
-        key = (cupy.cuda.Device().id, id(built))
 
         def mirror():
             item_of_row = np.empty_like(built.rows)
             item_of_row[built.rows] = np.arange(built.rows.shape[0])
-            return (key, tuple(cupy.asarray(a) for a in (
+            return tuple(cupy.asarray(a) for a in (
                 built.offsets, built.items, built.codes, built.emb, built.rows, item_of_row,
-                built.ids)), built)  # built kept alive: its id stays unique
+                built.ids))
 
-        return self._once("_on_gpu", lambda m: m is not None and m[0] == key, mirror)[1]
+        return self._device_mirror(mirror)
 
     def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts):
         """The passes of a search (see _table_cpu) for one block of queries."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..quantize._h2q_loss import KINDS, quantization_loss
 from ._common import check_embeddings
 
 __all__ = ["HouseholderQuantizationLoss"]
-
-KINDS = ("l2", "l1", "bit_var", "min_entry")
 
 
 class HouseholderQuantizationLoss(nn.Module):
@@ -37,14 +36,4 @@ class HouseholderQuantizationLoss(nn.Module):
         return f"kind={self.kind!r}"
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = check_embeddings(z, "z")
-        if z.shape[0] == 0:
-            return z.sum() * 0.0  # keeps the graph connected
-        if self.kind == "l2":
-            return (z - torch.sign(z)).pow(2).mean()
-        if self.kind == "l1":
-            return (z - torch.sign(z)).abs().mean()
-        if self.kind == "bit_var":
-            s = torch.sigmoid(z)
-            return (s * (1 - s)).mean()
-        return torch.logsumexp(-z.pow(2), dim=1).mean()
+        return quantization_loss(check_embeddings(z, "z"), self.kind)

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from .._arrays import origin_of, to_numpy
+from .._bits import pack_bits
 from .._checks import as_float_array, check_int, check_nonnegative, check_rank
 from .._io import load_npz, save_npz
-from ..index.binary import pack_bits
-from ..losses.householder import KINDS, HouseholderQuantizationLoss
+from ._h2q_loss import KINDS, quantization_loss
 
 __all__ = ["HouseholderQuantizer"]
 
@@ -104,7 +104,9 @@ class HouseholderQuantizer:
         order = torch.randperm(x.shape[0], generator=generator)
         num_val = min(x.shape[0] - 1, max(1, round(validation_fraction * x.shape[0])))
         val, train = x[order[:num_val]], x[order[num_val:]]
-        criterion = HouseholderQuantizationLoss(self.loss)
+        def criterion(z):
+            return quantization_loss(z, self.loss)
+
         weights = self.weights.clone().requires_grad_(True)
         optimizer = torch.optim.SGD([weights], lr=lr)
 

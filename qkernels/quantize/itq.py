@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .._arrays import origin_of, to_numpy
+from .._bits import pack_bits
 from .._checks import as_float_array, check_columns, check_int, check_rank
-from ..index.binary import pack_bits
 
 __all__ = ["ITQ"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, ClassVar
 
@@ -19,6 +20,8 @@ from .._io import load_npz, save_npz
 from . import _pq_cpu
 
 __all__ = ["ProductQuantizer"]
+
+_VERSIONS = itertools.count(1)  # codebooks_version: next() is atomic under the GIL
 
 
 class ProductQuantizer:
@@ -69,6 +72,7 @@ class ProductQuantizer:
         self.max_points_per_centroid = max_points_per_centroid
         self.seed = check_int(seed, "seed")
         self._codebooks: np.ndarray | None = None
+        self._codebooks_version = 0  # see codebooks_version
 
     @property
     def dsub(self) -> int:
@@ -87,6 +91,14 @@ class ProductQuantizer:
         return self._codebooks is not None
 
     @property
+    def codebooks_version(self) -> int:
+        """A number that changes whenever the codebooks are replaced (``train``,
+        ``set_codebooks``), unique across all quantizers of the process: what is derived from
+        them (an index's tables, its GPU copy) keys on it. Writing into ``codebooks`` in place
+        is not seen; call ``set_codebooks``."""
+        return self._codebooks_version
+
+    @property
     def codebooks(self) -> np.ndarray:
         """Codewords, float32 ``(num_subspaces, 2**nbits, dim // num_subspaces)``."""
         self._require_trained()
@@ -100,7 +112,9 @@ class ProductQuantizer:
         if self._codebooks is None:
             raise RuntimeError("this ProductQuantizer is not trained: call train(x) first")
 
-    def _vectors(self, x: Any, name: str) -> np.ndarray:
+    def check_vectors(self, x: Any, name: str = "x") -> np.ndarray:
+        """``x`` as the C-contiguous float32 ``(N, dim)`` numpy array this quantizer works on
+        (a copy only where needed); a clear error, naming ``name``, for anything else."""
         a = to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), f"(N, dim = {self.dim})")
         if a.shape[1] != self.dim:
@@ -111,7 +125,7 @@ class ProductQuantizer:
 
     def train(self, x: Any) -> ProductQuantizer:
         """Learn the codebooks from ``x`` ``(N, dim)``, ``N >= 2**nbits``. Returns self."""
-        points = self._vectors(x, "x")
+        points = self.check_vectors(x, "x")
         k = self.num_centroids
         if points.shape[0] < k:
             raise ValueError(
@@ -127,6 +141,7 @@ class ProductQuantizer:
         codebooks = np.empty((self.num_subspaces, k, self.dsub), dtype=np.float32)
         _pq_cpu.train(points, self.num_subspaces, k, self.iterations, uniforms, codebooks)
         self._codebooks = codebooks
+        self._codebooks_version = next(_VERSIONS)
         return self
 
     def set_codebooks(self, codebooks: Any) -> ProductQuantizer:
@@ -135,20 +150,25 @@ class ProductQuantizer:
         shape = (self.num_subspaces, self.num_centroids, self.dsub)
         if c.shape != shape:
             raise ValueError(f"codebooks must have shape {shape}, got {tuple(c.shape)}")
-        self._codebooks = np.ascontiguousarray(as_float_array(c, "codebooks", dtype=np.float32))
+        # always a copy: the caller's array may be changed in place afterwards
+        self._codebooks = np.array(as_float_array(c, "codebooks", dtype=np.float32), order="C")
+        self._codebooks_version = next(_VERSIONS)
         return self
 
     def encode(self, x: Any) -> Any:
         """Nearest codeword per subspace: ``(N, num_subspaces)`` uint8 (uint16 above 8 bits)."""
         self._require_trained()
         origin = origin_of(x, names=("x",))
-        points = self._vectors(x, "x")
+        points = self.check_vectors(x, "x")
         codes = np.empty((points.shape[0], self.num_subspaces), dtype=self.code_dtype)
         if points.shape[0]:
             _pq_cpu.encode(points, self._codebooks, codes)
         return origin.wrap(codes)
 
-    def _codes(self, codes: Any, name: str = "codes") -> np.ndarray:
+    def check_codes(self, codes: Any, name: str = "codes") -> np.ndarray:
+        """``codes`` as the C-contiguous ``(N, num_subspaces)`` numpy array of ``code_dtype``
+        this quantizer makes; integers of another dtype are range-checked and converted, and
+        anything else is a clear error naming ``name``."""
         c = to_numpy(codes, allow_device_copy=True)
         check_rank(c, name, (2,), f"(N, num_subspaces = {self.num_subspaces})")
         if c.shape[1] != self.num_subspaces:
@@ -169,7 +189,7 @@ class ProductQuantizer:
         """The reconstruction: each sub-vector replaced by its codeword, float32 ``(N, dim)``."""
         self._require_trained()
         origin = origin_of(codes, names=("codes",))
-        c = self._codes(codes)
+        c = self.check_codes(codes)
         out = np.empty((c.shape[0], self.dim), dtype=np.float32)
         if c.shape[0]:
             _pq_cpu.decode(c, self._codebooks, out)

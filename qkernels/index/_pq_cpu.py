@@ -1,0 +1,173 @@
+"""Numba kernels of the PQ search: distance tables and look-up-table scans (asymmetric and
+symmetric distance), fused with the top-K selection; the CPU twins of qkernels/cuda/pq_scan.cu.
+
+Distances between sub-vectors use ``qkernels._simd`` (float32, eight fixed lanes); a PQ
+distance is the sum of the ``M`` table entries in the order ``m = 0, 1, ..., M - 1``. Ties go to
+the lower item. tests/reference.py repeats all of it with plain loops.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .._heap import drain_sorted, push, sift_down
+from .._parallel import parallel_kernel
+from .._simd import dot_f32, sq_l2_f32
+
+_INF32 = np.float32(np.inf)
+
+
+@parallel_kernel
+def distance_tables(queries, centroids, inner_product, tables):
+    """``tables[q, m, c]``: squared L2 (or minus the inner product) between query ``q``'s m-th
+    sub-vector and codeword ``c`` of subspace ``m``."""
+    num_subspaces, num_centroids, dsub = centroids.shape
+    for q in nb.prange(queries.shape[0]):
+        for m in range(num_subspaces):
+            sub = queries[q, m * dsub:(m + 1) * dsub]
+            for c in range(num_centroids):
+                if inner_product:
+                    tables[q, m, c] = -dot_f32(sub, centroids[m, c])
+                else:
+                    tables[q, m, c] = sq_l2_f32(sub, centroids[m, c])
+
+
+@nb.njit(cache=True, nogil=True)
+def symmetric_tables(centroids, inner_product):
+    """``out[m, a, b]``: distance between codewords ``a`` and ``b`` of subspace ``m``."""
+    num_subspaces, num_centroids, _ = centroids.shape
+    out = np.empty((num_subspaces, num_centroids, num_centroids), dtype=np.float32)
+    for m in range(num_subspaces):
+        for a in range(num_centroids):
+            for b in range(num_centroids):
+                if inner_product:
+                    out[m, a, b] = -dot_f32(centroids[m, a], centroids[m, b])
+                else:
+                    out[m, a, b] = sq_l2_f32(centroids[m, a], centroids[m, b])
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _adc(table, code):
+    """Asymmetric distance of one code: its table entries summed in subspace order."""
+    dist = table[0, code[0]]
+    for m in range(1, table.shape[0]):
+        dist += table[m, code[m]]
+    return dist
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_range(table, codes, start, stop, hd, hi, size):
+    """Asymmetric distances of items ``start..stop-1`` against one query's (M, K) table, into the
+    top-K max-heap (hd, hi) holding ``size`` entries; returns the new size.
+
+    Once the heap is full, items go eight at a time: eight independent sums in flight keep the
+    CPU's load units busy where one sum would wait on its own chain of additions (measured
+    1.4x faster). Each sum is still taken in subspace order, and the eight are offered to the
+    heap in item order, so the result is that of the plain loop.
+    """
+    topk = hd.shape[0]
+    num_subspaces = table.shape[0]
+    i = start
+    while i < stop and size < topk:
+        push(hd, hi, size, _adc(table, codes[i]), i)
+        size += 1
+        i += 1
+    block = codes[i:stop]  # a slice: non-negative indices, no wraparound checks
+    count = stop - i
+    j = 0
+    while j + 8 <= count:
+        d0 = table[0, block[j + 0, 0]]
+        d1 = table[0, block[j + 1, 0]]
+        d2 = table[0, block[j + 2, 0]]
+        d3 = table[0, block[j + 3, 0]]
+        d4 = table[0, block[j + 4, 0]]
+        d5 = table[0, block[j + 5, 0]]
+        d6 = table[0, block[j + 6, 0]]
+        d7 = table[0, block[j + 7, 0]]
+        for m in range(1, num_subspaces):
+            row = table[m]
+            d0 += row[block[j + 0, m]]
+            d1 += row[block[j + 1, m]]
+            d2 += row[block[j + 2, m]]
+            d3 += row[block[j + 3, m]]
+            d4 += row[block[j + 4, m]]
+            d5 += row[block[j + 5, m]]
+            d6 += row[block[j + 6, m]]
+            d7 += row[block[j + 7, m]]
+        if d0 < hd[0]:  # an equal distance loses: the heap's item has the lower index
+            sift_down(hd, hi, size, d0, i + j + 0)
+        if d1 < hd[0]:
+            sift_down(hd, hi, size, d1, i + j + 1)
+        if d2 < hd[0]:
+            sift_down(hd, hi, size, d2, i + j + 2)
+        if d3 < hd[0]:
+            sift_down(hd, hi, size, d3, i + j + 3)
+        if d4 < hd[0]:
+            sift_down(hd, hi, size, d4, i + j + 4)
+        if d5 < hd[0]:
+            sift_down(hd, hi, size, d5, i + j + 5)
+        if d6 < hd[0]:
+            sift_down(hd, hi, size, d6, i + j + 6)
+        if d7 < hd[0]:
+            sift_down(hd, hi, size, d7, i + j + 7)
+        j += 8
+    while j < count:
+        dist = _adc(table, block[j])
+        if dist < hd[0]:
+            sift_down(hd, hi, size, dist, i + j)
+        j += 1
+    return size
+
+
+@nb.njit(cache=True, nogil=True)
+def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
+    """Write a heap's entries ascending by (distance, item), then padding."""
+    drain_sorted(hd, hi, size, out_dist, out_item)
+    if inner_product:
+        for t in range(size):
+            out_dist[t] = -out_dist[t]
+    for t in range(size, out_dist.shape[0]):
+        out_dist[t] = -_INF32 if inner_product else _INF32
+        out_item[t] = -1
+
+
+@parallel_kernel
+def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
+    """Look-up-table scan of every item for every query, in parallel over queries."""
+    for q in nb.prange(tables.shape[0]):
+        hd = np.empty(topk, dtype=np.float32)
+        hi = np.empty(topk, dtype=np.int64)
+        size = _scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0)
+        _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
+
+
+@parallel_kernel
+def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
+    """The same scan for few queries, in parallel over chunks of the database; each chunk keeps
+    its own heap per query and the heaps are merged at the end."""
+    num_queries = tables.shape[0]
+    n = codes.shape[0]
+    step = (n + num_chunks - 1) // num_chunks
+    hd = np.empty((num_queries, num_chunks, topk), dtype=np.float32)
+    hi = np.empty((num_queries, num_chunks, topk), dtype=np.int64)
+    sizes = np.zeros((num_queries, num_chunks), dtype=np.int64)
+    for c in nb.prange(num_chunks):
+        for q in range(num_queries):
+            sizes[q, c] = _scan_range(tables[q], codes, c * step, min(n, (c + 1) * step),
+                                      hd[q, c], hi[q, c], 0)
+    for q in range(num_queries):
+        merged_d = np.empty(topk, dtype=np.float32)
+        merged_i = np.empty(topk, dtype=np.int64)
+        size = 0
+        for c in range(num_chunks):
+            for t in range(sizes[q, c]):
+                dist = hd[q, c, t]
+                item = hi[q, c, t]
+                if size < topk:
+                    push(merged_d, merged_i, size, dist, item)
+                    size += 1
+                elif dist < merged_d[0] or (dist == merged_d[0] and item < merged_i[0]):
+                    sift_down(merged_d, merged_i, size, dist, item)
+        _sorted_out(merged_d, merged_i, size, inner_product, out_dist[q], out_item[q])
