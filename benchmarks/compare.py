@@ -1,6 +1,7 @@
 """Ours against the peers users run today, in one process, interleaved, as ratios.
 
-    python benchmarks/compare.py SUITE [--repeat N]      SUITE: flow | all
+    python benchmarks/compare.py SUITE [--repeat N]
+    SUITE: flow | table | pq | binary | cascade | gpu | all
 
 Each row times every contestant on the same input, rotating their order in every round so that
 drifting machine load hits all of them alike, and reports medians. Only ratios from one run are

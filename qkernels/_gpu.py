@@ -1,9 +1,17 @@
 """The CUDA side: RawKernels from ``qkernels/cuda/*.cu``, compiled by NVRTC through cupy on
 first use (never at import) and cached per device, launched on torch's current stream.
 
-Every GPU kernel has a CPU twin (the Numba kernel of the same name) and a parity test marked
-``gpu``. Without cupy or a device the public functions keep running on the CPU; a GPU array is
-then refused with a message saying what to install.
+Every GPU kernel has a CPU twin and a parity test marked ``gpu`` (tests/test_gpu.py); the names
+differ, so here is the map (``.cu`` kernel: Numba twin):
+
+    flow.cu         solve_batch                  flow/_cpu.py solve_batch
+    hamming.cu      hamming_topk                 index/_hamming_cpu.py topk_by_query
+    table_probe.cu  probe                        index/_table_cpu.py plan_probes ... merge_heaps
+    pq_scan.cu      pq_distance_tables           index/_pq_cpu.py distance_tables
+                    pq_scan_u8, pq_scan_u16      index/_pq_cpu.py scan_by_query
+
+Without cupy or a device the public functions keep running on the CPU; a GPU array is then
+refused with a message saying what to install.
 """
 
 from __future__ import annotations

@@ -84,6 +84,14 @@ def test_siblings_are_kept_apart_and_batches_equal_loops():
 def test_torch_in_torch_out_and_errors():
     level1, level2 = qk.solve_hierarchical_codes(torch.randn(5, 3), torch.randn(5, 4), 2)
     assert isinstance(level1, torch.Tensor) and isinstance(level2, torch.Tensor)
+    # batched torch input: both objectives come back as torch, equal to the numpy ones
+    s1, s2 = torch.randn(3, 6, 3), torch.randn(3, 6, 4)
+    b1, b2 = qk.solve_hierarchical_codes(s1, s2, 2)
+    values = qk.hierarchical_code_objective(s1, s2, b1, b2)
+    want = qk.hierarchical_code_objective(s1.numpy(), s2.numpy(), b1.numpy(), b2.numpy())
+    for got, expected in zip(values, want, strict=True):
+        assert isinstance(got, torch.Tensor) and got.shape == (3,)
+        np.testing.assert_allclose(got.numpy(), expected)
     with pytest.raises(ValueError, match="same batch and class dimensions"):
         qk.solve_hierarchical_codes(np.zeros((3, 2)), np.zeros((4, 2)), 1)
     with pytest.raises(ValueError, match=r"k2 must be in 1\.\.2"):

@@ -267,7 +267,8 @@ def hierarchical_code_objective(scores1: Any, scores2: Any, level1: Any, level2:
                                 ) -> tuple[Any, Any]:
     """The two objectives :func:`solve_hierarchical_codes` minimises, for given codes:
     level 1 (``sparse_code_objective`` with k = 1 and ``penalty_global``) and level 2 (its
-    docstring's formula). Floats, or ``(B,)`` arrays for a batch."""
+    docstring's formula). Floats, or ``(B,)`` float64 arrays of the caller's type (numpy or
+    torch) for a batch."""
     origin, s1, s2 = _hierarchical_inputs(scores1, scores2)
     l1 = to_numpy(level1, allow_device_copy=True)
     l2 = to_numpy(level2, allow_device_copy=True)
@@ -286,4 +287,5 @@ def hierarchical_code_objective(scores1: Any, scores2: Any, level1: Any, level2:
     second = np.asarray(second, dtype=np.float64).reshape(-1) + sibling * pairs
     if s1.ndim == 2:
         return float(first), float(second[0])
-    return first, origin.wrap(second)
+    # s1 was converted to numpy above: both values go back as the caller's array type
+    return origin.wrap(np.asarray(first, dtype=np.float64)), origin.wrap(second)

@@ -32,11 +32,8 @@ selected itself: when a settled bucket improves a class's label, the class relax
 ``d`` buckets at once in a branch-free loop that the compiler vectorises. A class whose label
 is already no nearer than some labelled deficit bucket is skipped (nothing it reaches can come
 first), and a deficit bucket among the nearest nodes ends the search at once (ties are common
-with integer scores). Timed in one process beside the solver this replaced (every unit served
-from its class, Dijkstra over per-class lists of near buckets), on fresh inputs: faster at
-every size compare.py reports, most where buckets are crowded; about 1.2x slower at d = 2048,
-where the dense relaxation costs more, and at (1024, 1024, 4) with a penalty tiny beside the
-scores, where the greedy start leaves many units to move.
+with integer scores). The dense relaxation costs most at large d (d = 2048), and the greedy
+start helps least where the penalty is tiny beside the scores (many units left to move).
 
 All arithmetic is in float64; reduced costs that rounding pushes below zero are clamped to
 zero. With integer-valued costs every quantity stays an integer, so the optimum is exact.

@@ -230,7 +230,8 @@ def fill_probes(query_act, probe_offsets, probe_list):
 
 @nb.njit(cache=True, nogil=True)
 def invert_probes(probe_offsets, probe_list, num_buckets):
-    """Per bucket, the (query, probe position) pairs that probe it, by query then position."""
+    """Pass 3: per bucket, the (query, probe position) pairs that probe it, by query then
+    position."""
     num_queries = probe_offsets.shape[0] - 1
     total = probe_list.shape[0]
     bucket_offsets = np.zeros(num_buckets + 1, dtype=np.int64)
@@ -254,7 +255,7 @@ def invert_probes(probe_offsets, probe_list, num_buckets):
 def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
                  probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
                  heap_dist, heap_row, heap_item, heap_size, found):
-    """Pass 3, bucket by bucket: every item's row is read once for all the queries that probe
+    """Pass 4, bucket by bucket: every item's row is read once for all the queries that probe
     the bucket, and its distance to each of them goes into that query's top-K heap.
 
     Chunk ``c`` handles buckets ``chunk_starts[c]`` to ``chunk_starts[c + 1] - 1`` and owns
@@ -332,7 +333,7 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
 
 @parallel_kernel
 def merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, out_dist, out_item):
-    """Pass 4: each query's best ``topk`` over the chunks' heaps, by (distance, row)."""
+    """Pass 5: each query's best ``topk`` over the chunks' heaps, by (distance, row)."""
     num_chunks, num_queries, topk = heap_dist.shape
     for q in nb.prange(num_queries):
         total = 0

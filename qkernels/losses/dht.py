@@ -52,7 +52,8 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
 
     Returns ``BatchCodes(codes, mask)``: int64 ``(N, k)`` and a 0/1 ``(N, d)`` mask in the
     activations' dtype, both on the activations' device. No gradient flows through them. The
-    solve runs on the CPU (on a host copy of the class means) until the GPU solver exists.
+    solve runs on the CPU, on a host copy of the class means (the GPU flow kernel exists but
+    has not yet run on a device; issue 16 moves this solve onto it).
     """
     a = check_embeddings(activations, "activations").detach()
     inverse, means = _class_means(a, labels, normalize, group, "assign_batch_codes")
