@@ -1,8 +1,8 @@
-"""asv: the exact sparse-code solvers (solve_sparse_codes, solve_hierarchical_codes)."""
+"""asv: the exact flat sparse-code solver (solve_sparse_codes), one problem and batched."""
 
 import qkernels as qk
 
-from .common import SCORE_SCALE, dht_scores, ortools_level2, ortools_sparse_codes
+from .common import SCORE_SCALE, dht_scores, ortools_sparse_codes
 
 
 class SparseCodes:
@@ -34,26 +34,3 @@ class SparseCodesBatched:
 
     def time_solve_batch(self, batch):
         qk.solve_sparse_codes(self.scores, 4, SCORE_SCALE)
-
-
-class HierarchicalCodes:
-    """Both levels of cascaded codes, n = 64, penalties 100 and 1 (x 1e4) as in compare.py."""
-
-    params = ([32, 64], [1, 4])
-    param_names = ["d", "k2"]
-
-    def setup(self, d, k2):
-        self.s1 = dht_scores(64, d, seed=d + k2)
-        self.s2 = dht_scores(64, d, seed=d + k2 + 100)
-        self.penalties = (100.0 * SCORE_SCALE, 1.0 * SCORE_SCALE)
-        qk.solve_hierarchical_codes(self.s1[:4], self.s2[:4], 1, *self.penalties)
-
-    def time_solve(self, d, k2):
-        qk.solve_hierarchical_codes(self.s1, self.s2, k2, *self.penalties)
-
-    def track_level2_gap_to_ortools(self, d, k2):
-        """0 when level 2 is optimal (given our level 1)."""
-        level1, level2 = qk.solve_hierarchical_codes(self.s1, self.s2, k2, *self.penalties)
-        ours = qk.hierarchical_code_objective(self.s1, self.s2, level1, level2,
-                                              *self.penalties)[1]
-        return ours - ortools_level2(self.s2, level1, k2, *self.penalties)

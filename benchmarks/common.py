@@ -112,7 +112,7 @@ def ortools_level2(scores: np.ndarray, parents: np.ndarray, k: int, penalty_sibl
     return float(solver.optimal_cost())
 
 
-def cascade_codes_data(n: int, d: int, *, dim: int = 64, num_classes: int = 1000,
+def hierarchical_codes_data(n: int, d: int, *, dim: int = 64, num_classes: int = 1000,
                        children: int = 4, seed: int = 0, chunk: int = 100_000):
     """Like :func:`clustered_codes_data`, with two levels of activations: each class favours
     one parent bucket and ``children`` child buckets (boost 3 over unit noise). Yields

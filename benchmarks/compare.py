@@ -1,7 +1,7 @@
 """Ours against the peers users run today, in one process, interleaved, as ratios.
 
     python benchmarks/compare.py SUITE [--repeat N]
-    SUITE: flow | table | pq | binary | cascade | gpu | all
+    SUITE: flow | table | pq | binary | hierarchical | gpu | all
 
 Each row times every contestant on the same input, rotating their order in every round so that
 drifting machine load hits all of them alike, and reports medians. Only ratios from one run are
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qkernels as qk
 from benchmarks.common import (
     SCORE_SCALE,
-    cascade_codes_data,
     clustered_codes_data,
     dht_scores,
+    hierarchical_codes_data,
     ortools_level2,
     ortools_sparse_codes,
 )
@@ -320,13 +320,13 @@ def binary(args: argparse.Namespace) -> None:
 
 
 @suite
-def cascade(args: argparse.Namespace) -> None:
+def hierarchical(args: argparse.Namespace) -> None:
     """Cascaded codes: the hierarchical solver against OR-tools, and the compound table."""
     import ortools
 
     n, sibling, glob = 64, 100.0 * SCORE_SCALE, 1.0 * SCORE_SCALE
-    print(f"### cascade: solve_hierarchical_codes vs OR-tools {ortools.__version__} (both levels,"
-          " graph build included)\n")
+    print(f"### hierarchical: solve_hierarchical_codes vs OR-tools {ortools.__version__} (both "
+          "levels, graph build included)\n")
     print(f"n = {n} classes; DHT-like scores per level (x 1e4, integers); penalties 100 and 1 "
           f"(x 1e4). Median of {args.repeat} interleaved runs.\n")
 
@@ -354,7 +354,7 @@ def cascade(args: argparse.Namespace) -> None:
                  "same optimum"], rows)
 
     size, d, num_queries, topk = args.table_size, 64, 1000, 16
-    chunks = list(cascade_codes_data(size + num_queries, d, seed=8))
+    chunks = list(hierarchical_codes_data(size + num_queries, d, seed=8))
     level1 = np.concatenate([c[1] for c in chunks])
     level2 = np.concatenate([c[2] for c in chunks])
     emb = np.concatenate([c[3] for c in chunks])
@@ -371,9 +371,9 @@ def cascade(args: argparse.Namespace) -> None:
         "flat": lambda: flat.search(q2, qe, topk),
     }, max(3, args.repeat // 3))
     table_rows = []
-    for name, index, run in (("cascade (64 x 64)", compound, medians["compound"]),
+    for name, index, run in (("hierarchical (64 x 64)", compound, medians["compound"]),
                              ("flat DHT (64)", flat, medians["flat"])):
-        if name.startswith("cascade"):
+        if name.startswith("hierarchical"):
             index.search(q1, q2, qe, topk)
         else:
             index.search(q2, qe, topk)

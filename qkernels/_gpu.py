@@ -4,11 +4,15 @@ first use (never at import) and cached per device, launched on torch's current s
 Every GPU kernel has a CPU twin and a parity test marked ``gpu`` (tests/test_gpu.py); the names
 differ, so here is the map (``.cu`` kernel: Numba twin):
 
-    flow.cu         solve_batch                  flow/_cpu.py solve_batch
-    hamming.cu      hamming_topk                 index/_hamming_cpu.py topk_by_query
-    table_probe.cu  probe                        index/_table_cpu.py plan_probes ... merge_heaps
-    pq_scan.cu      pq_distance_tables           index/_pq_cpu.py distance_tables
-                    pq_scan_u8, pq_scan_u16      index/_pq_cpu.py scan_by_query
+    flow.cu     solve_batch                         flow/_flat_cpu.py solve_batch
+    hamming.cu  topk_by_query                       index/_hamming_cpu.py topk_by_query
+    table.cu    probe (passes 1-5 fused)            index/_table_cpu.py plan_probes ... merge_heaps
+    pq.cu       distance_tables                     index/_pq_cpu.py distance_tables
+                scan_by_query_u8, scan_by_query_u16 index/_pq_cpu.py scan_by_query
+
+The kernels' fixed limits (per-thread list lengths, shared-memory arrays) are defined once, in
+``LIMITS``, and passed to the sources as ``-D`` defines; the Python side reads the same values to
+decide when a search falls back to the CPU.
 
 Without cupy or a device the public functions keep running on the CPU; a GPU array is then
 refused with a message saying what to install.
@@ -22,7 +26,17 @@ from typing import Any
 
 from . import config
 
-__all__ = ["available", "block_size", "kernel", "require"]
+__all__ = ["LIMITS", "available", "block_size", "compile_options", "kernel", "require"]
+
+# per source (qkernels/cuda/<name>.cu): the -D defines it is compiled with
+LIMITS: dict[str, dict[str, int]] = {
+    "flow": {},
+    # the histogram of distances (bits + 1 counts), topk keys, one count per thread
+    "hamming": {"MAX_BITS": 1024, "MAX_TOPK": 1024, "MAX_THREADS": 1024},
+    "table": {"MAX_LOCAL_TOPK": 64},  # each thread's best topk keys, in registers
+    "pq": {"MAX_LOCAL_TOPK": 128},
+}
+MERGE_KEYS = 4096  # the keys a block bitonic-sorts in shared memory (32 KB)
 
 
 @functools.cache
@@ -55,7 +69,14 @@ def _module(name: str, device: int):
 
     source = _cuda_dir().joinpath(f"{name}.cu").read_text()
     with cupy.cuda.Device(device):  # the sources include common.cuh from their own folder
-        return cupy.RawModule(code=source, options=("-std=c++17", f"-I{_cuda_dir()}"))
+        return cupy.RawModule(code=source, options=compile_options(name))
+
+
+def compile_options(source: str) -> tuple[str, ...]:
+    """The NVRTC/nvcc options of ``qkernels/cuda/<source>.cu``: C++17, the folder of
+    common.cuh, and its LIMITS as ``-D`` defines (the same for the tests that compile them)."""
+    defines = tuple(f"-D{name}={value}" for name, value in LIMITS[source].items())
+    return ("-std=c++17", f"-I{_cuda_dir()}", *defines)
 
 
 def kernel(source: str, function: str):

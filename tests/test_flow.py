@@ -102,7 +102,7 @@ def test_final_potentials_certify_the_optimum(problem, general_costs):
     """The potentials the solver ends with are dual feasible and complementary to its codes:
     every residual arc has a reduced cost >= 0, a certificate of optimality independent of any
     other solver (the level-2 solver starts from them)."""
-    from qkernels.flow import _cpu
+    from qkernels.flow import _flat_cpu
 
     scores, k, penalty = problem
     n, d = scores.shape
@@ -111,7 +111,7 @@ def test_final_potentials_certify_the_optimum(problem, general_costs):
         incr = np.cumsum(np.random.default_rng(n * d).integers(0, 4, n)) - 3.0
     codes = np.empty((n, k), dtype=np.int64)
     pb, pc = np.empty(d), np.empty(n)
-    psink = _cpu.solve_with_potentials(scores.astype(np.float64), k, incr, codes, pb, pc)
+    psink = _flat_cpu.solve_with_potentials(scores.astype(np.float64), k, incr, codes, pb, pc)
     _check_codes(codes, n, d, k)
     assigned = np.zeros((n, d), dtype=bool)
     np.put_along_axis(assigned, codes, True, axis=1)

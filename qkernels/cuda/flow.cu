@@ -1,4 +1,4 @@
-// Exact k-sparse codes for a batch of problems: the GPU twin of qkernels/flow/_cpu.py.
+// Exact k-sparse codes for a batch of problems: the GPU twin of qkernels/flow/_flat_cpu.py.
 //
 // One block per problem runs successive shortest paths on the same network: supply at the
 // classes, the convex bucket cost charged from occupancy, Dijkstra from one class stopped at

@@ -13,9 +13,15 @@
 
 #include "common.cuh"
 
-#define MAX_BITS 1024
-#define MAX_TOPK 1024
-#define MAX_THREADS 1024
+#ifndef MAX_BITS
+#error "MAX_BITS comes from qkernels/_gpu.py LIMITS[\"hamming\"] (-DMAX_BITS=...)"
+#endif
+#ifndef MAX_TOPK
+#error "MAX_TOPK comes from qkernels/_gpu.py LIMITS[\"hamming\"] (-DMAX_TOPK=...)"
+#endif
+#ifndef MAX_THREADS
+#error "MAX_THREADS comes from qkernels/_gpu.py LIMITS[\"hamming\"] (-DMAX_THREADS=...)"
+#endif
 
 __device__ __forceinline__ int distance_of(const unsigned long long* __restrict__ query,
                                            const unsigned long long* __restrict__ db_t,
@@ -27,11 +33,11 @@ __device__ __forceinline__ int distance_of(const unsigned long long* __restrict_
     return d;
 }
 
-extern "C" __global__ void hamming_topk(const unsigned long long* __restrict__ queries,
-                                        const unsigned long long* __restrict__ db_t,
-                                        long long n, int words, int topk, int sort_size,
-                                        int* __restrict__ out_dist,
-                                        long long* __restrict__ out_item) {
+extern "C" __global__ void topk_by_query(const unsigned long long* __restrict__ queries,
+                                         const unsigned long long* __restrict__ db_t,
+                                         long long n, int words, int topk, int sort_size,
+                                         int* __restrict__ out_dist,
+                                         long long* __restrict__ out_item) {
     __shared__ int histogram[MAX_BITS + 1];
     __shared__ int equal_count[MAX_THREADS];
     __shared__ unsigned long long keys[MAX_TOPK];

@@ -109,7 +109,7 @@ def solve_sparse_codes(
     Notes
     -----
     The solver is successive shortest paths specialised to this bipartite network (see
-    ``qkernels/flow/_cpu.py``). It computes in float64: integer-valued scores, penalty and
+    ``qkernels/flow/_flat_cpu.py``). It computes in float64: integer-valued scores, penalty and
     bucket costs (below 2**50 in magnitude) give the exact optimum; for other floats the
     objective is optimal up to float64 rounding in the shortest-path potentials, about
     ``1e-15 * n * k * (max |scores| + max bucket cost)``. The result is deterministic, the same
@@ -119,7 +119,7 @@ def solve_sparse_codes(
     problem, on torch's current stream (qkernels/cuda/flow.cu); without cupy they are solved on
     a host copy and the codes returned to the device.
     """
-    from . import _cpu
+    from . import _flat_cpu
 
     if (type(scores) is np.ndarray and scores.dtype == np.float64 and scores.ndim in (2, 3)
             and scores.flags.c_contiguous and scores.flags.aligned):
@@ -139,9 +139,9 @@ def solve_sparse_codes(
     incr = _increments(n, penalty, bucket_costs)
     codes = np.empty((*s.shape[:-1], k), dtype=np.int64)
     if s.ndim == 2:
-        finite = _cpu.solve_one(s, k, incr, codes)
+        finite = _flat_cpu.solve_one(s, k, incr, codes)
     else:
-        finite = s.shape[0] == 0 or _cpu.solve_batch(s, k, incr, codes)
+        finite = s.shape[0] == 0 or _flat_cpu.solve_batch(s, k, incr, codes)
     if not finite:
         check_finite(s, "scores")  # raises, naming the first NaN or Inf
     return origin.wrap(codes)
@@ -151,7 +151,7 @@ def _solve_on_device(origin, scores: Any, k: int, penalty: Any, bucket_costs: An
     """solve_sparse_codes for GPU input: one CUDA block per problem, on torch's stream."""
     import cupy
 
-    from . import _gpu as flow_gpu
+    from . import _flat_gpu
 
     s = to_cupy(scores)
     check_rank(s, "scores", (2, 3), _SHAPES)
@@ -164,7 +164,7 @@ def _solve_on_device(origin, scores: Any, k: int, penalty: Any, bucket_costs: An
         incr = cupy.asarray(_increments(n, penalty, bucket_costs))
         batch = s.reshape(-1, n, d)
         codes = cupy.empty((batch.shape[0], n, k), dtype=cupy.int64)
-        flow_gpu.solve_batch(batch, k, incr, codes)
+        _flat_gpu.solve_batch(batch, k, incr, codes)
     return origin.wrap(codes.reshape(*s.shape[:-1], k))
 
 
@@ -245,7 +245,7 @@ def solve_hierarchical_codes(scores1: Any, scores2: Any, k2: int, penalty_siblin
     torch. Returns ``(level1, level2)``: int64 ``(n,)`` and ``(n, k2)`` (rows sorted), the
     caller's array type. Exact for integer-valued input, like the flat solver.
     """
-    from . import _hier_cpu
+    from . import _hierarchical_cpu
 
     origin, s1, s2 = _hierarchical_inputs(scores1, scores2)
     n, d2 = s2.shape[-2:]
@@ -256,9 +256,9 @@ def solve_hierarchical_codes(scores1: Any, scores2: Any, k2: int, penalty_siblin
     level2 = np.empty((*s2.shape[:-1], k2), dtype=np.int64)
     parents = np.ascontiguousarray(level1)
     if s2.ndim == 2:
-        _hier_cpu.solve_level2(s2, parents, k2, sibling, glob, level2)
+        _hierarchical_cpu.solve_level2(s2, parents, k2, sibling, glob, level2)
     elif s2.shape[0] > 0:
-        _hier_cpu.solve_level2_batch(s2, parents, k2, sibling, glob, level2)
+        _hierarchical_cpu.solve_level2_batch(s2, parents, k2, sibling, glob, level2)
     return origin.wrap(np.ascontiguousarray(level1)), origin.wrap(level2)
 
 

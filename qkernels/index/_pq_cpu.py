@@ -1,5 +1,5 @@
 """Numba kernels of the PQ search: distance tables and look-up-table scans (asymmetric and
-symmetric distance), fused with the top-K selection; the CPU twins of qkernels/cuda/pq_scan.cu.
+symmetric distance), fused with the top-K selection; the CPU twins of qkernels/cuda/pq.cu.
 
 Distances between sub-vectors use ``qkernels._simd`` (float32, eight fixed lanes); a PQ
 distance is the sum of the ``M`` table entries in the order ``m = 0, 1, ..., M - 1``. Ties go to

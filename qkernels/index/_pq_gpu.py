@@ -1,11 +1,11 @@
-"""GPU twins of the PQ distance tables and asymmetric scan (qkernels/cuda/pq_scan.cu)."""
+"""GPU twins of the PQ distance tables and asymmetric scan (qkernels/cuda/pq.cu; CPU:
+_pq_cpu.py)."""
 
 from __future__ import annotations
 
 from .. import _gpu
 
-MAX_TOPK = 128  # the per-thread lists of the kernel; larger topk runs on the CPU
-_KEYS = 4096  # merge keys per block (32 KB of shared memory)
+MAX_TOPK = _gpu.LIMITS["pq"]["MAX_LOCAL_TOPK"]  # the per-thread lists; larger topk: the CPU
 
 
 def search(queries, codebooks, codes, topk: int, inner_product: bool):
@@ -21,16 +21,16 @@ def search(queries, codebooks, codes, topk: int, inner_product: bool):
     tables = cupy.empty((num_queries, m, k), dtype=cupy.float32)
     entries = num_queries * m * k
     threads = _gpu.block_size()
-    _gpu.launch("pq_scan", "pq_distance_tables", (entries + threads - 1) // threads, threads,
+    _gpu.launch("pq", "distance_tables", (entries + threads - 1) // threads, threads,
                 (queries, codebooks, cupy.int32(num_queries), cupy.int32(m), cupy.int32(k),
                  cupy.int32(dsub), cupy.int32(inner_product), tables))
-    threads = 1 << (min(_gpu.block_size(), max(32, _KEYS // topk)).bit_length() - 1)
+    threads = 1 << (min(_gpu.block_size(), max(32, _gpu.MERGE_KEYS // topk)).bit_length() - 1)
     sort_size = 1 << max(0, (threads * topk - 1).bit_length())
     table_bytes = -(-4 * m * k // 8) * 8
     dist = cupy.empty((num_queries, topk), dtype=cupy.float32)
     items = cupy.empty((num_queries, topk), dtype=cupy.int64)
-    name = "pq_scan_u8" if codes.dtype == cupy.uint8 else "pq_scan_u16"
-    _gpu.launch("pq_scan", name, num_queries, threads,
+    name = "scan_by_query_u8" if codes.dtype == cupy.uint8 else "scan_by_query_u16"
+    _gpu.launch("pq", name, num_queries, threads,
                 (tables, codes, cupy.int64(n), cupy.int32(m), cupy.int32(k), cupy.int32(topk),
                  cupy.int32(sort_size), cupy.int32(inner_product), dist, items),
                 shared_mem=table_bytes + 8 * sort_size)

@@ -62,10 +62,10 @@ def _features(x: Any, name: str, rows: int) -> np.ndarray:
 def _on_device(origin, nbytes: int, topk: int, tiebreak: Any) -> bool:
     """Whether a search runs on the GPU: GPU input, cupy, and what the kernel handles (else
     the CPU kernel runs on host copies and the results go back to the device)."""
-    from . import _gpu as index_gpu
+    from . import _hamming_gpu
 
     return (origin.is_cuda and _gpu.available() and tiebreak is None
-            and 8 * nbytes <= index_gpu.HAMMING_MAX_BITS and topk <= index_gpu.HAMMING_MAX_TOPK)
+            and 8 * nbytes <= _hamming_gpu.MAX_BITS and topk <= _hamming_gpu.MAX_TOPK)
 
 
 def _search(query_words: np.ndarray, db_columns: np.ndarray, topk: int,
@@ -123,11 +123,12 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
     topk = check_int(topk, "topk", 1)
     db = packed(db_codes, "db_codes", device=origin.is_cuda and _gpu.available())
     if _on_device(origin, db.shape[1], topk, tiebreak):
-        from . import _gpu as index_gpu
+        from . import _hamming_gpu
 
         queries = packed(query_codes, "query_codes", db.shape[1], device=True)
         with torch_stream(origin):
-            return origin.wrap(index_gpu.hamming_topk(queries, index_gpu.word_columns(db), topk))
+            return origin.wrap(_hamming_gpu.topk_by_query(queries, _hamming_gpu.word_columns(db),
+                                                          topk))
     db = to_numpy(db, allow_device_copy=True)
     queries = packed(query_codes, "query_codes", db.shape[1])
     pair = None
@@ -207,12 +208,12 @@ class BinaryIndex(LazyState):
                            names=("query_codes", "query_features"))
         topk = check_int(topk, "topk", 1)
         if _on_device(origin, self.nbytes, topk, query_features):
-            from . import _gpu as index_gpu
+            from . import _hamming_gpu
 
             queries = packed(query_codes, "query_codes", self.nbytes, device=True)
             with torch_stream(origin):
-                columns = self._device_columns(index_gpu)
-                return origin.wrap(index_gpu.hamming_topk(queries, columns, topk))
+                columns = self._device_columns()
+                return origin.wrap(_hamming_gpu.topk_by_query(queries, columns, topk))
         queries = packed(query_codes, "query_codes", self.nbytes)
         pair = None
         if query_features is not None:
@@ -232,12 +233,14 @@ class BinaryIndex(LazyState):
         return self._once("_columns", lambda c: c is not None,
                           lambda: _word_columns(self._codes))
 
-    def _device_columns(self, index_gpu):
+    def _device_columns(self):
         """The codes in the kernels' layout on the current GPU, copied there once per device
         (and again after an add)."""
         import cupy
 
-        return self._device_mirror(lambda: index_gpu.word_columns(cupy.asarray(self._codes)))
+        from . import _hamming_gpu
+
+        return self._device_mirror(lambda: _hamming_gpu.word_columns(cupy.asarray(self._codes)))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` (.npz, no pickle)."""

@@ -30,7 +30,7 @@ class PQIndex(LazyState):
     fused with the top-K selection. With ``symmetric=True`` the query is quantized too (SDC,
     tables of codeword-to-codeword distances). Parallel over queries, or over the database when
     there are few queries (``qk.config.SPLIT_DATABASE_MAX_QUERIES``). Queries on a GPU are
-    searched there (asymmetric distance, topk up to 128; qkernels/cuda/pq_scan.cu).
+    searched there (asymmetric distance, topk up to 128; qkernels/cuda/pq.cu).
 
     Parameters
     ----------
@@ -119,7 +119,7 @@ class PQIndex(LazyState):
         return origin.wrap(dist), origin.wrap(items)
 
     def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool):
-        """The asymmetric search on the GPU (qkernels/cuda/pq_scan.cu), on torch's stream; the
+        """The asymmetric search on the GPU (qkernels/cuda/pq.cu), on torch's stream; the
         codes and codebooks are copied to each device once (again after an add or a change of
         the quantizer's codebooks)."""
         import cupy

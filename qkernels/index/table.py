@@ -23,8 +23,7 @@ from .._checks import (
 from .._heap import padded
 from .._io import load_npz, save_npz
 from .._shared import LazyState
-from . import _gpu as index_gpu
-from . import _table_cpu
+from . import _table_cpu, _table_gpu
 
 __all__ = ["SparseHashTable"]
 
@@ -256,12 +255,12 @@ class SparseHashTable(LazyState):
 
         Ties in distance go to the item added first. ``candidate_counts`` then holds the number
         of candidates each query looked at. Queries on a GPU are searched there (topk up to 64;
-        qkernels/cuda/table_probe.cu) against a copy of the table made on the first such search.
+        qkernels/cuda/table.cu) against a copy of the table made on the first such search.
         """
         origin = origin_of(query_activations, query_embeddings, exclude_ids,
                            names=("query_activations", "query_embeddings", "exclude_ids"))
         if (origin.is_cuda and _gpu.available() and self.ntotal
-                and check_int(topk, "topk", 1) <= index_gpu.PROBE_MAX_TOPK):
+                and check_int(topk, "topk", 1) <= _table_gpu.MAX_TOPK):
             return self._search_on_device(origin, query_activations, query_embeddings, topk,
                                           exclude_ids)
         act = self._activations(query_activations, "query_activations")
@@ -293,7 +292,7 @@ class SparseHashTable(LazyState):
 
     def _search_on_device(self, origin, query_activations, query_embeddings, topk: int,
                           exclude_ids):
-        """The probe on the GPU (qkernels/cuda/table_probe.cu), on torch's stream. The table is
+        """The probe on the GPU (qkernels/cuda/table.cu), on torch's stream. The table is
         built on the host and mirrored to each device once (again after an add)."""
         import cupy
 
@@ -317,7 +316,7 @@ class SparseHashTable(LazyState):
             act.shape[0]))
         with torch_stream(origin):
             arrays = self._device_arrays()
-            dist, items, counts = index_gpu.probe(act, emb, self.k, topk, arrays[:-1],
+            dist, items, counts = _table_gpu.probe(act, emb, self.k, topk, arrays[:-1],
                                                   cupy.asarray(exclude), self.metric == "ip")
             ids = cupy.where(items >= 0, arrays[-1][cupy.maximum(items, 0)], -1)
         self.candidate_counts = cupy.asnumpy(counts)

@@ -1,4 +1,4 @@
-"""asv: product quantization (train, encode, ADC search) and Hamming search."""
+"""asv: product quantization (train, encode) and PQIndex (ADC search)."""
 
 import numpy as np
 
@@ -36,22 +36,3 @@ class ProductQuantization:
         """Mean squared error of decode(encode(x)): a worse quantizer shows up here."""
         sample = self.x[:20_000]
         return float(((self.pq.decode(self.pq.encode(sample)) - sample) ** 2).mean())
-
-
-class Hamming:
-    params = ([64, 128], [1_000_000])
-    param_names = ["nbits", "n"]
-    timeout = 300
-
-    def setup(self, nbits, n):
-        rng = np.random.default_rng(nbits)
-        self.db = qk.pack_bits(rng.standard_normal((n, nbits), dtype=np.float32))
-        self.q = qk.pack_bits(rng.standard_normal((200, nbits), dtype=np.float32))
-        self.index = qk.BinaryIndex(nbits).add(self.db)
-        self.index.search(self.q[:2], 10)
-
-    def time_search(self, nbits, n):
-        self.index.search(self.q, 10)
-
-    def time_hamming_topk_function(self, nbits, n):
-        qk.hamming_topk(self.q, self.db, 10)

@@ -1,4 +1,4 @@
-"""GPU twin of ``_cpu.solve_batch``: one CUDA block per problem (qkernels/cuda/flow.cu).
+"""GPU twin of ``_flat_cpu.solve_batch``: one CUDA block per problem (qkernels/cuda/flow.cu).
 
 Same network and the same optimum; the kernel serves every unit from its class (the CPU
 solver's earlier form) rather than repairing the greedy start."""

@@ -24,7 +24,7 @@ chain of these arcs with the same cost), so successive shortest paths on it are 
 search has ``n + d + 1`` nodes like the flat problem, instead of one per (parent, child) pair.
 (``f_t`` is the flow from child ``t`` to the sink; at the optimum it equals ``c_t``.)
 
-It starts, like the flat solver (``_cpu.py``), from a nearly optimal pseudo-flow and moves only
+It starts, like the flat solver (``_flat_cpu.py``), from a nearly optimal pseudo-flow and moves only
 the difference. Each family is first solved alone, exactly, by the flat solver with the
 sibling cost as its bucket cost; shifted so that its sink's potential is 0, that solve's
 bucket potentials are those of the family's group nodes, every child's potential is 0, and
@@ -41,7 +41,7 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
-from ._cpu import _remove, sink_flows, solve_with_potentials
+from ._flat_cpu import _remove, sink_flows, solve_with_potentials
 
 _INF = np.inf
 _BLOCK = 32

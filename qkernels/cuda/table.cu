@@ -14,7 +14,9 @@
 
 #include "common.cuh"
 
-#define MAX_LOCAL_TOPK 64
+#ifndef MAX_LOCAL_TOPK
+#error "MAX_LOCAL_TOPK comes from qkernels/_gpu.py LIMITS[\"table\"] (-DMAX_LOCAL_TOPK=...)"
+#endif
 
 extern "C" __global__ void probe(const float* __restrict__ query_act,
                                  const float* __restrict__ query_emb, int num_buckets, int dim,

@@ -1,24 +1,27 @@
 // Product-quantization search on the GPU: the twin of qkernels/index/_pq_cpu.py.
 //
-// pq_distance_tables: one thread per (query, subspace, codeword) entry, the distance between
+// distance_tables: one thread per (query, subspace, codeword) entry, the distance between
 //   the query's sub-vector and the codeword accumulated in eight lanes (coordinate j in lane
 //   j % 8) and summed pairwise, with rounding intrinsics so that no multiply-add is fused:
 //   the same float32 result as the CPU kernels (qkernels/_simd.py).
-// pq_scan: one block per query. The (M, K) table sits in shared memory; each thread scans items
-//   t, t + T, ... summing the M entries in subspace order (as the CPU does) and keeps its best
-//   topk keys; the block then bitonic-sorts all threads' keys. A key is (sortable distance
-//   bits << 32 | item): ascending keys order by (distance, item), as on the CPU.
+// scan_by_query_u8, _u16: one block per query. The (M, K) table sits in shared memory; each
+//   thread scans items t, t + T, ... summing the M entries in subspace order (as the CPU
+//   does) and keeps its best topk keys; the block then bitonic-sorts all threads' keys. A
+//   key is (sortable distance bits << 32 | item): ascending keys order by (distance, item),
+//   as on the CPU.
 // Helpers (sortable keys, lane distances, the bitonic merge) are in common.cuh.
 
 #include "common.cuh"
 
-#define MAX_LOCAL_TOPK 128
+#ifndef MAX_LOCAL_TOPK
+#error "MAX_LOCAL_TOPK comes from qkernels/_gpu.py LIMITS[\"pq\"] (-DMAX_LOCAL_TOPK=...)"
+#endif
 
-extern "C" __global__ void pq_distance_tables(const float* __restrict__ queries,
-                                              const float* __restrict__ codebooks,
-                                              int num_queries, int m_count, int k_count,
-                                              int dsub, int inner_product,
-                                              float* __restrict__ tables) {
+extern "C" __global__ void distance_tables(const float* __restrict__ queries,
+                                           const float* __restrict__ codebooks,
+                                           int num_queries, int m_count, int k_count,
+                                           int dsub, int inner_product,
+                                           float* __restrict__ tables) {
     long long entry = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long total = (long long)num_queries * m_count * k_count;
     if (entry >= total) return;
@@ -70,18 +73,18 @@ __device__ void scan(const float* __restrict__ tables, const Code* __restrict__ 
     }
 }
 
-extern "C" __global__ void pq_scan_u8(const float* tables, const unsigned char* codes,
-                                      long long n, int m_count, int k_count, int topk,
-                                      int sort_size, int inner_product, float* out_dist,
-                                      long long* out_item) {
+extern "C" __global__ void scan_by_query_u8(const float* tables, const unsigned char* codes,
+                                            long long n, int m_count, int k_count, int topk,
+                                            int sort_size, int inner_product, float* out_dist,
+                                            long long* out_item) {
     scan<unsigned char>(tables, codes, n, m_count, k_count, topk, sort_size, inner_product,
                         out_dist, out_item);
 }
 
-extern "C" __global__ void pq_scan_u16(const float* tables, const unsigned short* codes,
-                                       long long n, int m_count, int k_count, int topk,
-                                       int sort_size, int inner_product, float* out_dist,
-                                       long long* out_item) {
+extern "C" __global__ void scan_by_query_u16(const float* tables, const unsigned short* codes,
+                                             long long n, int m_count, int k_count, int topk,
+                                             int sort_size, int inner_product, float* out_dist,
+                                             long long* out_item) {
     scan<unsigned short>(tables, codes, n, m_count, k_count, topk, sort_size, inner_product,
                          out_dist, out_item);
 }
