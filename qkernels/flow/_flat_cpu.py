@@ -213,11 +213,19 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                 # the nearest node, and the nearest labelled deficit bucket
                 near = key_bits[0]
                 bound_bits = key_bits[0] | deficit[0]
+                # (reduced costs are clamped at zero everywhere below: with exact arithmetic
+                # every one is >= 0, so a label below the settled node's is float64 rounding;
+                # the clamp keeps labels monotone, Dijkstra's precondition, and never acts on
+                # integer costs, which round to nothing)
                 for u in range(1, d + 1):
                     near = min(near, key_bits[u])
                     bound_bits = min(bound_bits, key_bits[u] | deficit[u])
                 if near >= _INF_BITS:
                     raise RuntimeError("flow solver: no augmenting path (please report this)")
+                # The early exit. Safe: nodes settle in label order, so a deficit bucket at
+                # the least label has its final distance and no deficit bucket is nearer;
+                # which of several tied ones is taken does not matter to SSP (the lowest id,
+                # for determinism).
                 if bound_bits <= near:  # a deficit bucket is among the nearest: the target
                     target = 0
                     while (key_bits[target] | deficit[target]) != bound_bits:
@@ -266,6 +274,11 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                         continue
                     label_c[j] = from_dist
                     pred_c[j] = r
+                    # The bound skip. Safe: all the class reaches is at least from_dist >=
+                    # bound >= D, the target's final distance (a deficit bucket is already
+                    # labelled at bound); nodes at >= D change neither the target nor the
+                    # potential update below. Its label is kept: a later bucket that brings
+                    # it below the bound relaxes it then.
                     if from_dist >= bound:
                         continue  # relaxed if it comes nearer later
                     # the class joins another bucket: all d arcs, branch-free (vectorised)
@@ -280,7 +293,9 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                         key[b] = cand if better else key[b]
                         pred[b] = j if better else pred[b]
 
-            # p += min(dist, D); shifted by -D only the nodes nearer than D change
+            # p += min(dist, D); shifted by -D only the nodes nearer than D change. Skipping
+            # the others is exact: min(dist, D) - D = 0 for them (and for unlabelled ones,
+            # at inf), including classes left out by the bound skip (labels >= D).
             reach = label[target]
             for r in range(d):
                 if label[r] < reach:

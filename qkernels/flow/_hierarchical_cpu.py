@@ -144,6 +144,9 @@ def solve_level2(scores, parents, k, sib, glob, codes):
                 for b in range(1, num_blocks):
                     if block_min[b] < block_min[best_block]:
                         best_block = b
+                # The early exit. Safe: the nearest labelled deficit child is no farther
+                # than every unsettled node, so nothing settled later gives it a shorter path
+                # (labels only grow from here); it wins ties with the rest.
                 if target_dist <= block_min[best_block]:
                     break
                 if block_min[best_block] == _INF:
@@ -266,7 +269,11 @@ def solve_level2(scores, parents, k, sib, glob, codes):
                             if cand < block_min[j // _BLOCK]:
                                 block_min[j // _BLOCK] = cand
 
-            # potentials: p += min(dist, D), shifted by -D (only nodes nearer than D change)
+            # potentials: p += min(dist, D), shifted by -D (only nodes nearer than D change).
+            # Walking the touched list only is exact: an untouched node is at inf and an
+            # unsettled one at >= D, and min(dist, D) - D = 0 for both. The reduced costs
+            # clamped at zero in the search (`if cand < dist`) are float64 rounding of values
+            # >= 0: the clamp keeps labels monotone and never acts on integer costs.
             for q in range(ntouched):
                 u = touched[q]
                 if state[u] == _SETTLED and label[u] < target_dist:
