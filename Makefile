@@ -29,7 +29,7 @@ compare: $(STAMP)
 	$(PY) benchmarks/compare.py all
 
 # Quality: each method against its baseline on Fashion-MNIST and 100 synthetic classes, 3 seeds
-# (about 2 hours on 2 cores, resumable; needs Debian's dataset-fashion-mnist)
+# (3-4 hours on 2 cores, resumable; needs Debian's dataset-fashion-mnist)
 quality: $(STAMP)
 	$(PY) -m training.benchmark --out runs/quality
 

@@ -41,6 +41,12 @@ def test_every_method_runs_end_to_end(method, dataset, tmp_path, capsys):
         assert 0 <= results["bit_balance"]["imbalance"] <= 1
     if method == "cascade":
         assert [r["method"].split(" (")[0] for r in results["rows"]] == ["cascade", "flat DHT"]
+        # what the quality benchmark reads from it
+        from training.benchmark import _cascade_rows
+        values = _cascade_rows(results)
+        ratio = results["rows"][0]["SUF@1"] / results["rows"][1]["SUF@1"]
+        assert values["cascade SUF@1 / flat SUF@1"] == pytest.approx(ratio)
+        assert {"cascade P@1", "flat DHT P@1", "cascade NMI"} <= set(values)
 
 
 def test_dqn_quantizes_unit_vectors_unless_raw(tmp_path):

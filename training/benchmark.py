@@ -5,7 +5,7 @@ test split is scored, hyper-parameters come from validation runs (``--validation
 it. Prints one markdown table of mean +- standard deviation over the seeds and writes it, with
 the raw per-seed values (quality.json) and the first seed's plots, to ``--out``.
 
-    python -m training.benchmark                       # 3 seeds: about 2 hours on 2 cores
+    python -m training.benchmark                       # 3 seeds: 3-4 hours on 2 cores
     python -m training.benchmark --seeds 0 --only dqn  # one seed, one experiment
 
 Needs Debian's dataset-fashion-mnist (or --fashion DIR). The training budget is a CPU budget
@@ -47,6 +47,19 @@ def _dht_rows(results: dict) -> dict[str, float]:
     return out
 
 
+def _cascade_rows(results: dict) -> dict[str, float]:
+    """SUF@K, P@K and NMI of the cascade's compound table and of flat DHT on the same body,
+    and the cascade's SUF as a multiple of the flat table's."""
+    out = {}
+    for row in results["rows"]:
+        name = row["method"].split(" (")[0]
+        for key in ("SUF@1", "P@1", "P@4", "P@16", "NMI"):
+            out[f"{name} {key}"] = row[key]
+    cascade, flat = results["rows"]
+    out["cascade SUF@1 / flat SUF@1"] = cascade["SUF@1"] / flat["SUF@1"]
+    return out
+
+
 def _maps(results: dict) -> dict[str, float]:
     return dict(results["map"])
 
@@ -56,10 +69,20 @@ _KL = lambda r: {"mAHP": r["mAHP"], "mAP": r["mAP"],  # noqa: E731
                  "bit imbalance": r["bit_balance"]["imbalance"],
                  "bit correlation (mean abs)": r["bit_balance"]["correlation"]}
 EXPERIMENTS = [
-    ("dqn", "fashion", ["dqn"], _maps),
+    ("dqn", "fashion", ["dqn"], _maps),  # 32 bits: 4 subspaces x 8 bits
     ("dqn-posthoc", "fashion", ["dqn", "--pq-weight", "0"], _maps),
+    # lambda selected on the validation split (0 / 0.01 / 0.1 / 1 at 32 bits, seed 0: README)
+    ("dqn-0.01", "fashion", ["dqn", "--pq-weight", "0.01"], _maps),
+    ("dqn-16", "fashion", ["dqn", "--bits", "16"], _maps),
+    ("dqn-posthoc-16", "fashion", ["dqn", "--bits", "16", "--pq-weight", "0"], _maps),
+    ("dqn-8", "fashion", ["dqn", "--bits", "8"], _maps),
+    ("dqn-posthoc-8", "fashion", ["dqn", "--bits", "8", "--pq-weight", "0"], _maps),
     ("dht", "fashion", ["dht", "--k", "2", "--max-k", "2"], _dht_rows),
+    ("h2q-16", "fashion", ["h2q", "--bits", "16"], _maps),
+    ("h2q-32", "fashion", ["h2q", "--bits", "32"], _maps),
     ("h2q-64", "fashion", ["h2q", "--bits", "64"], _maps),
+    ("cascade", "fashion", ["cascade", "--buckets", "16"], _cascade_rows),
+    ("cascade-c100", SYNTHETIC, ["cascade", "--buckets", "16"], _cascade_rows),
     ("dht-c100", SYNTHETIC, ["dht", "--k", "2", "--max-k", "2", "--buckets", "32"], _dht_rows),
     ("klhash-nokl", SYNTHETIC, ["klhash", "--kl-weight", "0"], _KL),
     ("klhash", SYNTHETIC, ["klhash"], _KL),
