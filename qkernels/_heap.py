@@ -7,7 +7,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["drain_sorted", "padded", "push", "sift_down"]
+__all__ = ["drain_sorted", "merge_chunks", "padded", "push", "sift_down"]
 
 
 def padded(dist: np.ndarray, items: np.ndarray, topk: int, missing
@@ -68,3 +68,22 @@ def drain_sorted(hd, hi, size, out_dist, out_item):
         out_item[end] = hi[0]
         if end > 0:
             sift_down(hd, hi, end, hd[end], hi[end])
+
+
+@nb.njit(cache=True, nogil=True)
+def merge_chunks(hd, hi, sizes, md, mi):
+    """One query's best ``len(md)`` entries over the heaps that chunks of the database kept
+    for it (``hd[c, :sizes[c]]``, ``hi[c, :sizes[c]]``), into the heap ``md``, ``mi``, by
+    (distance, item); returns its size. The merge of every split-by-database scan."""
+    topk = md.shape[0]
+    size = 0
+    for c in range(hd.shape[0]):
+        for t in range(sizes[c]):
+            dist = hd[c, t]
+            item = hi[c, t]
+            if size < topk:
+                push(md, mi, size, dist, item)
+                size += 1
+            elif dist < md[0] or (dist == md[0] and item < mi[0]):
+                sift_down(md, mi, size, dist, item)
+    return size

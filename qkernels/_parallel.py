@@ -19,11 +19,22 @@ from collections.abc import Callable
 
 import numba as nb
 
-__all__ = ["parallel_kernel", "threading_layer"]
+__all__ = ["database_chunks", "parallel_kernel", "threading_layer"]
 
 _THREADSAFE = ("omp", "tbb")
 _lock = threading.RLock()
 _layer: str | None = None  # None until the first parallel launch has run
+
+
+def database_chunks(num_queries: int, ntotal: int) -> int:
+    """How a scan of ``ntotal`` items for ``num_queries`` queries is split: into this many
+    chunks of the database (each with its own heaps, merged after) when there are few queries
+    (``qk.config.SPLIT_DATABASE_MAX_QUERIES``), so that every core has work; 0 to go in
+    parallel over queries instead. The one rule of the PQ and Hamming scans."""
+    from . import config
+
+    chunks = min(ntotal, 4 * nb.get_num_threads())
+    return chunks if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1 else 0
 
 
 def threading_layer() -> str | None:

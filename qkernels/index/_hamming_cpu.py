@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import drain_sorted, push, sift_down
+from .._heap import drain_sorted, merge_chunks, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import popcount64, sq_l2_f32
 
@@ -117,17 +117,11 @@ def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item)
         buffer = np.empty(block, dtype=np.int64)
         _scan(queries, db_t, c * step, min(n, (c + 1) * step), 0, num_queries, buffer, hd[c],
               hi[c], hs[c])
+    md = np.empty(topk, dtype=np.int64)
+    mi = np.empty(topk, dtype=np.int64)
     for q in range(num_queries):
-        md = np.empty((1, topk), dtype=np.int64)
-        mi = np.empty((1, topk), dtype=np.int64)
-        ms = np.zeros(1, dtype=np.int64)
-        for c in range(num_chunks):
-            for t in range(hs[c, q]):
-                dist = hd[c, q, t]
-                item = hi[c, q, t]
-                if ms[0] < topk or dist < md[0, 0] or (dist == md[0, 0] and item < mi[0, 0]):
-                    _offer(md, mi, ms, 0, dist, item)
-        _write_sorted(md[0], mi[0], ms[0], out_dist[q], out_item[q])
+        size = merge_chunks(hd[:, q], hi[:, q], hs[:, q], md, mi)
+        _write_sorted(md, mi, size, out_dist[q], out_item[q])
 
 
 @nb.njit(cache=True, nogil=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import drain_sorted, push, sift_down
+from .._heap import drain_sorted, merge_chunks, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import dot_f32, sq_l2_f32
 
@@ -157,17 +157,8 @@ def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, o
         for q in range(num_queries):
             sizes[q, c] = _scan_range(tables[q], codes, c * step, min(n, (c + 1) * step),
                                       hd[q, c], hi[q, c], 0)
+    merged_d = np.empty(topk, dtype=np.float32)
+    merged_i = np.empty(topk, dtype=np.int64)
     for q in range(num_queries):
-        merged_d = np.empty(topk, dtype=np.float32)
-        merged_i = np.empty(topk, dtype=np.int64)
-        size = 0
-        for c in range(num_chunks):
-            for t in range(sizes[q, c]):
-                dist = hd[q, c, t]
-                item = hi[q, c, t]
-                if size < topk:
-                    push(merged_d, merged_i, size, dist, item)
-                    size += 1
-                elif dist < merged_d[0] or (dist == merged_d[0] and item < merged_i[0]):
-                    sift_down(merged_d, merged_i, size, dist, item)
+        size = merge_chunks(hd[q], hi[q], sizes[q], merged_d, merged_i)
         _sorted_out(merged_d, merged_i, size, inner_product, out_dist[q], out_item[q])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numba
 import numpy as np
 
-from .. import _gpu, config
+from .. import _gpu
 from .._arrays import origin_of, to_numpy, torch_stream
 from .._bits import pack_bits, packed, unpack_bits
 from .._checks import (
@@ -22,6 +21,7 @@ from .._checks import (
 )
 from .._heap import padded
 from .._io import load_npz, save_npz
+from .._parallel import database_chunks
 from .._shared import LazyState
 from . import _hamming_cpu
 
@@ -86,8 +86,8 @@ def _select(query_words, db_columns, topk, tiebreak):
         _hamming_cpu.topk_tiebreak(query_words, db_columns, tiebreak[0], tiebreak[1], topk,
                                    dist, items)
         return dist, items
-    chunks = min(db_columns.shape[1], 4 * numba.get_num_threads())
-    if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1:
+    chunks = database_chunks(num_queries, db_columns.shape[1])
+    if chunks:
         _hamming_cpu.topk_by_database(query_words, db_columns, topk, _BLOCK, chunks, dist,
                                       items)
     else:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-import numba
 import numpy as np
 
-from .. import _gpu, config
+from .. import _gpu
 from .._arrays import origin_of, to_cupy, torch_stream
 from .._checks import as_float_array, check_int, check_rank, check_topk
 from .._heap import padded
 from .._io import load_npz, save_npz
+from .._parallel import database_chunks
 from .._shared import LazyState
 from ..quantize import ProductQuantizer
 from . import _pq_cpu, _pq_gpu
@@ -109,8 +109,8 @@ class PQIndex(LazyState):
         items = np.empty((num_queries, work), dtype=np.int64)
         if num_queries:
             tables = self._tables(queries, symmetric, inner_product)
-            chunks = min(self.ntotal, 4 * numba.get_num_threads())
-            if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1:
+            chunks = database_chunks(num_queries, self.ntotal)
+            if chunks:
                 _pq_cpu.scan_by_database(tables, self._codes, work, chunks, inner_product,
                                          dist, items)
             else:
