@@ -80,3 +80,25 @@ __device__ __forceinline__ void merge_lists(const unsigned long long* best, int 
     for (int s = blockDim.x * length + t; s < size; s += blockDim.x) keys[s] = ~0ULL;
     bitonic_sort(keys, size);
 }
+
+// Query q's sorted keys (sortable distance << 32 | id) written out by the block: distances
+// (negated back for inner products; +-inf where missing) and ids, -1 where missing. With
+// item_of_row, the key's low bits are a row and item_of_row[row] the id written.
+__device__ __forceinline__ void write_results(const unsigned long long* keys, int q, int topk,
+                                              int inner_product,
+                                              const long long* __restrict__ item_of_row,
+                                              float* out_dist, long long* out_item) {
+    const float inf = __int_as_float(0x7f800000);
+    for (int s = threadIdx.x; s < topk; s += blockDim.x) {
+        long long row = (long long)q * topk + s;
+        if (keys[s] != ~0ULL) {
+            float dist = unsortable((unsigned int)(keys[s] >> 32));
+            unsigned long long low = keys[s] & 0xffffffffULL;
+            out_dist[row] = inner_product ? -dist : dist;
+            out_item[row] = item_of_row ? item_of_row[low] : (long long)low;
+        } else {
+            out_dist[row] = inner_product ? -inf : inf;
+            out_item[row] = -1;
+        }
+    }
+}

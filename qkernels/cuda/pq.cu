@@ -60,17 +60,7 @@ __device__ void scan(const float* __restrict__ tables, const Code* __restrict__ 
         keep_best(best, topk, ((unsigned long long)sortable(dist) << 32) | (unsigned long long)i);
     }
     merge_lists(best, topk, keys, sort_size);
-    for (int s = t; s < topk; s += threads) {
-        long long row = (long long)q * topk + s;
-        if (keys[s] != ~0ULL) {
-            float dist = unsortable((unsigned int)(keys[s] >> 32));
-            out_dist[row] = inner_product ? -dist : dist;
-            out_item[row] = (long long)(keys[s] & 0xffffffffULL);
-        } else {
-            out_dist[row] = inner_product ? -__int_as_float(0x7f800000) : __int_as_float(0x7f800000);
-            out_item[row] = -1;
-        }
-    }
+    write_results(keys, q, topk, inner_product, nullptr, out_dist, out_item);
 }
 
 extern "C" __global__ void scan_by_query_u8(const float* tables, const unsigned char* codes,

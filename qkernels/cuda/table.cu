@@ -120,17 +120,6 @@ extern "C" __global__ void probe(const float* __restrict__ query_act,
     }
 
     merge_lists(best, topk, keys, sort_size);
-    for (int s = t; s < topk; s += threads) {
-        long long row = (long long)q * topk + s;
-        if (keys[s] != ~0ULL) {
-            float dist = unsortable((unsigned int)(keys[s] >> 32));
-            out_dist[row] = inner_product ? -dist : dist;
-            out_item[row] = item_of_row[keys[s] & 0xffffffffULL];
-        } else {
-            out_dist[row] = inner_product ? -__int_as_float(0x7f800000)
-                                          : __int_as_float(0x7f800000);
-            out_item[row] = -1;
-        }
-    }
+    write_results(keys, q, topk, inner_product, item_of_row, out_dist, out_item);
     if (t == 0) out_count[q] = (long long)count;
 }
