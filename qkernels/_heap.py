@@ -1,13 +1,18 @@
-"""Bounded max-heaps on (distance, item) for the top-K of the Numba scans: the root is the
-worst kept entry, so a candidate needs one comparison to be turned away. Equal distances go
-to the lower item."""
+"""Bounded max-heaps for the top-K of the Numba scans: the root is the worst kept entry, so a
+candidate needs one comparison to be turned away.
+
+Two arities, the one place for both: on (distance, item) for the PQ and Hamming scans (equal
+distances go to the lower item; ``push``, ``sift_down``, ``drain_sorted``, ``merge_chunks``),
+and on three keys compared in order for the table probe (distance, insertion row, item) and
+the Hamming tie-break (distance, feature distance, item): ``offer3``, ``drain_sorted3``."""
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
-__all__ = ["drain_sorted", "merge_chunks", "padded", "push", "sift_down"]
+__all__ = ["drain_sorted", "drain_sorted3", "merge_chunks", "offer3", "padded", "push",
+           "sift_down"]
 
 
 def padded(dist: np.ndarray, items: np.ndarray, topk: int, missing
@@ -87,3 +92,72 @@ def merge_chunks(hd, hi, sizes, md, mi):
             elif dist < md[0] or (dist == md[0] and item < mi[0]):
                 sift_down(md, mi, size, dist, item)
     return size
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def worse3(a1, b1, c1, a2, b2, c2):
+    """(a1, b1, c1) > (a2, b2, c2), compared in order (the first key decides most often, so
+    it is tested first and alone)."""
+    return a1 > a2 or (a1 == a2 and (b1 > b2 or (b1 == b2 and c1 > c2)))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def offer3(ha, hb, hc, hs, q, a, b, c):
+    """Offer (a, b, c) to heap ``q`` of the 2-D arrays ``ha``, ``hb``, ``hc`` (``hs[q]``
+    entries, room for ``ha.shape[1]``): pushed while there is room, else it replaces the root
+    (the worst entry) if it is better."""
+    size = hs[q]
+    if size < ha.shape[1]:  # sift up from the end
+        i = size
+        hs[q] = size + 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not worse3(a, b, c, ha[q, parent], hb[q, parent], hc[q, parent]):
+                break
+            ha[q, i] = ha[q, parent]
+            hb[q, i] = hb[q, parent]
+            hc[q, i] = hc[q, parent]
+            i = parent
+    elif worse3(ha[q, 0], hb[q, 0], hc[q, 0], a, b, c):  # sift down from the root
+        i = _sift3(ha, hb, hc, q, size, a, b, c)
+    else:
+        return
+    ha[q, i] = a
+    hb[q, i] = b
+    hc[q, i] = c
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _sift3(ha, hb, hc, q, size, a, b, c):
+    """Move the entries of heap ``q`` (``size`` of them) up along the path from the root that
+    (a, b, c) sinks down; returns the free slot where it belongs."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            return i
+        if child + 1 < size and worse3(ha[q, child + 1], hb[q, child + 1], hc[q, child + 1],
+                                       ha[q, child], hb[q, child], hc[q, child]):
+            child += 1
+        if not worse3(ha[q, child], hb[q, child], hc[q, child], a, b, c):
+            return i
+        ha[q, i] = ha[q, child]
+        hb[q, i] = hb[q, child]
+        hc[q, i] = hc[q, child]
+        i = child
+
+
+@nb.njit(cache=True, nogil=True)
+def drain_sorted3(ha, hb, hc, q, size, out_a, out_c):
+    """Write heap ``q``'s entries into ``out_a[:size]``, ``out_c[:size]`` (the first and the
+    last key) ascending; the heap is consumed."""
+    for end in range(size - 1, -1, -1):
+        out_a[end] = ha[q, 0]
+        out_c[end] = hc[q, 0]
+        if end > 0:
+            a, b, c = ha[q, end], hb[q, end], hc[q, end]
+            i = _sift3(ha, hb, hc, q, end, a, b, c)
+            ha[q, i] = a
+            hb[q, i] = b
+            hc[q, i] = c
+

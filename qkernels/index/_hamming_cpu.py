@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import drain_sorted, merge_chunks, push, sift_down
+from .._heap import drain_sorted, drain_sorted3, merge_chunks, offer3, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import popcount64, sq_l2_f32
 
@@ -124,16 +124,6 @@ def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item)
         _write_sorted(md, mi, size, out_dist[q], out_item[q])
 
 
-@nb.njit(cache=True, nogil=True)
-def _worse3(d_a, t_a, i_a, d_b, t_b, i_b):
-    """(hamming, tie-break distance, item) of a is larger than that of b."""
-    if d_a != d_b:
-        return d_a > d_b
-    if t_a != t_b:
-        return t_a > t_b
-    return i_a > i_b
-
-
 @parallel_kernel
 def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, out_item):
     """Top-K by (Hamming distance, squared L2 between features, item), parallel over queries.
@@ -141,71 +131,21 @@ def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, ou
     num_queries = queries.shape[0]
     words, n = db_t.shape
     for q in nb.prange(num_queries):
-        hd = np.empty(topk, dtype=np.int64)
-        ht = np.empty(topk, dtype=np.float32)
-        hi = np.empty(topk, dtype=np.int64)
-        size = 0
+        # one heap, by (Hamming distance, feature distance, item)
+        hd = np.empty((1, topk), dtype=np.int64)
+        ht = np.empty((1, topk), dtype=np.float32)
+        hi = np.empty((1, topk), dtype=np.int64)
+        hs = np.zeros(1, dtype=np.int64)
         for i in range(n):
             d = 0
             for w in range(words):
                 d += popcount64(db_t[w, i] ^ queries[q, w])
-            if size == topk and d > hd[0]:
+            if hs[0] == topk and d > hd[0, 0]:
                 continue
             t = sq_l2_f32(query_features[q], db_features[i])
-            if size == topk and not _worse3(hd[0], ht[0], hi[0], d, t, i):
-                continue
-            if size < topk:  # sift up
-                j = size
-                size += 1
-                while j > 0:
-                    parent = (j - 1) >> 1
-                    if _worse3(hd[parent], ht[parent], hi[parent], d, t, i):
-                        break
-                    hd[j] = hd[parent]
-                    ht[j] = ht[parent]
-                    hi[j] = hi[parent]
-                    j = parent
-            else:  # replace the root, sift down
-                j = 0
-                while True:
-                    child = 2 * j + 1
-                    if child >= size:
-                        break
-                    if child + 1 < size and _worse3(hd[child + 1], ht[child + 1],
-                                                    hi[child + 1], hd[child], ht[child],
-                                                    hi[child]):
-                        child += 1
-                    if not _worse3(hd[child], ht[child], hi[child], d, t, i):
-                        break
-                    hd[j] = hd[child]
-                    ht[j] = ht[child]
-                    hi[j] = hi[child]
-                    j = child
-            hd[j] = d
-            ht[j] = t
-            hi[j] = i
-        # pop in descending order into the output
-        for end in range(size - 1, -1, -1):
-            out_dist[q, end] = hd[0]
-            out_item[q, end] = hi[0]
-            last_d, last_t, last_i = hd[end], ht[end], hi[end]
-            j = 0
-            while True:
-                child = 2 * j + 1
-                if child >= end:
-                    break
-                if child + 1 < end and _worse3(hd[child + 1], ht[child + 1], hi[child + 1],
-                                               hd[child], ht[child], hi[child]):
-                    child += 1
-                if not _worse3(hd[child], ht[child], hi[child], last_d, last_t, last_i):
-                    break
-                hd[j] = hd[child]
-                ht[j] = ht[child]
-                hi[j] = hi[child]
-                j = child
-            hd[j] = last_d
-            ht[j] = last_t
-            hi[j] = last_i
+            offer3(hd, ht, hi, hs, 0, d, t, i)
+        size = hs[0]
+        drain_sorted3(hd, ht, hi, 0, size, out_dist[q], out_item[q])
         for t in range(size, topk):
             out_dist[q, t] = _MISSING
             out_item[q, t] = -1

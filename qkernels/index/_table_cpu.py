@@ -24,6 +24,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._heap import offer3
 from .._parallel import parallel_kernel
 from .._simd import dot_f32, prefetch, sq_l2_f32
 
@@ -98,50 +99,6 @@ def counting_sort(codes, num_buckets, num_chunks):
                 items[cursor[r]] = i
                 cursor[r] += 1
     return offsets, items
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _worse(dist_a, row_a, dist_b, row_b):
-    return dist_a > dist_b or (dist_a == dist_b and row_a > row_b)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _heap_offer(hd, hr, hi, hs, q, dist, row, item):
-    """Offer (dist, row, item) to query ``q``'s bounded max-heap (``hd[q]`` distances, ``hr[q]``
-    insertion rows, ``hi[q]`` items, ``hs[q]`` entries): pushed while there is room, else it
-    replaces the root (the worst entry) if it is better. Worse is (distance, row) larger."""
-    size = hs[q]
-    if size < hd.shape[1]:  # sift up from the end
-        i = size
-        hs[q] = size + 1
-        while i > 0:
-            parent = (i - 1) >> 1
-            if not _worse(dist, row, hd[q, parent], hr[q, parent]):
-                break
-            hd[q, i] = hd[q, parent]
-            hr[q, i] = hr[q, parent]
-            hi[q, i] = hi[q, parent]
-            i = parent
-    elif _worse(hd[q, 0], hr[q, 0], dist, row):  # sift down from the root
-        i = 0
-        while True:
-            child = 2 * i + 1
-            if child >= size:
-                break
-            if child + 1 < size and _worse(hd[q, child + 1], hr[q, child + 1], hd[q, child],
-                                           hr[q, child]):
-                child += 1
-            if not _worse(hd[q, child], hr[q, child], dist, row):
-                break
-            hd[q, i] = hd[q, child]
-            hr[q, i] = hr[q, child]
-            hi[q, i] = hi[q, child]
-            i = child
-    else:
-        return
-    hd[q, i] = dist
-    hr[q, i] = row
-    hi[q, i] = item
 
 
 @parallel_kernel
@@ -324,7 +281,7 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
                         # most candidates lose to a full heap's root: decide that inline
                         if hs[q] == topk and dist > hd[q, 0]:
                             continue
-                        _heap_offer(hd, hr, hi, hs, q, dist, rows[item], item)
+                        offer3(hd, hr, hi, hs, q, dist, rows[item], item)  # by (distance, row)
                 for u in range(g0, g1):  # clear the marks of this group
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
