@@ -79,7 +79,5 @@ class LazyState:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        generation = state.get("_generation", 0)
         self.__dict__.update(state)
-        self._init_lock()
-        self._generation = generation
+        self._init_lock()  # a fresh lock, no mirrors: nothing stale to key against

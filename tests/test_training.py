@@ -115,6 +115,7 @@ def test_npairs_scale_and_output_norms(tmp_path, capsys):
     assert all(np.isfinite(v) and v > 0 for v in norms.values())
     assert "mean squared output length on the queries: metric" in capsys.readouterr().out
 
+
 def test_dht_beats_the_th_baseline_on_digits(tmp_path):
     """The demo settings (seed 0). Seeds 0-4 gave P@4 DHT - Th of +0.003, 0.000, +0.004,
     +0.004, +0.001 and SUF ratios of 1.5 to 2.2, so: at least Th's precision, 1.4x its SUF."""
