@@ -77,6 +77,12 @@ def test_expansion_and_exclusion_with_queries_from_the_database(k):
     exclude = np.stack([ids[queries], np.full(25, -1), ids[(queries + 1) % 300]], axis=1)
     assert_same(table, db_act, db_emb, ids, db_act[queries], db_emb[queries], 16,
                 exclude=exclude)
+    # an id excluded twice is one excluded item: the expansion must not count it twice
+    # (it did: the table then probed more buckets than the rule and returned other items)
+    twice = np.stack([ids[queries], ids[queries], ids[queries], np.full(25, -1)], axis=1)
+    for topk in (16, 200):
+        assert_same(table, db_act, db_emb, ids, db_act[queries], db_emb[queries], topk,
+                    exclude=twice)
 
 
 def test_expansion_fires_exactly_when_the_first_buckets_are_short():

@@ -372,7 +372,8 @@ class SparseHashTable(LazyState):
 
     @staticmethod
     def _exclude_positions(table_ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
-        """Excluded ids -> the table positions holding them (every one: ids may repeat)."""
+        """Excluded ids -> the table positions holding them (every one: ids may repeat), each
+        once per query (an id excluded twice must not be subtracted twice from the count)."""
         if exclude.shape[1] == 0:
             return exclude
         order = np.argsort(table_ids, kind="stable")
@@ -383,7 +384,8 @@ class SparseHashTable(LazyState):
         matches = (high - low).sum(axis=1)
         out = np.full((exclude.shape[0], max(1, int(matches.max()))), -1, dtype=np.int64)
         for q in np.flatnonzero(matches):
-            found = np.concatenate([order[a:b] for a, b in zip(low[q], high[q], strict=True)])
+            found = np.unique(np.concatenate([order[a:b] for a, b in zip(low[q], high[q],
+                                                                        strict=True)]))
             out[q, : found.shape[0]] = found
         return out
 
