@@ -2,7 +2,8 @@
 
 The public API lives here; see the README for a tour. Importing qkernels compiles nothing and
 imports neither cupy nor torch: kernels compile (or load from Numba's cache) on first use, and
-the names that need torch (``HouseholderQuantizer``, ``losses``) import it when first used.
+the names that need torch (``HouseholderQuantizer``, ``losses``, ``distributed``) import it
+when first used.
 """
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "SparseHashTable",
     "__version__",
     "config",
+    "distributed",
     "hamming_topk",
     "hierarchical_code_objective",
     "losses",
@@ -52,8 +54,8 @@ def __getattr__(name: str):
         from .quantize.householder import HouseholderQuantizer
 
         return HouseholderQuantizer
-    if name == "losses":
+    if name in ("losses", "distributed"):
         import importlib
 
-        return importlib.import_module(".losses", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -301,6 +301,19 @@ def sparse_table_search(db_codes, db_embeddings, db_ids, query_activations, quer
     return all_d, all_i, counts
 
 
+def table_candidates(db_codes, db_ids, query_activations, probes, exclude=None):
+    """Per query, the distinct items of its first ``probes[q]`` ranked buckets whose ids are not
+    excluded: what a sharded search adds up over the shards to plan its probes."""
+    counts = []
+    for q, row in enumerate(query_activations):
+        excluded = set() if exclude is None else {int(e) for e in np.atleast_1d(exclude[q])}
+        probed = set(ranked_buckets(row)[: int(probes[q])])
+        counts.append(sum(1 for item, codes in enumerate(db_codes)
+                          if probed & {int(c) for c in codes}
+                          and int(db_ids[item]) not in excluded))
+    return counts
+
+
 # --------------------------------------------------------------------------------------------
 # product quantization
 

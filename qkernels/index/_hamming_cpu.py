@@ -149,3 +149,14 @@ def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, ou
         for t in range(size, topk):
             out_dist[q, t] = _MISSING
             out_item[q, t] = -1
+
+
+@parallel_kernel
+def feature_distances(query_features, db_features, items, out):
+    """``out[q, t]``: the tie-break key of result ``items[q, t]`` (``inf`` where it is -1), the
+    same float32 squared L2 that ``topk_tiebreak`` orders by: a sharded search merges shards'
+    results by it (qkernels.distributed)."""
+    for q in nb.prange(items.shape[0]):
+        for t in range(items.shape[1]):
+            i = items[q, t]
+            out[q, t] = np.inf if i < 0 else sq_l2_f32(query_features[q], db_features[i])

@@ -102,16 +102,20 @@ def counting_sort(codes, num_buckets, num_chunks):
 
 
 @parallel_kernel
-def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, probe_count):
+def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, num_chunks,
+                probe_count, candidates):
     """Pass 1: how many buckets each query probes.
 
     A query probes its ``k`` best buckets and, while it has fewer than ``topk`` candidates, its
-    next-ranked ones. Candidates are the distinct items of the probed buckets minus the query's
-    excluded items (``exclude[q]``: table positions, -1 for none). When the largest of the
-    ``k`` buckets alone, less the excluded items, reaches ``topk`` no more are needed and
-    nothing is counted; otherwise the union is counted exactly, with one bit per item for the
-    duplicates (kept per chunk of queries, cleared after each query by walking the probed
-    buckets again). The candidate counts themselves come out of the scan.
+    next-ranked ones, never more than ``max_probes[q]`` (0: the query is skipped). Candidates
+    are the distinct items of the probed buckets minus the query's excluded items
+    (``exclude[q]``: table positions, -1 for none). When the largest of the ``k`` buckets
+    alone, less the excluded items, reaches ``topk`` no more are needed and nothing is counted
+    (``candidates[q]`` is then -1); otherwise the union is counted exactly, into
+    ``candidates[q]``, with one bit per item for the duplicates (kept per chunk of queries,
+    cleared after each query by walking the probed buckets again). A search takes its candidate
+    counts from the scan; a sharded search (qkernels.distributed) calls this with a huge
+    ``topk`` to count the candidates of the first ``max_probes[q]`` buckets on each shard.
     """
     num_queries, num_buckets = query_act.shape
     n = codes.shape[0]
@@ -122,6 +126,11 @@ def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, 
         used = np.zeros(num_buckets, dtype=np.int32)
         probed_list = np.empty(num_buckets, dtype=np.int64)
         for q in range(c * step, min(num_queries, (c + 1) * step)):
+            cap = min(max_probes[q], num_buckets)
+            if cap == 0:
+                probe_count[q] = 0
+                candidates[q] = 0
+                continue
             stamp = 2 * (q - c * step) + 1
             largest = 0
             for _ in range(k):
@@ -132,12 +141,13 @@ def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, 
             for e in range(exclude.shape[1]):
                 num_excluded += exclude[q, e] >= 0
             probe_count[q] = k
+            candidates[q] = -1
             if largest - num_excluded >= topk:
                 continue
             stamp += 1  # count exactly, from the first bucket again
             count = 0
             probed = 0
-            while probed < num_buckets and (probed < k or count < topk):
+            while probed < cap and (probed < k or count < topk):
                 r = _next_best(query_act[q], used, stamp)
                 used[r] = stamp
                 probed_list[probed] = r
@@ -171,6 +181,7 @@ def plan_probes(query_act, k, topk, offsets, items, codes, exclude, num_chunks, 
                     for p in range(offsets[r], offsets[r + 1]):
                         seen[items[p] >> 3] = 0
             probe_count[q] = probed
+            candidates[q] = count
 
 
 @parallel_kernel

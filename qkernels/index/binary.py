@@ -228,6 +228,19 @@ class BinaryIndex(LazyState):
         dist, items = _search(_words(queries), self._host_columns(), topk, pair)
         return origin.wrap(dist), origin.wrap(items)
 
+    def _tiebreak_keys(self, query_features: Any, items: np.ndarray) -> np.ndarray:
+        """The float32 feature distances by which :meth:`search` ordered equal Hamming
+        distances, for its result rows ``items`` (``inf`` where -1)."""
+        if self._features is None:
+            raise ValueError("query_features need features added with the codes")
+        qf = _features(query_features, "query_features", items.shape[0])
+        if qf.shape[1] != self._features.shape[1]:
+            raise ValueError(f"query_features have dimension {qf.shape[1]}; the index's "
+                             f"features have {self._features.shape[1]}")
+        out = np.empty(items.shape, dtype=np.float32)
+        _hamming_cpu.feature_distances(qf, self._features, np.ascontiguousarray(items), out)
+        return out
+
     def _host_columns(self) -> np.ndarray:
         """The codes in the kernels' layout, made on the first search (under the lock)."""
         return self._once("_columns", lambda c: c is not None,

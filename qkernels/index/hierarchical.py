@@ -121,18 +121,20 @@ class HierarchicalHashTable:
         origin = origin_of(query_level1, query_level2, query_embeddings, exclude_ids,
                            names=("query_level1", "query_level2", "query_embeddings",
                                   "exclude_ids"))
-        a1, a2 = self._levels(query_level1, query_level2, None, ("query_level1",
-                                                                 "query_level2"))
-        d = self.num_buckets
-        # compound scores that sort as (level-1 rank, level-2 rank): exact in float32
-        # for d * d < 2**24
-        ranks = _ranks(a1)[:, :, None] * d + _ranks(a2)[:, None, :]
-        order = -(ranks.reshape(len(a1), d * d)).astype(np.float32)
-        dist, items = self._table.search(order, to_numpy(query_embeddings,
-                                                         allow_device_copy=True),
+        dist, items = self._table.search(self._compound(query_level1, query_level2),
+                                         to_numpy(query_embeddings, allow_device_copy=True),
                                          topk, exclude_ids=None if exclude_ids is None else
                                          to_numpy(exclude_ids, allow_device_copy=True))
         return origin.wrap(dist), origin.wrap(items)
+
+    def _compound(self, query_level1: Any, query_level2: Any) -> np.ndarray:
+        """The queries' scores of the ``d * d`` compound buckets, which sort as (level-1 rank,
+        level-2 rank): exact in float32 for d * d < 2**24."""
+        a1, a2 = self._levels(query_level1, query_level2, None, ("query_level1",
+                                                                 "query_level2"))
+        d = self.num_buckets
+        ranks = _ranks(a1)[:, :, None] * d + _ranks(a2)[:, None, :]
+        return -(ranks.reshape(len(a1), d * d)).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table to ``path`` (.npz, no pickle)."""

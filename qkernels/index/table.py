@@ -263,9 +263,24 @@ class SparseHashTable(LazyState):
                 and check_int(topk, "topk", 1) <= _table_gpu.MAX_TOPK):
             return self._search_on_device(origin, query_activations, query_embeddings, topk,
                                           exclude_ids)
+        act, emb = self._host_queries(query_activations, query_embeddings)
+        dist, ids, self.candidate_counts = self._search_host(act, emb, topk, exclude_ids)
+        return origin.wrap(dist), origin.wrap(ids)
+
+    def _host_queries(self, query_activations: Any, query_embeddings: Any
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The queries, checked, as contiguous host arrays (activations, float32 embeddings)."""
         act = self._activations(query_activations, "query_activations")
         emb = self._embeddings(query_embeddings, "query_embeddings")
         check_same_rows(act, "query_activations", emb, "query_embeddings")
+        return act, emb
+
+    def _search_host(self, act: np.ndarray, emb: np.ndarray, topk: int, exclude_ids: Any,
+                     probes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CPU search of checked queries: ``(D, I, candidate_counts)``. ``probes`` (per
+        query, >= k) fixes how many buckets each query probes instead of the expansion rule
+        (a sharded search plans them over all shards)."""
         num_queries = act.shape[0]
         topk, work = check_topk(topk, self.ntotal, num_queries)
         exclude = self._exclude(exclude_ids, num_queries)
@@ -284,11 +299,28 @@ class SparseHashTable(LazyState):
             for start in range(0, num_queries, block):
                 part = slice(start, min(num_queries, start + block))
                 self._search_block(built, act[part], emb[part], work, exclude[part], chunks,
-                                   dist[part], items[part], counts[part])
+                                   dist[part], items[part], counts[part],
+                                   None if probes is None else probes[part])
             ids = np.where(items >= 0, built.ids[np.maximum(items, 0)], -1)
-        self.candidate_counts = counts
         dist, ids = padded(dist, ids, topk, -np.inf if self.metric == "ip" else np.inf)
-        return origin.wrap(dist), origin.wrap(ids.astype(np.int64, copy=False))
+        return dist, ids.astype(np.int64, copy=False), counts
+
+    def _count_candidates(self, act: np.ndarray, exclude_ids: Any, max_probes: np.ndarray
+                          ) -> np.ndarray:
+        """Per query, the candidates (distinct items, less the excluded) of its first
+        ``max_probes[q]`` buckets (0 or >= k; 0 counts nothing)."""
+        num_queries = act.shape[0]
+        counts = np.zeros(num_queries, dtype=np.int64)
+        if self.ntotal == 0 or num_queries == 0:
+            return counts
+        built = self._build()
+        exclude = self._exclude_positions(built.ids, self._exclude(exclude_ids, num_queries))
+        probe_count = np.empty(num_queries, dtype=np.int64)
+        _table_cpu.plan_probes(act, self.k, np.iinfo(np.int64).max,
+                               np.ascontiguousarray(max_probes, dtype=np.int64), built.offsets,
+                               built.items, built.codes, exclude, _chunks(num_queries),
+                               probe_count, counts)
+        return counts
 
     def _search_on_device(self, origin, query_activations, query_embeddings, topk: int,
                           exclude_ids):
@@ -337,12 +369,19 @@ class SparseHashTable(LazyState):
 
         return self._device_mirror(mirror)
 
-    def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts):
+    def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts,
+                      probes=None):
         """The passes of a search (see _table_cpu) for one block of queries."""
         num_queries = act.shape[0]
-        probe_count = np.empty(num_queries, dtype=np.int64)
-        _table_cpu.plan_probes(act, self.k, topk, built.offsets, built.items, built.codes,
-                               exclude, _chunks(num_queries), probe_count)
+        if probes is None:
+            probe_count = np.empty(num_queries, dtype=np.int64)
+            _table_cpu.plan_probes(act, self.k, topk,
+                                   np.full(num_queries, self.num_buckets, dtype=np.int64),
+                                   built.offsets, built.items, built.codes, exclude,
+                                   _chunks(num_queries), probe_count,
+                                   np.empty(num_queries, dtype=np.int64))
+        else:
+            probe_count = np.ascontiguousarray(probes, dtype=np.int64)
         probe_offsets = np.zeros(num_queries + 1, dtype=np.int64)
         np.cumsum(probe_count, out=probe_offsets[1:])
         probe_list = np.empty(probe_offsets[-1], dtype=np.int64)

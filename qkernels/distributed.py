@@ -1,0 +1,671 @@
+"""Search beyond one machine: :class:`ShardedIndex`, one shard per rank of torch.distributed.
+
+Every rank holds a shard (any index of qkernels) of the database and the same queries (or its
+own: ``all_ranks_queries=False``). A search runs the shard's search on every rank and merges
+the ranks' ``(D, I)`` exactly: every rank returns what one index over the union of the shards
+(added in rank order) returns, ids and distances alike, with ties to the lower global id.
+
+What travels per search: ``topk`` (distance, id) pairs per query from every rank (an
+``all_gather``: ``world_size * topk`` pairs per query arrive at each rank), a few integers per
+query, and for the hash tables a few rounds of one integer per query (see below); the queries
+themselves only with ``all_ranks_queries=False``. Built on torch.distributed: gloo for CPU
+tensors, nccl for CUDA ones (the process group's backend decides where the exchanged tensors
+live).
+
+Exactness of the hash tables. A table probes a query's ``k`` best buckets and, while it has
+fewer than ``topk`` candidates, its next-ranked ones. A shard holds fewer items per bucket than
+the whole table, so left alone it would probe more buckets than the whole table does (and
+return items the whole table never looks at). The sharded search therefore decides how many
+buckets each query probes over all shards: the candidates of a query's first ``p`` buckets are
+the sum of the shards' (items are split between shards, and each item is counted once within
+its shard), so the smallest sufficient ``p`` is found by an exponential then a binary search in
+which each step is one ``all_reduce`` of the per-query counts. Usually the first step (``p =
+k``) settles every query. Then each shard probes exactly those buckets, and the merged
+``candidate_counts`` are those of the whole table (its SUF unchanged).
+
+Every rank must call the same methods in the same order (collective calls). Bad input on one
+rank is an error on every rank, with that rank's message, never a hang of the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._arrays import NUMPY, TORCH, origin_of, to_numpy
+from .index import BinaryIndex, HierarchicalHashTable, PQIndex, SparseHashTable
+
+__all__ = ["ShardedIndex"]
+
+_KINDS = (SparseHashTable, HierarchicalHashTable, PQIndex, BinaryIndex)
+# the query arguments of each kind's search (arrays; the first is the one that counts rows)
+_QUERY_ARGS = {
+    SparseHashTable: ("query_activations", "query_embeddings", "exclude_ids"),
+    HierarchicalHashTable: ("query_level1", "query_level2", "query_embeddings", "exclude_ids"),
+    PQIndex: ("q",),
+    BinaryIndex: ("query_codes", "query_features"),
+}
+# the parameters that every shard must share, by kind
+_PARAMETERS = {
+    SparseHashTable: ("num_buckets", "k", "metric", "dim"),
+    HierarchicalHashTable: ("num_buckets", "k", "metric", "dim"),
+    PQIndex: ("dim", "num_subspaces", "nbits", "metric", "codebooks (crc32)"),
+    BinaryIndex: ("nbits", "feature dimension"),
+}
+_METRICS = ("l2", "ip")
+_IDS = ("offset", "global")
+# dtypes that queries may have when they travel between ranks (all_ranks_queries=False)
+_DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "float16", "int64", "int32",
+                                      "int16", "int8", "uint64", "uint32", "uint16", "uint8",
+                                      "bool"))
+_MESSAGE_BYTES = 1024
+_ERRORS = (ValueError, TypeError, RuntimeError, OSError)
+_MANIFEST = "manifest.json"
+_FORMAT = "qkernels.ShardedIndex"
+_FORMAT_VERSION = 1
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def _check_group(group) -> None:
+    dist = _dist()
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "ShardedIndex needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group('gloo') (CPU tensors) or ('nccl') (CUDA "
+            "tensors) first; torchrun sets the environment it reads")
+
+
+class _Comm:
+    """The collectives of a ShardedIndex on one process group, on numpy arrays (moved to the
+    backend's device and back)."""
+
+    def __init__(self, group):
+        import torch
+
+        dist = _dist()
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if dist.get_backend(group) == "nccl" else torch.device("cpu"))
+
+    def tensor(self, a: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def gather_tensor(self, t):
+        """``(world_size, *t.shape)``: every rank's ``t`` (same shape and dtype on all)."""
+        import torch
+
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        _dist().all_gather(parts, t, group=self.group)
+        return torch.stack(parts)
+
+    def gather(self, a: np.ndarray) -> np.ndarray:
+        return self.gather_tensor(self.tensor(a)).cpu().numpy()
+
+    def sum(self, a: np.ndarray) -> np.ndarray:
+        t = self.tensor(a)
+        _dist().all_reduce(t, group=self.group)
+        return t.cpu().numpy()
+
+    def barrier(self) -> None:
+        _dist().barrier(group=self.group)
+
+    def agree(self, fn):
+        """``fn()`` on this rank; if it raised on any rank, raise on every rank (the failing
+        rank's own error there, the same type with that rank's message elsewhere), so that no
+        rank waits forever in a collective that a failed rank never reaches."""
+        try:
+            value, error = fn(), None
+        except Exception as e:  # any failure must reach the other ranks
+            value, error = None, e
+        status = np.zeros(2 + _MESSAGE_BYTES, dtype=np.uint8)
+        if error is not None:
+            status[0] = 1
+            kinds = [i for i, kind in enumerate(_ERRORS) if isinstance(error, kind)]
+            status[1] = kinds[0] if kinds else _ERRORS.index(RuntimeError)
+            text = f"{error}".encode()[:_MESSAGE_BYTES]
+            status[2 : 2 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+        everyone = self.gather(status)
+        failed = np.flatnonzero(everyone[:, 0])
+        if error is not None:
+            raise error
+        if failed.shape[0]:
+            r = int(failed[0])
+            text = bytes(everyone[r, 2:]).rstrip(b"\0").decode(errors="replace")
+            raise _ERRORS[everyone[r, 1]](f"rank {r}: {text}")
+        return value
+
+    def gather_rows(self, a: np.ndarray, name: str) -> list[np.ndarray]:
+        """Every rank's ``a`` (``ndim >= 1``; rows may differ, dtype and the other dimensions
+        may not)."""
+        a = np.ascontiguousarray(a)
+        if a.dtype.byteorder not in "=|":
+            a = a.astype(a.dtype.newbyteorder("="))
+        dtype = np.dtype(a.dtype)
+        if dtype not in _DTYPES:
+            raise TypeError(f"{name} has dtype {dtype}, which cannot travel between ranks")
+        if not 1 <= a.ndim <= 4:
+            raise ValueError(f"{name} has {a.ndim} dimensions; 1 to 4 travel between ranks")
+        trailing = [*a.shape[1:], *([-1] * (4 - a.ndim))]
+        meta = np.array([a.shape[0], _DTYPES.index(dtype), a.ndim, *trailing], dtype=np.int64)
+        metas = self.gather(meta)
+        differs = (metas[:, 1:] != metas[0, 1:]).any(axis=1)
+        if differs.any():
+            r = int(np.flatnonzero(differs)[0])
+            raise ValueError(
+                f"{name} differs between ranks: rank 0 has {_DTYPES[metas[0, 1]]} rows of shape "
+                f"{tuple(int(v) for v in metas[0, 3:] if v >= 0)}, rank {r} "
+                f"{_DTYPES[metas[r, 1]]} rows of shape "
+                f"{tuple(int(v) for v in metas[r, 3:] if v >= 0)}: give every rank queries of "
+                "one dtype and width")
+        row_shape = a.shape[1:]
+        row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        rows = metas[:, 0]
+        payload = np.zeros(int(rows.max()) * row_bytes, dtype=np.uint8)
+        payload[: a.nbytes] = a.reshape(-1).view(np.uint8)
+        everyone = self.gather(payload)
+        return [everyone[r, : rows[r] * row_bytes].view(dtype).reshape((int(rows[r]),
+                                                                         *row_shape))
+                for r in range(self.world_size)]
+
+
+def _kind(shard: Any) -> type:
+    for kind in _KINDS:
+        if type(shard) is kind:
+            return kind
+    raise TypeError(f"ShardedIndex shards a SparseHashTable, HierarchicalHashTable, PQIndex or "
+                    f"BinaryIndex, got {type(shard).__name__}")
+
+
+def _parameters(shard: Any) -> list[int]:
+    """The values of :data:`_PARAMETERS` of ``shard``, as integers."""
+    if isinstance(shard, (SparseHashTable, HierarchicalHashTable)):
+        table = shard._table if isinstance(shard, HierarchicalHashTable) else shard
+        return [shard.num_buckets, shard.k, _METRICS.index(shard.metric),
+                -1 if table.dim is None else table.dim]
+    if isinstance(shard, PQIndex):
+        pq = shard.pq
+        codebooks = np.ascontiguousarray(pq.codebooks, dtype=np.float32)
+        return [pq.dim, pq.num_subspaces, pq.nbits, _METRICS.index(shard.metric),
+                zlib.crc32(codebooks.tobytes())]
+    features = shard._features
+    return [shard.nbits, -1 if features is None else features.shape[1]]
+
+
+def _default_ids(shard: Any) -> bool:
+    """Whether every item's id is its insertion position (tables; PQ and binary indexes number
+    their items so): then the lower id is the item added first, by which a shard breaks ties."""
+    table = shard._table if isinstance(shard, HierarchicalHashTable) else shard
+    return not isinstance(table, SparseHashTable) or np.array_equal(table._ids, table._rows)
+
+
+def _crc(arrays: list[np.ndarray | None]) -> int:
+    crc = 0
+    for a in arrays:
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            crc = zlib.crc32(repr((a.shape, a.dtype.str)).encode(), crc)
+            crc = zlib.crc32(a.tobytes(), crc)
+    return crc
+
+
+class ShardedIndex:
+    """One index over the shards that the ranks of a torch.distributed process group hold.
+
+    Parameters
+    ----------
+    shard : SparseHashTable, HierarchicalHashTable, PQIndex or BinaryIndex
+        This rank's items. Every rank's shard must be of the same type with the same parameters
+        (buckets, k, metric, dimension; for PQIndex the same codebooks; for BinaryIndex the
+        same nbits and feature dimension) and must not be empty.
+    ids : {"offset", "global"}
+        ``"offset"`` (default): rank r's local id j becomes ``offsets[r] + j``, the offsets
+        being the running sum of the shards' sizes in rank order (the tables' ids must then be
+        the default ``0..ntotal-1``). ``"global"``: the tables' ids (``add(..., ids=)``) are
+        already global and are returned as they are; ties then go to the lower id, which is
+        what one table over all items does when ids grow in the order items were added.
+    group : torch.distributed ProcessGroup, optional
+        The group of the shards (default: the whole world).
+
+    Construction is collective: every rank of the group must make its ShardedIndex, and so
+    must every rank call :meth:`search` and :meth:`save` (with the same ``topk`` and options).
+
+    Examples
+    --------
+    >>> dist.init_process_group("gloo")                    # torchrun sets the environment
+    >>> shard = qk.SparseHashTable(512, k=2).add(my_activations, my_embeddings)
+    >>> index = ShardedIndex(shard)
+    >>> D, I = index.search(query_activations, query_embeddings, topk=16)   # same on every rank
+    """
+
+    def __init__(self, shard: Any, *, ids: str = "offset", group: Any = None):
+        _check_group(group)
+        self._comm = comm = _Comm(group)
+        self.shard = shard
+        self.group = group
+
+        def describe():
+            kind = _kind(shard)
+            if ids not in _IDS:
+                raise ValueError(f"ids must be one of {_IDS}, got {ids!r}")
+            if ids == "global" and kind in (PQIndex, BinaryIndex):
+                raise ValueError(f"ids='global' needs a table; a {kind.__name__} numbers its "
+                                 "items by row: use ids='offset'")
+            offset_ok = _default_ids(shard)
+            params = _parameters(shard)
+            return np.array([_KINDS.index(kind), _IDS.index(ids), shard.ntotal, offset_ok,
+                             *params, *([0] * (6 - len(params)))], dtype=np.int64)
+
+        everyone = comm.gather(comm.agree(describe))
+        kinds = everyone[:, 0]
+        if (kinds != kinds[0]).any():
+            r = int(np.flatnonzero(kinds != kinds[0])[0])
+            raise TypeError(f"the shards differ in type: rank 0 holds a "
+                            f"{_KINDS[kinds[0]].__name__}, rank {r} a {_KINDS[kinds[r]].__name__}")
+        if (everyone[:, 1] != everyone[0, 1]).any():
+            raise ValueError("the ranks passed different ids= modes: "
+                             + ", ".join(f"rank {r}: {_IDS[m]!r}"
+                                         for r, m in enumerate(everyone[:, 1])))
+        self.kind = _KINDS[kinds[0]]
+        sizes = everyone[:, 2]
+        empty = np.flatnonzero(sizes == 0)
+        if empty.shape[0]:
+            raise ValueError(f"rank {int(empty[0])}'s shard is empty (sizes by rank: "
+                             f"{sizes.tolist()}): every rank must hold items")
+        names = _PARAMETERS[self.kind]
+        for column, name in enumerate(names, start=4):
+            values = everyone[:, column]
+            if (values != values[0]).any():
+                r = int(np.flatnonzero(values != values[0])[0])
+                shown = (lambda v: _METRICS[v]) if name == "metric" else int
+                raise ValueError(f"the shards disagree on {name}: rank 0 has "
+                                 f"{shown(values[0])}, rank {r} has {shown(values[r])}")
+        self.ids = ids
+        if ids == "offset" and not everyone[:, 3].all():
+            r = int(np.flatnonzero(everyone[:, 3] == 0)[0])
+            raise ValueError(f"ids='offset' numbers each shard's items 0..ntotal-1 in the order "
+                             f"added, but rank {r}'s table was given other ids: pass "
+                             "ids='global' if they are global ids already")
+        self.sizes = sizes
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.parameters = dict(zip(names, (int(v) for v in everyone[0, 4 : 4 + len(names)]),
+                                   strict=True))
+        self._signature = inspect.signature(shard.search)
+        self._codebooks_version = shard.pq.codebooks_version if self.kind is PQIndex else None
+        self.candidate_counts = np.empty(0, dtype=np.int64)
+        # seconds of the last search: planning rounds (tables), local search, exchange + merge
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def rank(self) -> int:
+        return self._comm.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._comm.world_size
+
+    @property
+    def ntotal(self) -> int:
+        """Items over all shards."""
+        return int(self.sizes.sum())
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @property
+    def metric(self) -> str | None:
+        return getattr(self.shard, "metric", None)
+
+    def __repr__(self) -> str:
+        return (f"ShardedIndex({self.kind.__name__}, rank {self.rank} of {self.world_size}, "
+                f"sizes={self.sizes.tolist()}, ids={self.ids!r})")
+
+    # ------------------------------------------------------------------ searching
+
+    def search(self, *args: Any, all_ranks_queries: bool = True, **kwargs: Any
+               ) -> tuple[Any, Any]:
+        """The shard type's search with its arguments (for example ``search(query_activations,
+        query_embeddings, topk, exclude_ids=None)`` for a SparseHashTable), over all shards.
+
+        ``all_ranks_queries=True`` (default): every rank passes the same queries (checked) and
+        gets the same results. ``False``: each rank passes its own queries (any number, the
+        same dtype and width) and gets the results of those against all shards.
+
+        Returns ``(D, I)`` as the shard type's search does, with global ids, in the queries'
+        array type and device; ``candidate_counts`` holds the candidates over all shards for
+        this rank's queries (tables); ``timings`` the seconds of the search's parts.
+        """
+        start = time.perf_counter()
+        comm = self._comm
+        prepared = comm.agree(lambda: self._prepare(args, kwargs, all_ranks_queries))
+        names, arrays, topk, options, origin, meta, originals = prepared
+        everyone = comm.gather(meta)
+        self._check_agreement(everyone, all_ranks_queries)
+        width = int(everyone[:, 6].max())  # exclude_ids columns (tables)
+        if "exclude_ids" in names and arrays["exclude_ids"] is not None:
+            arrays["exclude_ids"] = _padded_columns(arrays["exclude_ids"], width)
+        rows = everyone[:, 5]
+        if all_ranks_queries:
+            mine = slice(0, int(rows[0]))
+        else:
+            for name in names:
+                if arrays[name] is not None:
+                    arrays[name] = np.concatenate(comm.gather_rows(arrays[name], name))
+            first = int(rows[: self.rank].sum())
+            mine = slice(first, first + int(rows[self.rank]))
+        local_start = time.perf_counter()
+        if self.kind in (SparseHashTable, HierarchicalHashTable):
+            D, I, T, counts, plan_s = self._search_table(arrays, topk)
+        else:
+            plan_s = 0.0
+            # with the same queries everywhere the shard searches the caller's own arrays (on
+            # a GPU there when they are CUDA tensors)
+            D, I, T = comm.agree(lambda: self._search_codes(
+                originals if all_ranks_queries else arrays, topk, options))
+            counts = None
+        local_s = time.perf_counter() - local_start - plan_s
+        merge_start = time.perf_counter()
+        if self.ids == "offset":
+            I = np.where(I >= 0, I + self.offsets[self.rank], -1)
+        D, I = self._merge(D, I, T, topk)
+        if counts is not None:
+            self.candidate_counts = comm.sum(counts)[mine]
+        merge_s = time.perf_counter() - merge_start
+        self.timings = {"plan": plan_s, "local": local_s, "merge": merge_s,
+                        "total": time.perf_counter() - start}
+        return _returned(D[mine], origin), _returned(I[mine], origin)
+
+    def _prepare(self, args, kwargs, all_ranks_queries):
+        """Check the arguments on this rank: ``(names, host arrays, topk, options, origin,
+        meta)``, meta being what the ranks must agree on."""
+        from ._checks import as_index_array, check_int
+
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"ShardedIndex.search of a {self.kind.__name__}: {error} "
+                            f"(its arguments: {self._signature})") from None
+        bound.apply_defaults()
+        given = bound.arguments
+        names = _QUERY_ARGS[self.kind]
+        origin = origin_of(*(given[n] for n in names), names=names)
+        topk = check_int(given["topk"], "topk", 1)
+        options = {"symmetric": bool(given.get("symmetric", False))}
+        if self.shard.ntotal != self.sizes[self.rank]:
+            raise RuntimeError(f"this rank's shard changed after the ShardedIndex was made (it "
+                               f"held {self.sizes[self.rank]} items, now {self.shard.ntotal}): "
+                               "make a new ShardedIndex after adding")
+        if (self.kind is PQIndex
+                and self.shard.pq.codebooks_version != self._codebooks_version):
+            raise RuntimeError("this rank's quantizer changed its codebooks after the "
+                               "ShardedIndex was made: make a new ShardedIndex")
+        arrays = {n: None if given[n] is None else to_numpy(given[n], allow_device_copy=True,
+                                                            name=n) for n in names}
+        for n in names:
+            if arrays[n] is not None and arrays[n].ndim < 1:
+                raise ValueError(f"{n} must be an array with one row per query, got a scalar")
+        if arrays[names[0]] is None:
+            raise ValueError(f"{names[0]} must be an array with one row per query, got None")
+        num_queries = arrays[names[0]].shape[0]
+        width = 0
+        if "exclude_ids" in arrays and arrays["exclude_ids"] is not None:
+            e = arrays["exclude_ids"]
+            if e.ndim not in (1, 2) or e.shape[0] != num_queries:
+                raise ValueError(f"exclude_ids must be (Q,) or (Q, m) with Q = {num_queries} "
+                                 f"queries, got shape {tuple(e.shape)}")
+            e = as_index_array(e.reshape(num_queries, -1), "exclude_ids", allow_missing=True)
+            arrays["exclude_ids"] = e
+            width = e.shape[1]
+        optional = [n for n in names if n in ("exclude_ids", "query_features")]
+        present = sum(1 << i for i, n in enumerate(optional) if arrays[n] is not None)
+        crc = _crc([arrays[n] for n in names]) if all_ranks_queries else 0
+        meta = np.array([topk, int(all_ranks_queries), int(options["symmetric"]), present,
+                         crc, num_queries, width], dtype=np.int64)
+        return names, arrays, topk, options, origin, meta, {n: given[n] for n in names}
+
+    def _check_agreement(self, everyone: np.ndarray, all_ranks_queries: bool) -> None:
+        what = ("topk", "all_ranks_queries", "symmetric", "the optional arguments given",
+                "the queries")
+        columns = 5 if all_ranks_queries else 4
+        for column in range(columns):
+            values = everyone[:, column]
+            if (values != values[0]).any():
+                r = int(np.flatnonzero(values != values[0])[0])
+                hint = (" (each rank with its own queries: pass all_ranks_queries=False)"
+                        if column == 4 else "")
+                raise ValueError(f"the ranks' searches differ in {what[column]}: rank {r}'s "
+                                 f"differs from rank 0's{hint}")
+
+    def _search_codes(self, arrays, topk, options):
+        """The local search of a PQIndex or BinaryIndex: ``(D, I, tie-break keys or None)``."""
+        if self.kind is PQIndex:
+            D, I = self.shard.search(arrays["q"], topk, symmetric=options["symmetric"])
+            return D, I, None
+        features = arrays["query_features"]
+        D, I = self.shard.search(arrays["query_codes"], topk, features)
+        T = None if features is None else self.shard._tiebreak_keys(
+            features, to_numpy(I, allow_device_copy=True))
+        return D, I, T
+
+    def _search_table(self, arrays, topk):
+        """The local search of a table with the number of probed buckets decided over all
+        shards (see the module docstring)."""
+        comm = self._comm
+        hierarchical = self.kind is HierarchicalHashTable
+        table = self.shard._table if hierarchical else self.shard
+
+        def checked():
+            if hierarchical:
+                act = self.shard._compound(arrays["query_level1"], arrays["query_level2"])
+                _, emb = table._host_queries(act, arrays["query_embeddings"])
+            else:
+                act, emb = table._host_queries(arrays["query_activations"],
+                                               arrays["query_embeddings"])
+            exclude = table._exclude(arrays["exclude_ids"], act.shape[0])
+            if self.ids == "offset":
+                low, high = self.offsets[self.rank], self.offsets[self.rank] + table.ntotal
+                exclude = np.where((exclude >= low) & (exclude < high), exclude - low, -1)
+            return act, emb, exclude
+
+        act, emb, exclude = comm.agree(checked)
+        plan_start = time.perf_counter()
+        target = min(topk, self.ntotal)
+        probes = self._plan(table, act, exclude, target)
+        plan_s = time.perf_counter() - plan_start
+        D, I, counts = comm.agree(lambda: table._search_host(act, emb, topk, exclude, probes))
+        return D, I, None, counts, plan_s
+
+    def _plan(self, table: SparseHashTable, act: np.ndarray, exclude: np.ndarray,
+              target: int) -> np.ndarray:
+        """Per query, the buckets that one table over all shards would probe: the smallest
+        ``p >= k`` whose first ``p`` buckets hold ``target`` candidates over all shards, or all
+        buckets. Each step is one all_reduce; every rank takes the same steps."""
+        k, buckets = table.k, table.num_buckets
+        num_queries = act.shape[0]
+
+        def candidates(caps: np.ndarray) -> np.ndarray:
+            return self._comm.sum(table._count_candidates(act, exclude, caps))
+
+        low = np.zeros(num_queries, dtype=np.int64)   # too few candidates (0: unknown)
+        high = np.full(num_queries, k, dtype=np.int64)  # enough, or every bucket
+        if num_queries == 0:
+            return high
+        short = candidates(high) < target
+        low[short] = k
+        growing = short & (high < buckets)
+        while growing.any():  # doubling until enough (or every bucket)
+            high[growing] = np.minimum(2 * high[growing], buckets)
+            enough = candidates(np.where(growing, high, 0)) >= target
+            still = growing & ~enough
+            low[still] = high[still]
+            growing = still & (high < buckets)
+        narrowing = short & (high - low > 1)
+        while narrowing.any():  # bisection: low has too few, high enough
+            middle = (low + high) // 2
+            enough = candidates(np.where(narrowing, middle, 0)) >= target
+            high = np.where(narrowing & enough, middle, high)
+            low = np.where(narrowing & ~enough, middle, low)
+            narrowing = short & (high - low > 1)
+        return high
+
+    def _merge(self, D: Any, I: Any, T: np.ndarray | None, topk: int):
+        """Every rank's ``(Q, topk)`` results into the best ``topk`` of their union, ordered as
+        one index orders them: distance (then the tie-break key), then the lower id; missing
+        results last."""
+        import torch
+
+        comm = self._comm
+        D_all = comm.gather_tensor(_as_tensor(D, comm.device))
+        I_all = comm.gather_tensor(_as_tensor(I, comm.device))
+        world, num_queries, width = I_all.shape
+        D_all = D_all.permute(1, 0, 2).reshape(num_queries, world * width)
+        I_all = I_all.permute(1, 0, 2).reshape(num_queries, world * width)
+        keys = [(I_all, False)]  # least significant first; stable sorts
+        if T is not None:
+            T_all = comm.gather_tensor(comm.tensor(T))
+            keys.append((T_all.permute(1, 0, 2).reshape(num_queries, world * width), False))
+        keys.append((D_all, self.metric == "ip"))
+        keys.append(((I_all < 0).to(torch.int8), False))
+        order = torch.arange(world * width, device=comm.device).expand(num_queries, -1)
+        for key, descending in keys:
+            step = torch.sort(key.gather(1, order), dim=1, descending=descending,
+                              stable=True).indices
+            order = order.gather(1, step)
+        order = order[:, :topk]
+        return D_all.gather(1, order), I_all.gather(1, order)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write every rank's shard to ``directory/shard-{rank}.npz`` and, from rank 0, a
+        ``manifest.json`` (world size, sizes, parameters, each shard's sha256) checked by
+        :meth:`load`. Collective; ``directory`` must be the same path on a shared file system
+        or on every machine."""
+        comm = self._comm
+        folder = Path(directory)
+
+        def write() -> np.ndarray:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"shard-{self.rank}.npz"
+            self.shard.save(path)
+            return np.frombuffer(hashlib.sha256(path.read_bytes()).digest(), dtype=np.uint8)
+
+        digests = comm.gather(comm.agree(write))
+
+        def manifest() -> None:
+            if self.rank != 0:
+                return
+            text = json.dumps({
+                "format": _FORMAT, "version": _FORMAT_VERSION, "kind": self.kind.__name__,
+                "world_size": self.world_size, "ids": self.ids,
+                "sizes": [int(s) for s in self.sizes], "parameters": self.parameters,
+                "sha256": [bytes(d).hex() for d in digests]}, indent=2)
+            temporary = folder / (_MANIFEST + ".tmp")
+            temporary.write_text(text)
+            temporary.replace(folder / _MANIFEST)
+
+        comm.agree(manifest)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, group: Any = None) -> ShardedIndex:
+        """Read what :meth:`save` wrote: this rank's shard, checked against the manifest (the
+        world size, this rank's size and checksum, the parameters). Collective."""
+        _check_group(group)
+        comm = _Comm(group)
+        folder = Path(directory)
+
+        def read():
+            manifest_path = folder / _MANIFEST
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{os.fspath(manifest_path)!r} is not a ShardedIndex manifest "
+                                 f"({error})") from None
+            expected = {"format", "version", "kind", "world_size", "ids", "sizes",
+                        "parameters", "sha256"}
+            if (not isinstance(manifest, dict) or not expected <= set(manifest)
+                    or manifest["format"] != _FORMAT):
+                raise ValueError(f"{os.fspath(manifest_path)!r} is not a ShardedIndex manifest")
+            if manifest["version"] != _FORMAT_VERSION:
+                raise ValueError(f"{os.fspath(manifest_path)!r} has version "
+                                 f"{manifest['version']}; this qkernels reads {_FORMAT_VERSION}")
+            kinds = {kind.__name__: kind for kind in _KINDS}
+            if manifest["kind"] not in kinds:
+                raise ValueError(f"{os.fspath(manifest_path)!r}: unknown kind "
+                                 f"{manifest['kind']!r}")
+            if manifest["world_size"] != comm.world_size:
+                raise ValueError(f"{os.fspath(folder)!r} holds {manifest['world_size']} shards "
+                                 f"but the process group has {comm.world_size} ranks")
+            sizes, digests = manifest["sizes"], manifest["sha256"]
+            if (not isinstance(sizes, list) or not isinstance(digests, list)
+                    or len(sizes) != comm.world_size or len(digests) != comm.world_size):
+                raise ValueError(f"{os.fspath(manifest_path)!r}: sizes and sha256 must list "
+                                 "one entry per rank")
+            path = folder / f"shard-{comm.rank}.npz"
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != digests[comm.rank]:
+                raise ValueError(f"{os.fspath(path)!r} is not the shard the manifest lists (its "
+                                 "sha256 differs): the folder mixes two saves, or the file was "
+                                 "changed")
+            shard = kinds[manifest["kind"]].load(path)
+            if shard.ntotal != sizes[comm.rank]:
+                raise ValueError(f"{os.fspath(path)!r} holds {shard.ntotal} items; the manifest "
+                                 f"says {sizes[comm.rank]}")
+            return shard, manifest
+
+        shard, manifest = comm.agree(read)
+        index = cls(shard, ids=manifest["ids"], group=group)
+        if index.parameters != manifest["parameters"]:
+            raise ValueError(f"{os.fspath(folder)!r}: the shards' parameters "
+                             f"{index.parameters} differ from the manifest's "
+                             f"{manifest['parameters']}")
+        return index
+
+
+def _padded_columns(exclude: np.ndarray, width: int) -> np.ndarray:
+    if exclude.shape[1] == width:
+        return exclude
+    out = np.full((exclude.shape[0], width), -1, dtype=np.int64)
+    out[:, : exclude.shape[1]] = exclude
+    return out
+
+
+def _as_tensor(x: Any, device):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return torch.from_dlpack(x).to(device)  # a cupy array
+
+
+def _returned(t, origin):
+    """A merged result as the caller's array type, on the caller's device."""
+    if origin.library == NUMPY:
+        return t.cpu().numpy()
+    if origin.library == TORCH:
+        return t.to(origin.device)
+    import cupy
+
+    with cupy.cuda.Device(int(origin.device.split(":")[1])):
+        return cupy.from_dlpack(t.to(origin.device))

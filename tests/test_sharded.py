@@ -1,0 +1,343 @@
+"""ShardedIndex under torch.distributed (2 gloo processes): every rank returns what one index
+over the union of the shards returns, ties included; bad input is an error on every rank."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import qkernels as qk
+from qkernels.distributed import ShardedIndex
+
+WORLD = 2
+SIZES = (110, 190)  # uneven shards
+NUM_BUCKETS, K = 8, 2
+DIM = 4
+NUM_QUERIES = 21
+TOPKS = (1, 16, 200, 400)  # 200: the whole table probes more than k buckets; 400 > all items
+
+
+def _data():
+    """The union's items and the queries; deterministic, so every process makes the same."""
+    rng = np.random.default_rng(7)
+    n = sum(SIZES)
+    return {
+        # small integers: many exactly equal distances, some across the two shards
+        "emb": rng.integers(0, 3, (n, DIM)).astype(np.float32),
+        "act": rng.standard_normal((n, NUM_BUCKETS)),
+        "act1": rng.standard_normal((n, NUM_BUCKETS)),
+        "act2": rng.standard_normal((n, NUM_BUCKETS)),
+        "q_emb": rng.integers(0, 3, (NUM_QUERIES, DIM)).astype(np.float32),
+        "q_act": rng.standard_normal((NUM_QUERIES, NUM_BUCKETS)),
+        "q_act1": rng.standard_normal((NUM_QUERIES, NUM_BUCKETS)),
+        "q_act2": rng.standard_normal((NUM_QUERIES, NUM_BUCKETS)),
+        # excluded global ids, on both shards, with -1 padding
+        "exclude": np.where(np.arange(3)[None, :] < 2 + np.arange(NUM_QUERIES)[:, None] % 2,
+                            np.stack([rng.choice(n, 3, replace=False)
+                                      for _ in range(NUM_QUERIES)]), -1),
+        # PQ: rows repeated, so that whole codes (and distances) repeat
+        "pq_x": rng.standard_normal((40, 8)).astype(np.float32)[rng.integers(0, 40, n)],
+        "pq_q": rng.standard_normal((NUM_QUERIES, 8)).astype(np.float32),
+        # binary: 12 bits, so Hamming distances tie a lot
+        "bits": rng.integers(0, 2, (n, 12)).astype(np.uint8),
+        "q_bits": rng.integers(0, 2, (NUM_QUERIES, 12)).astype(np.uint8),
+        "feat": rng.integers(0, 3, (n, 3)).astype(np.float32),
+        "q_feat": rng.integers(0, 3, (NUM_QUERIES, 3)).astype(np.float32),
+    }
+
+
+def _part(rank: int) -> slice:
+    start = sum(SIZES[:rank])
+    return slice(start, start + SIZES[rank])
+
+
+def _indexes(d, rows, codebooks):
+    """The four index types (five configurations) over the items ``rows``."""
+    pq = qk.ProductQuantizer(8, 4, 4).set_codebooks(codebooks)
+    return {
+        "table": qk.SparseHashTable(NUM_BUCKETS, K).add(d["act"][rows], d["emb"][rows]),
+        "table_ip": qk.SparseHashTable(NUM_BUCKETS, K, "ip").add(d["act"][rows],
+                                                                 d["emb"][rows]),
+        "hierarchical": qk.HierarchicalHashTable(NUM_BUCKETS, K).add(
+            d["act1"][rows], d["act2"][rows], d["emb"][rows]),
+        "pq": qk.PQIndex(pq).add(d["pq_x"][rows]),
+        "pq_ip": qk.PQIndex(pq, "ip").add(d["pq_x"][rows]),
+        "binary": qk.BinaryIndex(12).add(qk.pack_bits(d["bits"][rows])),
+        "binary_features": qk.BinaryIndex(12).add(qk.pack_bits(d["bits"][rows]),
+                                                  d["feat"][rows]),
+    }
+
+
+def _searches(d, name, topk, queries=slice(None)):
+    """(args, kwargs) of the search of index ``name``."""
+    if name in ("table", "table_ip"):
+        return (d["q_act"][queries], d["q_emb"][queries], topk), {
+            "exclude_ids": d["exclude"][queries]}
+    if name == "hierarchical":
+        return (d["q_act1"][queries], d["q_act2"][queries], d["q_emb"][queries], topk), {
+            "exclude_ids": d["exclude"][queries]}
+    if name in ("pq", "pq_ip"):
+        return (d["pq_q"][queries], topk), {}
+    if name == "binary":
+        return (qk.pack_bits(d["q_bits"][queries]), topk), {}
+    return (qk.pack_bits(d["q_bits"][queries]), topk), {"query_features": d["q_feat"][queries]}
+
+
+def _error(fn) -> str:
+    try:
+        fn()
+    except Exception as error:  # recorded for the parent's assertions
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def _rank(rank, init_file, codebooks, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    out: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    try:
+        d = _data()
+        shards = _indexes(d, _part(rank), codebooks)
+        for name, shard in shards.items():
+            index = ShardedIndex(shard)
+            for topk in TOPKS:
+                args, kwargs = _searches(d, name, topk)
+                D, I = index.search(*args, **kwargs)
+                out[f"{name}/{topk}/D"], out[f"{name}/{topk}/I"] = D, I
+                if name in ("table", "table_ip", "hierarchical"):
+                    out[f"{name}/{topk}/counts"] = index.candidate_counts
+            # each rank its own queries (rank 1 none for "binary"), against all shards
+            mine = (slice(0, 5), slice(5, 21)) if name != "binary" else (slice(0, 21),
+                                                                        slice(0, 0))
+            args, kwargs = _searches(d, name, 16, mine[rank])
+            D, I = index.search(*args, **kwargs, all_ranks_queries=False)
+            out[f"{name}/own/D"], out[f"{name}/own/I"] = D, I
+            if name == "table":
+                out["table/own/counts"] = index.candidate_counts
+            if name == "pq":  # symmetric distance and torch tensors
+                D, I = index.search(torch.from_numpy(d["pq_q"]), 16, symmetric=True)
+                assert isinstance(D, torch.Tensor) and isinstance(I, torch.Tensor)
+                out["pq/sdc/D"], out["pq/sdc/I"] = D.numpy(), I.numpy()
+            # save and load
+            index.save(f"{out_dir}/saved-{name}")
+            loaded = ShardedIndex.load(f"{out_dir}/saved-{name}")
+            args, kwargs = _searches(d, name, 16)
+            D, I = loaded.search(*args, **kwargs)
+            out[f"{name}/loaded/D"], out[f"{name}/loaded/I"] = D, I
+
+        # refusals: each must be an error on both ranks, never a hang
+        table = shards["table"]
+        errors["empty"] = _error(lambda: ShardedIndex(
+            table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, K)))
+        errors["k"] = _error(lambda: ShardedIndex(
+            table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, 3).add(
+                d["act"][_part(1)], d["emb"][_part(1)])))
+        errors["type"] = _error(lambda: ShardedIndex(table if rank == 0 else shards["pq"]))
+        errors["not an index"] = _error(lambda: ShardedIndex(table if rank == 0 else "table"))
+        sharded = ShardedIndex(table)
+        other = d["q_emb"] + (rank == 1)
+        errors["queries differ"] = _error(lambda: sharded.search(d["q_act"], other, 4))
+        errors["topk differs"] = _error(lambda: sharded.search(d["q_act"], d["q_emb"],
+                                                               4 + rank))
+        wrong = d["exclude"] if rank == 0 else d["exclude"][:3]
+        errors["bad input on one rank"] = _error(lambda: sharded.search(
+            d["q_act"], d["q_emb"], 4, exclude_ids=wrong, all_ranks_queries=False))
+        errors["dtypes differ"] = _error(lambda: sharded.search(
+            d["q_act"], d["q_emb"].astype(np.float64 if rank else np.float32), 4,
+            all_ranks_queries=False))
+        table.add(d["act"][:1], d["emb"][:1])
+        errors["shard changed"] = _error(lambda: sharded.search(d["q_act"], d["q_emb"], 4))
+        errors["ids"] = _error(lambda: ShardedIndex(qk.SparseHashTable(NUM_BUCKETS, K).add(
+            d["act"][_part(rank)], d["emb"][_part(rank)], ids=np.arange(SIZES[rank]) + 1000)))
+        dist.barrier()
+        if rank == 0:  # a shard file that is not the one the manifest lists
+            path = Path(out_dir, "saved-table", "manifest.json")
+            manifest = json.loads(path.read_text())
+            manifest["sha256"][1] = "0" * 64
+            path.write_text(json.dumps(manifest))
+        dist.barrier()
+        errors["tampered"] = _error(lambda: ShardedIndex.load(f"{out_dir}/saved-table"))
+    except Exception:
+        errors["crash"] = traceback.format_exc()
+    finally:
+        np.savez(f"{out_dir}/rank{rank}.npz", **out)
+        with open(f"{out_dir}/errors{rank}.json", "w") as f:
+            json.dump(errors, f)
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Run the scenarios once on 2 processes; each rank's results and errors."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    d = _data()
+    codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
+    context = mp.spawn(_rank, args=(str(tmp / "init"), codebooks, str(tmp)), nprocs=WORLD,
+                       join=False)
+    deadline = time.monotonic() + 600
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the sharded processes did not finish in 10 minutes (a deadlock?)")
+    results = []
+    for rank in range(WORLD):
+        errors = json.loads((tmp / f"errors{rank}.json").read_text())
+        assert "crash" not in errors, errors["crash"]
+        with np.load(tmp / f"rank{rank}.npz") as f:
+            results.append(({key: f[key] for key in f.files}, errors))
+    return results
+
+
+@pytest.fixture(scope="module")
+def whole():
+    """The same indexes over all items (the union, shards in rank order)."""
+    d = _data()
+    codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
+    return d, _indexes(d, slice(None), codebooks)
+
+
+NAMES = ("table", "table_ip", "hierarchical", "pq", "pq_ip", "binary", "binary_features")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("topk", TOPKS)
+def test_every_rank_returns_what_one_index_returns(ranks, whole, name, topk):
+    d, indexes = whole
+    args, kwargs = _searches(d, name, topk)
+    D, I = indexes[name].search(*args, **kwargs)
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out[f"{name}/{topk}/I"], I)
+        np.testing.assert_array_equal(out[f"{name}/{topk}/D"], D)
+        if name in ("table", "table_ip", "hierarchical"):
+            np.testing.assert_array_equal(out[f"{name}/{topk}/counts"],
+                                          indexes[name].candidate_counts)
+
+
+def test_the_cases_hold_ties_and_expansion(whole):
+    """The data makes the merge's tie-breaking and the table's expansion matter."""
+    d, indexes = whole
+    D, I = indexes["table"].search(*_searches(d, "table", 16)[0],
+                                   **_searches(d, "table", 16)[1])
+    across = (I[:, 1:] >= SIZES[0]) != (I[:, :-1] >= SIZES[0])
+    ties = (D[:, 1:] == D[:, :-1]) & across
+    assert ties.any(), "no tie between items of different shards"
+    indexes["table"].search(*_searches(d, "table", 200)[0], **_searches(d, "table", 200)[1])
+    counts = indexes["table"].candidate_counts
+    shard = qk.SparseHashTable(NUM_BUCKETS, K).add(d["act"][_part(0)], d["emb"][_part(0)])
+    shard.search(d["q_act"], d["q_emb"], 200)
+    assert (shard.candidate_counts > counts * SIZES[0] / sum(SIZES) * 1.2).any(), \
+        "a shard alone would probe as many buckets as the whole table"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_rank_its_own_queries(ranks, whole, name):
+    d, indexes = whole
+    mine = (slice(0, 5), slice(5, 21)) if name != "binary" else (slice(0, 21), slice(0, 0))
+    for rank, (out, _) in enumerate(ranks):
+        args, kwargs = _searches(d, name, 16, mine[rank])
+        D, I = indexes[name].search(*args, **kwargs)
+        np.testing.assert_array_equal(out[f"{name}/own/I"], I)
+        np.testing.assert_array_equal(out[f"{name}/own/D"], D)
+        if name == "table":
+            np.testing.assert_array_equal(out["table/own/counts"],
+                                          indexes[name].candidate_counts)
+
+
+def test_symmetric_distance_and_torch_tensors(ranks, whole):
+    d, indexes = whole
+    D, I = indexes["pq"].search(d["pq_q"], 16, symmetric=True)
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out["pq/sdc/I"], I)
+        np.testing.assert_array_equal(out["pq/sdc/D"], D)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_and_load(ranks, whole, name):
+    d, indexes = whole
+    D, I = indexes[name].search(*_searches(d, name, 16)[0], **_searches(d, name, 16)[1])
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out[f"{name}/loaded/I"], I)
+        np.testing.assert_array_equal(out[f"{name}/loaded/D"], D)
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("empty", ("ValueError", "rank 1's shard is empty")),
+    ("k", ("ValueError", "disagree on k: rank 0 has 2, rank 1 has 3")),
+    ("type", ("TypeError", "rank 1 a PQIndex")),
+    ("not an index", ("TypeError", "got str")),
+    ("queries differ", ("ValueError", "all_ranks_queries=False")),
+    ("topk differs", ("ValueError", "differ in topk")),
+    ("bad input on one rank", ("ValueError", "exclude_ids must be")),
+    ("dtypes differ", ("ValueError", "float64")),
+    ("shard changed", ("RuntimeError", "make a new ShardedIndex")),
+    ("ids", ("ValueError", "ids='global'")),
+    ("tampered", ("ValueError", "sha256")),
+])
+def test_refusals_reach_every_rank(ranks, case, expected):
+    kind, words = expected
+    for _, errors in ranks:
+        assert errors[case].startswith(kind + ":"), errors[case]
+        assert words in errors[case], errors[case]
+    if case in ("empty", "k", "bad input on one rank", "tampered"):
+        assert "rank 1" in ranks[0][1][case]  # rank 0 says which rank failed
+
+
+def test_needs_a_process_group():
+    table = qk.SparseHashTable(4, 1).add(np.eye(4), np.eye(4))
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ShardedIndex(table)
+
+
+# ------------------------------------------------------------------------ the shards' kernels
+# (in this process: what a sharded search adds up or merges by, against tests/reference.py)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests import reference  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 60), st.integers(1, 9), st.integers(1, 3),
+       st.booleans())
+def test_candidate_counts_of_the_first_buckets(seed, n, buckets, k, excluding):
+    k = min(k, buckets)
+    rng = np.random.default_rng(seed)
+    # few distinct activation values: ties between buckets, broken by the lower index
+    act = rng.integers(0, 3, (n, buckets)).astype(np.float64)
+    table = qk.SparseHashTable(buckets, k).add(act, rng.standard_normal((n, 2)))
+    queries = rng.integers(0, 3, (7, buckets)).astype(np.float64)
+    probes = rng.integers(k, buckets + 1, 7) * (rng.random(7) < 0.8)  # 0: counts nothing
+    exclude = (rng.integers(-1, max(n, 1), (7, 2)) if excluding and n else None)
+    got = table._count_candidates(queries, exclude, probes)
+    codes = np.argsort(-act, axis=1, kind="stable")[:, :k]
+    want = reference.table_candidates(codes, np.arange(n), queries, probes, exclude)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 50), st.integers(1, 20))
+def test_tiebreak_keys_are_the_kernels(seed, n, dim):
+    rng = np.random.default_rng(seed)
+    index = qk.BinaryIndex(6).add(qk.pack_bits(rng.integers(0, 2, (n, 6)).astype(np.uint8)),
+                                  rng.standard_normal((n, dim)).astype(np.float32))
+    features = rng.standard_normal((5, dim)).astype(np.float32)
+    _, I = index.search(qk.pack_bits(rng.integers(0, 2, (5, 6)).astype(np.uint8)), n + 2,
+                        features)
+    keys = index._tiebreak_keys(features, I)
+    for q in range(5):
+        for t in range(n + 2):
+            want = (np.inf if I[q, t] < 0 else
+                    reference.lane_distance(features[q], index._features[I[q, t]], False))
+            assert keys[q, t] == want
