@@ -30,7 +30,10 @@ def check_embeddings(x, name: str, ndim: int = 2) -> torch.Tensor:
     if ndim >= 2 and x.shape[-1] == 0:
         raise ValueError(f"{name} has shape {tuple(x.shape)}: 0 columns; at least 1 is needed")
     _first_nonfinite(x.detach(), name)
-    return x
+    # strides must not change an answer: torch's kernels (matmul above all) may take another
+    # path, with another rounding, for a strided tensor (seen on an AMD EPYC: NPairsLoss one
+    # ulp off for strided positives); a contiguous tensor is returned as it is
+    return x.contiguous()
 
 
 def check_like(x: torch.Tensor, x_name: str, other: torch.Tensor, other_name: str) -> None:
