@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import NUMPY, TORCH, origin_of, to_numpy
-from .index import BinaryIndex, HierarchicalHashTable, PQIndex, SparseHashTable
+from .index import BinaryIndex, HierarchicalHashTable, PQIndex, SparseHashTable, _table_cpu
 
 __all__ = ["ShardedIndex"]
 
@@ -308,6 +308,10 @@ class ShardedIndex:
         self.parameters = dict(zip(names, (int(v) for v in everyone[0, 4 : 4 + len(names)]),
                                    strict=True))
         self._signature = inspect.signature(shard.search)
+        self._bucket_sizes = None  # tables: the whole table's bucket sizes
+        if self.kind in (SparseHashTable, HierarchicalHashTable):
+            table = shard._table if self.kind is HierarchicalHashTable else shard
+            self._bucket_sizes = comm.sum(comm.agree(lambda: np.diff(table._build().offsets)))
         self._codebooks_version = shard.pq.codebooks_version if self.kind is PQIndex else None
         self.candidate_counts = np.empty(0, dtype=np.int64)
         # seconds of the last search: planning rounds (tables), local search, exchange + merge
@@ -481,24 +485,28 @@ class ShardedIndex:
                 act, emb = table._host_queries(arrays["query_activations"],
                                                arrays["query_embeddings"])
             exclude = table._exclude(arrays["exclude_ids"], act.shape[0])
+            excluded = (exclude >= 0).sum(axis=1)  # over all shards: the same on every rank
             if self.ids == "offset":
                 low, high = self.offsets[self.rank], self.offsets[self.rank] + table.ntotal
                 exclude = np.where((exclude >= low) & (exclude < high), exclude - low, -1)
-            return act, emb, exclude
+            return act, emb, exclude, excluded
 
-        act, emb, exclude = comm.agree(checked)
+        act, emb, exclude, excluded = comm.agree(checked)
         plan_start = time.perf_counter()
         target = min(topk, self.ntotal)
-        probes = self._plan(table, act, exclude, target)
+        probes = self._plan(table, act, exclude, excluded, target)
         plan_s = time.perf_counter() - plan_start
         D, I, counts = comm.agree(lambda: table._search_host(act, emb, topk, exclude, probes))
         return D, I, None, counts, plan_s
 
     def _plan(self, table: SparseHashTable, act: np.ndarray, exclude: np.ndarray,
-              target: int) -> np.ndarray:
+              excluded: np.ndarray, target: int) -> np.ndarray:
         """Per query, the buckets that one table over all shards would probe: the smallest
         ``p >= k`` whose first ``p`` buckets hold ``target`` candidates over all shards, or all
-        buckets. Each step is one all_reduce; every rank takes the same steps."""
+        buckets. Each step is one all_reduce; every rank takes the same steps (every decision
+        is made on what all ranks hold alike: the queries, the whole table's bucket sizes, the
+        count of excluded ids, the summed counts). ``exclude`` is this shard's share of the
+        excluded items, ``excluded`` the number of excluded ids of each query."""
         k, buckets = table.k, table.num_buckets
         num_queries = act.shape[0]
 
@@ -509,7 +517,18 @@ class ShardedIndex:
         high = np.full(num_queries, k, dtype=np.int64)  # enough, or every bucket
         if num_queries == 0:
             return high
-        short = candidates(high) < target
+        # the whole table's shortcut: when the largest of a query's k buckets alone, less its
+        # excluded ids, holds target items, k buckets are enough (each excluded id is at most
+        # one item when ids are unique: always with ids="offset")
+        best = np.empty((num_queries, k), dtype=np.int64)
+        _table_cpu.topk_rows(act, k, best)
+        largest = self._bucket_sizes[best].max(axis=1)
+        settled = largest - excluded >= target
+        if self.ids != "offset":
+            settled &= excluded == 0
+        short = np.zeros(num_queries, dtype=bool)
+        if not settled.all():
+            short = ~settled & (candidates(np.where(settled, 0, high)) < target)
         low[short] = k
         growing = short & (high < buckets)
         while growing.any():  # doubling until enough (or every bucket)
