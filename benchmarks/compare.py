@@ -1,7 +1,7 @@
 """Ours against the peers users run today, in one process, interleaved, as ratios.
 
     python benchmarks/compare.py SUITE [--repeat N]
-    SUITE: flow | table | pq | binary | hierarchical | gpu | all
+    SUITE: flow | table | pq | binary | hierarchical | sharded | gpu | all
 
 Each row times every contestant on the same input, rotating their order in every round so that
 drifting machine load hits all of them alike, and reports medians. Only ratios from one run are
@@ -382,6 +382,114 @@ def hierarchical(args: argparse.Namespace) -> None:
     print_table(["table", "SUF", "q/s"], table_rows)
 
 
+def _sharded_rank(rank: int, init_file: str, args: argparse.Namespace, out: str) -> None:
+    """One of two processes of the sharded suite: rank 0 times the single index (2 threads,
+    while rank 1 waits) against the ShardedIndex (both ranks, 1 thread each), interleaved."""
+    import datetime as dt
+    import json
+
+    import torch.distributed as dist
+
+    from qkernels.distributed import ShardedIndex
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=2, timeout=dt.timedelta(minutes=30))
+    n, num_queries = args.sharded_size, 1000
+    half = slice(0, n // 2) if rank == 0 else slice(n // 2, n)
+    rows = []
+    try:
+        cases = {}
+        # PQ, 64-d, M = 8 x 8 bits, top-10
+        data = _gaussian_classes(n + num_queries, 64, seed=5)
+        quantizer = qk.ProductQuantizer(64, 8, 8, seed=0).train(data[:65_536])
+        codes = quantizer.encode(data[:n])
+        pq_q = data[n:]
+        del data
+        whole = qk.PQIndex(quantizer).add_codes(codes) if rank == 0 else None
+        cases["PQIndex, 8 x 8 bits, top-10"] = (
+            whole, qk.PQIndex(quantizer).add_codes(codes[half]), (pq_q, 10))
+        # SparseHashTable, d = 512 buckets, k = 2, 64-d, top-16
+        tables = [qk.SparseHashTable(512, 2), qk.SparseHashTable(512, 2)]
+        start = 0
+        for _, act, emb in clustered_codes_data(n + num_queries, 512, seed=4):
+            stop = start + act.shape[0]
+            base = min(stop, n) - start
+            if base > 0:
+                if rank == 0:
+                    tables[0].add(act[:base], emb[:base])
+                rows_here = slice(max(half.start, start) - start, min(half.stop, stop) - start)
+                if rows_here.stop > rows_here.start:
+                    tables[1].add(act[rows_here], emb[rows_here])
+            if stop > n:
+                table_q = (act[base:], emb[base:])
+            start = stop
+        cases["SparseHashTable, 512 buckets, k = 2, top-16"] = (
+            tables[0] if rank == 0 else None, tables[1], (*table_q, 16))
+        for name, (single, shard, query_args) in cases.items():
+            sharded = ShardedIndex(shard)
+            contestants = {"sharded": lambda s=sharded, a=query_args: s.search(*a)}
+            if rank == 0:
+                contestants["single"] = lambda s=single, a=query_args: s.search(*a)
+            times = {"single": [], "sharded": []}
+            shares = []
+            for round_ in range(args.repeat + 1):
+                order = ["single", "sharded"] if round_ % 2 else ["sharded", "single"]
+                for who in order:
+                    dist.barrier()
+                    numba.set_num_threads(2 if who == "single" else 1)
+                    start = time.perf_counter()
+                    if who == "sharded" or rank == 0:
+                        contestants[who]()
+                    seconds = time.perf_counter() - start
+                    dist.barrier()
+                    if round_:  # the first round warms up
+                        times[who].append(seconds)
+                        if who == "sharded":
+                            t = sharded.timings
+                            shares.append((t["merge"] / t["total"], t["plan"] / t["total"]))
+            numba.set_num_threads(2)
+            D, I = sharded.search(*query_args)
+            if rank == 0:
+                Ds, Is = single.search(*query_args)
+                single_s = statistics.median(times["single"])
+                sharded_s = statistics.median(times["sharded"])
+                rows.append([name, f"{num_queries / single_s:,.0f}",
+                             f"{num_queries / sharded_s:,.0f}", f"{single_s / sharded_s:.2f}x",
+                             f"{statistics.median(s[0] for s in shares):.1%}",
+                             f"{statistics.median(s[1] for s in shares):.1%}",
+                             "identical" if np.array_equal(I, Is) and np.array_equal(D, Ds)
+                             else "RESULTS DIFFER"])
+        if rank == 0:
+            Path(out).write_text(json.dumps(rows))
+    finally:
+        dist.destroy_process_group()
+
+
+@suite
+def sharded(args: argparse.Namespace) -> None:
+    """ShardedIndex over 2 gloo processes on this machine against one index in one process."""
+    import json
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    n = args.sharded_size
+    print(f"### sharded: ShardedIndex, 2 processes (gloo, one machine) vs one index in one "
+          f"process, N = {n:,}, 1000 queries\n")
+    print("The single index searches with 2 threads; each of the 2 shards (N / 2 items) with 1. "
+          f"Median of {args.repeat} interleaved runs of the whole query set, timed on rank 0; "
+          "the merge share is the all_gather of every rank's top-K plus the exact merge, the "
+          "plan share the table's probe planning (all_reduce rounds), both of the sharded "
+          "search's time.\n")
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "rows.json")
+        mp.spawn(_sharded_rank, args=(str(Path(folder) / "init"), args, out), nprocs=2,
+                 join=True)
+        rows = json.loads(Path(out).read_text())
+    print_table(["index", "1 process q/s", "2 processes q/s", "speed-up", "merge share",
+                 "plan share", "results"], rows)
+
+
 def _cuda_seconds(fn, repeat: int) -> float:
     """Median of ``repeat`` synchronised runs of ``fn`` (after a warm-up)."""
     import torch
@@ -486,6 +594,8 @@ def main() -> None:
     parser.add_argument("--table-size", type=int, default=1_000_000,
                         help="database size of the table, pq and binary suites "
                              "(default 1,000,000)")
+    parser.add_argument("--sharded-size", type=int, default=2_000_000,
+                        help="database size of the sharded suite (default 2,000,000)")
     args = parser.parse_args()
     print(f"qkernels {qk.__version__} on {machine()}, "
           f"{datetime.date.today().isoformat()}\n")

@@ -65,20 +65,22 @@ def run(args, run: Run) -> dict:
                                                               variant="triplet"), batches),
         Stage("cascade", args.hash_epochs, finetune, cascade_step, batches),
     ])
-    if not run.is_main:
+    if not run.evaluates:
         return {}
 
     (db_emb, q_emb), ((db_act, q_act), (db_flat, q_flat)) = embeddings_and_activations(
         run, net, ("hash", "flat"))
 
     rows = []
-    compound = qk.HierarchicalHashTable(d, args.k).add(db_act[:, :d], db_act[:, d:], db_emb)
+    compound = run.index(lambda r: qk.HierarchicalHashTable(d, args.k).add(
+        db_act[r, :d], db_act[r, d:], db_emb[r]), len(db_emb))
     parents = np.argmax(db_act[:, :d], axis=1)
     children = np.argsort(-db_act[:, d:], axis=1, kind="stable")[:, : args.k]
     rows.append(_row(f"cascade ({d}x{d} buckets)", compound,
                      lambda K: compound.search(q_act[:, :d], q_act[:, d:], q_emb, K),
                      parents[:, None] * d + children, data))
-    flat = qk.SparseHashTable(d, args.k).add(db_flat, db_emb)
+    flat = run.index(lambda r: qk.SparseHashTable(d, args.k).add(db_flat[r], db_emb[r]),
+                     len(db_emb))
     rows.append(_row(f"flat DHT ({d} buckets)", flat, lambda K: flat.search(q_flat, q_emb, K),
                      np.argsort(-db_flat, axis=1, kind="stable")[:, : args.k], data))
     table = Table(f"cascade on {data.name}: d = {d} per level, k = {args.k}, "

@@ -10,6 +10,7 @@ Examples::
     python -m training h2q --dataset npz:features.npz --bits 32
     python -m training klhash --dataset cifar100:~/data/cifar-100-python --device cuda
     torchrun --nproc_per_node=2 -m training dht          # DistributedDataParallel
+    torchrun --nproc_per_node=2 -m training dqn --shard-index   # and a sharded index
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--save-replicas", action="store_true",
                    help="every rank writes its final weights to OUT/replica-RANK.pt (to check "
                         "that distributed replicas agree)")
+    p.add_argument("--shard-index", action="store_true",
+                   help="under torchrun (dht, cascade, dqn): evaluate with a ShardedIndex, "
+                        "each rank indexing its share of the database (the same metrics as "
+                        "one index)")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no tqdm progress bars (the one-line epoch summaries stay)")
@@ -147,6 +152,15 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.items_per_class < 2:
             p.error("--items-per-class must be >= 2 for dht and cascade (the metric losses "
                     f"need two items of a class), got {args.items_per_class}")
+    if args.shard_index:
+        import os
+
+        if args.method not in ("dht", "cascade", "dqn"):
+            p.error(f"--shard-index applies to dht, cascade and dqn (their evaluation searches "
+                    f"an index); {args.method} ranks the whole database")
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            p.error("--shard-index needs a distributed run: torchrun --nproc_per_node=N "
+                    "-m training ...")
     if args.method == "dqn" and args.bits % 8:
         p.error(f"--bits must be a multiple of 8 for dqn (8 bits per PQ subspace), got "
                 f"{args.bits}")

@@ -126,6 +126,29 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sharding(self) -> bool:
+        """``--shard-index`` in a distributed run: every rank evaluates, each indexing its
+        share of the database, and searches go through qkernels.distributed.ShardedIndex."""
+        return bool(getattr(self.args, "shard_index", False)) and self.world_size > 1
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this rank takes part in the evaluation (rank 0 alone unless sharding)."""
+        return self.is_main or self.sharding
+
+    def index(self, make: Callable[[slice], Any], size: int) -> Any:
+        """The evaluation's index over a database of ``size`` items: ``make(rows)`` builds one
+        over the given rows; sharded, over this rank's contiguous share, wrapped in a
+        ShardedIndex whose search returns what the whole index returns."""
+        if not self.sharding:
+            return make(slice(None))
+        from qkernels.distributed import ShardedIndex
+
+        share = slice(size * self.rank // self.world_size,
+                      size * (self.rank + 1) // self.world_size)
+        return ShardedIndex(make(share))
+
     def log(self, message: str) -> None:
         if self.is_main and not self.args.quiet:
             print(message, flush=True)

@@ -99,9 +99,13 @@ def embeddings_and_activations(run: Run, net: EmbeddingNet, heads: tuple[str, ..
     return embeddings, outputs
 
 
-def _table_rows(name: str, db_act, db_emb, q_act, q_emb, data, k: int, buckets: int):
-    """Build the table and measure the paper's metrics (one search per K)."""
-    table = qk.SparseHashTable(buckets, k).add(db_act, db_emb)
+def _table_rows(run: Run, name: str, db_act, db_emb, q_act, q_emb, data, k: int,
+                buckets: int):
+    """Build the table (sharded with --shard-index) and measure the paper's metrics (one
+    search per K)."""
+    table = run.index(lambda rows: qk.SparseHashTable(buckets, k).add(db_act[rows],
+                                                                      db_emb[rows]),
+                      len(db_act))
     db_codes = np.argsort(-db_act, axis=1, kind="stable")[:, :k]  # the table's own rule
     row = table_metrics(table, lambda K: table.search(q_act, q_emb, K), data.y_train,
                         data.y_test, db_codes)
@@ -157,7 +161,7 @@ def run(args, run: Run) -> dict:
             batches, on_start=lambda hashed=hashed: hashed.body.load_state_dict(
                 net.body.state_dict())))
     run.train(nn.ModuleDict({"metric": net, "hash": hash_nets}), stages)
-    if not run.is_main:
+    if not run.evaluates:
         return {}
 
     # Re-ranking uses the metric embedding as pretraining left it (frozen: the hash stages
@@ -180,7 +184,8 @@ def run(args, run: Run) -> dict:
         square_norms[f"hash k={k}"] = _mean_square_norm(q_act)
         for name, db_keys, q_keys in (("Th", db_emb, q_emb), ("VQ", vq(db_emb), vq(q_emb)),
                                       ("DHT", db_act, q_act)):
-            row = _table_rows(name, db_keys, db_emb, q_keys, q_emb, data, k, args.buckets)
+            row = _table_rows(run, name, db_keys, db_emb, q_keys, q_emb, data, k,
+                              args.buckets)
             if k <= args.max_k:
                 curves[name].append(row)
             if k == args.k:

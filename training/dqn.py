@@ -53,7 +53,7 @@ def run(args, run: Run) -> dict:
     batches = run.batches()
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     run.train(net, [Stage("dqn", args.epochs, optimizer, step, batches, refit)])
-    if not run.is_main:
+    if not run.evaluates:
         return {}
 
     net.eval()
@@ -62,7 +62,7 @@ def run(args, run: Run) -> dict:
     if not quantizer.is_trained:
         quantizer.train(db)
     k = map_k(args, len(db))
-    index = qk.PQIndex(quantizer).add(db)
+    index = run.index(lambda rows: qk.PQIndex(quantizer).add(db[rows]), len(db))
     rows = []
     for name, (_, I) in (("DQN, asymmetric distance (PQIndex)", index.search(queries, k)),
                          ("DQN, symmetric distance",
