@@ -1,8 +1,10 @@
 """The CUDA side: RawKernels from ``qkernels/cuda/*.cu``, compiled by NVRTC through cupy on
 first use (never at import) and cached per device, launched on torch's current stream.
 
-Every GPU kernel has a CPU twin and a parity test marked ``gpu`` (tests/test_gpu.py); the names
-differ, so here is the map (``.cu`` kernel: Numba twin):
+Every GPU kernel has a CPU twin and two parity tests: marked ``gpu`` (tests/test_gpu.py, on a
+device) and ``emulated`` (tests/test_emulated.py: the kernel compiled as C++ and run on the CPU
+under an emulation of the CUDA model, with the launch configuration computed here); the map
+(``.cu`` kernel: Numba twin):
 
     flow.cu     solve_batch                         flow/_flat_cpu.py solve_batch
     hamming.cu  topk_by_query                       index/_hamming_cpu.py topk_by_query
@@ -26,7 +28,8 @@ from typing import Any
 
 from . import config
 
-__all__ = ["LIMITS", "available", "block_size", "compile_options", "kernel", "require"]
+__all__ = ["LIMITS", "array_module", "available", "block_size", "compile_options", "kernel",
+           "launch", "require"]
 
 # per source (qkernels/cuda/<name>.cu): the -D defines it is compiled with
 LIMITS: dict[str, dict[str, int]] = {
@@ -84,6 +87,20 @@ def kernel(source: str, function: str):
     import cupy
 
     return _module(source, cupy.cuda.Device().id).get_function(function)
+
+
+def array_module(*arrays: Any):
+    """cupy, or numpy when every array is a numpy array: the launch code of the GPU twins is
+    written against this module so that the tests' CPU emulation of the kernels
+    (tests/emulation.py, which takes the place of :func:`launch`) runs the same code, with the
+    same launch configuration, on numpy arrays."""
+    import numpy
+
+    if all(isinstance(a, numpy.ndarray) for a in arrays):
+        return numpy
+    import cupy
+
+    return cupy
 
 
 def block_size(limit: int | None = None) -> int:

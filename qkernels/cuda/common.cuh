@@ -2,6 +2,12 @@
 
 #pragma once
 
+// The block's dynamic shared memory (the launch's shared_mem bytes), as unsigned char name[].
+// A macro so that the CPU emulation of the tests (tests/cuda_emulation) can supply its own.
+#ifndef QK_DYNAMIC_SHARED
+#define QK_DYNAMIC_SHARED(name) extern __shared__ unsigned char name[]
+#endif
+
 // Float bits that sort as unsigned integers in the order of the floats (negatives included).
 __device__ __forceinline__ unsigned int sortable(float value) {
     unsigned int bits = __float_as_uint(value);

@@ -16,6 +16,8 @@
 //   ints:    count[d], occ[d * n], ncode[n], pred[d + n], settled[d + n]
 //   bytes:   assigned[n * d]
 
+#include "common.cuh"
+
 #define INF __longlong_as_double(0x7ff0000000000000LL)
 
 struct Best {
@@ -33,11 +35,12 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
                                        double* __restrict__ doubles, int* __restrict__ ints,
                                        unsigned char* __restrict__ bytes,
                                        long long* __restrict__ all_codes) {
-    extern __shared__ unsigned char shared[];
+    QK_DYNAMIC_SHARED(shared);
     Best* partial = reinterpret_cast<Best*>(shared);
     __shared__ double sink_dist;
     __shared__ int sink_pred;
     __shared__ Best chosen;
+    __shared__ int stop;
 
     const int b = blockIdx.x;
     const int t = threadIdx.x;
@@ -93,10 +96,17 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
                     if (t < half) partial[t] = better(partial[t], partial[t + half]);
                     __syncthreads();
                 }
-                if (t == 0) chosen = partial[0];
+                // the decision to stop is made once, by thread 0, before the barrier: thread 0
+                // moves sink_dist below, while slower threads could still be reading it here,
+                // and those that read the new value would leave the loop alone (a deadlock
+                // at the next barrier; found by the CPU emulation, tests/test_emulated.py)
+                if (t == 0) {
+                    chosen = partial[0];
+                    stop = sink_dist <= chosen.value;  // also when nothing is left (INF)
+                }
                 __syncthreads();
                 const Best next = chosen;
-                if (sink_dist <= next.value) break;  // also when nothing is left (next is INF)
+                if (stop) break;
                 const int node = next.node;
                 const double here = next.value;
                 if (t == 0) settled[node] = 1;

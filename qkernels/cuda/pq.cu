@@ -38,7 +38,7 @@ __device__ void scan(const float* __restrict__ tables, const Code* __restrict__ 
                      long long n, int m_count, int k_count, int topk, int sort_size,
                      int inner_product, float* __restrict__ out_dist,
                      long long* __restrict__ out_item) {
-    extern __shared__ unsigned char shared[];
+    QK_DYNAMIC_SHARED(shared);
     float* table = reinterpret_cast<float*>(shared);
     unsigned long long* keys = reinterpret_cast<unsigned long long*>(
         shared + ((sizeof(float) * m_count * k_count + 7) / 8) * 8);

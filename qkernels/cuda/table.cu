@@ -32,7 +32,7 @@ extern "C" __global__ void probe(const float* __restrict__ query_act,
                                  int* __restrict__ probes_scratch,
                                  float* __restrict__ out_dist, long long* __restrict__ out_item,
                                  long long* __restrict__ out_count) {
-    extern __shared__ unsigned char shared[];
+    QK_DYNAMIC_SHARED(shared);
     unsigned long long* keys = reinterpret_cast<unsigned long long*>(shared);
     __shared__ float best_value[1024];
     __shared__ int best_bucket[1024];

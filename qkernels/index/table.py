@@ -354,20 +354,20 @@ class SparseHashTable(LazyState):
         self.candidate_counts = cupy.asnumpy(counts)
         return origin.wrap(dist), origin.wrap(ids)
 
+    def _probe_arrays(self) -> tuple[np.ndarray, ...]:
+        """(offsets, items, codes, embeddings, rows, item_of_row, ids): what the GPU probe
+        (qkernels/cuda/table.cu) reads, on the host."""
+        built = self._build()
+        item_of_row = np.empty_like(built.rows)
+        item_of_row[built.rows] = np.arange(built.rows.shape[0])
+        return (built.offsets, built.items, built.codes, built.emb, built.rows, item_of_row,
+                built.ids)
+
     def _device_arrays(self):
-        """(offsets, items, codes, embeddings, rows, item_of_row, ids) on the current GPU."""
+        """:meth:`_probe_arrays` on the current GPU, copied once per device."""
         import cupy
 
-        built = self._build()
-
-        def mirror():
-            item_of_row = np.empty_like(built.rows)
-            item_of_row[built.rows] = np.arange(built.rows.shape[0])
-            return tuple(cupy.asarray(a) for a in (
-                built.offsets, built.items, built.codes, built.emb, built.rows, item_of_row,
-                built.ids))
-
-        return self._device_mirror(mirror)
+        return self._device_mirror(lambda: tuple(cupy.asarray(a) for a in self._probe_arrays()))
 
     def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts,
                       probes=None):
