@@ -129,26 +129,6 @@ template <class T>
 inline T atomicAdd(T* address, T value) {
     return std::atomic_ref<T>(*address).fetch_add(value);
 }
-inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
-    return std::atomic_ref<unsigned long long>(*address).fetch_add(value);
-}
-template <class T>
-inline T atomicMin(T* address, T value) {
-    std::atomic_ref<T> ref(*address);
-    T old = ref.load();
-    while (value < old && !ref.compare_exchange_weak(old, value)) {
-    }
-    return old;
-}
-template <class T>
-inline T atomicMax(T* address, T value) {
-    std::atomic_ref<T> ref(*address);
-    T old = ref.load();
-    while (old < value && !ref.compare_exchange_weak(old, value)) {
-    }
-    return old;
-}
-
 namespace qk_emulation {
 
 template <class... Args, std::size_t... I>
