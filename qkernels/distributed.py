@@ -388,8 +388,11 @@ class ShardedIndex:
             counts = None
         local_s = time.perf_counter() - local_start - plan_s
         merge_start = time.perf_counter()
+        # on the backend's device from here (the local results may be numpy, or torch / cupy
+        # arrays on a GPU)
+        D, I = _as_tensor(D, comm.device), _as_tensor(I, comm.device)
         if self.ids == "offset":
-            I = np.where(I >= 0, I + self.offsets[self.rank], -1)
+            I = I.where(I < 0, I + int(self.offsets[self.rank]))
         D, I = self._merge(D, I, T, topk)
         if counts is not None:
             self.candidate_counts = comm.sum(counts)[mine]
@@ -546,15 +549,15 @@ class ShardedIndex:
             narrowing = short & (high - low > 1)
         return high
 
-    def _merge(self, D: Any, I: Any, T: np.ndarray | None, topk: int):
+    def _merge(self, D, I, T: np.ndarray | None, topk: int):
         """Every rank's ``(Q, topk)`` results into the best ``topk`` of their union, ordered as
         one index orders them: distance (then the tie-break key), then the lower id; missing
         results last."""
         import torch
 
         comm = self._comm
-        D_all = comm.gather_tensor(_as_tensor(D, comm.device))
-        I_all = comm.gather_tensor(_as_tensor(I, comm.device))
+        D_all = comm.gather_tensor(D)
+        I_all = comm.gather_tensor(I)
         world, num_queries, width = I_all.shape
         D_all = D_all.permute(1, 0, 2).reshape(num_queries, world * width)
         I_all = I_all.permute(1, 0, 2).reshape(num_queries, world * width)
