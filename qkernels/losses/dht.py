@@ -52,12 +52,13 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
 
     Returns ``BatchCodes(codes, mask)``: int64 ``(N, k)`` and a 0/1 ``(N, d)`` mask in the
     activations' dtype, both on the activations' device. No gradient flows through them. The
-    solve runs on the CPU, on a host copy of the class means (the GPU flow kernel exists but
-    has not yet run on a device; issue 16 moves this solve onto it).
+    solve runs where the class means are: on a GPU with cupy, one block of
+    qkernels/cuda/flow.cu, which returns the CPU solver's codes; elsewhere on the CPU (a host
+    copy when cupy is missing).
     """
     a = check_embeddings(activations, "activations").detach()
     inverse, means = _class_means(a, labels, normalize, group, "assign_batch_codes")
-    class_codes = _solve_once(lambda: solve_sparse_codes(means.cpu(), k, penalty),
+    class_codes = _solve_once(lambda: solve_sparse_codes(means, k, penalty),
                               (means.shape[0], k), a.device, group)
     codes = class_codes[inverse]
     mask = torch.zeros_like(a).scatter_(1, codes, 1.0)
