@@ -107,6 +107,16 @@ def test_npairs_variant_and_resume(tmp_path):
     assert second[:3] == first
 
 
+def test_dqn_with_4_bit_codebooks(tmp_path, capsys):
+    """--pq-nbits 4: twice the subspaces of 16 codewords each (M = bits / 4)."""
+    assert main(["dqn", "--pq-nbits", "4", "--bits", "16", "--out", str(tmp_path), *QUICK]) == 0
+    title = json.loads((tmp_path / "results.json").read_text())["table"]["title"]
+    assert "4 x 4 bits (16-bit codes)" in title
+    with pytest.raises(SystemExit):
+        main(["dqn", "--pq-nbits", "4", "--bits", "18", *QUICK])
+    assert "multiple of --pq-nbits = 4" in capsys.readouterr().err
+
+
 def test_npairs_scale_and_output_norms(tmp_path, capsys):
     assert main(["dht", "--variant", "npairs", "--npairs-scale", "4", "--out", str(tmp_path),
                  *QUICK]) == 0

@@ -89,7 +89,11 @@ def parser() -> argparse.ArgumentParser:
 
     quant = p.add_argument_group("dqn, h2q, klhash")
     quant.add_argument("--bits", type=int, default=32,
-                       help="code length: PQ subspaces x 8 (dqn), sign bits (h2q, klhash)")
+                       help="code length: PQ subspaces x --pq-nbits (dqn), sign bits (h2q, "
+                            "klhash)")
+    quant.add_argument("--pq-nbits", type=int, choices=(4, 8), default=8,
+                       help="dqn: bits per PQ subspace (8, the paper's; 4: 16 codewords, twice "
+                            "the subspaces)")
     quant.add_argument("--map-k", type=int, default=None,
                        help="mAP@k / mAHP@k cut-off (default: min(1000, database size))")
     quant.add_argument("--pq-weight", type=float, default=None,
@@ -161,9 +165,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             p.error("--shard-index needs a distributed run: torchrun --nproc_per_node=N "
                     "-m training ...")
-    if args.method == "dqn" and args.bits % 8:
-        p.error(f"--bits must be a multiple of 8 for dqn (8 bits per PQ subspace), got "
-                f"{args.bits}")
+    if args.method == "dqn" and args.bits % args.pq_nbits:
+        p.error(f"--bits must be a multiple of --pq-nbits = {args.pq_nbits} for dqn (bits per "
+                f"PQ subspace), got {args.bits}")
 
 
 def check_data(args: argparse.Namespace, data) -> None:

@@ -20,10 +20,12 @@ __all__ = ["run"]
 
 def run(args, run: Run) -> dict:
     data = run.data
-    subspaces = max(1, args.bits // 8)
-    # 8 bits per subspace as in the paper, fewer when the training set is small
-    nbits = int(min(8, np.floor(np.log2(len(data.x_train)))))
-    dim = 8 * subspaces * 2  # a bottleneck of 16 dimensions per subspace
+    bits_per_code = getattr(args, "pq_nbits", 8)
+    subspaces = max(1, args.bits // bits_per_code)
+    # 8 bits per subspace as in the paper (or 4, the fast-scan layout), fewer when the training
+    # set is small
+    nbits = int(min(bits_per_code, np.floor(np.log2(len(data.x_train)))))
+    dim = 2 * subspaces * bits_per_code  # a bottleneck of 2 dimensions per code bit
     net = EmbeddingNet(data.x_train.shape[1:], dim).to(run.device)
     module = run.wrap(net)
     quantizer = qk.ProductQuantizer(dim, subspaces, nbits, seed=args.seed)
