@@ -40,7 +40,7 @@ def _refused(argv, capsys, message):
     (["dht", "--margin", "-0.5"], "--margin must be a finite number >= 0"),
     (["dht", "--npairs-scale", "0"], "--npairs-scale must be a finite number > 0"),
     (["h2q", "--bits", "0"], "--bits must be >= 1"),
-    (["dqn", "--bits", "7"], "--bits must be a multiple of 8 for dqn"),
+    (["dqn", "--bits", "7"], "--bits must be a multiple of --pq-nbits = 8 for dqn"),
     (["klhash", "--kl-weight", "inf"], "--kl-weight must be a finite number >= 0"),
     (["dqn", "--seed", "-3"], "--seed must be >= 0"),
 ])
