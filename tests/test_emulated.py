@@ -142,7 +142,7 @@ def test_table_probe_is_the_cpus(emulated, n, num_buckets, k, topk, excluding, m
     want_counts = table.candidate_counts
 
     arrays = table._probe_arrays()
-    positions = table._exclude_positions(arrays[-1], table._exclude(exclude, 6))
+    positions = table._exclude_positions(table._exclude(exclude, 6))
     dist, items, counts = _table_gpu.probe(q_act, q_emb, k, topk, arrays[:-1], positions,
                                            metric == "ip")
     got_ids = np.where(items >= 0, arrays[-1][np.maximum(items, 0)], -1)

@@ -103,6 +103,7 @@ class SparseHashTable(LazyState):
         self._ids = np.empty(0, dtype=np.int64)
         self._rows = np.empty(0, dtype=np.int64)  # insertion position: breaks distance ties
         self._built: _Built | None = None  # built on the first search, under the lock
+        self._id_order = None  # (built, positions by id, sorted ids), on the first exclusion
         self._init_lock()
         self.candidate_counts = np.empty(0, dtype=np.int64)
 
@@ -292,7 +293,7 @@ class SparseHashTable(LazyState):
             dist.fill(-np.inf if self.metric == "ip" else np.inf)
         elif num_queries:
             built = self._build()
-            exclude = self._exclude_positions(built.ids, exclude)
+            exclude = self._exclude_positions(exclude)
             # bound the per-chunk heaps (chunks x queries x topk entries, 20 bytes each) to ~80 MB
             chunks = _chunks(self.num_buckets)
             block = max(1, (1 << 22) // (chunks * work))
@@ -314,7 +315,7 @@ class SparseHashTable(LazyState):
         if self.ntotal == 0 or num_queries == 0:
             return counts
         built = self._build()
-        exclude = self._exclude_positions(built.ids, self._exclude(exclude_ids, num_queries))
+        exclude = self._exclude_positions(self._exclude(exclude_ids, num_queries))
         probe_count = np.empty(num_queries, dtype=np.int64)
         _table_cpu.plan_probes(act, self.k, np.iinfo(np.int64).max,
                                np.ascontiguousarray(max_probes, dtype=np.int64), built.offsets,
@@ -343,7 +344,7 @@ class SparseHashTable(LazyState):
                                                     dtype=np.float32))
         emb = cupy.ascontiguousarray(as_float_array(emb, "query_embeddings",
                                                     dtype=np.float32))
-        exclude = self._exclude_positions(self._build().ids, self._exclude(
+        exclude = self._exclude_positions(self._exclude(
             None if exclude_ids is None else to_numpy(exclude_ids, allow_device_copy=True),
             act.shape[0]))
         with torch_stream(origin):
@@ -409,14 +410,12 @@ class SparseHashTable(LazyState):
         _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, dist,
                                items)
 
-    @staticmethod
-    def _exclude_positions(table_ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    def _exclude_positions(self, exclude: np.ndarray) -> np.ndarray:
         """Excluded ids -> the table positions holding them (every one: ids may repeat), each
         once per query (an id excluded twice must not be subtracted twice from the count)."""
         if exclude.shape[1] == 0:
             return exclude
-        order = np.argsort(table_ids, kind="stable")
-        sorted_ids = table_ids[order]
+        order, sorted_ids = self._ids_in_order()
         low = np.searchsorted(sorted_ids, exclude, side="left")
         high = np.searchsorted(sorted_ids, exclude, side="right")
         high = np.where(exclude < 0, low, high)
@@ -427,6 +426,17 @@ class SparseHashTable(LazyState):
                                                                         strict=True)]))
             out[q, : found.shape[0]] = found
         return out
+
+    def _ids_in_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """The built table's positions sorted by id, and the ids in that order: sorted once
+        per build (under the lock), not on every search that excludes ids."""
+        built = self._build()
+
+        def sort():
+            order = np.argsort(built.ids, kind="stable")
+            return built, order, built.ids[order]
+
+        return self._once("_id_order", lambda o: o is not None and o[0] is built, sort)[1:]
 
     @staticmethod
     def _exclude(exclude_ids: Any, num_queries: int) -> np.ndarray:
