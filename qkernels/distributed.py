@@ -124,9 +124,6 @@ class _Comm:
         _dist().all_reduce(t, group=self.group)
         return t.cpu().numpy()
 
-    def barrier(self) -> None:
-        _dist().barrier(group=self.group)
-
     def agree(self, fn):
         """``fn()`` on this rank; if it raised on any rank, raise on every rank (the failing
         rank's own error there, the same type with that rank's message elsewhere), so that no
@@ -202,9 +199,8 @@ def _parameters(shard: Any) -> list[int]:
                 -1 if table.dim is None else table.dim]
     if isinstance(shard, PQIndex):
         pq = shard.pq
-        codebooks = np.ascontiguousarray(pq.codebooks, dtype=np.float32)
         return [pq.dim, pq.num_subspaces, pq.nbits, _METRICS.index(shard.metric),
-                zlib.crc32(codebooks.tobytes())]
+                _crc([pq.codebooks])]
     features = shard._features
     return [shard.nbits, -1 if features is None else features.shape[1]]
 

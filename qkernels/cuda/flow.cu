@@ -33,14 +33,15 @@ struct Pick {
     int bound_node;
 };
 
-__device__ __forceinline__ void take(Pick& a, long long bits, int node, long long bound_bits) {
-    if (bits < a.near || (bits == a.near && node < a.near_node)) {
-        a.near = bits;
-        a.near_node = node;
+__device__ __forceinline__ void take(Pick& a, long long near, int near_node, long long bound,
+                                     int bound_node) {
+    if (near < a.near || (near == a.near && near_node < a.near_node)) {
+        a.near = near;
+        a.near_node = near_node;
     }
-    if (bound_bits < a.bound || (bound_bits == a.bound && node < a.bound_node)) {
-        a.bound = bound_bits;
-        a.bound_node = node;
+    if (bound < a.bound || (bound == a.bound && bound_node < a.bound_node)) {
+        a.bound = bound;
+        a.bound_node = bound_node;
     }
 }
 
@@ -183,20 +184,15 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
                 // the nearest node and the nearest labelled deficit bucket (lowest ids)
                 Pick mine = {INF_BITS + 1, INF_BITS + 1, d + 1, d + 1};
                 for (int u = t; u <= d; u += threads) {
-                    take(mine, key_bits[u], u, key_bits[u] | deficit[u]);
+                    take(mine, key_bits[u], u, key_bits[u] | deficit[u], u);
                 }
                 partial[t] = mine;
                 __syncthreads();
                 for (int half = threads / 2; half > 0; half >>= 1) {
                     if (t < half) {
-                        Pick other = partial[t + half];
-                        take(partial[t], other.near, other.near_node, INF_BITS + 1);
-                        Pick& a = partial[t];
-                        if (other.bound < a.bound ||
-                            (other.bound == a.bound && other.bound_node < a.bound_node)) {
-                            a.bound = other.bound;
-                            a.bound_node = other.bound_node;
-                        }
+                        const Pick other = partial[t + half];
+                        take(partial[t], other.near, other.near_node, other.bound,
+                             other.bound_node);
                     }
                     __syncthreads();
                 }
