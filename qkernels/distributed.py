@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import json
 import os
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -242,6 +243,10 @@ class ShardedIndex:
 
     Construction is collective: every rank of the group must make its ShardedIndex, and so
     must every rank call :meth:`search` and :meth:`save` (with the same ``topk`` and options).
+    Collectives pair up by their order on each rank, so searches from several threads of one
+    rank run one at a time (a lock keeps their exchanges from interleaving), and the ranks must
+    issue them in the same order: with all_ranks_queries=True a mismatch is an error (the
+    queries' checksums differ), with own queries it cannot be told apart.
 
     Examples
     --------
@@ -312,6 +317,7 @@ class ShardedIndex:
         self.candidate_counts = np.empty(0, dtype=np.int64)
         # seconds of the last search: planning rounds (tables), local search, exchange + merge
         self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()  # one search's collectives at a time on this rank
 
     # ------------------------------------------------------------------ properties
 
@@ -354,6 +360,10 @@ class ShardedIndex:
         array type and device; ``candidate_counts`` holds the candidates over all shards for
         this rank's queries (tables); ``timings`` the seconds of the search's parts.
         """
+        with self._lock:
+            return self._search(args, kwargs, all_ranks_queries)
+
+    def _search(self, args, kwargs, all_ranks_queries):
         start = time.perf_counter()
         comm = self._comm
         prepared = comm.agree(lambda: self._prepare(args, kwargs, all_ranks_queries))
@@ -578,8 +588,11 @@ class ShardedIndex:
         ``manifest.json`` (world size, sizes, parameters, each shard's sha256) checked by
         :meth:`load`. Collective; ``directory`` must be the same path on a shared file system
         or on every machine."""
+        with self._lock:  # not between the collectives of a search from another thread
+            self._save(Path(directory))
+
+    def _save(self, folder: Path) -> None:
         comm = self._comm
-        folder = Path(directory)
 
         def write() -> np.ndarray:
             folder.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,16 @@ def _rank(rank, init_file, codebooks, out_dir):
             D, I = loaded.search(*args, **kwargs)
             out[f"{name}/loaded/D"], out[f"{name}/loaded/I"] = D, I
 
+        # several threads of each rank searching at once: their exchanges must not interleave
+        from concurrent.futures import ThreadPoolExecutor
+
+        threaded = ShardedIndex(shards["table"])
+        args, kwargs = _searches(d, "table", 200)
+        with ThreadPoolExecutor(4) as pool:
+            found = list(pool.map(lambda _: threaded.search(*args, **kwargs), range(4)))
+        out["threads/D"] = np.stack([D for D, _ in found])
+        out["threads/I"] = np.stack([I for _, I in found])
+
         # refusals: each must be an error on both ranks, never a hang
         table = shards["table"]
         errors["empty"] = _error(lambda: ShardedIndex(
@@ -260,6 +270,16 @@ def test_symmetric_distance_and_torch_tensors(ranks, whole):
     for out, _ in ranks:
         np.testing.assert_array_equal(out["pq/sdc/I"], I)
         np.testing.assert_array_equal(out["pq/sdc/D"], D)
+
+
+def test_searches_from_several_threads_at_once(ranks, whole):
+    d, indexes = whole
+    args, kwargs = _searches(d, "table", 200)
+    D, I = indexes["table"].search(*args, **kwargs)
+    for out, _ in ranks:
+        for t in range(4):
+            np.testing.assert_array_equal(out["threads/I"][t], I)
+            np.testing.assert_array_equal(out["threads/D"][t], D)
 
 
 @pytest.mark.parametrize("name", NAMES)
