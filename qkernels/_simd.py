@@ -16,7 +16,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["dot_f32", "popcount64", "prefetch", "sq_l2_f32"]
+__all__ = ["dot_f32", "fastscan_block", "has_avx2", "popcount64", "prefetch", "sq_l2_f32"]
 
 _LANES = 8
 
@@ -126,3 +126,94 @@ def prefetch(typingctx, array):
         return context.get_dummy_value()
 
     return types.none(array), codegen
+
+
+# ---------------------------------------------------------------- 4-bit fast scan (AVX2)
+
+
+def has_avx2() -> bool:
+    """Whether Numba compiles for a CPU with AVX2 (the host's, or ``NUMBA_CPU_NAME`` /
+    ``NUMBA_CPU_FEATURES`` where set), so that ``fastscan_block`` can be compiled."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if config.CPU_NAME:
+        return "+avx2" in (config.CPU_FEATURES or "").split(",")
+    return bool(binding.get_host_cpu_features().get("avx2", False))
+
+FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout
+
+
+def _fastscan_codegen(context, builder, signature, args):
+    codes_type, _, lut_type, _, out_type = signature.args
+    codes = context.make_array(codes_type)(context, builder, args[0])
+    lut = context.make_array(lut_type)(context, builder, args[2])
+    out = context.make_array(out_type)(context, builder, args[4])
+    start, threshold = args[1], args[3]
+    i8, i16, i32, i64 = (ir.IntType(b) for b in (8, 16, 32, 64))
+    v32i8, v16i16, v32i16 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i16, 32)
+    pshufb = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v32i8, [v32i8, v32i8]), "llvm.x86.avx2.pshuf.b")
+    nibble = ir.Constant(v32i8, [0x0F] * 32)
+    four = ir.Constant(v32i8, [4] * 32)
+    eight = ir.Constant(v16i16, [8] * 16)
+    zero = ir.Constant(v16i16, [0] * 16)
+    # per half of the block (vectors 0-15 by the low nibbles, 16-31 by the high ones): the
+    # u16 sums of the even bytes (plus 256 x the odd ones, wrapping) and of the odd bytes
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+    pairs = builder.udiv(cgutils.unpack_tuple(builder, lut.shape, 1)[0], ir.Constant(i64, 32))
+    with cgutils.for_range(builder, pairs) as loop:
+        offset = builder.mul(loop.index, ir.Constant(i64, 32))
+        packed = builder.load(builder.bitcast(
+            builder.gep(codes.data, [builder.add(start, offset)]), v32i8.as_pointer()), align=1)
+        table = builder.load(builder.bitcast(builder.gep(lut.data, [offset]),
+                                             v32i8.as_pointer()), align=1)
+        for half, index in enumerate((builder.and_(packed, nibble),
+                                      builder.and_(builder.lshr(packed, four), nibble))):
+            looked = builder.bitcast(builder.call(pshufb, [table, index]), v16i16)
+            both, odd = accs[2 * half], accs[2 * half + 1]
+            builder.store(builder.add(builder.load(both), looked), both)
+            builder.store(builder.add(builder.load(odd), builder.lshr(looked, eight)), odd)
+    halves = []
+    for half in range(2):
+        odd = builder.load(accs[2 * half + 1])
+        even = builder.sub(builder.load(accs[2 * half]), builder.shl(odd, eight))
+        # u16 lane j < 8 holds byte 2j (sub-quantizer 2p, vector 2j) and lane 8 + j byte
+        # 16 + 2j (sub-quantizer 2p + 1, the same vector): add the two, then interleave
+        sums = [builder.add(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8),
+                                                                     list(range(8)))),
+                            builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8),
+                                                                     list(range(8, 16)))))
+                for v in (even, odd)]
+        order = [x for j in range(8) for x in (j, 8 + j)]
+        halves.append(builder.shuffle_vector(sums[0], sums[1],
+                                             ir.Constant(ir.VectorType(i32, 16), order)))
+    dist = builder.shuffle_vector(halves[0], halves[1],
+                                  ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+    builder.store(dist, builder.bitcast(out.data, v32i16.as_pointer()), align=2)
+    limit = builder.insert_element(ir.Constant(v32i16, ir.Undefined), builder.trunc(threshold, i16),
+                                   ir.Constant(i32, 0))
+    limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(i32, 32), [0] * 32))
+    below = builder.bitcast(builder.icmp_unsigned("<", dist, limit), i32)
+    return builder.zext(below, i64)
+
+
+@intrinsic
+def fastscan_block(typingctx, codes, start, lut, threshold, out):
+    """One block of the 4-bit fast-scan layout by byte shuffles (AVX2 ``vpshufb``; unchecked).
+
+    ``codes[start:start + len(lut)]`` holds 32 vectors' codes for ``len(lut) // 32`` pairs of
+    sub-quantizers: per pair 32 bytes, byte ``i < 16`` the codes of sub-quantizer ``2p`` of
+    vectors ``i`` (low nibble) and ``16 + i`` (high nibble), byte ``16 + i`` those of
+    ``2p + 1``. ``lut`` holds per pair the two uint8 tables of 16 entries. Writes the 32 uint16
+    sums to ``out[:32]`` (exact while they stay below 65536: at most 257 uint8 entries) and
+    returns the int64 bit mask of the vectors whose sum is below ``threshold`` (0..65535).
+    """
+    for a, dtype in ((codes, types.uint8), (lut, types.uint8), (out, types.uint16)):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == dtype
+                and a.layout == "C"):
+            raise TypeError("fastscan_block takes contiguous 1-d uint8 codes and tables and "
+                            "a uint16 output")
+    if start != types.int64 or threshold != types.int64:
+        raise TypeError("fastscan_block takes an int64 start and threshold")
+    return types.int64(codes, start, lut, threshold, out), _fastscan_codegen

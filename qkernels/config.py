@@ -10,10 +10,14 @@ _DEFAULTS = {
     # Searches with at most this many queries split the database across threads instead of
     # the queries (one query cannot keep two cores busy when parallelised over queries).
     "SPLIT_DATABASE_MAX_QUERIES": 16,
+    # The 4-bit PQ fast scan uses AVX2 byte shuffles where the CPU has them; False forces the
+    # scalar kernel (the same results, one byte at a time).
+    "FASTSCAN_SIMD": True,
 }
 
 GPU_THREADS_PER_BLOCK: int = _DEFAULTS["GPU_THREADS_PER_BLOCK"]
 SPLIT_DATABASE_MAX_QUERIES: int = _DEFAULTS["SPLIT_DATABASE_MAX_QUERIES"]
+FASTSCAN_SIMD: bool = _DEFAULTS["FASTSCAN_SIMD"]
 
 
 def reset() -> None:

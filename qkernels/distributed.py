@@ -58,7 +58,7 @@ _QUERY_ARGS = {
 _PARAMETERS = {
     SparseHashTable: ("num_buckets", "k", "metric", "dim"),
     HierarchicalHashTable: ("num_buckets", "k", "metric", "dim"),
-    PQIndex: ("dim", "num_subspaces", "nbits", "metric", "codebooks (crc32)"),
+    PQIndex: ("dim", "num_subspaces", "nbits", "metric", "codebooks (crc32)", "fast_scan"),
     BinaryIndex: ("nbits", "feature dimension"),
 }
 _METRICS = ("l2", "ip")
@@ -201,7 +201,7 @@ def _parameters(shard: Any) -> list[int]:
     if isinstance(shard, PQIndex):
         pq = shard.pq
         return [pq.dim, pq.num_subspaces, pq.nbits, _METRICS.index(shard.metric),
-                _crc([pq.codebooks])]
+                _crc([pq.codebooks]), int(shard.fast_scan)]
     features = shard._features
     return [shard.nbits, -1 if features is None else features.shape[1]]
 
@@ -390,7 +390,7 @@ class ShardedIndex:
             # with the same queries everywhere the shard searches the caller's own arrays (on
             # a GPU there when they are CUDA tensors)
             D, I, T = comm.agree(lambda: self._search_codes(
-                originals if all_ranks_queries else arrays, topk, options))
+                originals if all_ranks_queries else arrays, topk, options, origin))
             counts = None
         local_s = time.perf_counter() - local_start - plan_s
         merge_start = time.perf_counter()
@@ -399,7 +399,10 @@ class ShardedIndex:
         D, I = _as_tensor(D, comm.device), _as_tensor(I, comm.device)
         if self.ids == "offset":
             I = I.where(I < 0, I + int(self.offsets[self.rank]))
-        D, I = self._merge(D, I, T, topk)
+        if isinstance(T, _Candidates):
+            D, I = self._merge_candidates(D, I, T, topk)
+        else:
+            D, I = self._merge(D, I, T, topk)
         if counts is not None:
             self.candidate_counts = comm.sum(counts)[mine]
         merge_s = time.perf_counter() - merge_start
@@ -423,6 +426,9 @@ class ShardedIndex:
         origin = origin_of(*(given[n] for n in names), names=names)
         topk = check_int(given["topk"], "topk", 1)
         options = {"symmetric": bool(given.get("symmetric", False))}
+        if self.kind is PQIndex:
+            options["rerank"] = self.shard._check_rerank(given["rerank"], topk,
+                                                         options["symmetric"])
         if self.shard.ntotal != self.sizes[self.rank]:
             raise RuntimeError(f"this rank's shard changed after the ShardedIndex was made (it "
                                f"held {self.sizes[self.rank]} items, now {self.shard.ntotal}): "
@@ -451,15 +457,17 @@ class ShardedIndex:
         optional = [n for n in names if n in ("exclude_ids", "query_features")]
         present = sum(1 << i for i, n in enumerate(optional) if arrays[n] is not None)
         crc = _crc([arrays[n] for n in names]) if all_ranks_queries else 0
+        rerank = options.get("rerank")
         meta = np.array([topk, int(all_ranks_queries), int(options["symmetric"]), present,
-                         crc, num_queries, width], dtype=np.int64)
+                         crc, num_queries, width, -1 if rerank is None else rerank],
+                        dtype=np.int64)
         return names, arrays, topk, options, origin, meta, {n: given[n] for n in names}
 
     def _check_agreement(self, everyone: np.ndarray, all_ranks_queries: bool) -> None:
-        what = ("topk", "all_ranks_queries", "symmetric", "the optional arguments given",
-                "the queries")
-        columns = 5 if all_ranks_queries else 4
-        for column in range(columns):
+        what = {0: "topk", 1: "all_ranks_queries", 2: "symmetric",
+                3: "the optional arguments given", 4: "the queries", 7: "rerank"}
+        columns = [0, 1, 2, 3, 7] + ([4] if all_ranks_queries else [])
+        for column in columns:
             values = everyone[:, column]
             if (values != values[0]).any():
                 r = int(np.flatnonzero(values != values[0])[0])
@@ -468,10 +476,17 @@ class ShardedIndex:
                 raise ValueError(f"the ranks' searches differ in {what[column]}: rank {r}'s "
                                  f"differs from rank 0's{hint}")
 
-    def _search_codes(self, arrays, topk, options):
-        """The local search of a PQIndex or BinaryIndex: ``(D, I, tie-break keys or None)``."""
+    def _search_codes(self, arrays, topk, options, origin):
+        """The local search of a PQIndex or BinaryIndex: ``(D, I, tie-break keys or None)``;
+        for a PQIndex's fast scan ``(approximate D, I, _Candidates)`` of the best ``R`` by
+        rounded sum (see _merge_candidates)."""
         if self.kind is PQIndex:
-            D, I = self.shard.search(arrays["q"], topk, symmetric=options["symmetric"])
+            shard, symmetric, rerank = self.shard, options["symmetric"], options["rerank"]
+            if shard.fast_scan and not symmetric and not shard._on_device(origin, topk, False):
+                count = shard._candidates(topk, rerank, self.ntotal)
+                sums, I, D, adc = shard._fastscan_candidates(arrays["q"], count, count)
+                return D, I, _Candidates(sums, adc, rerank != 0)
+            D, I = shard.search(arrays["q"], topk, symmetric=symmetric, rerank=rerank)
             return D, I, None
         features = arrays["query_features"]
         D, I = self.shard.search(arrays["query_codes"], topk, features)
@@ -555,12 +570,37 @@ class ShardedIndex:
             narrowing = short & (high - low > 1)
         return high
 
+    def _merge_candidates(self, D, I, found: _Candidates, topk: int):
+        """The fast scan over all shards: every shard's best ``R`` items by (rounded sum,
+        item), the best ``R`` of their union by (sum, global id) (the rounded tables are the
+        same on every rank: they depend only on the query and the codebooks), then as one index
+        does, the best ``topk`` of those by (ADC distance, id), or without rerank their first
+        ``topk`` with the approximate distances."""
+        import torch
+
+        comm = self._comm
+        columns = [comm.gather_tensor(t) for t in (D, I, comm.tensor(found.sums),
+                                                   comm.tensor(found.adc))]
+        world, num_queries, width = columns[1].shape
+        D_all, I_all, S_all, A_all = (c.permute(1, 0, 2).reshape(num_queries, world * width)
+                                      for c in columns)
+        order = _ordered([(I_all, False), (S_all, False)], I_all, width)
+        D_all, I_all, A_all = (c.gather(1, order) for c in (D_all, I_all, A_all))
+        if found.rerank:
+            order = _ordered([(I_all, False), (A_all, self.metric == "ip")], I_all, topk)
+            D_all, I_all = A_all.gather(1, order), I_all.gather(1, order)
+        D_all, I_all = D_all[:, :topk], I_all[:, :topk]
+        missing = topk - I_all.shape[1]  # R < topk: an index holding fewer than topk items
+        if missing > 0:
+            fill = float("-inf") if self.metric == "ip" else float("inf")
+            D_all = torch.nn.functional.pad(D_all, (0, missing), value=fill)
+            I_all = torch.nn.functional.pad(I_all, (0, missing), value=-1)
+        return D_all, I_all
+
     def _merge(self, D, I, T: np.ndarray | None, topk: int):
         """Every rank's ``(Q, topk)`` results into the best ``topk`` of their union, ordered as
         one index orders them: distance (then the tie-break key), then the lower id; missing
         results last."""
-        import torch
-
         comm = self._comm
         D_all = comm.gather_tensor(D)
         I_all = comm.gather_tensor(I)
@@ -572,13 +612,7 @@ class ShardedIndex:
             T_all = comm.gather_tensor(comm.tensor(T))
             keys.append((T_all.permute(1, 0, 2).reshape(num_queries, world * width), False))
         keys.append((D_all, self.metric == "ip"))
-        keys.append(((I_all < 0).to(torch.int8), False))
-        order = torch.arange(world * width, device=comm.device).expand(num_queries, -1)
-        for key, descending in keys:
-            step = torch.sort(key.gather(1, order), dim=1, descending=descending,
-                              stable=True).indices
-            order = order.gather(1, step)
-        order = order[:, :topk]
+        order = _ordered(keys, I_all, topk)
         return D_all.gather(1, order), I_all.gather(1, order)
 
     # ------------------------------------------------------------------ files
@@ -678,6 +712,27 @@ def _padded_columns(exclude: np.ndarray, width: int) -> np.ndarray:
     out = np.full((exclude.shape[0], width), -1, dtype=np.int64)
     out[:, : exclude.shape[1]] = exclude
     return out
+
+
+class _Candidates:
+    """A fast-scan shard's rounded sums and ADC distances of its candidates."""
+
+    def __init__(self, sums: np.ndarray, adc: np.ndarray, rerank: bool):
+        self.sums, self.adc, self.rerank = sums, adc, rerank
+
+
+def _ordered(keys: list, items, count: int):
+    """Per row, the column order of the first ``count`` entries by ``keys`` (least
+    significant first; each ``(tensor, descending)``), missing items (-1) last."""
+    import torch
+
+    keys = [*keys, ((items < 0).to(torch.int8), False)]
+    order = torch.arange(items.shape[1], device=items.device).expand(items.shape[0], -1)
+    for key, descending in keys:
+        step = torch.sort(key.gather(1, order), dim=1, descending=descending,
+                          stable=True).indices
+        order = order.gather(1, step)
+    return order[:, :count]
 
 
 def _as_tensor(x: Any, device):

@@ -420,6 +420,67 @@ def pq_search(queries, codes, codebooks, topk, metric="l2", symmetric=False):
     return all_d, all_i
 
 
+def pq_fastscan_search(queries, codes, codebooks, topk, metric="l2", rerank=None):
+    """The 4-bit fast scan's rule with loops. Per query the float32 ADC table ``T`` (as in
+    pq_search) is rounded to uint8 with one scale for all sub-quantizers,
+    ``floor((T[m][c] - low_m) * a + 0.5)`` with ``low_m = min_c T[m][c]`` and ``a = 255 /
+    max_m (max_c T[m][c] - low_m)``; each item scores the integer sum of its entries. The best
+    ``R`` by (sum, item) are kept (``R = 4 * topk`` for None, ``topk`` for 0, at most all), and
+    then the best ``topk`` of those by (float32 ADC distance, item) are returned with that
+    distance; with ``rerank=0`` the best ``topk`` by (sum, item), with the distance
+    ``sum_m low_m + sum / a``."""
+    f32 = np.float32
+    inner_product = metric == "ip"
+    m_count, k_count, dsub = codebooks.shape
+    n = len(codes)
+    keep = min(n, 4 * topk if rerank is None else (rerank or topk))
+    all_d, all_i = [], []
+    for q in queries:
+        table = [[lane_distance(q[m * dsub:(m + 1) * dsub], codebooks[m][c], inner_product)
+                  for c in range(k_count)] for m in range(m_count)]
+        lows = [min(row) for row in table]
+        span = max(f32(max(row) - low) for row, low in zip(table, lows, strict=True))
+        a = f32(f32(255) / span) if span > 0 else f32(1)
+        bias = f32(0)
+        for low in lows:
+            bias = f32(bias + low)
+        levels = [[min(int(np.floor(f32(f32(f32(t - lows[m]) * a) + f32(0.5)))), 255)
+                   for t in table[m]] for m in range(m_count)]
+        sums = [sum(levels[m][int(code[m])] for m in range(m_count)) for code in codes]
+        kept = sorted(range(n), key=lambda i: (sums[i], i))[:keep]
+        if rerank == 0:
+            best = [(f32(bias + f32(f32(sums[i]) / a)), i) for i in kept[:topk]]
+        else:
+            scored = []
+            for i in kept:
+                total = table[0][int(codes[i][0])]
+                for m in range(1, m_count):
+                    total = f32(total + table[m][int(codes[i][m])])
+                scored.append((total, i))
+            best = sorted(scored)[:topk]
+        pad = topk - len(best)
+        all_d.append([(-d if inner_product else d) for d, _ in best]
+                     + [-np.inf if inner_product else np.inf] * pad)
+        all_i.append([i for _, i in best] + [-1] * pad)
+    return all_d, all_i
+
+
+def fastscan_block(packed, start, lut):
+    """The 32 sums of one block of the fast-scan layout (qkernels/index/_fastscan_cpu.py):
+    vector ``v`` of the block, pair ``p``: the low (``v < 16``) or high nibble of byte ``v %
+    16`` (sub-quantizer 2p) and of byte ``16 + v % 16`` (2p + 1) index the pair's two tables."""
+    sums = []
+    for v in range(32):
+        total = 0
+        for p in range(len(lut) // 32):
+            for half in range(2):
+                byte = int(packed[start + 32 * p + 16 * half + v % 16])
+                code = (byte >> 4) if v >= 16 else (byte & 15)
+                total += int(lut[32 * p + 16 * half + code])
+        sums.append(total)
+    return sums
+
+
 # --------------------------------------------------------------------------------------------
 # binary codes
 

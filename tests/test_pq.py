@@ -51,7 +51,7 @@ def test_encode_decode_and_search_equal_the_reference(seed, shape, nbits):
             np.testing.assert_array_equal(decoded[i, j * dsub:(j + 1) * dsub],
                                           pq.codebooks[j, codes[i, j]])
     for metric in ("l2", "ip"):
-        index = qk.PQIndex(pq, metric=metric).add_codes(codes)
+        index = qk.PQIndex(pq, metric=metric, fast_scan=False).add_codes(codes)
         for symmetric in (False, True):
             D, I = index.search(q, 12, symmetric=symmetric)
             rD, rI = ref.pq_search(q, codes, pq.codebooks, 12, metric, symmetric)

@@ -71,6 +71,11 @@ def _indexes(d, rows, codebooks):
             d["act1"][rows], d["act2"][rows], d["emb"][rows]),
         "pq": qk.PQIndex(pq).add(d["pq_x"][rows]),
         "pq_ip": qk.PQIndex(pq, "ip").add(d["pq_x"][rows]),
+        # the fast scan keeping topk by rounded sum (rerank=topk), or none (rerank=0); and the
+        # exact scan of the same 4-bit codes
+        "pq_rerank_topk": qk.PQIndex(pq).add(d["pq_x"][rows]),
+        "pq_plain_ip": qk.PQIndex(pq, "ip").add(d["pq_x"][rows]),
+        "pq_exact": qk.PQIndex(pq, fast_scan=False).add(d["pq_x"][rows]),
         "binary": qk.BinaryIndex(12).add(qk.pack_bits(d["bits"][rows])),
         "binary_features": qk.BinaryIndex(12).add(qk.pack_bits(d["bits"][rows]),
                                                   d["feat"][rows]),
@@ -85,8 +90,10 @@ def _searches(d, name, topk, queries=slice(None)):
     if name == "hierarchical":
         return (d["q_act1"][queries], d["q_act2"][queries], d["q_emb"][queries], topk), {
             "exclude_ids": d["exclude"][queries]}
-    if name in ("pq", "pq_ip"):
+    if name in ("pq", "pq_ip", "pq_exact"):
         return (d["pq_q"][queries], topk), {}
+    if name in ("pq_rerank_topk", "pq_plain_ip"):
+        return (d["pq_q"][queries], topk), {"rerank": topk if name == "pq_rerank_topk" else 0}
     if name == "binary":
         return (qk.pack_bits(d["q_bits"][queries]), topk), {}
     return (qk.pack_bits(d["q_bits"][queries]), topk), {"query_features": d["q_feat"][queries]}
@@ -217,7 +224,8 @@ def whole():
     return d, _indexes(d, slice(None), codebooks)
 
 
-NAMES = ("table", "table_ip", "hierarchical", "pq", "pq_ip", "binary", "binary_features")
+NAMES = ("table", "table_ip", "hierarchical", "pq", "pq_ip", "pq_rerank_topk", "pq_plain_ip",
+         "pq_exact", "binary", "binary_features")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -42,6 +42,11 @@ def _indexes(tmp_path):
     def pq_index():
         return qk.PQIndex(pq).add(emb)
 
+    pq4 = qk.ProductQuantizer(emb.shape[1], 4, 4).train(emb)
+
+    def fastscan_index():  # the fast-scan layout is built lazily, under the lock
+        return qk.PQIndex(pq4).add(emb)
+
     codes = qk.pack_bits(act)
 
     def binary():
@@ -53,6 +58,7 @@ def _indexes(tmp_path):
         "HierarchicalHashTable": (hierarchical, lambda t: t.search(act[q], act2[q], emb[q], 12)),
         "PQIndex": (pq_index, lambda t: t.search(emb[q], 12)),
         "PQIndex-symmetric": (pq_index, lambda t: t.search(emb[q], 12, symmetric=True)),
+        "PQIndex-fastscan": (fastscan_index, lambda t: t.search(emb[q], 12)),
         "BinaryIndex": (binary, lambda t: t.search(codes[q], 12)),
         "BinaryIndex-tiebreak": (binary, lambda t: t.search(codes[q], 12, emb[q])),
     }

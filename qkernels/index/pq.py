@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import _gpu
+from .. import _gpu, _simd, config
 from .._arrays import origin_of, to_cupy, torch_stream
 from .._checks import as_float_array, check_int, check_rank, check_topk
 from .._heap import padded
@@ -15,11 +15,12 @@ from .._io import load_npz, save_npz
 from .._parallel import database_chunks
 from .._shared import LazyState
 from ..quantize import ProductQuantizer
-from . import _pq_cpu, _pq_gpu
+from . import _fastscan_cpu, _pq_cpu, _pq_gpu
 
 __all__ = ["PQIndex"]
 
 _METRICS = ("l2", "ip")
+_FASTSCAN_MAX_SUBSPACES = 256  # uint16 sums of uint8 entries stay exact up to 257
 
 
 class PQIndex(LazyState):
@@ -32,12 +33,23 @@ class PQIndex(LazyState):
     there are few queries (``qk.config.SPLIT_DATABASE_MAX_QUERIES``). Queries on a GPU are
     searched there (asymmetric distance, topk up to 128; qkernels/cuda/pq.cu).
 
+    Over a 4-bit quantizer the asymmetric search is a *fast scan* (as faiss'
+    ``IndexPQFastScan``): the codes are also kept in blocks of 32 items, two codes per byte,
+    and scanned with per-query tables rounded to uint8, looked up 32 at a time by byte
+    shuffles (AVX2; a scalar kernel elsewhere) and summed in uint16. The best ``rerank`` items
+    by that rounded sum are then ranked again by their exact ADC distance, so ``D`` is the ADC
+    distance of the returned ids (``index/_fastscan_cpu.py`` gives the rule). On a GPU and
+    with ``symmetric=True`` the search stays the exact scan.
+
     Parameters
     ----------
     pq : ProductQuantizer
         A trained quantizer; the index keeps a reference.
     metric : {"l2", "ip"}
         Squared Euclidean distance (ascending) or inner product (descending).
+    fast_scan : bool or None
+        None (default): the fast scan when the quantizer has 4 bits and at most 256
+        sub-quantizers. True: require it. False: always the exact float ADC scan.
 
     Examples
     --------
@@ -48,17 +60,29 @@ class PQIndex(LazyState):
 
     _VERSION = 1
 
-    def __init__(self, pq: ProductQuantizer, metric: str = "l2"):
+    def __init__(self, pq: ProductQuantizer, metric: str = "l2", *,
+                 fast_scan: bool | None = None):
         if not isinstance(pq, ProductQuantizer):
             raise TypeError(f"pq must be a ProductQuantizer, got {type(pq).__name__}")
         if not pq.is_trained:
             raise RuntimeError("this ProductQuantizer is not trained: call pq.train(x) first")
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        possible = pq.nbits == 4 and pq.num_subspaces <= _FASTSCAN_MAX_SUBSPACES
+        if fast_scan is None:
+            fast_scan = possible
+        elif not isinstance(fast_scan, (bool, np.bool_)):
+            raise TypeError(f"fast_scan must be True, False or None, got {fast_scan!r}")
+        elif fast_scan and not possible:
+            raise ValueError(f"fast_scan=True needs a 4-bit quantizer with at most "
+                             f"{_FASTSCAN_MAX_SUBSPACES} sub-quantizers; this one has "
+                             f"nbits={pq.nbits}, num_subspaces={pq.num_subspaces}")
         self.pq = pq
         self.metric = metric
+        self.fast_scan = bool(fast_scan)
         self._codes = np.empty((0, pq.num_subspaces), dtype=pq.code_dtype)
         self._sdc_tables = None  # (codebooks_version, tables), built on demand
+        self._packed = None  # (codes, their fast-scan layout), built on demand
         self._init_lock()
 
     @property
@@ -69,7 +93,8 @@ class PQIndex(LazyState):
         return self.ntotal
 
     def __repr__(self) -> str:
-        return f"PQIndex({self.pq!r}, metric={self.metric!r}, ntotal={self.ntotal})"
+        return (f"PQIndex({self.pq!r}, metric={self.metric!r}, fast_scan={self.fast_scan}, "
+                f"ntotal={self.ntotal})")
 
     @property
     def codes(self) -> np.ndarray:
@@ -89,18 +114,24 @@ class PQIndex(LazyState):
         self._changed()
         return self
 
-    def search(self, q: Any, topk: int, *, symmetric: bool = False) -> tuple[Any, Any]:
+    def search(self, q: Any, topk: int, *, symmetric: bool = False,
+               rerank: int | None = None) -> tuple[Any, Any]:
         """The ``topk`` nearest items of each query by asymmetric (or symmetric) distance.
 
         Returns ``D`` float32 ``(Q, topk)`` (squared L2 ascending, or inner products descending;
         ``inf`` / ``-inf`` where missing) and ``I`` int64 (row numbers in the order added, -1
         where missing). Ties go to the item added first.
+
+        ``rerank`` (fast scan only): how many items the rounded scan keeps for ranking again by
+        the exact ADC distance; None is ``4 * topk``, 0 returns the best ``topk`` by the
+        rounded sums with their approximate distances (faiss' ``IndexPQFastScan``).
         """
         origin = origin_of(q, names=("q",))
         topk = check_int(topk, "topk", 1)
         inner_product = self.metric == "ip"
-        if (origin.is_cuda and _gpu.available() and not symmetric
-                and topk <= _pq_gpu.MAX_TOPK and self.ntotal < 2**32):
+        fast = self.fast_scan and not symmetric
+        rerank = self._check_rerank(rerank, topk, symmetric)
+        if self._on_device(origin, topk, symmetric):
             return self._search_on_device(origin, q, topk, inner_product)
         queries = self.pq.check_vectors(q, "q")
         num_queries = queries.shape[0]
@@ -110,13 +141,100 @@ class PQIndex(LazyState):
         if num_queries:
             tables = self._tables(queries, symmetric, inner_product)
             chunks = database_chunks(num_queries, self.ntotal)
-            if chunks:
+            if fast:
+                sums = np.empty((num_queries, work), dtype=np.int32)
+                self._fast_scan(tables, self._candidates(topk, rerank, self.ntotal),
+                                rerank != 0, chunks, inner_product, dist, items, sums)
+            elif chunks:
                 _pq_cpu.scan_by_database(tables, self._codes, work, chunks, inner_product,
                                          dist, items)
             else:
                 _pq_cpu.scan_by_query(tables, self._codes, work, inner_product, dist, items)
         dist, items = padded(dist, items, topk, -np.inf if inner_product else np.inf)
         return origin.wrap(dist), origin.wrap(items)
+
+    def _check_rerank(self, rerank: Any, topk: int, symmetric: bool) -> int | None:
+        if rerank is None:
+            return None
+        rerank = check_int(rerank, "rerank", 0)
+        if not self.fast_scan or symmetric:
+            raise ValueError("rerank applies to the 4-bit fast scan; this search is exact ("
+                             + ("symmetric=True)" if self.fast_scan else
+                                f"fast_scan=False, nbits={self.pq.nbits})"))
+        if 0 < rerank < topk:
+            raise ValueError(f"rerank must be 0 (off) or at least topk = {topk}, got {rerank}")
+        return rerank
+
+    @staticmethod
+    def _candidates(topk: int, rerank: int | None, ntotal: int) -> int:
+        """How many items the fast scan keeps by rounded sum (R of the fast-scan rule) in an
+        index of ``ntotal`` items."""
+        return min(ntotal, 4 * topk if rerank is None else (rerank or topk))
+
+    def _on_device(self, origin, topk: int, symmetric: bool) -> bool:
+        """Whether a search of these queries runs on the GPU (the exact scan of pq.cu)."""
+        return bool(origin.is_cuda and _gpu.available() and not symmetric
+                    and topk <= _pq_gpu.MAX_TOPK and self.ntotal < 2**32)
+
+    def _fastscan_candidates(self, q: Any, width: int, candidates: int):
+        """The fast scan's best ``candidates`` items by (rounded sum, item) on the host, padded
+        to ``width`` columns: ``(sums int32, items, approximate distances, ADC distances)``,
+        missing ones last (sum ``2**31 - 1``, item -1). What ShardedIndex merges."""
+        queries = self.pq.check_vectors(q, "q")
+        num_queries = queries.shape[0]
+        inner_product = self.metric == "ip"
+        sums = np.empty((num_queries, width), dtype=np.int32)
+        items = np.empty((num_queries, width), dtype=np.int64)
+        approx = np.empty((num_queries, width), dtype=np.float32)
+        adc = np.full((num_queries, width), -np.inf if inner_product else np.inf, np.float32)
+        if num_queries == 0 or self.ntotal == 0:
+            sums[:] = _fastscan_cpu.MISSING_SUM
+            items[:] = -1
+            approx[:] = adc
+            return sums, items, approx, adc
+        tables = self._tables(queries, False, inner_product)
+        self._fast_scan(tables, min(candidates, self.ntotal), False,
+                        database_chunks(num_queries, self.ntotal), inner_product, approx, items,
+                        sums)
+        found = items >= 0
+        rows = np.nonzero(found)
+        codes = self._codes[items[rows]]
+        total = tables[rows[0], 0, codes[:, 0]]
+        for m in range(1, self.pq.num_subspaces):  # float32, in subspace order: _pq_cpu._adc
+            total = total + tables[rows[0], m, codes[:, m]]
+        adc[rows] = -total if inner_product else total
+        return sums, items, approx, adc
+
+    def _fast_scan(self, tables, candidates, rerank, chunks, inner_product, dist, items, sums):
+        """The 4-bit fast scan (``_fastscan_cpu``) into ``dist``, ``items`` (and ``sums``
+        without ``rerank``)."""
+        num_pairs = (self.pq.num_subspaces + 1) // 2
+        codes, packed = self._fastscan_layout(num_pairs)
+        num_queries = tables.shape[0]
+        luts = np.empty((num_queries, num_pairs * 32), dtype=np.uint8)
+        bias = np.empty(num_queries, dtype=np.float32)
+        scale = np.empty(num_queries, dtype=np.float32)
+        _fastscan_cpu.quantize_tables(tables, num_pairs, luts, bias, scale)
+        block = (_fastscan_cpu.block_simd if config.FASTSCAN_SIMD and _simd.has_avx2()
+                 else _fastscan_cpu.block_scalar)
+        args = (block, luts, bias, scale, packed, tables, codes, candidates, rerank)
+        if chunks:
+            _fastscan_cpu.scan_by_database(*args, chunks, inner_product, dist, items, sums)
+        else:
+            _fastscan_cpu.scan_by_query(*args, inner_product, dist, items, sums)
+
+    def _fastscan_layout(self, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, the same codes in the fast-scan layout)``, the layout made once per add
+        under the lock (an add replaces the codes array, never changes it in place)."""
+        codes = self._codes
+
+        def build():
+            blocks = -(-codes.shape[0] // _simd.FASTSCAN_BLOCK)
+            packed = np.zeros(blocks * num_pairs * 32, dtype=np.uint8)
+            _fastscan_cpu.pack_codes(codes, num_pairs, packed)
+            return codes, packed
+
+        return self._once("_packed", lambda v: v is not None and v[0] is codes, build)
 
     def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool):
         """The asymmetric search on the GPU (qkernels/cuda/pq.cu), on torch's stream; the
@@ -158,7 +276,7 @@ class PQIndex(LazyState):
     _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
         "metric": ("U", 0), "codes": ("u", 2), "dim": ("iu", 0), "num_subspaces": ("iu", 0),
         "nbits": ("iu", 0), "codebooks": ("f", 3),
-    }
+    }  # and "fast_scan" (bool), absent from files of earlier releases: the default then
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index and its quantizer to ``path`` (.npz, no pickle)."""
@@ -166,7 +284,7 @@ class PQIndex(LazyState):
         save_npz(path, "PQIndex", self._VERSION, metric=np.array(self.metric),
                  codes=self._codes, dim=np.array(pq.dim),
                  num_subspaces=np.array(pq.num_subspaces), nbits=np.array(pq.nbits),
-                 codebooks=pq.codebooks)
+                 codebooks=pq.codebooks, fast_scan=np.array(self.fast_scan))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PQIndex:
@@ -175,7 +293,14 @@ class PQIndex(LazyState):
         try:
             pq = ProductQuantizer(int(arrays["dim"]), int(arrays["num_subspaces"]),
                                   int(arrays["nbits"])).set_codebooks(arrays["codebooks"])
-            index = cls(pq, str(arrays["metric"]))
+            fast_scan = arrays.get("fast_scan")
+            if fast_scan is not None:
+                if fast_scan.dtype != np.bool_ or fast_scan.ndim != 0:
+                    raise ValueError(f"'fast_scan' has dtype {fast_scan.dtype} and "
+                                     f"{fast_scan.ndim} dimensions; a PQIndex file holds a "
+                                     "boolean scalar")
+                fast_scan = bool(fast_scan)
+            index = cls(pq, str(arrays["metric"]), fast_scan=fast_scan)
             index.add_codes(arrays["codes"])
         except (ValueError, TypeError) as error:
             raise ValueError(f"{os.fspath(path)!r} is a corrupted PQIndex file ({error})") from None

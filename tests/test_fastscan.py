@@ -1,0 +1,203 @@
+"""The 4-bit PQ fast scan (PQIndex over a nbits=4 quantizer) against the loop reference, its
+AVX2 block against the scalar one, and its recall against faiss IndexPQFastScan."""
+
+import numba as nb
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import qkernels as qk
+from qkernels import _simd
+from qkernels.index import _fastscan_cpu
+from tests import reference as ref
+
+needs_avx2 = pytest.mark.skipif(not _simd.has_avx2(), reason="the CPU has no AVX2")
+
+
+@pytest.fixture(params=["simd", "scalar"])
+def kernel(request, monkeypatch):
+    """Each search runs once with the AVX2 block and once with the scalar one."""
+    if request.param == "simd" and not _simd.has_avx2():
+        pytest.skip("the CPU has no AVX2")
+    monkeypatch.setattr(qk.config, "FASTSCAN_SIMD", request.param == "simd")
+    return request.param
+
+
+def _case(seed, n, dim, m, duplicates):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((6, dim)) * 2
+    x = (centres[rng.integers(0, 6, n + 40)] + rng.standard_normal((n + 40, dim)))
+    x = x.astype(np.float32)
+    pq = qk.ProductQuantizer(dim, m, 4, iterations=3, seed=seed % 997).train(x[:max(n, 16)]
+                                                                            if n >= 16 else x)
+    codes = pq.encode(x[:n])
+    if duplicates:  # many equal codes: equal sums and equal distances, ties by the lower id
+        codes = codes[rng.integers(0, max(1, n // 5), n)]
+    return pq, codes, x[n:]
+
+
+# the kernel fixture only sets a tunable, the same for every example
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1),
+       shape=st.sampled_from([(8, 1), (8, 2), (12, 3), (16, 8), (10, 5), (36, 9), (32, 16)]),
+       n=st.sampled_from([1, 5, 31, 32, 33, 64, 100, 257]),
+       num_queries=st.sampled_from([1, 3, 20]),
+       topk=st.integers(1, 12), rerank=st.sampled_from([None, 0, "topk", 40]),
+       metric=st.sampled_from(["l2", "ip"]), duplicates=st.booleans())
+def test_search_equals_the_reference(kernel, seed, shape, n, num_queries, topk, rerank,
+                                     metric, duplicates):
+    dim, m = shape
+    pq, codes, queries = _case(seed, n, dim, m, duplicates)
+    index = qk.PQIndex(pq, metric=metric).add_codes(codes)
+    assert index.fast_scan
+    rerank = topk if rerank == "topk" else rerank
+    D, I = index.search(queries[:num_queries], topk, rerank=rerank)
+    rD, rI = ref.pq_fastscan_search(queries[:num_queries], codes, pq.codebooks, topk, metric,
+                                    rerank)
+    np.testing.assert_array_equal(I, rI)
+    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
+
+
+def test_reranked_distances_are_the_exact_adc_distances(kernel):
+    pq, codes, queries = _case(3, 3000, 32, 16, False)
+    fast = qk.PQIndex(pq).add_codes(codes)
+    exact = qk.PQIndex(pq, fast_scan=False).add_codes(codes)
+    D, I = fast.search(queries, 10, rerank=200)
+    _, eI = exact.search(queries, 10)
+    # the exact distances of the returned ids, and nearly always the exact ids
+    table = np.empty((len(queries), 16, 16), dtype=np.float32)
+    qk.index._pq_cpu.distance_tables(queries, pq.codebooks, False, table)
+    for q in range(len(queries)):
+        want = [table[q, np.arange(16), codes[i]].cumsum(dtype=np.float32)[-1] for i in I[q]]
+        np.testing.assert_allclose(D[q], want, rtol=1e-6)
+    assert (I == eI).mean() > 0.95
+    assert (np.diff(D, axis=1) >= 0).all()
+
+
+@needs_avx2
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), pairs=st.sampled_from([1, 2, 3, 8, 64, 128]),
+       start=st.integers(0, 40), extreme=st.booleans())
+def test_simd_block_equals_the_scalar_block_and_the_reference(seed, pairs, start, extreme):
+    rng = np.random.default_rng(seed)
+    packed = rng.integers(0, 256, start + pairs * 32, dtype=np.uint8)
+    lut = (np.full(pairs * 32, 255, dtype=np.uint8) if extreme  # the largest sums: 65280
+           else rng.integers(0, 256, pairs * 32, dtype=np.uint8))
+    want = ref.fastscan_block(packed, start, lut)
+    for threshold in (0, int(np.median(want)), max(want), max(want) + 1, 65535):
+        got = {}
+        for name, block in (("simd", _fastscan_cpu.block_simd),
+                            ("scalar", _fastscan_cpu.block_scalar)):
+            out = np.zeros(32, dtype=np.uint16)
+            mask = _call_block(block, packed, start, lut, threshold, out)
+            got[name] = mask
+            np.testing.assert_array_equal(out, want)
+        assert got["simd"] == got["scalar"] == sum(1 << v for v in range(32)
+                                                   if want[v] < threshold)
+
+
+@nb.njit
+def _call_block(block, packed, start, lut, threshold, out):
+    """A block kernel (inlined into its callers) called from Python."""
+    return block(packed, start, lut, threshold, out)
+
+
+def test_layout_of_the_codes():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, (70, 5), dtype=np.uint8)
+    packed = np.zeros(3 * 3 * 32, dtype=np.uint8)
+    _fastscan_cpu.pack_codes(codes, 3, packed)
+    for v in range(70):
+        for m in range(5):
+            byte = packed[(v // 32) * 96 + (m // 2) * 32 + (m % 2) * 16 + v % 16]
+            assert (byte >> 4 if v % 32 >= 16 else byte & 15) == codes[v, m]
+    assert not packed[2 * 96 + 2 * 32 + 16:2 * 96 + 3 * 32].any()  # sub-quantizer 5: none
+    # vectors 70..95 of the last block: nothing
+    for m in range(5):
+        base = 2 * 96 + (m // 2) * 32 + (m % 2) * 16
+        assert not (packed[base + 6:base + 16] & 15).any()
+        assert not (packed[base:base + 16] >> 4).any()
+
+
+def test_recall_within_002_of_faiss_fastscan():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(7)
+    dim, n = 32, 20_000
+    centres = rng.standard_normal((100, dim)).astype(np.float32) * 2
+    x = centres[rng.integers(0, 100, n + 200)] + rng.standard_normal((n + 200, dim),
+                                                                     dtype=np.float32)
+    xb, xq = x[:n], x[n:]
+    exact = faiss.IndexFlatL2(dim)
+    exact.add(xb)
+    _, truth = exact.search(xq, 10)
+    peer = faiss.IndexPQFastScan(dim, 16, 4)
+    peer.train(xb)
+    peer.add(xb)
+    ours = qk.PQIndex(qk.ProductQuantizer(dim, 16, 4, seed=0).train(xb)).add(xb)
+
+    def recall(I):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, truth, strict=True)])
+
+    r_peer = recall(peer.search(xq, 10)[1])
+    r_ours = recall(ours.search(xq, 10)[1])
+    r_plain = recall(ours.search(xq, 10, rerank=0)[1])
+    assert r_ours >= r_peer - 0.02, (r_ours, r_peer)
+    assert r_plain >= r_peer - 0.02, (r_plain, r_peer)
+
+
+def test_save_load_keeps_the_scan(tmp_path):
+    pq, codes, queries = _case(1, 500, 16, 4, False)
+    for fast_scan in (True, False):
+        index = qk.PQIndex(pq, "ip", fast_scan=fast_scan).add_codes(codes)
+        index.save(tmp_path / "i.npz")
+        loaded = qk.PQIndex.load(tmp_path / "i.npz")
+        assert loaded.fast_scan is fast_scan and loaded.metric == "ip"
+        for a, b in zip(index.search(queries, 7), loaded.search(queries, 7), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # a file of an earlier release has no "fast_scan": the default for its quantizer
+    with np.load(tmp_path / "i.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "fast_scan"}
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert qk.PQIndex.load(tmp_path / "old.npz").fast_scan is True
+    arrays["fast_scan"] = np.array([1, 0])
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=r"corrupted PQIndex file.*'fast_scan' has dtype int64"):
+        qk.PQIndex.load(tmp_path / "bad.npz")
+
+
+def test_bad_arguments_are_refused():
+    pq, codes, queries = _case(2, 100, 8, 2, False)
+    pq8 = qk.ProductQuantizer(8, 2, 8).train(np.random.default_rng(0).standard_normal(
+        (300, 8)).astype(np.float32))
+    index = qk.PQIndex(pq).add_codes(codes)
+    with pytest.raises(ValueError, match=r"fast_scan=True needs a 4-bit quantizer.*nbits=8"):
+        qk.PQIndex(pq8, fast_scan=True)
+    with pytest.raises(TypeError, match="fast_scan must be True, False or None, got 'yes'"):
+        qk.PQIndex(pq, fast_scan="yes")
+    with pytest.raises(ValueError, match=r"rerank applies to the 4-bit fast scan.*nbits=8"):
+        qk.PQIndex(pq8).search(queries, 3, rerank=10)
+    with pytest.raises(ValueError, match=r"this search is exact \(symmetric=True\)"):
+        index.search(queries, 3, symmetric=True, rerank=10)
+    with pytest.raises(ValueError, match="rerank must be 0 \\(off\\) or at least topk = 5"):
+        index.search(queries, 5, rerank=3)
+    with pytest.raises(ValueError, match="rerank must be"):
+        index.search(queries, 5, rerank=-1)
+    assert not qk.PQIndex(pq8).fast_scan
+    assert not qk.PQIndex(pq, fast_scan=False).fast_scan
+
+
+def test_few_and_many_queries_and_an_add_give_the_same_results():
+    pq, codes, queries = _case(4, 2000, 16, 8, True)
+    index = qk.PQIndex(pq).add_codes(codes[:1500])
+    first = index.search(queries, 9)
+    index.add_codes(codes[1500:])  # the layout is remade
+    both = index.search(queries, 9)
+    one_by_one = [index.search(queries[i:i + 1], 9) for i in range(len(queries))]
+    np.testing.assert_array_equal(both[1], np.concatenate([o[1] for o in one_by_one]))
+    np.testing.assert_array_equal(both[0], np.concatenate([o[0] for o in one_by_one]))
+    rD, rI = ref.pq_fastscan_search(queries, codes, pq.codebooks, 9)
+    np.testing.assert_array_equal(both[1], rI)
+    np.testing.assert_array_equal(both[0], np.array(rD, dtype=np.float32))
+    assert not np.array_equal(first[1], both[1])
