@@ -1,4 +1,5 @@
-"""Small LLVM intrinsics for Numba kernels: float32 distances in eight fixed lanes, popcount.
+"""Small LLVM intrinsics for Numba kernels: float32 distances in eight fixed lanes, popcount,
+and the 4-bit fast scan's byte-shuffle blocks (AVX2; see the end of the module).
 
 Numba does not vectorise a float reduction unless it may reorder the sum (fastmath), and then
 the order depends on the compiler and the CPU. These intrinsics emit the vector code directly
@@ -16,7 +17,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["dot_f32", "fastscan_block", "has_avx2", "popcount64", "prefetch", "sq_l2_f32"]
+__all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "has_avx2", "popcount64", "prefetch",
+           "sq_l2_f32"]
 
 _LANES = 8
 
@@ -144,58 +146,78 @@ def has_avx2() -> bool:
 FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout
 
 
-def _fastscan_codegen(context, builder, signature, args):
-    codes_type, _, lut_type, _, out_type = signature.args
-    codes = context.make_array(codes_type)(context, builder, args[0])
-    lut = context.make_array(lut_type)(context, builder, args[2])
-    out = context.make_array(out_type)(context, builder, args[4])
-    start, threshold = args[1], args[3]
-    i8, i16, i32, i64 = (ir.IntType(b) for b in (8, 16, 32, 64))
-    v32i8, v16i16, v32i16 = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i16, 32)
+def _accumulate(builder, codes_data, start, tables, pairs):
+    """The four uint16 accumulators of a block for each query whose uint8 tables start at
+    ``tables[q]`` (i8 pointers), over ``pairs`` pairs of sub-quantizers. Per half of the block
+    (vectors 0-15 by the low nibbles, 16-31 by the high ones) the sums of the even bytes plus
+    256 x the odd ones (wrapping) and the sums of the odd bytes: two adds and a shift per
+    shuffle instead of widening every byte."""
+    i8, i64 = ir.IntType(8), ir.IntType(64)
+    v32i8, v16i16 = ir.VectorType(i8, 32), ir.VectorType(ir.IntType(16), 16)
     pshufb = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(v32i8, [v32i8, v32i8]), "llvm.x86.avx2.pshuf.b")
     nibble = ir.Constant(v32i8, [0x0F] * 32)
     four = ir.Constant(v32i8, [4] * 32)
     eight = ir.Constant(v16i16, [8] * 16)
-    zero = ir.Constant(v16i16, [0] * 16)
-    # per half of the block (vectors 0-15 by the low nibbles, 16-31 by the high ones): the
-    # u16 sums of the even bytes (plus 256 x the odd ones, wrapping) and of the odd bytes
-    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
-    pairs = builder.udiv(cgutils.unpack_tuple(builder, lut.shape, 1)[0], ir.Constant(i64, 32))
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i16, [0] * 16))
+             for _ in range(4)] for _ in tables]
     with cgutils.for_range(builder, pairs) as loop:
         offset = builder.mul(loop.index, ir.Constant(i64, 32))
         packed = builder.load(builder.bitcast(
-            builder.gep(codes.data, [builder.add(start, offset)]), v32i8.as_pointer()), align=1)
-        table = builder.load(builder.bitcast(builder.gep(lut.data, [offset]),
-                                             v32i8.as_pointer()), align=1)
-        for half, index in enumerate((builder.and_(packed, nibble),
-                                      builder.and_(builder.lshr(packed, four), nibble))):
-            looked = builder.bitcast(builder.call(pshufb, [table, index]), v16i16)
-            both, odd = accs[2 * half], accs[2 * half + 1]
-            builder.store(builder.add(builder.load(both), looked), both)
-            builder.store(builder.add(builder.load(odd), builder.lshr(looked, eight)), odd)
+            builder.gep(codes_data, [builder.add(start, offset)]), v32i8.as_pointer()), align=1)
+        indexes = (builder.and_(packed, nibble),
+                   builder.and_(builder.lshr(packed, four), nibble))
+        for q, base in enumerate(tables):
+            table = builder.load(builder.bitcast(builder.gep(base, [offset]),
+                                                 v32i8.as_pointer()), align=1)
+            for half, index in enumerate(indexes):
+                looked = builder.bitcast(builder.call(pshufb, [table, index]), v16i16)
+                both, odd = accs[q][2 * half], accs[q][2 * half + 1]
+                builder.store(builder.add(builder.load(both), looked), both)
+                builder.store(builder.add(builder.load(odd), builder.lshr(looked, eight)), odd)
+    return [[builder.load(a) for a in query] for query in accs]
+
+
+def _block_sums(builder, accs):
+    """The 32 uint16 sums of a block, in vector order, from its four accumulators."""
+    i32 = ir.IntType(32)
+    eight = ir.Constant(ir.VectorType(ir.IntType(16), 16), [8] * 16)
+
+    def lanes(v, picks):
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, len(picks)), picks))
+
     halves = []
     for half in range(2):
-        odd = builder.load(accs[2 * half + 1])
-        even = builder.sub(builder.load(accs[2 * half]), builder.shl(odd, eight))
+        odd = accs[2 * half + 1]
+        even = builder.sub(accs[2 * half], builder.shl(odd, eight))
         # u16 lane j < 8 holds byte 2j (sub-quantizer 2p, vector 2j) and lane 8 + j byte
         # 16 + 2j (sub-quantizer 2p + 1, the same vector): add the two, then interleave
-        sums = [builder.add(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8),
-                                                                     list(range(8)))),
-                            builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8),
-                                                                     list(range(8, 16)))))
+        sums = [builder.add(lanes(v, list(range(8))), lanes(v, list(range(8, 16))))
                 for v in (even, odd)]
         order = [x for j in range(8) for x in (j, 8 + j)]
         halves.append(builder.shuffle_vector(sums[0], sums[1],
                                              ir.Constant(ir.VectorType(i32, 16), order)))
-    dist = builder.shuffle_vector(halves[0], halves[1],
+    return builder.shuffle_vector(halves[0], halves[1],
                                   ir.Constant(ir.VectorType(i32, 32), list(range(32))))
-    builder.store(dist, builder.bitcast(out.data, v32i16.as_pointer()), align=2)
-    limit = builder.insert_element(ir.Constant(v32i16, ir.Undefined), builder.trunc(threshold, i16),
-                                   ir.Constant(i32, 0))
+
+
+def _store_below(builder, dist, out_ptr, threshold):
+    """Store the 32 sums at ``out_ptr``; the int64 mask of those below ``threshold``."""
+    i16, i32 = ir.IntType(16), ir.IntType(32)
+    v32i16 = ir.VectorType(i16, 32)
+    builder.store(dist, builder.bitcast(out_ptr, v32i16.as_pointer()), align=2)
+    limit = builder.insert_element(ir.Constant(v32i16, ir.Undefined),
+                                   builder.trunc(threshold, i16), ir.Constant(i32, 0))
     limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(i32, 32), [0] * 32))
     below = builder.bitcast(builder.icmp_unsigned("<", dist, limit), i32)
-    return builder.zext(below, i64)
+    return builder.zext(below, ir.IntType(64))
+
+
+def _check_fastscan(name, arrays):
+    for a, ndim, dtype in arrays:
+        if not (isinstance(a, types.Array) and a.ndim == ndim and a.dtype == dtype
+                and a.layout == "C"):
+            raise TypeError(f"{name}: expected a contiguous {ndim}-d {dtype} array, got {a}")
 
 
 @intrinsic
@@ -209,11 +231,51 @@ def fastscan_block(typingctx, codes, start, lut, threshold, out):
     sums to ``out[:32]`` (exact while they stay below 65536: at most 257 uint8 entries) and
     returns the int64 bit mask of the vectors whose sum is below ``threshold`` (0..65535).
     """
-    for a, dtype in ((codes, types.uint8), (lut, types.uint8), (out, types.uint16)):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == dtype
-                and a.layout == "C"):
-            raise TypeError("fastscan_block takes contiguous 1-d uint8 codes and tables and "
-                            "a uint16 output")
+    _check_fastscan("fastscan_block", [(codes, 1, types.uint8), (lut, 1, types.uint8),
+                                       (out, 1, types.uint16)])
     if start != types.int64 or threshold != types.int64:
         raise TypeError("fastscan_block takes an int64 start and threshold")
-    return types.int64(codes, start, lut, threshold, out), _fastscan_codegen
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(t)(context, builder, a)
+                  for t, a in zip(signature.args, args, strict=True) if isinstance(t, types.Array)]
+        codes_, lut_, out_ = arrays
+        stride = cgutils.unpack_tuple(builder, lut_.shape, 1)[0]
+        pairs = builder.udiv(stride, ir.Constant(stride.type, 32))
+        accs = _accumulate(builder, codes_.data, args[1], [lut_.data], pairs)[0]
+        return _store_below(builder, _block_sums(builder, accs), out_.data, args[3])
+
+    return types.int64(codes, start, lut, threshold, out), codegen
+
+
+@intrinsic
+def fastscan_group2(typingctx, codes, start, luts, thresholds, out, masks):
+    """``fastscan_block`` for two queries at once (each block's codes loaded and split into
+    nibbles once): ``luts`` ``(2, P * 32)``, ``thresholds`` ``(2,)`` int64; the sums into
+    ``out`` ``(2, 32)`` and the masks into ``masks`` ``(2,)``; returns their union."""
+    _check_fastscan("fastscan_group2", [(codes, 1, types.uint8), (luts, 2, types.uint8),
+                                        (thresholds, 1, types.int64), (out, 2, types.uint16),
+                                        (masks, 1, types.int64)])
+    if start != types.int64:
+        raise TypeError("fastscan_group2 takes an int64 start")
+
+    def codegen(context, builder, signature, args):
+        codes_, luts_, thr_, out_, masks_ = [
+            context.make_array(t)(context, builder, a)
+            for t, a in zip(signature.args, args, strict=True) if isinstance(t, types.Array)]
+        i64 = ir.IntType(64)
+        stride = cgutils.unpack_tuple(builder, luts_.shape, 2)[1]
+        pairs = builder.udiv(stride, ir.Constant(i64, 32))
+        tables = [builder.gep(luts_.data, [builder.mul(ir.Constant(i64, q), stride)])
+                  for q in range(2)]
+        union = ir.Constant(i64, 0)
+        for q, accs in enumerate(_accumulate(builder, codes_.data, args[1], tables, pairs)):
+            at = ir.Constant(i64, q)
+            row = builder.gep(out_.data, [builder.mul(at, ir.Constant(i64, 32))])
+            mask = _store_below(builder, _block_sums(builder, accs), row,
+                                builder.load(builder.gep(thr_.data, [at])))
+            builder.store(mask, builder.gep(masks_.data, [at]))
+            union = builder.or_(union, mask)
+        return union
+
+    return types.int64(codes, start, luts, thresholds, out, masks), codegen

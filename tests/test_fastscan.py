@@ -43,7 +43,7 @@ def _case(seed, n, dim, m, duplicates):
 @given(seed=st.integers(0, 2**32 - 1),
        shape=st.sampled_from([(8, 1), (8, 2), (12, 3), (16, 8), (10, 5), (36, 9), (32, 16)]),
        n=st.sampled_from([1, 5, 31, 32, 33, 64, 100, 257]),
-       num_queries=st.sampled_from([1, 3, 20]),
+       num_queries=st.sampled_from([1, 3, 17, 20]),
        topk=st.integers(1, 12), rerank=st.sampled_from([None, 0, "topk", 40]),
        metric=st.sampled_from(["l2", "ip"]), duplicates=st.booleans())
 def test_search_equals_the_reference(kernel, seed, shape, n, num_queries, topk, rerank,
@@ -96,12 +96,29 @@ def test_simd_block_equals_the_scalar_block_and_the_reference(seed, pairs, start
             np.testing.assert_array_equal(out, want)
         assert got["simd"] == got["scalar"] == sum(1 << v for v in range(32)
                                                    if want[v] < threshold)
+    # two queries at once: the second with its own tables and threshold
+    luts = np.stack([lut, rng.integers(0, 256, pairs * 32, dtype=np.uint8)])
+    other = ref.fastscan_block(packed, start, luts[1])
+    thresholds = np.array([int(np.median(want)), max(other) + 1], dtype=np.int64)
+    for group in (_fastscan_cpu.group_simd, _fastscan_cpu.group_scalar):
+        out = np.zeros((2, 32), dtype=np.uint16)
+        masks = np.zeros(2, dtype=np.int64)
+        union = _call_group(group, packed, start, luts, thresholds, out, masks)
+        np.testing.assert_array_equal(out, [want, other])
+        expected = [sum(1 << v for v in range(32) if sums[v] < t)
+                    for sums, t in zip((want, other), thresholds, strict=True)]
+        assert masks.tolist() == expected and union == expected[0] | expected[1]
 
 
 @nb.njit
 def _call_block(block, packed, start, lut, threshold, out):
     """A block kernel (inlined into its callers) called from Python."""
     return block(packed, start, lut, threshold, out)
+
+
+@nb.njit
+def _call_group(group, packed, start, luts, thresholds, out, masks):
+    return group(packed, start, luts, thresholds, out, masks)
 
 
 def test_layout_of_the_codes():
