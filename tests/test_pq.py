@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkernels as qk
@@ -32,6 +32,26 @@ def test_kmeans_equals_the_reference(seed, n, k, dsub, iterations, duplicates):
     _pq_cpu.train(points, 1, k, iterations, uniforms, got)
     expected = ref.kmeans_subspace(points, k, uniforms[0], iterations)
     np.testing.assert_array_equal(got[0], expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.sampled_from([8, 16, 24]), n=st.integers(1, 90),
+       num_queries=st.sampled_from([1, 3, 20]), topk=st.integers(1, 12),
+       metric=st.sampled_from(["l2", "ip"]), symmetric=st.booleans(), duplicates=st.booleans())
+def test_8bit_codes_read_as_words_equal_the_reference(seed, m, n, num_queries, topk, metric,
+                                                      symmetric, duplicates):
+    """8-bit codes of a multiple of 8 sub-quantizers are scanned as uint64 words."""
+    rng = np.random.default_rng(seed)
+    codebooks = rng.integers(-2, 3, (m, 256, 1)).astype(np.float32)  # small integers: ties
+    pq = qk.ProductQuantizer(m, m, 8).set_codebooks(codebooks)
+    codes = rng.integers(0, 256, (n, m), dtype=np.uint8)
+    if duplicates:
+        codes = codes[rng.integers(0, max(1, n // 4), n)]
+    q = rng.integers(-2, 3, (num_queries, m)).astype(np.float32)
+    D, I = qk.PQIndex(pq, metric=metric).add_codes(codes).search(q, topk, symmetric=symmetric)
+    rD, rI = ref.pq_search(q, codes, codebooks, topk, metric, symmetric)
+    np.testing.assert_array_equal(I, rI)
+    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([(8, 2), (8, 4), (12, 3), (5, 5), (6, 1)]),

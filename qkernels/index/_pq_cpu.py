@@ -8,6 +8,8 @@ the lower item. tests/reference.py repeats all of it with plain loops.
 
 from __future__ import annotations
 
+import sys
+
 import numba as nb
 import numpy as np
 
@@ -122,6 +124,73 @@ def _scan_range(table, codes, start, stop, hd, hi, size):
 
 
 @nb.njit(cache=True, nogil=True)
+def _adc_words(table, words):
+    """``_adc`` of one code read as uint64 words (8 codes each, lowest byte first)."""
+    dist = table[0, words[0] & np.uint64(255)]
+    for m in range(1, table.shape[0]):
+        dist += table[m, (words[m >> 3] >> np.uint64(8 * (m & 7))) & np.uint64(255)]
+    return dist
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_range_words(table, words, start, stop, hd, hi, size):
+    """``_scan_range`` for 8-bit codes of a multiple of 8 sub-quantizers, read as uint64 words
+    ``(N, M / 8)``: one load per 8 codes instead of one per code, four items in flight
+    (1.1-1.2x the byte scan at M = 8 in interleaved runs on a noisy 2-core EPYC; eight in
+    flight measured the same). The sums are ``_adc``'s, in subspace order, and the items are
+    offered to the heap in item order: the result is ``_scan_range``'s."""
+    topk = hd.shape[0]
+    num_words = words.shape[1]
+    i = start
+    while i < stop and size < topk:
+        push(hd, hi, size, _adc_words(table, words[i]), i)
+        size += 1
+        i += 1
+    low = np.uint64(255)
+    while i + 4 <= stop:
+        w0 = words[i + 0, 0]
+        w1 = words[i + 1, 0]
+        w2 = words[i + 2, 0]
+        w3 = words[i + 3, 0]
+        d0 = table[0, w0 & low]
+        d1 = table[0, w1 & low]
+        d2 = table[0, w2 & low]
+        d3 = table[0, w3 & low]
+        for b in range(1, 8):
+            shift = np.uint64(8 * b)
+            d0 += table[b, (w0 >> shift) & low]
+            d1 += table[b, (w1 >> shift) & low]
+            d2 += table[b, (w2 >> shift) & low]
+            d3 += table[b, (w3 >> shift) & low]
+        for w in range(1, num_words):
+            w0 = words[i + 0, w]
+            w1 = words[i + 1, w]
+            w2 = words[i + 2, w]
+            w3 = words[i + 3, w]
+            for b in range(8):
+                shift = np.uint64(8 * b)
+                d0 += table[8 * w + b, (w0 >> shift) & low]
+                d1 += table[8 * w + b, (w1 >> shift) & low]
+                d2 += table[8 * w + b, (w2 >> shift) & low]
+                d3 += table[8 * w + b, (w3 >> shift) & low]
+        if d0 < hd[0]:  # an equal distance loses: the heap's item has the lower index
+            sift_down(hd, hi, size, d0, i + 0)
+        if d1 < hd[0]:
+            sift_down(hd, hi, size, d1, i + 1)
+        if d2 < hd[0]:
+            sift_down(hd, hi, size, d2, i + 2)
+        if d3 < hd[0]:
+            sift_down(hd, hi, size, d3, i + 3)
+        i += 4
+    while i < stop:
+        dist = _adc_words(table, words[i])
+        if dist < hd[0]:
+            sift_down(hd, hi, size, dist, i)
+        i += 1
+    return size
+
+
+@nb.njit(cache=True, nogil=True)
 def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
     """Write a heap's entries ascending by (distance, item), then padding."""
     drain_sorted(hd, hi, size, out_dist, out_item)
@@ -133,20 +202,39 @@ def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
         out_item[t] = -1
 
 
-@parallel_kernel
+def _as_words(codes):
+    """``(range kernel, codes)``: 8-bit codes of a multiple of 8 sub-quantizers as uint64
+    words for ``_scan_range_words``, others as they are for ``_scan_range``."""
+    if (codes.dtype == np.uint8 and codes.shape[1] % 8 == 0 and codes.flags.c_contiguous
+            and sys.byteorder == "little"):  # byte 0 of a word is the first code
+        return _scan_range_words, codes.view(np.uint64)
+    return _scan_range, codes
+
+
 def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
     """Look-up-table scan of every item for every query, in parallel over queries."""
+    scan, codes = _as_words(codes)
+    _scan_by_query(scan, tables, codes, topk, inner_product, out_dist, out_item)
+
+
+def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
+    """The same scan for few queries, in parallel over chunks of the database; each chunk keeps
+    its own heap per query and the heaps are merged at the end."""
+    scan, codes = _as_words(codes)
+    _scan_by_database(scan, tables, codes, topk, num_chunks, inner_product, out_dist, out_item)
+
+
+@parallel_kernel
+def _scan_by_query(scan, tables, codes, topk, inner_product, out_dist, out_item):
     for q in nb.prange(tables.shape[0]):
         hd = np.empty(topk, dtype=np.float32)
         hi = np.empty(topk, dtype=np.int64)
-        size = _scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0)
+        size = scan(tables[q], codes, 0, codes.shape[0], hd, hi, 0)
         _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
 
 
 @parallel_kernel
-def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
-    """The same scan for few queries, in parallel over chunks of the database; each chunk keeps
-    its own heap per query and the heaps are merged at the end."""
+def _scan_by_database(scan, tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
     num_queries = tables.shape[0]
     n = codes.shape[0]
     step = (n + num_chunks - 1) // num_chunks
@@ -155,8 +243,8 @@ def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, o
     sizes = np.zeros((num_queries, num_chunks), dtype=np.int64)
     for c in nb.prange(num_chunks):
         for q in range(num_queries):
-            sizes[q, c] = _scan_range(tables[q], codes, c * step, min(n, (c + 1) * step),
-                                      hd[q, c], hi[q, c], 0)
+            sizes[q, c] = scan(tables[q], codes, c * step, min(n, (c + 1) * step),
+                               hd[q, c], hi[q, c], 0)
     merged_d = np.empty(topk, dtype=np.float32)
     merged_i = np.empty(topk, dtype=np.int64)
     for q in range(num_queries):
