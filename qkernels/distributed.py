@@ -23,6 +23,14 @@ which each step is one ``all_reduce`` of the per-query counts. Usually the first
 k``) settles every query. Then each shard probes exactly those buckets, and the merged
 ``candidate_counts`` are those of the whole table (its SUF unchanged).
 
+Exactness of the 4-bit fast scan (PQIndex over a 4-bit quantizer). One index keeps the best
+``R`` items by rounded sum and re-ranks them by ADC distance; each shard's own re-ranked top-K
+would be drawn from a different candidate set. So each shard sends its best ``R`` by (rounded
+sum, id) with their ADC distances (the rounded tables depend only on the query and the shared
+codebooks, so the sums compare across shards), and the merge takes the best ``R`` of the
+union by (sum, global id), then the best ``topk`` of those by (ADC distance, id): ``R``
+instead of ``topk`` pairs per query travel.
+
 Every rank must call the same methods in the same order (collective calls). Bad input on one
 rank is an error on every rank, with that rank's message, never a hang of the others.
 """
