@@ -94,19 +94,22 @@ def block_simd(packed, start, lut, threshold, out):
 
 @nb.njit(cache=True, nogil=True)
 def block_scalar(packed, start, lut, threshold, out):
-    """``block_simd`` one byte at a time (CPUs without AVX2)."""
-    num_pairs = lut.shape[0] // 32
+    """``block_simd`` without vector instructions (CPUs without AVX2): pair by pair, each
+    byte's two nibbles looked up and added to the sums of its two vectors."""
+    for i in range(FASTSCAN_BLOCK):
+        out[i] = 0
+    for p in range(lut.shape[0] // 32):
+        at = start + p * 32
+        table = lut[p * 32:(p + 1) * 32]
+        codes = packed[at:at + 32]
+        for lane in range(16):
+            first = codes[lane]
+            second = codes[16 + lane]
+            out[lane] += table[first & 15] + table[16 + (second & 15)]
+            out[16 + lane] += table[first >> 4] + table[16 + (second >> 4)]
     mask = 0
     for i in range(FASTSCAN_BLOCK):
-        lane = i % 16
-        shift = 4 * (i // 16)
-        total = 0
-        for p in range(num_pairs):
-            at = start + p * 32 + lane
-            total += lut[p * 32 + ((packed[at] >> shift) & 15)]
-            total += lut[p * 32 + 16 + ((packed[at + 16] >> shift) & 15)]
-        out[i] = total
-        if total < threshold:
+        if out[i] < threshold:
             mask |= 1 << i
     return mask
 
