@@ -147,6 +147,22 @@ def _offer(hd, hi, size, total, item):
     return size
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _offer_block(mask, b, n, sums, hd, hi, size):
+    """Offer block ``b``'s items whose bit is set in ``mask`` (those that exist: the last
+    block may be partial) with their ``sums`` to the heap; returns its new size. The mask only
+    filters: each item is still compared with the heap's current root."""
+    base = b * FASTSCAN_BLOCK
+    if base + FASTSCAN_BLOCK > n:
+        mask &= (1 << (n - base)) - 1
+    while mask:
+        low = mask & -mask
+        mask ^= low
+        i = popcount64(np.uint64(low - 1))
+        size = _offer(hd, hi, size, np.int32(sums[i]), base + i)
+    return size
+
+
 @nb.njit(cache=True, nogil=True)
 def _scan_group(group, packed, luts, n, hd, hi, sizes, out):
     """Every block for the ``GROUP`` queries of ``luts`` into their heaps ``hd[q]``,
@@ -161,18 +177,10 @@ def _scan_group(group, packed, luts, n, hd, hi, sizes, out):
     for b in range((n + FASTSCAN_BLOCK - 1) // FASTSCAN_BLOCK):
         if group(packed, b * stride, luts, thresholds, out, masks) == 0:
             continue
-        base = b * FASTSCAN_BLOCK
         for q in range(count):
-            mask = masks[q]
-            if base + FASTSCAN_BLOCK > n:  # the last block: only the vectors that exist
-                mask &= (1 << (n - base)) - 1
-            while mask:
-                low = mask & -mask
-                mask ^= low
-                i = popcount64(np.uint64(low - 1))
-                sizes[q] = _offer(hd[q], hi[q], sizes[q], np.int32(out[q, i]), base + i)
-                if sizes[q] == room:
-                    thresholds[q] = hd[q, 0]
+            sizes[q] = _offer_block(masks[q], b, n, out[q], hd[q], hi[q], sizes[q])
+            if sizes[q] == room:
+                thresholds[q] = hd[q, 0]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -185,16 +193,9 @@ def _scan_blocks(block, packed, lut, n, first, stop, hd, hi, size, out):
     threshold = _ALL if size < room else hd[0]
     for b in range(first, stop):
         mask = block(packed, b * stride, lut, threshold, out)
-        base = b * FASTSCAN_BLOCK
-        if base + FASTSCAN_BLOCK > n:  # the last block: only the vectors that exist
-            mask &= (1 << (n - base)) - 1
-        while mask:
-            low = mask & -mask
-            mask ^= low
-            i = popcount64(np.uint64(low - 1))
-            size = _offer(hd, hi, size, np.int32(out[i]), base + i)
-            if size == room:
-                threshold = hd[0]
+        size = _offer_block(mask, b, n, out, hd, hi, size)
+        if size == room:
+            threshold = hd[0]
     return size
 
 
