@@ -218,3 +218,5 @@ def test_few_and_many_queries_and_an_add_give_the_same_results():
     np.testing.assert_array_equal(both[1], rI)
     np.testing.assert_array_equal(both[0], np.array(rD, dtype=np.float32))
     assert not np.array_equal(first[1], both[1])
+    D, I = qk.PQIndex(pq).search(queries, 3)  # an empty index: nothing found
+    assert (I == -1).all() and np.isinf(D).all() and D.shape == (len(queries), 3)

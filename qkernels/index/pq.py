@@ -138,7 +138,7 @@ class PQIndex(LazyState):
         topk, work = check_topk(topk, self.ntotal, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
         items = np.empty((num_queries, work), dtype=np.int64)
-        if num_queries:
+        if num_queries and work:  # else no results: all padding
             tables = self._tables(queries, symmetric, inner_product)
             chunks = database_chunks(num_queries, self.ntotal)
             if fast:
