@@ -202,6 +202,11 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="rerank must be"):
         index.search(queries, 5, rerank=-1)
     assert not qk.PQIndex(pq8).fast_scan
+    wide = qk.ProductQuantizer(257, 257, 4).train(np.random.default_rng(1).standard_normal(
+        (16, 257)).astype(np.float32))  # 257 x 255 overflows the uint16 sums
+    assert not qk.PQIndex(wide).fast_scan
+    with pytest.raises(ValueError, match=r"at most 256 sub-quantizers.*num_subspaces=257"):
+        qk.PQIndex(wide, fast_scan=True)
     assert not qk.PQIndex(pq, fast_scan=False).fast_scan
 
 
