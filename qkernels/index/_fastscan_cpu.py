@@ -35,7 +35,7 @@ from .._simd import FASTSCAN_BLOCK, fastscan_block, fastscan_group2, popcount64
 from ._pq_cpu import _adc
 
 _INF32 = np.float32(np.inf)
-_ALL = 65535  # a threshold every uint16 sum of at most 257 uint8 entries is below
+_ALL = 65535  # a threshold above every sum of at most 256 uint8 entries (PQIndex allows 256)
 MISSING_SUM = np.int32(2**31 - 1)  # the sum written where a result is missing
 
 
