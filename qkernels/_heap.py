@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["drain_sorted", "drain_sorted3", "merge_chunks", "offer3", "padded", "push",
+__all__ = ["drain_sorted", "drain_sorted3", "merge_chunks", "offer", "offer3", "padded", "push",
            "sift_down"]
 
 
@@ -64,6 +64,19 @@ def push(hd, hi, size, dist, item):
     hi[i] = item
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def offer(hd, hi, size, dist, item):
+    """Offer (dist, item) to the heap of ``size`` entries (room for ``len(hd)``): pushed while
+    there is room, else it replaces the root (the worst entry) if it is better by (distance,
+    item); returns the new size."""
+    if size < hd.shape[0]:
+        push(hd, hi, size, dist, item)
+        return size + 1
+    if dist < hd[0] or (dist == hd[0] and item < hi[0]):
+        sift_down(hd, hi, size, dist, item)
+    return size
+
+
 @nb.njit(cache=True, nogil=True)
 def drain_sorted(hd, hi, size, out_dist, out_item):
     """Write the heap's entries into ``out_*[:size]`` ascending by (distance, item); the heap
@@ -80,17 +93,10 @@ def merge_chunks(hd, hi, sizes, md, mi):
     """One query's best ``len(md)`` entries over the heaps that chunks of the database kept
     for it (``hd[c, :sizes[c]]``, ``hi[c, :sizes[c]]``), into the heap ``md``, ``mi``, by
     (distance, item); returns its size. The merge of every split-by-database scan."""
-    topk = md.shape[0]
     size = 0
     for c in range(hd.shape[0]):
         for t in range(sizes[c]):
-            dist = hd[c, t]
-            item = hi[c, t]
-            if size < topk:
-                push(md, mi, size, dist, item)
-                size += 1
-            elif dist < md[0] or (dist == md[0] and item < mi[0]):
-                sift_down(md, mi, size, dist, item)
+            size = offer(md, mi, size, hd[c, t], hi[c, t])
     return size
 
 

@@ -12,6 +12,8 @@ repeats it with plain float32 operations.
 
 from __future__ import annotations
 
+import functools
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -133,9 +135,11 @@ def prefetch(typingctx, array):
 # ---------------------------------------------------------------- 4-bit fast scan (AVX2)
 
 
+@functools.cache
 def has_avx2() -> bool:
     """Whether Numba compiles for a CPU with AVX2 (the host's, or ``NUMBA_CPU_NAME`` /
-    ``NUMBA_CPU_FEATURES`` where set), so that ``fastscan_block`` can be compiled."""
+    ``NUMBA_CPU_FEATURES`` where set), so that ``fastscan_block`` can be compiled; asked once
+    per process (both are fixed when Numba starts)."""
     from llvmlite import binding
     from numba.core import config
 

@@ -587,12 +587,9 @@ class ShardedIndex:
         import torch
 
         comm = self._comm
-        columns = [comm.gather_tensor(t) for t in (D, I, comm.tensor(found.sums),
-                                                   comm.tensor(found.adc))]
-        world, num_queries, width = columns[1].shape
-        D_all, I_all, S_all, A_all = (c.permute(1, 0, 2).reshape(num_queries, world * width)
-                                      for c in columns)
-        order = _ordered([(I_all, False), (S_all, False)], I_all, width)
+        D_all, I_all, S_all, A_all = (_gathered(comm, t) for t in (
+            D, I, comm.tensor(found.sums), comm.tensor(found.adc)))
+        order = _ordered([(I_all, False), (S_all, False)], I_all, I.shape[1])
         D_all, I_all, A_all = (c.gather(1, order) for c in (D_all, I_all, A_all))
         if found.rerank:
             order = _ordered([(I_all, False), (A_all, self.metric == "ip")], I_all, topk)
@@ -610,15 +607,10 @@ class ShardedIndex:
         one index orders them: distance (then the tie-break key), then the lower id; missing
         results last."""
         comm = self._comm
-        D_all = comm.gather_tensor(D)
-        I_all = comm.gather_tensor(I)
-        world, num_queries, width = I_all.shape
-        D_all = D_all.permute(1, 0, 2).reshape(num_queries, world * width)
-        I_all = I_all.permute(1, 0, 2).reshape(num_queries, world * width)
+        D_all, I_all = _gathered(comm, D), _gathered(comm, I)
         keys = [(I_all, False)]  # least significant first; stable sorts
         if T is not None:
-            T_all = comm.gather_tensor(comm.tensor(T))
-            keys.append((T_all.permute(1, 0, 2).reshape(num_queries, world * width), False))
+            keys.append((_gathered(comm, comm.tensor(T)), False))
         keys.append((D_all, self.metric == "ip"))
         order = _ordered(keys, I_all, topk)
         return D_all.gather(1, order), I_all.gather(1, order)
@@ -727,6 +719,14 @@ class _Candidates:
 
     def __init__(self, sums: np.ndarray, adc: np.ndarray, rerank: bool):
         self.sums, self.adc, self.rerank = sums, adc, rerank
+
+
+def _gathered(comm: _Comm, t):
+    """Every rank's ``(Q, width)`` tensor ``t`` side by side: ``(Q, world_size * width)``,
+    rank 0's columns first."""
+    parts = comm.gather_tensor(t)
+    world, num_queries, width = parts.shape
+    return parts.permute(1, 0, 2).reshape(num_queries, world * width)
 
 
 def _ordered(keys: list, items, count: int):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import drain_sorted, merge_chunks, push, sift_down
+from .._heap import drain_sorted, merge_chunks, offer
 from .._parallel import parallel_kernel
 from .._simd import FASTSCAN_BLOCK, fastscan_block, fastscan_group2, popcount64
 from ._pq_cpu import _adc
@@ -62,6 +62,7 @@ def quantize_tables(tables, num_pairs, luts, bias, scale):
     num_queries, num_subspaces, num_centroids = tables.shape
     for q in nb.prange(num_queries):
         table = tables[q]
+        lows = np.empty(num_subspaces, dtype=np.float32)
         span = np.float32(0)
         total = np.float32(0)
         for m in range(num_subspaces):
@@ -70,6 +71,7 @@ def quantize_tables(tables, num_pairs, luts, bias, scale):
             for c in range(1, num_centroids):
                 low = min(low, table[m, c])
                 high = max(high, table[m, c])
+            lows[m] = low
             span = max(span, high - low)
             total += low
         a = np.float32(255) / span if span > 0 else np.float32(1)
@@ -77,12 +79,9 @@ def quantize_tables(tables, num_pairs, luts, bias, scale):
         scale[q] = a
         luts[q, :] = 0
         for m in range(num_subspaces):
-            low = table[m, 0]
-            for c in range(1, num_centroids):
-                low = min(low, table[m, c])
             at = (m // 2) * 32 + (m % 2) * 16
             for c in range(num_centroids):
-                level = np.floor((table[m, c] - low) * a + np.float32(0.5))
+                level = np.floor((table[m, c] - lows[m]) * a + np.float32(0.5))
                 luts[q, at + c] = np.uint8(min(level, np.float32(255)))
 
 
@@ -135,23 +134,11 @@ def group_scalar(packed, start, luts, thresholds, out, masks):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _offer(hd, hi, size, total, item):
-    """(total, item) into the heap of ``size`` entries (``size < len(hd)``: pushed; else it
-    replaces the root if it is smaller); returns the new size. Items come in increasing
-    order, so an equal total loses to the root (ties go to the lower item)."""
-    if size < hd.shape[0]:
-        push(hd, hi, size, total, item)
-        return size + 1
-    if total < hd[0]:
-        sift_down(hd, hi, size, total, item)
-    return size
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
 def _offer_block(mask, b, n, sums, hd, hi, size):
     """Offer block ``b``'s items whose bit is set in ``mask`` (those that exist: the last
     block may be partial) with their ``sums`` to the heap; returns its new size. The mask only
-    filters: each item is still compared with the heap's current root."""
+    filters: each item is still compared with the heap's current root (items come in
+    increasing order, so an equal sum loses to it: ties go to the lower item)."""
     base = b * FASTSCAN_BLOCK
     if base + FASTSCAN_BLOCK > n:
         mask &= (1 << (n - base)) - 1
@@ -159,7 +146,7 @@ def _offer_block(mask, b, n, sums, hd, hi, size):
         low = mask & -mask
         mask ^= low
         i = popcount64(np.uint64(low - 1))
-        size = _offer(hd, hi, size, np.int32(sums[i]), base + i)
+        size = offer(hd, hi, size, np.int32(sums[i]), base + i)
     return size
 
 
@@ -216,12 +203,7 @@ def _finish(table, codes, hd, hi, size, bias, scale, rerank, inner_product, out_
         ri = np.empty(topk, dtype=np.int64)
         count = 0
         for t in range(size):
-            dist = _adc(table, codes[items[t]])
-            if count < topk:
-                push(rd, ri, count, dist, items[t])
-                count += 1
-            elif dist < rd[0] or (dist == rd[0] and items[t] < ri[0]):
-                sift_down(rd, ri, count, dist, items[t])
+            count = offer(rd, ri, count, _adc(table, codes[items[t]]), items[t])
         drain_sorted(rd, ri, kept, out_dist, out_item)
     else:
         for t in range(kept):
@@ -236,6 +218,17 @@ def _finish(table, codes, hd, hi, size, bias, scale, rerank, inner_product, out_
     for t in range(kept, topk):
         out_dist[t] = -_INF32 if inner_product else _INF32
         out_item[t] = -1
+
+
+@parallel_kernel
+def adc_of(tables, codes, items, inner_product, out):
+    """``out[q, t]``: the ADC distance (``_adc``; inner products for ``inner_product``) of item
+    ``items[q, t]`` for query ``q``; entries of missing items (-1) are left as they are."""
+    for q in nb.prange(items.shape[0]):
+        for t in range(items.shape[1]):
+            if items[q, t] >= 0:
+                dist = _adc(tables[q], codes[items[q, t]])
+                out[q, t] = -dist if inner_product else dist
 
 
 @parallel_kernel

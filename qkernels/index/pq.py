@@ -196,13 +196,7 @@ class PQIndex(LazyState):
         self._fast_scan(tables, min(candidates, self.ntotal), False,
                         database_chunks(num_queries, self.ntotal), inner_product, approx, items,
                         sums)
-        found = items >= 0
-        rows = np.nonzero(found)
-        codes = self._codes[items[rows]]
-        total = tables[rows[0], 0, codes[:, 0]]
-        for m in range(1, self.pq.num_subspaces):  # float32, in subspace order: _pq_cpu._adc
-            total = total + tables[rows[0], m, codes[:, m]]
-        adc[rows] = -total if inner_product else total
+        _fastscan_cpu.adc_of(tables, self._codes, items, inner_product, adc)
         return sums, items, approx, adc
 
     def _fast_scan(self, tables, candidates, rerank, chunks, inner_product, dist, items, sums):
