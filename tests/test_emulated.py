@@ -275,13 +275,21 @@ def test_no_kernel_races_under_thread_sanitizer():
     env = dict(__import__("os").environ, LD_PRELOAD=tsan,
                TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0",
                NUMBA_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", _TSAN_SCRIPT], capture_output=True, text=True,
-                          timeout=1800, cwd=emulation.HEADER.parents[2], env=env)
+    # TSan maps its shadow memory at fixed addresses; with address-space randomisation a
+    # library can land there first and the child dies at start-up ("ThreadSanitizer failed to
+    # allocate ...", seen once in a fresh-clone run): run it with randomisation off
+    import platform
+    import shutil
+
+    setarch = shutil.which("setarch")
+    prefix = [setarch, platform.machine(), "-R"] if setarch else []
+    done = subprocess.run([*prefix, sys.executable, "-c", _TSAN_SCRIPT], capture_output=True,
+                          text=True, timeout=1800, cwd=emulation.HEADER.parents[2], env=env)
     assert done.returncode == 0 and "ThreadSanitizer" not in done.stderr, done.stderr[-6000:]
     assert "every kernel ran under ThreadSanitizer" in done.stdout
     # and the sanitizer is awake: a kernel with a shared-memory race is reported
-    racy = subprocess.run([sys.executable, "-c", _RACY_SCRIPT], capture_output=True, text=True,
-                          timeout=300, cwd=emulation.HEADER.parents[2], env=env)
+    racy = subprocess.run([*prefix, sys.executable, "-c", _RACY_SCRIPT], capture_output=True,
+                          text=True, timeout=300, cwd=emulation.HEADER.parents[2], env=env)
     assert racy.returncode == 66 and "data race" in racy.stderr, racy.stderr[-3000:]
 
 
