@@ -4,15 +4,16 @@ candidate needs one comparison to be turned away.
 Two arities, the one place for both: on (distance, item) for the PQ and Hamming scans (equal
 distances go to the lower item; ``push``, ``sift_down``, ``drain_sorted``, ``merge_chunks``),
 and on three keys compared in order for the table probe (distance, insertion row, item) and
-the Hamming tie-break (distance, feature distance, item): ``offer3``, ``drain_sorted3``."""
+the Hamming tie-break (distance, feature distance, item): ``offer3``, ``drain_sorted3``.
+``by_database`` is the one scan-and-merge of the scans split over chunks of the database."""
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
-__all__ = ["drain_sorted", "drain_sorted3", "merge_chunks", "offer", "offer3", "padded", "push",
-           "sift_down"]
+__all__ = ["by_database", "drain_sorted", "drain_sorted3", "merge_chunks", "offer", "offer3",
+           "padded", "push", "sift_down"]
 
 
 def padded(dist: np.ndarray, items: np.ndarray, topk: int, missing
@@ -86,6 +87,36 @@ def drain_sorted(hd, hi, size, out_dist, out_item):
         out_item[end] = hi[0]
         if end > 0:
             sift_down(hd, hi, end, hd[end], hi[end])
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def by_database(chunk, finish, units, num_chunks, num_queries, room, dtype, args):
+    """The scan-and-merge of every split-by-database scan (PQ, fast scan, Hamming), for few
+    queries: ``units`` (items, or blocks of them) cut into at most ``num_chunks`` chunks
+    scanned in parallel, each with its own max-heap of ``room`` (distance, item) entries per
+    query (distances of ``dtype``); then each query's heaps are merged and written out.
+
+    ``chunk(args, start, stop, hd, hi, hs)`` scans units ``start..stop-1`` for every query
+    ``q`` into its heap ``hd[q]``, ``hi[q]`` (``hs[q]`` entries); ``finish(args, q, hd, hi,
+    size)`` writes query ``q``'s results from its merged heap. Both are Numba functions;
+    ``args`` is the tuple of what they share.
+
+    Inlined into each family's ``parallel_kernel``, which names both as globals: the loop below
+    becomes that kernel's parallel loop, and a search pays no run-time typing of function
+    arguments (about 3 us each). (Functions must not be passed on as values: Numba cannot
+    cache a kernel that does.)"""
+    num_chunks = max(1, min(num_chunks, units))
+    step = (units + num_chunks - 1) // num_chunks
+    hd = np.empty((num_chunks, num_queries, room), dtype=dtype)
+    hi = np.empty((num_chunks, num_queries, room), dtype=np.int64)
+    hs = np.zeros((num_chunks, num_queries), dtype=np.int64)
+    for c in nb.prange(num_chunks):
+        chunk(args, min(units, c * step), min(units, (c + 1) * step), hd[c], hi[c],
+              hs[c])
+    md = np.empty(room, dtype=dtype)
+    mi = np.empty(room, dtype=np.int64)
+    for q in range(num_queries):
+        finish(args, q, md, mi, merge_chunks(hd[:, q], hi[:, q], hs[:, q], md, mi))
 
 
 @nb.njit(cache=True, nogil=True)

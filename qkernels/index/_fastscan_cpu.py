@@ -17,9 +17,10 @@ again by their float ADC distance (``_pq_cpu``'s sum in subspace order) and the 
 returned; without, the best ``topk`` with their approximate distances. tests/reference.py
 repeats all of it with plain loops.
 
-Each block's sums are made by ``block``, a kernel argument: ``block_simd`` (AVX2) or
-``block_scalar`` (the same arithmetic, one byte at a time) where the CPU has no AVX2. Many
-queries go two at a time (``group_simd`` / ``group_scalar``): each block's codes are loaded
+Each block's sums are made by ``block_simd`` (AVX2) or ``block_scalar`` (the same arithmetic,
+one byte at a time), as the kernels' ``simd`` argument says; where the CPU has no AVX2 the
+AVX2 code is never compiled. Many queries go two at a time (``group_simd`` /
+``group_scalar``): each block's codes are loaded
 and split into nibbles once for both (measured 1.3x one at a time; four at a time is slower,
 their 16 accumulators do not fit the 16 AVX2 registers).
 """
@@ -29,14 +30,17 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import drain_sorted, merge_chunks, offer
+from .._heap import by_database, drain_sorted, offer
 from .._parallel import parallel_kernel
-from .._simd import FASTSCAN_BLOCK, fastscan_block, fastscan_group2, popcount64
+from .._simd import FASTSCAN_BLOCK, fastscan_block, fastscan_group2, has_avx2, popcount64
 from ._pq_cpu import _adc
 
 _INF32 = np.float32(np.inf)
 _ALL = 65535  # a threshold above every sum of at most 256 uint8 entries (PQIndex allows 256)
 MISSING_SUM = np.int32(2**31 - 1)  # the sum written where a result is missing
+# Read when a kernel is compiled (Numba's cache is kept per CPU model and features): without
+# AVX2 the branches to the AVX2 kernels are pruned before they are compiled.
+_AVX2 = has_avx2()
 
 
 @nb.njit(cache=True, nogil=True)
@@ -151,9 +155,21 @@ def _offer_block(mask, b, n, sums, hd, hi, size):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_group(group, packed, luts, n, hd, hi, sizes, out):
+def _scan_group(simd, packed, luts, n, hd, hi, sizes, out):
     """Every block for the ``GROUP`` queries of ``luts`` into their heaps ``hd[q]``,
-    ``hi[q]`` (``sizes[q]`` entries), as ``_scan_blocks`` does for one."""
+    ``hi[q]`` (``sizes[q]`` entries), as ``_scan_blocks`` does for one: by ``group_simd``
+    where ``simd`` (and the CPU has AVX2), else by ``group_scalar``."""
+    if _AVX2 and simd:
+        _group_loop(group_simd, packed, luts, n, hd, hi, sizes, out)
+    else:
+        _group_loop(group_scalar, packed, luts, n, hd, hi, sizes, out)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _group_loop(group, packed, luts, n, hd, hi, sizes, out):
+    # Inlined with ``group`` a global of the caller: a function passed as a value would make
+    # the caller uncachable, and a branch between the kernels inside this loop made it 1.8x
+    # slower (measured).
     count = luts.shape[0]
     stride = luts.shape[1]
     room = hd.shape[1]
@@ -171,10 +187,19 @@ def _scan_group(group, packed, luts, n, hd, hi, sizes, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_blocks(block, packed, lut, n, first, stop, hd, hi, size, out):
+def _scan_blocks(simd, packed, lut, n, first, stop, hd, hi, size, out):
     """Blocks ``first..stop-1`` of one query into the max-heap (hd, hi) of (sum, item) holding
     ``size`` entries (room for ``len(hd)``); returns the new size. Items come in increasing
-    order and an equal sum loses to the heap's root, so ties go to the lower item."""
+    order and an equal sum loses to the heap's root, so ties go to the lower item. By
+    ``block_simd`` where ``simd`` (and the CPU has AVX2), else by ``block_scalar``."""
+    if _AVX2 and simd:
+        return _block_loop(block_simd, packed, lut, n, first, stop, hd, hi, size, out)
+    return _block_loop(block_scalar, packed, lut, n, first, stop, hd, hi, size, out)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _block_loop(block, packed, lut, n, first, stop, hd, hi, size, out):
+    # inlined with ``block`` a global of the caller, as ``_group_loop``
     room = hd.shape[0]
     stride = lut.shape[0]
     threshold = _ALL if size < room else hd[0]
@@ -232,7 +257,7 @@ def adc_of(tables, codes, items, inner_product, out):
 
 
 @parallel_kernel
-def scan_by_query(group, luts, bias, scale, packed, tables, codes, candidates, rerank,
+def scan_by_query(simd, luts, bias, scale, packed, tables, codes, candidates, rerank,
                   inner_product, out_dist, out_item, out_sum):
     """The fast scan of every query, ``GROUP`` at a time in parallel: the best ``candidates``
     by uint16 sum, then ``_finish`` into ``out_*`` ``(Q, topk)``."""
@@ -249,7 +274,7 @@ def scan_by_query(group, luts, bias, scale, packed, tables, codes, candidates, r
         hi = np.empty((GROUP, candidates), dtype=np.int64)
         sizes = np.zeros(GROUP, dtype=np.int64)
         out = np.empty((GROUP, FASTSCAN_BLOCK), dtype=np.uint16)
-        _scan_group(group, packed, mine, n, hd, hi, sizes, out)
+        _scan_group(simd, packed, mine, n, hd, hi, sizes, out)
         for q in range(count):
             _finish(tables[first + q], codes, hd[q], hi[q], sizes[q], bias[first + q],
                     scale[first + q], rerank, inner_product, out_dist[first + q],
@@ -257,26 +282,29 @@ def scan_by_query(group, luts, bias, scale, packed, tables, codes, candidates, r
 
 
 @parallel_kernel
-def scan_by_database(block, luts, bias, scale, packed, tables, codes, candidates, rerank,
+def scan_by_database(simd, luts, bias, scale, packed, tables, codes, candidates, rerank,
                      num_chunks, inner_product, out_dist, out_item, out_sum):
-    """The same for few queries, in parallel over chunks of whole blocks; each chunk keeps its
-    own heaps, merged at the end."""
-    num_queries = luts.shape[0]
+    """The same for few queries, in parallel over chunks of whole blocks
+    (``_heap.by_database``), one query at a time."""
     n = codes.shape[0]
-    blocks = (n + FASTSCAN_BLOCK - 1) // FASTSCAN_BLOCK
-    num_chunks = min(num_chunks, blocks)
-    step = (blocks + num_chunks - 1) // num_chunks
-    hd = np.empty((num_queries, num_chunks, candidates), dtype=np.int32)
-    hi = np.empty((num_queries, num_chunks, candidates), dtype=np.int64)
-    sizes = np.zeros((num_queries, num_chunks), dtype=np.int64)
-    for c in nb.prange(num_chunks):
-        out = np.empty(FASTSCAN_BLOCK, dtype=np.uint16)
-        for q in range(num_queries):
-            sizes[q, c] = _scan_blocks(block, packed, luts[q], n, c * step,
-                                       min(blocks, (c + 1) * step), hd[q, c], hi[q, c], 0, out)
-    merged_d = np.empty(candidates, dtype=np.int32)
-    merged_i = np.empty(candidates, dtype=np.int64)
-    for q in range(num_queries):
-        size = merge_chunks(hd[q], hi[q], sizes[q], merged_d, merged_i)
-        _finish(tables[q], codes, merged_d, merged_i, size, bias[q], scale[q], rerank,
-                inner_product, out_dist[q], out_item[q], out_sum[q])
+    by_database(_chunk, _chunk_out, (n + FASTSCAN_BLOCK - 1) // FASTSCAN_BLOCK,
+                num_chunks, luts.shape[0], candidates, np.int32,
+                (luts, bias, scale, packed, tables, codes, rerank, inner_product, out_dist,
+                 out_item, out_sum, simd))
+
+
+@nb.njit(cache=True, nogil=True)
+def _chunk(args, first, stop, hd, hi, hs):
+    """Blocks ``first..stop-1`` for every query."""
+    luts, packed, n, simd = args[0], args[3], args[5].shape[0], args[11]
+    out = np.empty(FASTSCAN_BLOCK, dtype=np.uint16)
+    for q in range(luts.shape[0]):
+        hs[q] = _scan_blocks(simd, packed, luts[q], n, first, stop, hd[q], hi[q], 0, out)
+
+
+@nb.njit(cache=True, nogil=True)
+def _chunk_out(args, q, hd, hi, size):
+    bias, scale, tables, codes, rerank, inner_product, out_dist, out_item, out_sum = (
+        args[1], args[2], args[4], args[5], args[6], args[7], args[8], args[9], args[10])
+    _finish(tables[q], codes, hd, hi, size, bias[q], scale[q], rerank, inner_product,
+            out_dist[q], out_item[q], out_sum[q])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import drain_sorted, drain_sorted3, merge_chunks, offer3, push, sift_down
+from .._heap import by_database, drain_sorted, drain_sorted3, offer3, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import popcount64, sq_l2_f32
 
@@ -106,22 +106,23 @@ def topk_by_query(queries, db_t, topk, block, out_dist, out_item):
 
 @parallel_kernel
 def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item):
-    """The same for few queries: parallel over chunks of the database, heaps merged after."""
-    num_queries = queries.shape[0]
-    n = db_t.shape[1]
-    step = (n + num_chunks - 1) // num_chunks
-    hd = np.empty((num_chunks, num_queries, topk), dtype=np.int64)
-    hi = np.empty((num_chunks, num_queries, topk), dtype=np.int64)
-    hs = np.zeros((num_chunks, num_queries), dtype=np.int64)
-    for c in nb.prange(num_chunks):
-        buffer = np.empty(block, dtype=np.int64)
-        _scan(queries, db_t, c * step, min(n, (c + 1) * step), 0, num_queries, buffer, hd[c],
-              hi[c], hs[c])
-    md = np.empty(topk, dtype=np.int64)
-    mi = np.empty(topk, dtype=np.int64)
-    for q in range(num_queries):
-        size = merge_chunks(hd[:, q], hi[:, q], hs[:, q], md, mi)
-        _write_sorted(md, mi, size, out_dist[q], out_item[q])
+    """The same for few queries: in parallel over chunks of the database
+    (``_heap.by_database``)."""
+    by_database(_chunk, _chunk_out, db_t.shape[1], num_chunks, queries.shape[0], topk,
+                np.int64, (queries, db_t, block, out_dist, out_item))
+
+
+@nb.njit(cache=True, nogil=True)
+def _chunk(args, start, stop, hd, hi, hs):
+    """Items ``start..stop-1`` for every query, by ``_scan``."""
+    queries, db_t, block = args[0], args[1], args[2]
+    _scan(queries, db_t, start, stop, 0, queries.shape[0], np.empty(block, dtype=np.int64),
+          hd, hi, hs)
+
+
+@nb.njit(cache=True, nogil=True)
+def _chunk_out(args, q, hd, hi, size):
+    _write_sorted(hd, hi, size, args[3][q], args[4][q])
 
 
 @parallel_kernel

@@ -12,8 +12,10 @@ import sys
 
 import numba as nb
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-from .._heap import drain_sorted, merge_chunks, push, sift_down
+from .._heap import by_database, drain_sorted, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import dot_f32, sq_l2_f32
 
@@ -202,51 +204,67 @@ def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
         out_item[t] = -1
 
 
+def scan_range(table, codes, start, stop, hd, hi, size):
+    """``_scan_range_words`` for codes held as uint64 words, else ``_scan_range``: chosen by
+    the codes' type when Numba compiles the caller (an argument of function type would make
+    every kernel that takes it uncachable, so every process would compile it again)."""
+    scan = _scan_range_words if codes.dtype == np.uint64 else _scan_range
+    return scan(table, codes, start, stop, hd, hi, size)
+
+
+@overload(scan_range, inline="always")
+def _scan_range_overload(table, codes, start, stop, hd, hi, size):
+    scan = _scan_range_words if codes.dtype == types.uint64 else _scan_range
+
+    def impl(table, codes, start, stop, hd, hi, size):
+        return scan(table, codes, start, stop, hd, hi, size)
+    return impl
+
+
 def _as_words(codes):
-    """``(range kernel, codes)``: 8-bit codes of a multiple of 8 sub-quantizers as uint64
-    words for ``_scan_range_words``, others as they are for ``_scan_range``."""
+    """8-bit codes of a multiple of 8 sub-quantizers as uint64 words (``_scan_range_words``),
+    others as they are (``_scan_range``)."""
     if (codes.dtype == np.uint8 and codes.shape[1] % 8 == 0 and codes.flags.c_contiguous
             and sys.byteorder == "little"):  # byte 0 of a word is the first code
-        return _scan_range_words, codes.view(np.uint64)
-    return _scan_range, codes
+        return codes.view(np.uint64)
+    return codes
 
 
 def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
     """Look-up-table scan of every item for every query, in parallel over queries."""
-    scan, codes = _as_words(codes)
-    _scan_by_query(scan, tables, codes, topk, inner_product, out_dist, out_item)
+    _scan_by_query(tables, _as_words(codes), topk, inner_product, out_dist, out_item)
 
 
 def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
-    """The same scan for few queries, in parallel over chunks of the database; each chunk keeps
-    its own heap per query and the heaps are merged at the end."""
-    scan, codes = _as_words(codes)
-    _scan_by_database(scan, tables, codes, topk, num_chunks, inner_product, out_dist, out_item)
+    """The same scan for few queries, in parallel over chunks of the database
+    (``_heap.by_database``)."""
+    _scan_by_database(tables, _as_words(codes), topk, num_chunks, inner_product, out_dist,
+                      out_item)
 
 
 @parallel_kernel
-def _scan_by_query(scan, tables, codes, topk, inner_product, out_dist, out_item):
+def _scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
+    by_database(_chunk, _chunk_out, codes.shape[0], num_chunks, tables.shape[0], topk,
+                np.float32, (tables, codes, inner_product, out_dist, out_item))
+
+
+@parallel_kernel
+def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
     for q in nb.prange(tables.shape[0]):
         hd = np.empty(topk, dtype=np.float32)
         hi = np.empty(topk, dtype=np.int64)
-        size = scan(tables[q], codes, 0, codes.shape[0], hd, hi, 0)
+        size = scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0)
         _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
 
 
-@parallel_kernel
-def _scan_by_database(scan, tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
-    num_queries = tables.shape[0]
-    n = codes.shape[0]
-    step = (n + num_chunks - 1) // num_chunks
-    hd = np.empty((num_queries, num_chunks, topk), dtype=np.float32)
-    hi = np.empty((num_queries, num_chunks, topk), dtype=np.int64)
-    sizes = np.zeros((num_queries, num_chunks), dtype=np.int64)
-    for c in nb.prange(num_chunks):
-        for q in range(num_queries):
-            sizes[q, c] = scan(tables[q], codes, c * step, min(n, (c + 1) * step),
-                               hd[q, c], hi[q, c], 0)
-    merged_d = np.empty(topk, dtype=np.float32)
-    merged_i = np.empty(topk, dtype=np.int64)
-    for q in range(num_queries):
-        size = merge_chunks(hd[q], hi[q], sizes[q], merged_d, merged_i)
-        _sorted_out(merged_d, merged_i, size, inner_product, out_dist[q], out_item[q])
+@nb.njit(cache=True, nogil=True)
+def _chunk(args, start, stop, hd, hi, hs):
+    """Items ``start..stop-1`` for every query."""
+    tables, codes = args[0], args[1]
+    for q in range(tables.shape[0]):
+        hs[q] = scan_range(tables[q], codes, start, stop, hd[q], hi[q], 0)
+
+
+@nb.njit(cache=True, nogil=True)
+def _chunk_out(args, q, hd, hi, size):
+    _sorted_out(hd, hi, size, args[2], args[3][q], args[4][q])

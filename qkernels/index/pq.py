@@ -209,15 +209,12 @@ class PQIndex(LazyState):
         bias = np.empty(num_queries, dtype=np.float32)
         scale = np.empty(num_queries, dtype=np.float32)
         _fastscan_cpu.quantize_tables(tables, num_pairs, luts, bias, scale)
-        simd = config.FASTSCAN_SIMD and _simd.has_avx2()
-        args = (luts, bias, scale, packed, tables, codes, candidates, rerank)
+        simd = bool(config.FASTSCAN_SIMD) and _simd.has_avx2()
+        args = (simd, luts, bias, scale, packed, tables, codes, candidates, rerank)
         if chunks:
-            block = _fastscan_cpu.block_simd if simd else _fastscan_cpu.block_scalar
-            _fastscan_cpu.scan_by_database(block, *args, chunks, inner_product, dist, items,
-                                           sums)
+            _fastscan_cpu.scan_by_database(*args, chunks, inner_product, dist, items, sums)
         else:
-            group = _fastscan_cpu.group_simd if simd else _fastscan_cpu.group_scalar
-            _fastscan_cpu.scan_by_query(group, *args, inner_product, dist, items, sums)
+            _fastscan_cpu.scan_by_query(*args, inner_product, dist, items, sums)
 
     def _fastscan_layout(self, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
         """``(codes, the same codes in the fast-scan layout)``, the layout made once per add
