@@ -49,14 +49,11 @@ _UNTOUCHED, _LABELLED, _SETTLED = 0, 1, 2
 
 
 @nb.njit(cache=True, nogil=True)
-def solve_level2(scores, parents, k, sib, glob, codes):
-    """Write the optimal level-2 codes ``(n, k)`` (rows sorted) given ``parents`` (n,)."""
-    n, d = scores.shape
-    if n == 0:
-        return
-    levels = glob.shape[0]
-
-    # families: the classes of each parent, listed once
+def _families(parents):
+    """The classes of each parent, listed once: ``(slot, family_start, family)``, class ``i``
+    in family ``slot[i]``, whose classes are ``family[family_start[s]:family_start[s + 1]]``
+    in increasing order."""
+    n = parents.shape[0]
     num_parent_ids = 0
     for i in range(n):
         num_parent_ids = max(num_parent_ids, parents[i] + 1)
@@ -78,19 +75,21 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     for i in range(n):
         family[fill[slot[i]]] = i
         fill[slot[i]] += 1
+    return slot, family_start, family
 
-    # The start: each family alone, solved exactly with the sibling cost as its bucket cost
-    # (the flat solver). With its potentials shifted so that its sink's is 0, a family's bucket
-    # potentials are those of its group nodes (p, t), every child's potential is 0, and every
-    # arc up to the children has a reduced cost >= 0. Only the children's loads are left.
-    pc = np.empty(n)
-    pt = np.zeros(d)
-    assigned = np.zeros((n, d), dtype=np.bool_)
-    count_pair = np.zeros((num_slots, d), dtype=np.int64)  # c_{p,t}
-    members = np.empty((d, n), dtype=np.int64)  # members[t, :count_child[t]]
-    count_child = np.zeros(d, dtype=np.int64)
+
+@nb.njit(cache=True, nogil=True)
+def _family_start(scores, k, sib, slot, family_start, family, codes, pc, assigned, count_pair,
+                  members, count_child):
+    """The greedy start: each family alone, solved exactly with the sibling cost as its bucket
+    cost (the flat solver). With its potentials shifted so that its sink's is 0, a family's
+    bucket potentials are those of its group nodes (p, t), every child's potential is 0, and
+    every arc up to the children has a reduced cost >= 0. Only the children's loads are left.
+
+    # modifies: codes, pc, assigned, count_pair, members, count_child (all written here)"""
+    d = scores.shape[1]
     group_p = np.empty(d)
-    for s in range(num_slots):
+    for s in range(family_start.shape[0] - 1):
         first = family_start[s]
         size = family_start[s + 1] - first
         sub = np.empty((size, d))
@@ -110,6 +109,32 @@ def solve_level2(scores, parents, k, sib, glob, codes):
                 count_child[t] += 1
                 count_pair[s, t] += 1
 
+
+@nb.njit(cache=True, nogil=True)
+def solve_level2(scores, parents, k, sib, glob, codes):
+    """Write the optimal level-2 codes ``(n, k)`` (rows sorted) given ``parents`` (n,).
+
+    Phases: ``_family_start`` (the greedy start), then for each excess child ``search`` (to
+    the nearest deficit child), ``update_potentials`` and ``augment``. The phases and the one
+    ``relax`` are closures over the solver's arrays: Numba inlines them with no call and no
+    reference counting, where module-level helpers taking the arrays as arguments measured
+    up to 15x slower per call (each array argument is reference-counted)."""
+    n, d = scores.shape
+    if n == 0:
+        return
+    levels = glob.shape[0]
+    slot, family_start, family = _families(parents)
+    num_slots = family_start.shape[0] - 1
+
+    pc = np.empty(n)  # potentials: classes, children (0 at the start), the sink
+    pt = np.zeros(d)
+    assigned = np.zeros((n, d), dtype=np.bool_)
+    count_pair = np.zeros((num_slots, d), dtype=np.int64)  # c_{p,t}
+    members = np.empty((d, n), dtype=np.int64)  # members[t, :count_child[t]]
+    count_child = np.zeros(d, dtype=np.int64)
+    _family_start(scores, k, sib, slot, family_start, family, codes, pc, assigned, count_pair,
+                  members, count_child)
+
     # sink flows f in lo..hi around p(sink) = glob[n k // d], as in the flat solver; children
     # holding more classes than they send have an excess, those holding fewer a deficit
     psink, f = sink_flows(glob, count_child, n * k)
@@ -120,213 +145,207 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     num_nodes = n + d + 1
     num_blocks = (num_nodes + _BLOCK - 1) // _BLOCK
     label = np.full(num_nodes, _INF)
-    key = np.full(num_blocks * _BLOCK, _INF)
-    block_min = np.full(num_blocks, _INF)
+    key = np.full(num_blocks * _BLOCK, _INF)  # label while not settled, inf once settled
+    block_min = np.full(num_blocks, _INF)  # the least key of each block of _BLOCK nodes
     pred = np.empty(num_nodes, dtype=np.int64)  # class, child or sink that labelled the node
     via = np.empty(n, dtype=np.int64)  # for a class labelled by a sibling: the child swapped
     state = np.zeros(num_nodes, dtype=np.int8)
-    touched = np.empty(num_nodes, dtype=np.int64)
+    touched = np.empty(num_nodes, dtype=np.int64)  # touched[:ntouched]: nodes not untouched
+
+    def relax(u, cand, dist, by, ntouched):
+        """Offer node ``u`` the label ``cand`` from ``by`` (settled at ``dist``); returns
+        ``(ntouched, its new label)``, the label inf where it did not improve.
+        # modifies: label, key, pred, block_min at u; state, touched when u is first reached
+        Keeps: key[v] = label[v] for every labelled unsettled v, block_min its block minima.
+        The clamp: with exact arithmetic every reduced cost is >= 0, so cand < dist is
+        float64 rounding; clamping keeps labels monotone (Dijkstra's precondition) and never
+        acts on integer costs, which round to nothing."""
+        if cand < dist:
+            cand = dist
+        if cand >= label[u]:
+            return ntouched, _INF
+        if state[u] == _UNTOUCHED:
+            state[u] = _LABELLED
+            touched[ntouched] = u
+            ntouched += 1
+        label[u] = cand
+        key[u] = cand
+        pred[u] = by
+        if cand < block_min[u // _BLOCK]:
+            block_min[u // _BLOCK] = cand
+        return ntouched, cand
+
+    def nearest_block():
+        """The block holding the least key (the first on ties)."""
+        best = 0
+        for b in range(1, num_blocks):
+            if block_min[b] < block_min[best]:
+                best = b
+        return best
+
+    def settle(best_block):
+        """Settle the node of least key in ``best_block`` (the first on ties); returns it and
+        its distance.
+        # modifies: key, state (the node: settled), block_min (the block's new minimum)"""
+        start = best_block * _BLOCK
+        node = start
+        for u in range(start + 1, start + _BLOCK):
+            if key[u] < key[node]:
+                node = u
+        dist = key[node]
+        key[node] = _INF
+        state[node] = _SETTLED
+        low = _INF
+        for u in range(start, start + _BLOCK):
+            if key[u] < low:
+                low = key[u]
+        block_min[best_block] = low
+        return node, dist
+
+    def search(source, psink):
+        """Dijkstra from excess child ``source`` to the nearest deficit child; returns
+        ``(target, its distance D, ntouched)``.
+        # modifies: label, key, block_min, pred, via, state, touched (the search's state)
+        Keeps: every settled node has its shortest distance; target_dist is the least label
+        of a deficit child."""
+        u = child0 + source
+        state[u] = _LABELLED
+        touched[0] = u
+        ntouched = 1
+        label[u] = 0.0
+        key[u] = 0.0
+        block_min[u // _BLOCK] = 0.0
+        target_dist = _INF
+        target = -1
+        while True:
+            # The early exit. Safe: the nearest labelled deficit child is no farther than
+            # every unsettled node, so nothing settled later gives it a shorter path (labels
+            # only grow from here); it wins ties with the rest.
+            best = nearest_block()
+            if target_dist <= block_min[best]:
+                return target, target_dist, ntouched
+            if block_min[best] == _INF:
+                raise RuntimeError("cascade solver: no augmenting path (please report this)")
+            node, dist = settle(best)
+            if node < child0:
+                j = node
+                s = slot[j]
+                base = dist + pc[j]
+                for t in range(d):  # j joins a child it is not in
+                    if assigned[j, t]:
+                        continue
+                    u = child0 + t
+                    ntouched, got = relax(
+                        u, base - scores[j, t] + sib[count_pair[s, t]] - pt[t], dist, j,
+                        ntouched)
+                    if got < target_dist and count_child[t] < f[t]:
+                        target_dist = got
+                        target = t
+                # j takes a sibling's place in a child it is not in
+                for q in range(family_start[s], family_start[s + 1]):
+                    sibling = family[q]
+                    if sibling == j:
+                        continue
+                    for c in range(k):
+                        t = codes[sibling, c]
+                        if assigned[j, t]:
+                            continue
+                        ntouched, got = relax(
+                            sibling, base - scores[j, t] + scores[sibling, t] - pc[sibling],
+                            dist, j, ntouched)
+                        if got < _INF:
+                            via[sibling] = t
+            elif node == sink:  # one unit less from a child to the sink
+                for t in range(d):
+                    if f[t] == 0:
+                        continue
+                    u = child0 + t
+                    ntouched, got = relax(u, dist - glob[f[t] - 1] + psink - pt[t], dist,
+                                          sink, ntouched)
+                    if got < target_dist and count_child[t] < f[t]:
+                        target_dist = got
+                        target = t
+            else:
+                t = node - child0
+                if f[t] < levels:  # one unit more to the sink
+                    ntouched, _ = relax(sink, dist + glob[f[t]] + pt[t] - psink, dist, t,
+                                        ntouched)
+                for m in range(count_child[t]):  # a member leaves the child
+                    j = members[t, m]
+                    ntouched, _ = relax(
+                        j, dist - sib[count_pair[slot[j], t] - 1] + scores[j, t] + pt[t]
+                        - pc[j], dist, node, ntouched)
+
+    def update_potentials(target_dist, ntouched, psink):
+        """p += min(dist, D), shifted by -D: only the settled nodes nearer than D change;
+        returns the sink's new potential and clears the search's state.
+        # modifies: pc, pt (psink returned); label, key, state, block_min (reset)
+        Keeps: every residual arc has a reduced cost >= 0. Walking the touched list only is
+        exact: an untouched node is at inf and an unsettled one at >= D, and min(dist, D) - D
+        = 0 for both."""
+        for q in range(ntouched):
+            u = touched[q]
+            if state[u] == _SETTLED and label[u] < target_dist:
+                if u < child0:
+                    pc[u] -= target_dist - label[u]
+                elif u < sink:
+                    pt[u - child0] -= target_dist - label[u]
+                else:
+                    psink -= target_dist - label[u]
+            state[u] = _UNTOUCHED
+            label[u] = _INF
+            key[u] = _INF
+        block_min[:] = _INF
+        return psink
+
+    def augment(source, target):
+        """Move one unit along the shortest path, walking back from the target child to the
+        source child. A child entered by a class: that class joins it after leaving the
+        child (or, for a sibling swap, the sibling's place) it was labelled from. A child
+        entered from the sink sends one unit less to the sink, the child before the sink one
+        more.
+        # modifies: codes, assigned, members, count_child, count_pair, f
+        Keeps: the flow is a pseudo-flow whose residual arcs all have reduced costs >= 0
+        (the path was shortest), one unit less excess at source, less deficit at target."""
+        node = child0 + target
+        pending_child = -1
+        while True:
+            if node >= child0:
+                t = node - child0
+                if t == source:
+                    return
+                if pred[node] == sink:
+                    f[t] -= 1
+                    node = child0 + pred[sink]
+                    f[node - child0] += 1
+                    continue
+                pending_child = t
+                node = pred[node]
+                continue
+            j = node
+            before = pred[j]
+            left = before - child0 if before >= child0 else via[j]
+            assigned[j, left] = False
+            for c in range(k):
+                if codes[j, c] == left:
+                    codes[j, c] = pending_child
+                    break
+            count_child[left] = _remove(members[left], count_child[left], j)
+            count_pair[slot[j], left] -= 1
+            t = pending_child
+            assigned[j, t] = True
+            members[t, count_child[t]] = j
+            count_child[t] += 1
+            count_pair[slot[j], t] += 1
+            if before < child0:  # a sibling swap: `before` takes the child j left
+                pending_child = left
+            node = before
 
     for source in range(d):
         while count_child[source] > f[source]:
-            # Dijkstra from an excess child to the nearest deficit child
-            u = child0 + source
-            state[u] = _LABELLED
-            touched[0] = u
-            ntouched = 1
-            label[u] = 0.0
-            key[u] = 0.0
-            block_min[u // _BLOCK] = 0.0
-            target_dist = _INF  # the nearest labelled deficit child (it wins ties)
-            target = -1
-            while True:
-                best_block = 0
-                for b in range(1, num_blocks):
-                    if block_min[b] < block_min[best_block]:
-                        best_block = b
-                # The early exit. Safe: the nearest labelled deficit child is no farther
-                # than every unsettled node, so nothing settled later gives it a shorter path
-                # (labels only grow from here); it wins ties with the rest.
-                if target_dist <= block_min[best_block]:
-                    break
-                if block_min[best_block] == _INF:
-                    raise RuntimeError("cascade solver: no augmenting path (please report this)")
-                start = best_block * _BLOCK
-                node = start
-                for u in range(start + 1, start + _BLOCK):
-                    if key[u] < key[node]:
-                        node = u
-                dist = key[node]
-                key[node] = _INF
-                state[node] = _SETTLED
-                low = _INF
-                for u in range(start, start + _BLOCK):
-                    if key[u] < low:
-                        low = key[u]
-                block_min[best_block] = low
-
-                if node < child0:
-                    j = node
-                    s = slot[j]
-                    base = dist + pc[j]
-                    # j joins a child it is not in
-                    for t in range(d):
-                        if assigned[j, t]:
-                            continue
-                        u = child0 + t
-                        cand = base - scores[j, t] + sib[count_pair[s, t]] - pt[t]
-                        if cand < dist:
-                            cand = dist
-                        if cand < label[u]:
-                            if state[u] == _UNTOUCHED:
-                                state[u] = _LABELLED
-                                touched[ntouched] = u
-                                ntouched += 1
-                            label[u] = cand
-                            key[u] = cand
-                            pred[u] = j
-                            if cand < block_min[u // _BLOCK]:
-                                block_min[u // _BLOCK] = cand
-                            if count_child[t] < f[t] and cand < target_dist:
-                                target_dist = cand
-                                target = t
-                    # j takes a sibling's place in a child it is not in
-                    for q in range(family_start[s], family_start[s + 1]):
-                        sibling = family[q]
-                        if sibling == j:
-                            continue
-                        for c in range(k):
-                            t = codes[sibling, c]
-                            if assigned[j, t]:
-                                continue
-                            cand = base - scores[j, t] + scores[sibling, t] - pc[sibling]
-                            if cand < dist:
-                                cand = dist
-                            if cand < label[sibling]:
-                                if state[sibling] == _UNTOUCHED:
-                                    state[sibling] = _LABELLED
-                                    touched[ntouched] = sibling
-                                    ntouched += 1
-                                label[sibling] = cand
-                                key[sibling] = cand
-                                pred[sibling] = j
-                                via[sibling] = t
-                                if cand < block_min[sibling // _BLOCK]:
-                                    block_min[sibling // _BLOCK] = cand
-                elif node == sink:  # one unit less from a child to the sink
-                    for t in range(d):
-                        if f[t] == 0:
-                            continue
-                        u = child0 + t
-                        cand = dist - glob[f[t] - 1] + psink - pt[t]
-                        if cand < dist:
-                            cand = dist
-                        if cand < label[u]:
-                            if state[u] == _UNTOUCHED:
-                                state[u] = _LABELLED
-                                touched[ntouched] = u
-                                ntouched += 1
-                            label[u] = cand
-                            key[u] = cand
-                            pred[u] = sink
-                            if cand < block_min[u // _BLOCK]:
-                                block_min[u // _BLOCK] = cand
-                            if count_child[t] < f[t] and cand < target_dist:
-                                target_dist = cand
-                                target = t
-                else:
-                    t = node - child0
-                    # one unit more to the sink
-                    if f[t] < levels:
-                        cand = dist + glob[f[t]] + pt[t] - psink
-                        if cand < dist:
-                            cand = dist
-                        if cand < label[sink]:
-                            if state[sink] == _UNTOUCHED:
-                                state[sink] = _LABELLED
-                                touched[ntouched] = sink
-                                ntouched += 1
-                            label[sink] = cand
-                            key[sink] = cand
-                            pred[sink] = t
-                            if cand < block_min[sink // _BLOCK]:
-                                block_min[sink // _BLOCK] = cand
-                    # a member leaves the child
-                    for m in range(count_child[t]):
-                        j = members[t, m]
-                        cand = (dist - sib[count_pair[slot[j], t] - 1] + scores[j, t] + pt[t]
-                                - pc[j])
-                        if cand < dist:
-                            cand = dist
-                        if cand < label[j]:
-                            if state[j] == _UNTOUCHED:
-                                state[j] = _LABELLED
-                                touched[ntouched] = j
-                                ntouched += 1
-                            label[j] = cand
-                            key[j] = cand
-                            pred[j] = node
-                            if cand < block_min[j // _BLOCK]:
-                                block_min[j // _BLOCK] = cand
-
-            # potentials: p += min(dist, D), shifted by -D (only nodes nearer than D change).
-            # Walking the touched list only is exact: an untouched node is at inf and an
-            # unsettled one at >= D, and min(dist, D) - D = 0 for both. The reduced costs
-            # clamped at zero in the search (`if cand < dist`) are float64 rounding of values
-            # >= 0: the clamp keeps labels monotone and never acts on integer costs.
-            for q in range(ntouched):
-                u = touched[q]
-                if state[u] == _SETTLED and label[u] < target_dist:
-                    if u < child0:
-                        pc[u] -= target_dist - label[u]
-                    elif u < sink:
-                        pt[u - child0] -= target_dist - label[u]
-                    else:
-                        psink -= target_dist - label[u]
-                state[u] = _UNTOUCHED
-                label[u] = _INF
-                key[u] = _INF
-            block_min[:] = _INF
-
-            # augment: walk back from the target child to the source child. A child entered
-            # by a class: that class joins it after leaving the child (or, for a sibling swap,
-            # the sibling's place) it was labelled from. A child entered from the sink sends
-            # one unit less to the sink, the child before the sink one more.
-            node = child0 + target
-            pending_child = -1
-            while True:
-                if node >= child0:
-                    t = node - child0
-                    if t == source:
-                        break
-                    if pred[node] == sink:
-                        f[t] -= 1
-                        node = child0 + pred[sink]
-                        f[node - child0] += 1
-                        continue
-                    pending_child = t
-                    node = pred[node]
-                    continue
-                j = node
-                before = pred[j]
-                left = before - child0 if before >= child0 else via[j]
-                assigned[j, left] = False
-                for c in range(k):
-                    if codes[j, c] == left:
-                        codes[j, c] = pending_child
-                        break
-                count_child[left] = _remove(members[left], count_child[left], j)
-                count_pair[slot[j], left] -= 1
-                t = pending_child
-                assigned[j, t] = True
-                members[t, count_child[t]] = j
-                count_child[t] += 1
-                count_pair[slot[j], t] += 1
-                if before >= child0:  # j left child `before`, entered from its own pred
-                    node = before
-                else:  # a sibling swap: `before` takes the child j left
-                    pending_child = left
-                    node = before
+            target, target_dist, ntouched = search(source, psink)
+            psink = update_potentials(target_dist, ntouched, psink)
+            augment(source, target)
 
     for i in range(n):
         codes[i, :k].sort()
