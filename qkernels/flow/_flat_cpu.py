@@ -29,11 +29,20 @@ The search is dense, in the manner of Jonker & Volgenant's assignment solver: la
 by a vectorised minimum over the labels' bit patterns (non-negative doubles order like their
 int64 bits; reduced costs are clamped at zero, so no label is ``-0.0``). A class is not
 selected itself: when a settled bucket improves a class's label, the class relaxes all its
-``d`` buckets at once in a branch-free loop that the compiler vectorises. A class whose label
+``d`` buckets at once in one tight loop over contiguous rows. A class whose label
 is already no nearer than some labelled deficit bucket is skipped (nothing it reaches can come
 first), and a deficit bucket among the nearest nodes ends the search at once (ties are common
 with integer scores). The dense relaxation costs most at large d (d = 2048), and the greedy
 start helps least where the penalty is tiny beside the scores (many units left to move).
+
+The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation ``search``,
+``update_potentials``, ``augment``; see ``solve_with_potentials``). The per-augmentation
+phases are closures: Numba inlines them with no call and no reference counting. Two Numba
+costs shaped how they are written (both measured): a module-level helper that takes arrays
+and writes them or returns a value pays reference counting on every call (15-34x slower in
+a relax loop), so only read-only helpers (``nearest``, ``first_at``) are module-level; and a
+conditional expression (``a if c else b``) inside a closure made the relax loops 15-30x
+slower than the same loop written with ``if`` statements and ``max``.
 
 All arithmetic is in float64; reduced costs that rounding pushes below zero are clamped to
 zero. With integer-valued costs every quantity stays an integer, so the optimum is exact.
@@ -159,31 +168,85 @@ def solve_one(scores, k, incr, codes):
     return True
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def nearest(key_bits, deficit, size):
+    """The least key of ``key_bits[:size]`` and the least key of a deficit node (``key_bits
+    | deficit``: ``deficit`` is 0 for a deficit node, inf's bits for others), as int64 bit
+    patterns: one branch-free pass that the compiler vectorises. (Non-negative doubles order
+    like their bits; no key is -0.0, reduced costs being clamped at zero.) Reads only, so
+    that inlining it costs no reference counting."""
+    near = key_bits[0]
+    bound = key_bits[0] | deficit[0]
+    for u in range(1, size):
+        near = min(near, key_bits[u])
+        bound = min(bound, key_bits[u] | deficit[u])
+    return near, bound
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def least(key_bits, size):
+    """The least key of ``key_bits[:size]`` as an int64 bit pattern (``nearest`` without the
+    deficit nodes): the level-2 solver's selection."""
+    near = key_bits[0]
+    for u in range(1, size):
+        near = min(near, key_bits[u])
+    return near
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def first_at(key_bits, value):
+    """The first node whose key has the bits ``value`` (one exists): eight keys at a time,
+    then one by one (``key_bits`` is padded to a multiple of eight)."""
+    node = 0
+    while True:
+        hit = False
+        for u in range(node, node + 8):
+            hit |= key_bits[u] == value
+        if hit:
+            break
+        node += 8
+    while key_bits[node] != value:
+        node += 1
+    return node
+
+
 @nb.njit(cache=True, nogil=True)
 def solve_with_potentials(scores, k, incr, codes, pb, pc):
     """``solve_one`` that also leaves optimal potentials: ``pb`` (d,) of the buckets, ``pc``
     (n,) of the classes; returns the sink's. Every residual arc of the optimum has a reduced
-    cost ``>= 0`` with them (up to float64 rounding). The level-2 solver starts from these."""
+    cost ``>= 0`` with them (up to float64 rounding). The level-2 solver starts from these.
+
+    Phases: ``greedy_start`` and ``sink_flows``, then for each excess bucket ``search`` (to
+    the nearest deficit bucket), ``update_potentials`` and ``augment``. The per-augmentation
+    phases are closures over the solver's arrays, which Numba inlines with no call and no
+    reference counting (see ``_hierarchical_cpu.solve_level2``)."""
     n, d = scores.shape
     if n == 0:
         pb[:] = 0.0
         return incr[0]
     sink = d  # node ids: bucket r -> r, the sink -> d
 
-    # the greedy start: bucket potentials 0, class potentials the k-th best score
-    pb[:] = 0.0
     assigned = np.zeros((n, d), dtype=np.bool_)
     count = np.zeros(d, dtype=np.int64)  # classes in each bucket
     occ = np.empty((d, n), dtype=np.int64)  # occ[r, :count[r]]: the classes in bucket r
-    top = np.empty(k)
-    for j in range(n):
-        pc[j] = _top_k(scores[j], k, codes[j], top)
-        for t in range(k):
-            r = codes[j, t]
-            assigned[j, r] = True
-            occ[r, count[r]] = j
-            count[r] += 1
 
+    def greedy_start():
+        """Every class takes its ``k`` best buckets (lower index first on ties), bucket
+        potentials 0, class potentials the ``k``-th best score, so every class arc has a
+        reduced cost >= 0. (A closure like the other phases: as a module-level function its
+        eight array arguments cost 5% on the small problems of the level-2 start.)
+        # modifies: codes, pb, pc, assigned, count, occ (all written here)"""
+        pb[:] = 0.0
+        top = np.empty(k)
+        for j in range(n):
+            pc[j] = _top_k(scores[j], k, codes[j], top)
+            for t in range(k):
+                r = codes[j, t]
+                assigned[j, r] = True
+                occ[r, count[r]] = j
+                count[r] += 1
+
+    greedy_start()
     psink, f = sink_flows(incr, count, n * k)
     fwd = np.empty(d)
     back = np.empty(d)
@@ -202,135 +265,146 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     scratch = np.empty(1)
     scratch_bits = scratch.view(np.int64)
 
+    # (reduced costs are clamped at zero everywhere below: with exact arithmetic every one is
+    # >= 0, so a label below the settled node's is float64 rounding; the clamp keeps labels
+    # monotone, Dijkstra's precondition, and never acts on integer costs, which round to
+    # nothing)
+
+    def relax_from_sink(dist, psink):
+        """The sink, settled at ``dist``, takes one unit less from any bucket: all ``d``
+        arcs, branch-free (vectorised).
+        # modifies: label, key, pred of the buckets it improves"""
+        base = dist + psink
+        for r in range(d):
+            cand = max(base + back[r] - pb[r], dist)
+            if cand < label[r]:
+                label[r] = cand
+                key[r] = cand
+                pred[r] = -1
+
+    def relax_class(j, from_dist):
+        """Class ``j``, labelled ``from_dist``, joins another bucket: all ``d`` arcs,
+        branch-free (vectorised).
+        # modifies: label, key, pred of the buckets it improves"""
+        base = from_dist + pc[j]
+        for b in range(d):
+            cand = max(base - scores[j, b] - pb[b], from_dist)
+            if cand < label[b] and not assigned[j, b]:
+                label[b] = cand
+                key[b] = cand
+                pred[b] = j
+
+    def search(source, psink):
+        """Dijkstra from excess bucket ``source`` to the nearest deficit bucket; returns it.
+        # modifies: label, key, pred, label_c, pred_c (the search's state)
+        Keeps: a settled node's label is its distance; label_c[j] is the least label
+        offered to class j so far."""
+        label[:] = _INF
+        key[:] = _INF
+        label_c[:] = _INF
+        label[source] = 0.0
+        key[source] = 0.0
+        while True:
+            near, bound_bits = nearest(key_bits, deficit, d + 1)
+            if near >= _INF_BITS:
+                raise RuntimeError("flow solver: no augmenting path (please report this)")
+            # The early exit. Safe: nodes settle in label order, so a deficit bucket at the
+            # least label has its final distance and no deficit bucket is nearer; which of
+            # several tied ones is taken does not matter to SSP (the lowest id, for
+            # determinism).
+            if bound_bits <= near:
+                target = 0
+                while (key_bits[target] | deficit[target]) != bound_bits:
+                    target += 1
+                return target
+            scratch_bits[0] = bound_bits
+            bound = scratch[0]
+            node = first_at(key_bits, near)
+            dist = key[node]
+            key[node] = _INF
+
+            if node == sink:  # one unit less from some bucket to the sink
+                relax_from_sink(dist, psink)
+                continue
+
+            # a bucket (not a deficit one): one unit more to the sink, or a class leaves
+            r = node
+            cand = max(dist + fwd[r] + pb[r] - psink, dist)
+            if cand < label[sink]:
+                label[sink] = cand
+                key[sink] = cand
+                pred[sink] = r
+            for t in range(count[r]):
+                j = occ[r, t]
+                from_dist = max(dist + scores[j, r] + pb[r] - pc[j], dist)
+                if from_dist >= label_c[j]:
+                    continue
+                label_c[j] = from_dist
+                pred_c[j] = r
+                # The bound skip. Safe: all the class reaches is at least from_dist >= bound
+                # >= D, the target's final distance (a deficit bucket is already labelled at
+                # bound); nodes at >= D change neither the target nor the potential update.
+                # Its label is kept: a later bucket that brings it below the bound relaxes
+                # it then.
+                if from_dist < bound:
+                    relax_class(j, from_dist)
+
+    def update_potentials(target, psink):
+        """p += min(dist, D), shifted by -D: only the nodes nearer than D change; returns
+        the sink's new potential.
+        # modifies: pb, pc (psink returned)
+        Keeps: every residual arc has a reduced cost >= 0. Skipping the others is exact:
+        min(dist, D) - D = 0 for them (and for unlabelled ones, at inf), including classes
+        left out by the bound skip (labels >= D)."""
+        reach = label[target]
+        for r in range(d):
+            if label[r] < reach:
+                pb[r] -= reach - label[r]
+        if label[sink] < reach:
+            psink -= reach - label[sink]
+        for j in range(n):
+            if label_c[j] < reach:
+                pc[j] -= reach - label_c[j]
+        return psink
+
+    def augment(source, target):
+        """Move one unit along source -> ... -> target: a class labelled from bucket a that
+        labels bucket b moves from a to b; the sink between buckets a and b takes one unit
+        more from a and one less from b.
+        # modifies: codes, assigned, occ, count, f, fwd, back, deficit (the target's)
+        Keeps: occ[r, :count[r]] lists bucket r's classes; fwd/back are the sink arcs'
+        costs at f."""
+        r = target
+        while r != source:
+            j = pred[r]
+            if j < 0:
+                f[r] -= 1
+                _sink_costs(incr, f, r, fwd, back)
+                r = pred[sink]
+                f[r] += 1
+                _sink_costs(incr, f, r, fwd, back)
+                continue
+            leave = pred_c[j]
+            assigned[j, r] = True
+            assigned[j, leave] = False
+            for t in range(k):
+                if codes[j, t] == leave:
+                    codes[j, t] = r
+                    break
+            occ[r, count[r]] = j
+            count[r] += 1
+            count[leave] = _remove(occ[leave], count[leave], j)
+            r = leave
+        if count[target] < f[target]:
+            deficit[target] = 0
+        else:
+            deficit[target] = _INF_BITS
+
     for source in range(d):
         while count[source] > f[source]:
-            label[:] = _INF
-            key[:] = _INF
-            label_c[:] = _INF
-            label[source] = 0.0
-            key[source] = 0.0
-            while True:
-                # the nearest node, and the nearest labelled deficit bucket
-                near = key_bits[0]
-                bound_bits = key_bits[0] | deficit[0]
-                # (reduced costs are clamped at zero everywhere below: with exact arithmetic
-                # every one is >= 0, so a label below the settled node's is float64 rounding;
-                # the clamp keeps labels monotone, Dijkstra's precondition, and never acts on
-                # integer costs, which round to nothing)
-                for u in range(1, d + 1):
-                    near = min(near, key_bits[u])
-                    bound_bits = min(bound_bits, key_bits[u] | deficit[u])
-                if near >= _INF_BITS:
-                    raise RuntimeError("flow solver: no augmenting path (please report this)")
-                # The early exit. Safe: nodes settle in label order, so a deficit bucket at
-                # the least label has its final distance and no deficit bucket is nearer;
-                # which of several tied ones is taken does not matter to SSP (the lowest id,
-                # for determinism).
-                if bound_bits <= near:  # a deficit bucket is among the nearest: the target
-                    target = 0
-                    while (key_bits[target] | deficit[target]) != bound_bits:
-                        target += 1
-                    break
-                scratch_bits[0] = bound_bits
-                bound = scratch[0]
-                node = 0  # the first node at `near`: eight labels at a time, then one by one
-                while True:
-                    hit = False
-                    for u in range(node, node + 8):
-                        hit |= key_bits[u] == near
-                    if hit:
-                        break
-                    node += 8
-                while key_bits[node] != near:
-                    node += 1
-                dist = key[node]
-                key[node] = _INF
-
-                if node == sink:  # one unit less from some bucket to the sink
-                    base = dist + psink
-                    for r in range(d):
-                        cand = base + back[r] - pb[r]
-                        cand = cand if cand > dist else dist
-                        old = label[r]
-                        better = cand < old
-                        label[r] = cand if better else old
-                        key[r] = cand if better else key[r]
-                        pred[r] = -1 if better else pred[r]
-                    continue
-
-                # a bucket (not a deficit one): one unit more to the sink, or a class leaves
-                r = node
-                cand = dist + fwd[r] + pb[r] - psink
-                cand = cand if cand > dist else dist
-                if cand < label[sink]:
-                    label[sink] = cand
-                    key[sink] = cand
-                    pred[sink] = r
-                for t in range(count[r]):
-                    j = occ[r, t]
-                    from_dist = dist + scores[j, r] + pb[r] - pc[j]
-                    from_dist = from_dist if from_dist > dist else dist
-                    if from_dist >= label_c[j]:
-                        continue
-                    label_c[j] = from_dist
-                    pred_c[j] = r
-                    # The bound skip. Safe: all the class reaches is at least from_dist >=
-                    # bound >= D, the target's final distance (a deficit bucket is already
-                    # labelled at bound); nodes at >= D change neither the target nor the
-                    # potential update below. Its label is kept: a later bucket that brings
-                    # it below the bound relaxes it then.
-                    if from_dist >= bound:
-                        continue  # relaxed if it comes nearer later
-                    # the class joins another bucket: all d arcs, branch-free (vectorised)
-                    base = from_dist + pc[j]
-                    for b in range(d):
-                        cand = base - scores[j, b] - pb[b]
-                        cand = cand if cand > from_dist else from_dist
-                        cand = _INF if assigned[j, b] else cand
-                        old = label[b]
-                        better = cand < old
-                        label[b] = cand if better else old
-                        key[b] = cand if better else key[b]
-                        pred[b] = j if better else pred[b]
-
-            # p += min(dist, D); shifted by -D only the nodes nearer than D change. Skipping
-            # the others is exact: min(dist, D) - D = 0 for them (and for unlabelled ones,
-            # at inf), including classes left out by the bound skip (labels >= D).
-            reach = label[target]
-            for r in range(d):
-                if label[r] < reach:
-                    pb[r] -= reach - label[r]
-            if label[sink] < reach:
-                psink -= reach - label[sink]
-            for j in range(n):
-                if label_c[j] < reach:
-                    pc[j] -= reach - label_c[j]
-
-            # augment along source -> ... -> target: a class labelled from bucket a that
-            # labels bucket b moves from a to b; the sink between buckets a and b takes one
-            # unit more from a and one less from b
-            r = target
-            while r != source:
-                j = pred[r]
-                if j < 0:
-                    f[r] -= 1
-                    _sink_costs(incr, f, r, fwd, back)
-                    r = pred[sink]
-                    f[r] += 1
-                    _sink_costs(incr, f, r, fwd, back)
-                    continue
-                leave = pred_c[j]
-                assigned[j, r] = True
-                assigned[j, leave] = False
-                for t in range(k):
-                    if codes[j, t] == leave:
-                        codes[j, t] = r
-                        break
-                occ[r, count[r]] = j
-                count[r] += 1
-                count[leave] = _remove(occ[leave], count[leave], j)
-                r = leave
-            deficit[target] = 0 if count[target] < f[target] else _INF_BITS
+            target = search(source, psink)
+            psink = update_potentials(target, psink)
+            augment(source, target)
 
     for i in range(n):
         codes[i].sort()

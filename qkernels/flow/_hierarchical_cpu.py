@@ -30,9 +30,15 @@ sibling cost as its bucket cost; shifted so that its sink's potential is 0, that
 bucket potentials are those of the family's group nodes, every child's potential is 0, and
 every arc up to the children has a reduced cost >= 0. The children's sink flows are then
 chosen around ``p(sink) = glob[n k // d]`` as in the flat solver, and Dijkstra runs from each
-child with an excess to the nearest child with a deficit (which wins ties). Selection by block
-minima, potentials moved on the nodes nearer than the target only, float64 arithmetic with
-reduced costs clamped at zero; integer-valued costs give the exact optimum.
+child with an excess to the nearest child with a deficit (which wins ties). The next node is
+chosen as in the flat solver (``_flat_cpu.least`` and ``first_at``: one vectorised minimum over
+the keys' bit patterns, the lowest id on ties); potentials move on the nodes nearer than the
+target only; float64 arithmetic with reduced costs clamped at zero; integer-valued costs give
+the exact optimum.
+
+The selection scans all ``n + d + 1`` keys per settled node. Against the block minima it
+replaced (the same nodes, the same codes) it measured 0.83-0.90x the time at n = 64, 0.90-0.99x
+at n = 256-512 and 1.10x at n = 1024 (interleaved, one 2-core EPYC).
 """
 
 from __future__ import annotations
@@ -41,10 +47,9 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
-from ._flat_cpu import _remove, sink_flows, solve_with_potentials
+from ._flat_cpu import _remove, first_at, least, sink_flows, solve_with_potentials
 
 _INF = np.inf
-_BLOCK = 32
 _UNTOUCHED, _LABELLED, _SETTLED = 0, 1, 2
 
 
@@ -143,10 +148,9 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     child0 = n
     sink = n + d
     num_nodes = n + d + 1
-    num_blocks = (num_nodes + _BLOCK - 1) // _BLOCK
     label = np.full(num_nodes, _INF)
-    key = np.full(num_blocks * _BLOCK, _INF)  # label while not settled, inf once settled
-    block_min = np.full(num_blocks, _INF)  # the least key of each block of _BLOCK nodes
+    key = np.full((num_nodes + 8) // 8 * 8, _INF)  # label while not settled, inf once settled
+    key_bits = key.view(np.int64)  # (padded to a multiple of 8 for first_at)
     pred = np.empty(num_nodes, dtype=np.int64)  # class, child or sink that labelled the node
     via = np.empty(n, dtype=np.int64)  # for a class labelled by a sibling: the child swapped
     state = np.zeros(num_nodes, dtype=np.int8)
@@ -155,8 +159,8 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     def relax(u, cand, dist, by, ntouched):
         """Offer node ``u`` the label ``cand`` from ``by`` (settled at ``dist``); returns
         ``(ntouched, its new label)``, the label inf where it did not improve.
-        # modifies: label, key, pred, block_min at u; state, touched when u is first reached
-        Keeps: key[v] = label[v] for every labelled unsettled v, block_min its block minima.
+        # modifies: label, key, pred at u; state, touched when u is first reached
+        Keeps: key[v] = label[v] for every labelled unsettled v.
         The clamp: with exact arithmetic every reduced cost is >= 0, so cand < dist is
         float64 rounding; clamping keeps labels monotone (Dijkstra's precondition) and never
         acts on integer costs, which round to nothing."""
@@ -171,41 +175,12 @@ def solve_level2(scores, parents, k, sib, glob, codes):
         label[u] = cand
         key[u] = cand
         pred[u] = by
-        if cand < block_min[u // _BLOCK]:
-            block_min[u // _BLOCK] = cand
         return ntouched, cand
-
-    def nearest_block():
-        """The block holding the least key (the first on ties)."""
-        best = 0
-        for b in range(1, num_blocks):
-            if block_min[b] < block_min[best]:
-                best = b
-        return best
-
-    def settle(best_block):
-        """Settle the node of least key in ``best_block`` (the first on ties); returns it and
-        its distance.
-        # modifies: key, state (the node: settled), block_min (the block's new minimum)"""
-        start = best_block * _BLOCK
-        node = start
-        for u in range(start + 1, start + _BLOCK):
-            if key[u] < key[node]:
-                node = u
-        dist = key[node]
-        key[node] = _INF
-        state[node] = _SETTLED
-        low = _INF
-        for u in range(start, start + _BLOCK):
-            if key[u] < low:
-                low = key[u]
-        block_min[best_block] = low
-        return node, dist
 
     def search(source, psink):
         """Dijkstra from excess child ``source`` to the nearest deficit child; returns
         ``(target, its distance D, ntouched)``.
-        # modifies: label, key, block_min, pred, via, state, touched (the search's state)
+        # modifies: label, key, pred, via, state, touched (the search's state)
         Keeps: every settled node has its shortest distance; target_dist is the least label
         of a deficit child."""
         u = child0 + source
@@ -214,19 +189,21 @@ def solve_level2(scores, parents, k, sib, glob, codes):
         ntouched = 1
         label[u] = 0.0
         key[u] = 0.0
-        block_min[u // _BLOCK] = 0.0
         target_dist = _INF
         target = -1
         while True:
             # The early exit. Safe: the nearest labelled deficit child is no farther than
             # every unsettled node, so nothing settled later gives it a shorter path (labels
             # only grow from here); it wins ties with the rest.
-            best = nearest_block()
-            if target_dist <= block_min[best]:
+            # the unsettled node of least key, the first on ties (flat solver's selection)
+            node = first_at(key_bits, least(key_bits, num_nodes))
+            dist = key[node]
+            if target_dist <= dist:
                 return target, target_dist, ntouched
-            if block_min[best] == _INF:
+            if dist == _INF:
                 raise RuntimeError("cascade solver: no augmenting path (please report this)")
-            node, dist = settle(best)
+            key[node] = _INF
+            state[node] = _SETTLED
             if node < child0:
                 j = node
                 s = slot[j]
@@ -279,7 +256,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     def update_potentials(target_dist, ntouched, psink):
         """p += min(dist, D), shifted by -D: only the settled nodes nearer than D change;
         returns the sink's new potential and clears the search's state.
-        # modifies: pc, pt (psink returned); label, key, state, block_min (reset)
+        # modifies: pc, pt (psink returned); label, key, state (reset)
         Keeps: every residual arc has a reduced cost >= 0. Walking the touched list only is
         exact: an untouched node is at inf and an unsettled one at >= D, and min(dist, D) - D
         = 0 for both."""
@@ -295,7 +272,6 @@ def solve_level2(scores, parents, k, sib, glob, codes):
             state[u] = _UNTOUCHED
             label[u] = _INF
             key[u] = _INF
-        block_min[:] = _INF
         return psink
 
     def augment(source, target):
@@ -324,7 +300,10 @@ def solve_level2(scores, parents, k, sib, glob, codes):
                 continue
             j = node
             before = pred[j]
-            left = before - child0 if before >= child0 else via[j]
+            if before >= child0:
+                left = before - child0
+            else:
+                left = via[j]
             assigned[j, left] = False
             for c in range(k):
                 if codes[j, c] == left:
