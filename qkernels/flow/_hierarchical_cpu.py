@@ -38,7 +38,7 @@ the exact optimum.
 
 The selection scans all ``n + d + 1`` keys per settled node. Against the block minima it
 replaced (the same nodes, the same codes) it measured 0.83-0.90x the time at n = 64, 0.90-0.99x
-at n = 256-512 and 1.10x at n = 1024 (interleaved, one 2-core EPYC).
+at n = 256-512 and 1.10x at n = 1024 (interleaved, one 2-core Xeon).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
             if target_dist <= dist:
                 return target, target_dist, ntouched
             if dist == _INF:
-                raise RuntimeError("cascade solver: no augmenting path (please report this)")
+                raise RuntimeError("hierarchical solver: no augmenting path (please report this)")
             key[node] = _INF
             state[node] = _SETTLED
             if node < child0:
