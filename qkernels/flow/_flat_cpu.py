@@ -272,8 +272,11 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
 
     def relax_from_sink(dist, psink):
         """The sink, settled at ``dist``, takes one unit less from any bucket: all ``d``
-        arcs, branch-free (vectorised).
-        # modifies: label, key, pred of the buckets it improves"""
+        arcs in one loop (``if`` statements, not conditional expressions: see the module
+        docstring).
+        # modifies: label, key, pred of the buckets it improves
+        Keeps: key[r] = label[r] for every unsettled labelled bucket (a settled bucket is
+        never improved: its label is at most dist)."""
         base = dist + psink
         for r in range(d):
             cand = max(base + back[r] - pb[r], dist)
@@ -283,9 +286,10 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                 pred[r] = -1
 
     def relax_class(j, from_dist):
-        """Class ``j``, labelled ``from_dist``, joins another bucket: all ``d`` arcs,
-        branch-free (vectorised).
-        # modifies: label, key, pred of the buckets it improves"""
+        """Class ``j``, labelled ``from_dist``, joins a bucket it is not in: all ``d`` arcs in
+        one loop.
+        # modifies: label, key, pred of the buckets it improves
+        Keeps: as relax_from_sink."""
         base = from_dist + pc[j]
         for b in range(d):
             cand = max(base - scores[j, b] - pb[b], from_dist)
