@@ -19,8 +19,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "has_avx2", "popcount64", "prefetch",
-           "sq_l2_f32"]
+__all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "has_avx2", "has_avx512bw",
+           "popcount64", "prefetch", "sq_l2_f32"]
 
 _LANES = 8
 
@@ -147,6 +147,19 @@ def has_avx2() -> bool:
         return "+avx2" in (config.CPU_FEATURES or "").split(",")
     return bool(binding.get_host_cpu_features().get("avx2", False))
 
+
+@functools.cache
+def has_avx512bw() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512BW (as ``has_avx2``): the fast-scan
+    kernels then shuffle two pairs of sub-quantizers per 512-bit ``vpshufb``."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if config.CPU_NAME:
+        return "+avx512bw" in (config.CPU_FEATURES or "").split(",")
+    return bool(binding.get_host_cpu_features().get("avx512bw", False))
+
+
 FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout
 
 
@@ -155,31 +168,65 @@ def _accumulate(builder, codes_data, start, tables, pairs):
     ``tables[q]`` (i8 pointers), over ``pairs`` pairs of sub-quantizers. Per half of the block
     (vectors 0-15 by the low nibbles, 16-31 by the high ones) the sums of the even bytes plus
     256 x the odd ones (wrapping) and the sums of the odd bytes: two adds and a shift per
-    shuffle instead of widening every byte."""
-    i8, i64 = ir.IntType(8), ir.IntType(64)
-    v32i8, v16i16 = ir.VectorType(i8, 32), ir.VectorType(ir.IntType(16), 16)
-    pshufb = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(v32i8, [v32i8, v32i8]), "llvm.x86.avx2.pshuf.b")
-    nibble = ir.Constant(v32i8, [0x0F] * 32)
-    four = ir.Constant(v32i8, [4] * 32)
-    eight = ir.Constant(v16i16, [8] * 16)
-    accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i16, [0] * 16))
+    shuffle instead of widening every byte.
+
+    Where the CPU has AVX-512BW (decided when the kernel is compiled; Numba's cache is per CPU)
+    two pairs go per 512-bit shuffle (their 64 code bytes and 64 table bytes are contiguous, and
+    ``vpshufb`` works per 128-bit lane as the 256-bit one does), the two 256-bit halves of each
+    accumulator are added, and an odd last pair goes through the 256-bit loop."""
+    i64 = ir.IntType(64)
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16I16, [0] * 16))
              for _ in range(4)] for _ in tables]
-    with cgutils.for_range(builder, pairs) as loop:
-        offset = builder.mul(loop.index, ir.Constant(i64, 32))
+    done = ir.Constant(i64, 0)
+    if has_avx512bw():
+        wide = builder.udiv(pairs, ir.Constant(i64, 2))
+        wide_accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V32I16, [0] * 32))
+                      for _ in range(4)] for _ in tables]
+        _shuffle_loop(builder, codes_data, start, tables, ir.Constant(i64, 0), wide, 64,
+                      wide_accs)
+        for query, wide_query in zip(accs, wide_accs, strict=True):
+            for acc, wide_acc in zip(query, wide_query, strict=True):
+                v = builder.load(wide_acc)
+                low = builder.shuffle_vector(v, v, ir.Constant(_V16I32, list(range(16))))
+                high = builder.shuffle_vector(v, v, ir.Constant(_V16I32, list(range(16, 32))))
+                builder.store(builder.add(low, high), acc)
+        done = builder.mul(wide, ir.Constant(i64, 64))
+        pairs = builder.sub(pairs, builder.mul(wide, ir.Constant(i64, 2)))
+    _shuffle_loop(builder, codes_data, start, tables, done, pairs, 32, accs)
+    return [[builder.load(a) for a in query] for query in accs]
+
+
+_V16I16 = ir.VectorType(ir.IntType(16), 16)
+_V32I16 = ir.VectorType(ir.IntType(16), 32)
+_V16I32 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _shuffle_loop(builder, codes_data, start, tables, first, count, width, accs):
+    """``count`` steps of ``width`` bytes (32: one pair, ``vpshufb`` on 256 bits; 64: two pairs,
+    on 512 bits) from byte ``first`` of the block's codes and tables, added into ``accs``."""
+    i8, i64 = ir.IntType(8), ir.IntType(64)
+    bytes_ = ir.VectorType(i8, width)
+    words = ir.VectorType(ir.IntType(16), width // 2)
+    name = "llvm.x86.avx2.pshuf.b" if width == 32 else "llvm.x86.avx512.pshuf.b.512"
+    pshufb = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(bytes_, [bytes_, bytes_]), name)
+    nibble = ir.Constant(bytes_, [0x0F] * width)
+    four = ir.Constant(bytes_, [4] * width)
+    eight = ir.Constant(words, [8] * (width // 2))
+    with cgutils.for_range(builder, count) as loop:
+        offset = builder.add(first, builder.mul(loop.index, ir.Constant(i64, width)))
         packed = builder.load(builder.bitcast(
-            builder.gep(codes_data, [builder.add(start, offset)]), v32i8.as_pointer()), align=1)
+            builder.gep(codes_data, [builder.add(start, offset)]), bytes_.as_pointer()), align=1)
         indexes = (builder.and_(packed, nibble),
                    builder.and_(builder.lshr(packed, four), nibble))
         for q, base in enumerate(tables):
             table = builder.load(builder.bitcast(builder.gep(base, [offset]),
-                                                 v32i8.as_pointer()), align=1)
+                                                 bytes_.as_pointer()), align=1)
             for half, index in enumerate(indexes):
-                looked = builder.bitcast(builder.call(pshufb, [table, index]), v16i16)
+                looked = builder.bitcast(builder.call(pshufb, [table, index]), words)
                 both, odd = accs[q][2 * half], accs[q][2 * half + 1]
                 builder.store(builder.add(builder.load(both), looked), both)
                 builder.store(builder.add(builder.load(odd), builder.lshr(looked, eight)), odd)
-    return [[builder.load(a) for a in query] for query in accs]
 
 
 def _block_sums(builder, accs):

@@ -1,5 +1,6 @@
 """The 4-bit PQ fast scan (PQIndex over a nbits=4 quantizer) against the loop reference, its
-AVX2 block against the scalar one, and its recall against faiss IndexPQFastScan."""
+AVX2 (and, where the CPU has it, AVX-512) block against the scalar one, and its recall against
+faiss IndexPQFastScan."""
 
 import numba as nb
 import numpy as np
@@ -119,6 +120,50 @@ def _call_block(block, packed, start, lut, threshold, out):
 @nb.njit
 def _call_group(group, packed, start, luts, thresholds, out, masks):
     return group(packed, start, luts, thresholds, out, masks)
+
+
+_AVX2_ONLY = """
+import numpy as np
+from qkernels import _simd
+from qkernels.index import _fastscan_cpu
+from tests import reference as ref
+from tests.test_fastscan import _call_block, _call_group
+assert _simd.has_avx2() and not _simd.has_avx512bw()
+rng = np.random.default_rng(0)
+for pairs in (1, 2, 3, 5, 8):
+    for extreme in (False, True):
+        packed = rng.integers(0, 256, 7 + pairs * 32, dtype=np.uint8)
+        luts = rng.integers(0, 256, (2, pairs * 32), dtype=np.uint8)
+        if extreme:
+            luts[0] = 255
+        want = [ref.fastscan_block(packed, 7, lut) for lut in luts]
+        out = np.zeros(32, dtype=np.uint16)
+        threshold = int(np.median(want[0]))
+        mask = _call_block(_fastscan_cpu.block_simd, packed, 7, luts[0], threshold, out)
+        assert (out == want[0]).all(), pairs
+        assert mask == sum(1 << v for v in range(32) if want[0][v] < threshold)
+        outs = np.zeros((2, 32), dtype=np.uint16)
+        _call_group(_fastscan_cpu.group_simd, packed, 7, luts, np.array([threshold, 65535]),
+                    outs, np.zeros(2, dtype=np.int64))
+        assert (outs == want).all(), pairs
+print("ok")
+"""
+
+
+@needs_avx2
+def test_avx2_kernels_without_avx512_equal_the_reference(tmp_path):
+    """Where the CPU has AVX-512BW the kernels shuffle two pairs at a time, and the tests
+    above check that path; a child process compiling for Haswell (AVX2, no AVX-512) checks the
+    256-bit one on the same machine."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
+               NUMBA_CPU_FEATURES="+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+popcnt,+sse4.2")
+    done = subprocess.run([sys.executable, "-c", _AVX2_ONLY], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_layout_of_the_codes():
