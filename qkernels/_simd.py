@@ -19,7 +19,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "has_avx2", "has_avx512bw",
+__all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "fastscan_group4", "has_avx2",
+           "has_avx512bw",
            "popcount64", "prefetch", "sq_l2_f32"]
 
 _LANES = 8
@@ -299,34 +300,48 @@ def fastscan_block(typingctx, codes, start, lut, threshold, out):
     return types.int64(codes, start, lut, threshold, out), codegen
 
 
-@intrinsic
-def fastscan_group2(typingctx, codes, start, luts, thresholds, out, masks):
-    """``fastscan_block`` for two queries at once (each block's codes loaded and split into
-    nibbles once): ``luts`` ``(2, P * 32)``, ``thresholds`` ``(2,)`` int64; the sums into
-    ``out`` ``(2, 32)`` and the masks into ``masks`` ``(2,)``; returns their union."""
-    _check_fastscan("fastscan_group2", [(codes, 1, types.uint8), (luts, 2, types.uint8),
-                                        (thresholds, 1, types.int64), (out, 2, types.uint16),
-                                        (masks, 1, types.int64)])
-    if start != types.int64:
-        raise TypeError("fastscan_group2 takes an int64 start")
+def _fastscan_group(count):
+    """``fastscan_block`` for ``count`` queries at once (each block's codes loaded and split
+    into nibbles once): ``luts`` ``(count, P * 32)``, ``thresholds`` ``(count,)`` int64; the
+    sums into ``out`` ``(count, 32)`` and the masks into ``masks`` ``(count,)``; returns their
+    union."""
+    name = f"fastscan_group{count}"
 
-    def codegen(context, builder, signature, args):
-        codes_, luts_, thr_, out_, masks_ = [
-            context.make_array(t)(context, builder, a)
-            for t, a in zip(signature.args, args, strict=True) if isinstance(t, types.Array)]
-        i64 = ir.IntType(64)
-        stride = cgutils.unpack_tuple(builder, luts_.shape, 2)[1]
-        pairs = builder.udiv(stride, ir.Constant(i64, 32))
-        tables = [builder.gep(luts_.data, [builder.mul(ir.Constant(i64, q), stride)])
-                  for q in range(2)]
-        union = ir.Constant(i64, 0)
-        for q, accs in enumerate(_accumulate(builder, codes_.data, args[1], tables, pairs)):
-            at = ir.Constant(i64, q)
-            row = builder.gep(out_.data, [builder.mul(at, ir.Constant(i64, 32))])
-            mask = _store_below(builder, _block_sums(builder, accs), row,
-                                builder.load(builder.gep(thr_.data, [at])))
-            builder.store(mask, builder.gep(masks_.data, [at]))
-            union = builder.or_(union, mask)
-        return union
+    def typer(typingctx, codes, start, luts, thresholds, out, masks):
+        _check_fastscan(name, [(codes, 1, types.uint8), (luts, 2, types.uint8),
+                               (thresholds, 1, types.int64), (out, 2, types.uint16),
+                               (masks, 1, types.int64)])
+        if start != types.int64:
+            raise TypeError(f"{name} takes an int64 start")
 
-    return types.int64(codes, start, luts, thresholds, out, masks), codegen
+        def codegen(context, builder, signature, args):
+            codes_, luts_, thr_, out_, masks_ = [
+                context.make_array(t)(context, builder, a)
+                for t, a in zip(signature.args, args, strict=True)
+                if isinstance(t, types.Array)]
+            i64 = ir.IntType(64)
+            stride = cgutils.unpack_tuple(builder, luts_.shape, 2)[1]
+            pairs = builder.udiv(stride, ir.Constant(i64, 32))
+            tables = [builder.gep(luts_.data, [builder.mul(ir.Constant(i64, q), stride)])
+                      for q in range(count)]
+            union = ir.Constant(i64, 0)
+            for q, accs in enumerate(_accumulate(builder, codes_.data, args[1], tables, pairs)):
+                at = ir.Constant(i64, q)
+                row = builder.gep(out_.data, [builder.mul(at, ir.Constant(i64, 32))])
+                mask = _store_below(builder, _block_sums(builder, accs), row,
+                                    builder.load(builder.gep(thr_.data, [at])))
+                builder.store(mask, builder.gep(masks_.data, [at]))
+                union = builder.or_(union, mask)
+            return union
+
+        return types.int64(codes, start, luts, thresholds, out, masks), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = _fastscan_group.__doc__.replace("``count``", str(count))
+    return intrinsic(typer)
+
+
+# two queries per pass with AVX2 (16 registers: four queries' 16 accumulators spill), four with
+# AVX-512 (32 registers)
+fastscan_group2 = _fastscan_group(2)
+fastscan_group4 = _fastscan_group(4)

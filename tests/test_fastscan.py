@@ -97,18 +97,23 @@ def test_simd_block_equals_the_scalar_block_and_the_reference(seed, pairs, start
             np.testing.assert_array_equal(out, want)
         assert got["simd"] == got["scalar"] == sum(1 << v for v in range(32)
                                                    if want[v] < threshold)
-    # two queries at once: the second with its own tables and threshold
-    luts = np.stack([lut, rng.integers(0, 256, pairs * 32, dtype=np.uint8)])
-    other = ref.fastscan_block(packed, start, luts[1])
-    thresholds = np.array([int(np.median(want)), max(other) + 1], dtype=np.int64)
+    # GROUP queries at once (2 with AVX2, 4 with AVX-512), each with its own tables and
+    # threshold
+    group_size = _fastscan_cpu.GROUP
+    luts = np.stack([lut] + [rng.integers(0, 256, pairs * 32, dtype=np.uint8)
+                             for _ in range(group_size - 1)])
+    sums = [want] + [ref.fastscan_block(packed, start, t) for t in luts[1:]]
+    thresholds = np.array([int(np.median(want))] + [max(t) + 1 for t in sums[1:]],
+                          dtype=np.int64)
     for group in (_fastscan_cpu.group_simd, _fastscan_cpu.group_scalar):
-        out = np.zeros((2, 32), dtype=np.uint16)
-        masks = np.zeros(2, dtype=np.int64)
+        out = np.zeros((group_size, 32), dtype=np.uint16)
+        masks = np.zeros(group_size, dtype=np.int64)
         union = _call_group(group, packed, start, luts, thresholds, out, masks)
-        np.testing.assert_array_equal(out, [want, other])
-        expected = [sum(1 << v for v in range(32) if sums[v] < t)
-                    for sums, t in zip((want, other), thresholds, strict=True)]
-        assert masks.tolist() == expected and union == expected[0] | expected[1]
+        np.testing.assert_array_equal(out, sums)
+        expected = [sum(1 << v for v in range(32) if s[v] < t)
+                    for s, t in zip(sums, thresholds, strict=True)]
+        assert masks.tolist() == expected
+        assert union == np.bitwise_or.reduce(np.array(expected, dtype=np.int64))
 
 
 @nb.njit
@@ -133,7 +138,7 @@ rng = np.random.default_rng(0)
 for pairs in (1, 2, 3, 5, 8):
     for extreme in (False, True):
         packed = rng.integers(0, 256, 7 + pairs * 32, dtype=np.uint8)
-        luts = rng.integers(0, 256, (2, pairs * 32), dtype=np.uint8)
+        luts = rng.integers(0, 256, (_fastscan_cpu.GROUP, pairs * 32), dtype=np.uint8)
         if extreme:
             luts[0] = 255
         want = [ref.fastscan_block(packed, 7, lut) for lut in luts]
@@ -142,6 +147,7 @@ for pairs in (1, 2, 3, 5, 8):
         mask = _call_block(_fastscan_cpu.block_simd, packed, 7, luts[0], threshold, out)
         assert (out == want[0]).all(), pairs
         assert mask == sum(1 << v for v in range(32) if want[0][v] < threshold)
+        assert _fastscan_cpu.GROUP == 2
         outs = np.zeros((2, 32), dtype=np.uint16)
         _call_group(_fastscan_cpu.group_simd, packed, 7, luts, np.array([threshold, 65535]),
                     outs, np.zeros(2, dtype=np.int64))
