@@ -295,9 +295,10 @@ def _fastscan(args: argparse.Namespace, xb: np.ndarray, xq: np.ndarray, peer) ->
 
     n, dim = xb.shape
     num_queries, topk, m = len(xq), 10, peer.pq.M
+    kernel = ("AVX-512" if qk._simd.has_avx512bw() else "AVX2") if qk._simd.has_avx2() else "scalar"
     print(f"#### pq 4-bit: PQIndex fast scan vs faiss IndexPQFastScan, N = {n:,}, {dim}-d, "
           f"M = {m}, 4 bits, {num_queries} queries, top-{topk}, {faiss.omp_get_max_threads()} "
-          f"threads, {'AVX2' if qk._simd.has_avx2() else 'scalar'} kernel\n")
+          f"threads, {kernel} kernel\n")
     codebooks = faiss.vector_to_array(peer.pq.centroids).reshape(m, 16, dim // m)
     quantizer = qk.ProductQuantizer(dim, m, 4).set_codebooks(codebooks)
     ours = qk.PQIndex(quantizer).add(xb)
