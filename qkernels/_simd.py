@@ -1,5 +1,6 @@
 """Small LLVM intrinsics for Numba kernels: float32 distances in eight fixed lanes, popcount,
-and the 4-bit fast scan's byte-shuffle blocks (AVX2; see the end of the module).
+and the 4-bit fast scan's byte-shuffle blocks (AVX2, and AVX-512BW where the CPU has it; see
+the end of the module).
 
 Numba does not vectorise a float reduction unless it may reorder the sum (fastmath), and then
 the order depends on the compiler and the CPU. These intrinsics emit the vector code directly
@@ -133,7 +134,7 @@ def prefetch(typingctx, array):
     return types.none(array), codegen
 
 
-# ---------------------------------------------------------------- 4-bit fast scan (AVX2)
+# --------------------------------------------------- 4-bit fast scan (AVX2, AVX-512BW)
 
 
 @functools.cache

@@ -17,12 +17,13 @@ again by their float ADC distance (``_pq_cpu``'s sum in subspace order) and the 
 returned; without, the best ``topk`` with their approximate distances. tests/reference.py
 repeats all of it with plain loops.
 
-Each block's sums are made by ``block_simd`` (AVX2) or ``block_scalar`` (the same arithmetic,
-one byte at a time), as the kernels' ``simd`` argument says; where the CPU has no AVX2 the
-AVX2 code is never compiled. Many queries go two at a time (``group_simd`` /
-``group_scalar``): each block's codes are loaded
-and split into nibbles once for both (measured 1.3x one at a time; four at a time is slower,
-their 16 accumulators do not fit the 16 AVX2 registers).
+Each block's sums are made by ``block_simd`` (AVX2; two pairs per 512-bit shuffle where the CPU
+has AVX-512BW) or ``block_scalar`` (the same arithmetic, one byte at a time), as the kernels'
+``simd`` argument says; where the CPU has no AVX2 the AVX2 code is never compiled. Many
+queries go ``GROUP`` at a time (``group_simd`` / ``group_scalar``): each block's codes are
+loaded and split into nibbles once for all of them. Two with AVX2 (measured 1.3x one at a
+time; four were slower, their 16 accumulators do not fit the 16 AVX2 registers), four with
+AVX-512's 32 registers (0.78x the time of two at 1M codes, where the scan is memory-bound).
 """
 
 from __future__ import annotations
