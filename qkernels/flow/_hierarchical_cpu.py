@@ -192,16 +192,17 @@ def solve_level2(scores, parents, k, sib, glob, codes):
         target_dist = _INF
         target = -1
         while True:
+            # the unsettled node of least key, the first on ties (the flat solver's selection)
+            node = first_at(key_bits, least(key_bits, num_nodes))
+            dist = key[node]
             # The early exit. Safe: the nearest labelled deficit child is no farther than
             # every unsettled node, so nothing settled later gives it a shorter path (labels
             # only grow from here); it wins ties with the rest.
-            # the unsettled node of least key, the first on ties (flat solver's selection)
-            node = first_at(key_bits, least(key_bits, num_nodes))
-            dist = key[node]
             if target_dist <= dist:
+                if target < 0:  # nothing labelled is left and no deficit child was reached
+                    raise RuntimeError(
+                        "hierarchical solver: no augmenting path (please report this)")
                 return target, target_dist, ntouched
-            if dist == _INF:
-                raise RuntimeError("hierarchical solver: no augmenting path (please report this)")
             key[node] = _INF
             state[node] = _SETTLED
             if node < child0:
