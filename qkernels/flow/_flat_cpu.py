@@ -233,8 +233,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     def greedy_start():
         """Every class takes its ``k`` best buckets (lower index first on ties), bucket
         potentials 0, class potentials the ``k``-th best score, so every class arc has a
-        reduced cost >= 0. (A closure like the other phases: as a module-level function its
-        eight array arguments cost 5% on the small problems of the level-2 start.)
+        reduced cost >= 0. (A closure like the other phases, so that no array is passed.)
         # modifies: codes, pb, pc, assigned, count, occ (all written here)"""
         pb[:] = 0.0
         top = np.empty(k)
