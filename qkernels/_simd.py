@@ -21,8 +21,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "fastscan_group4", "has_avx2",
-           "has_avx512bw",
-           "popcount64", "prefetch", "sq_l2_f32"]
+           "has_avx512bw", "popcount64", "prefetch", "sq_l2_f32"]
 
 _LANES = 8
 
@@ -138,31 +137,36 @@ def prefetch(typingctx, array):
 
 
 @functools.cache
+def _compiles_for(feature: str) -> bool:
+    """Whether Numba compiles for a CPU with ``feature`` (an LLVM feature name): the host's,
+    or ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` where set; asked once per process (both are
+    fixed when Numba starts)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if config.CPU_NAME:
+        return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
+    return bool(binding.get_host_cpu_features().get(feature, False))
+
+
 def has_avx2() -> bool:
-    """Whether Numba compiles for a CPU with AVX2 (the host's, or ``NUMBA_CPU_NAME`` /
-    ``NUMBA_CPU_FEATURES`` where set), so that ``fastscan_block`` can be compiled; asked once
-    per process (both are fixed when Numba starts)."""
-    from llvmlite import binding
-    from numba.core import config
-
-    if config.CPU_NAME:
-        return "+avx2" in (config.CPU_FEATURES or "").split(",")
-    return bool(binding.get_host_cpu_features().get("avx2", False))
+    """Whether Numba compiles for a CPU with AVX2, so that ``fastscan_block`` can be
+    compiled."""
+    return _compiles_for("avx2")
 
 
-@functools.cache
 def has_avx512bw() -> bool:
-    """Whether Numba compiles for a CPU with AVX-512BW (as ``has_avx2``): the fast-scan
-    kernels then shuffle two pairs of sub-quantizers per 512-bit ``vpshufb``."""
-    from llvmlite import binding
-    from numba.core import config
-
-    if config.CPU_NAME:
-        return "+avx512bw" in (config.CPU_FEATURES or "").split(",")
-    return bool(binding.get_host_cpu_features().get("avx512bw", False))
+    """Whether Numba compiles for a CPU with AVX-512BW: the fast-scan kernels then shuffle two
+    pairs of sub-quantizers per 512-bit ``vpshufb``."""
+    return _compiles_for("avx512bw")
 
 
 FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout
+
+
+_V16I16 = ir.VectorType(ir.IntType(16), 16)
+_V32I16 = ir.VectorType(ir.IntType(16), 32)
+_V16I32 = ir.VectorType(ir.IntType(32), 16)
 
 
 def _accumulate(builder, codes_data, start, tables, pairs):
@@ -196,11 +200,6 @@ def _accumulate(builder, codes_data, start, tables, pairs):
         pairs = builder.sub(pairs, builder.mul(wide, ir.Constant(i64, 2)))
     _shuffle_loop(builder, codes_data, start, tables, done, pairs, 32, accs)
     return [[builder.load(a) for a in query] for query in accs]
-
-
-_V16I16 = ir.VectorType(ir.IntType(16), 16)
-_V32I16 = ir.VectorType(ir.IntType(16), 32)
-_V16I32 = ir.VectorType(ir.IntType(32), 16)
 
 
 def _shuffle_loop(builder, codes_data, start, tables, first, count, width, accs):

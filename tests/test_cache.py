@@ -14,7 +14,7 @@ import sys
 import pytest
 
 SEARCHES = """
-import json, sys
+import json
 import numpy as np
 import numba
 import qkernels as qk
