@@ -21,7 +21,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["dot_f32", "fastscan_block", "fastscan_group2", "fastscan_group4", "has_avx2",
-           "has_avx512bw", "popcount64", "prefetch", "sq_l2_f32"]
+           "has_avx512bw", "numba_target", "popcount64", "prefetch", "sq_l2_f32",
+           "target_features"]
 
 _LANES = 8
 
@@ -136,29 +137,77 @@ def prefetch(typingctx, array):
 # --------------------------------------------------- 4-bit fast scan (AVX2, AVX-512BW)
 
 
-@functools.cache
-def _compiles_for(feature: str) -> bool:
-    """Whether Numba compiles for a CPU with ``feature`` (an LLVM feature name): the host's,
-    or ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` where set; asked once per process (both are
-    fixed when Numba starts)."""
-    from llvmlite import binding
-    from numba.core import config
+# What the fast-scan kernels need: a 256-bit integer add is one ``vpaddb`` on a ymm register
+# only with AVX2, a 512-bit one on a zmm register only with AVX-512BW (``min-legal-vector-width``
+# lets LLVM use zmm registers on CPUs that prefer 256-bit vectors). Compiled by the target
+# machine Numba compiles for, these two functions say what it will accept, without ever asking
+# it for an instruction it cannot select (which aborts the process).
+_PROBE_IR = """
+define <32 x i8> @probe_avx2(<32 x i8> %a, <32 x i8> %b) #0 {
+  %c = add <32 x i8> %a, %b
+  ret <32 x i8> %c
+}
+define <64 x i8> @probe_avx512bw(<64 x i8> %a, <64 x i8> %b) #0 {
+  %c = add <64 x i8> %a, %b
+  ret <64 x i8> %c
+}
+attributes #0 = { "min-legal-vector-width"="512" }
+"""
+_PROBE_REGISTER = {"avx2": "%ymm", "avx512bw": "%zmm"}
 
-    if config.CPU_NAME:
-        return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
-    return bool(binding.get_host_cpu_features().get(feature, False))
+
+def numba_target() -> tuple[str, str]:
+    """The CPU name and feature string Numba compiles for (as its JIT codegen chooses them):
+    ``NUMBA_CPU_NAME`` or the host's name, and ``NUMBA_CPU_FEATURES`` or the host's features
+    (less AVX where ``NUMBA_ENABLE_AVX=0``)."""
+    from llvmlite import binding
+    from numba.core import codegen, config
+
+    name = config.CPU_NAME or binding.get_host_cpu_name()
+    features = (config.CPU_FEATURES if config.CPU_FEATURES is not None
+                else codegen.get_host_cpu_features())
+    return name, features
+
+
+@functools.cache
+def target_features() -> dict[str, bool]:
+    """``{"avx2": ..., "avx512bw": ...}``: whether the CPU Numba compiles for (``numba_target``)
+    has each, asked once per process of LLVM itself (both variables are fixed when Numba
+    starts). A feature string may name some features and leave the rest to the CPU name's
+    defaults, and turning one off turns off those that imply it; rather than repeat LLVM's
+    rules, the probe functions above are compiled for that exact target and their assembly
+    read. Anything that fails here answers False: the scalar kernels compile everywhere."""
+    from llvmlite import binding
+
+    try:
+        binding.initialize_native_target()
+        binding.initialize_native_asmprinter()
+        name, features = numba_target()
+        machine = binding.Target.from_default_triple().create_target_machine(
+            cpu=name, features=features, opt=0)
+        module = binding.parse_assembly(_PROBE_IR)
+        module.verify()
+        assembly = machine.emit_assembly(module)
+    except Exception:  # an unknown CPU name or feature, a non-x86 machine: no SIMD path
+        return dict.fromkeys(_PROBE_REGISTER, False)
+    found = {}
+    for feature, register in _PROBE_REGISTER.items():
+        body = assembly.split(f"probe_{feature}:", 1)[-1].split("ret", 1)[0]
+        found[feature] = any("vpaddb" in line and register in line
+                             for line in body.splitlines())
+    return found
 
 
 def has_avx2() -> bool:
     """Whether Numba compiles for a CPU with AVX2, so that ``fastscan_block`` can be
     compiled."""
-    return _compiles_for("avx2")
+    return target_features()["avx2"]
 
 
 def has_avx512bw() -> bool:
     """Whether Numba compiles for a CPU with AVX-512BW: the fast-scan kernels then shuffle two
     pairs of sub-quantizers per 512-bit ``vpshufb``."""
-    return _compiles_for("avx512bw")
+    return target_features()["avx512bw"]
 
 
 FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout

@@ -1,0 +1,84 @@
+"""The fast scan's SIMD path follows what Numba compiles for, in every combination of
+``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``.
+
+Numba compiles for ``NUMBA_CPU_NAME`` (else the host's name) with ``NUMBA_CPU_FEATURES`` (else
+the host's features); a kernel that asks LLVM for an instruction the target lacks aborts the
+process ("LLVM ERROR: Do not know how to split", exit 134), and one that takes the scalar path
+where the target has AVX2 is exact but slow. Each case runs in a fresh process (both variables
+are read when Numba starts) and checks the path chosen and the answer against the exact scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from llvmlite import binding
+
+CHILD = """
+import json
+import numpy as np
+import qkernels as qk
+from qkernels import _simd
+from qkernels.index import _fastscan_cpu
+
+rng = np.random.default_rng(0)
+pq = qk.ProductQuantizer(16, 8, 4).set_codebooks(
+    rng.standard_normal((8, 16, 2)).astype(np.float32))
+codes = rng.integers(0, 16, (300, 8), dtype=np.uint8)
+q = rng.standard_normal((5, 16)).astype(np.float32)
+fast = qk.PQIndex(pq).add_codes(codes).search(q, 4, rerank=300)
+exact = qk.PQIndex(pq, fast_scan=False).add_codes(codes).search(q, 4)
+print(json.dumps({"features": _simd.target_features(), "avx2": bool(_fastscan_cpu._AVX2),
+                  "group": _fastscan_cpu.GROUP,
+                  "same": bool((fast[1] == exact[1]).all() and (fast[0] == exact[0]).all())}))
+"""
+
+HOST = binding.get_host_cpu_features()
+HOST_AVX2 = bool(HOST.get("avx2", False))
+
+
+def _run(env: dict[str, str], cache) -> dict:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    environment.update(env, NUMBA_CACHE_DIR=str(cache))
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          timeout=600, env=environment)
+    assert done.returncode == 0, f"exit {done.returncode} under {env}:\n{done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not HOST_AVX2, reason="the case is a host with AVX2 told to compile without")
+def test_features_without_avx_on_a_host_with_avx2_take_the_scalar_path(tmp_path):
+    result = _run({"NUMBA_CPU_FEATURES": "+sse4.2,+popcnt,-avx,-avx2,-avx512f,-avx512bw"},
+                  tmp_path)
+    assert result == {"features": {"avx2": False, "avx512bw": False}, "avx2": False,
+                      "group": 2, "same": True}
+
+
+@pytest.mark.skipif(not HOST_AVX2, reason="haswell code needs a host with AVX2 to run")
+def test_a_cpu_name_alone_keeps_the_host_features(tmp_path):
+    result = _run({"NUMBA_CPU_NAME": "haswell"}, tmp_path)
+    # Numba pairs the name with the host's full feature string
+    assert result["features"] == {"avx2": True,
+                                  "avx512bw": bool(HOST.get("avx512bw", False))}
+    assert result["avx2"] is True
+    assert result["same"] is True
+
+
+def test_generic_takes_the_scalar_path(tmp_path):
+    result = _run({"NUMBA_CPU_NAME": "generic"}, tmp_path)
+    assert result == {"features": {"avx2": False, "avx512bw": False}, "avx2": False,
+                      "group": 2, "same": True}
+
+
+def test_without_variables_the_host_features_are_used():
+    from qkernels import _simd
+
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        pytest.skip("this process was started with a Numba CPU variable")
+    assert _simd.target_features() == {"avx2": HOST_AVX2,
+                                       "avx512bw": bool(HOST.get("avx512bw", False))}
