@@ -93,16 +93,17 @@ def check_columns(x: Any, name: str, what: str = "columns") -> None:
         raise ValueError(f"{name} has shape {tuple(x.shape)}: 0 {what}; at least 1 is needed")
 
 
-def check_distance_range(x: Any, name: str) -> None:
+def check_distance_range(x: Any, name: str, dim: int | None = None) -> None:
     """Reject float32 vectors whose squared distances can overflow float32.
 
     Two vectors of ``dim`` entries each at most ``b`` in magnitude are at squared distance at
     most ``4 b^2 dim``; above float32's largest value every distance would be ``inf`` and the
-    ranking arbitrary.
+    ranking arbitrary. ``dim`` is the length of the vectors compared (default: the last axis
+    of ``x``; a PQ codebook holds pieces of ``dim``-d vectors).
     """
     if x.size == 0:
         return
-    dim = max(1, x.shape[-1])
+    dim = max(1, x.shape[-1] if dim is None else dim)
     bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * dim))
     xp = _xp(x)
     largest = float(xp.abs(x).max())

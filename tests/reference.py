@@ -424,11 +424,12 @@ def pq_fastscan_search(queries, codes, codebooks, topk, metric="l2", rerank=None
     """The 4-bit fast scan's rule with loops. Per query the float32 ADC table ``T`` (as in
     pq_search) is rounded to uint8 with one scale for all sub-quantizers,
     ``floor((T[m][c] - low_m) * a + 0.5)`` with ``low_m = min_c T[m][c]`` and ``a = 255 /
-    max_m (max_c T[m][c] - low_m)``; each item scores the integer sum of its entries. The best
+    max_m (max_c T[m][c] - low_m)`` (the differences in float32, ``a`` and the rounding in
+    float64); each item scores the integer sum of its entries. The best
     ``R`` by (sum, item) are kept (``R = 4 * topk`` for None, ``topk`` for 0, at most all), and
     then the best ``topk`` of those by (float32 ADC distance, item) are returned with that
     distance; with ``rerank=0`` the best ``topk`` by (sum, item), with the distance
-    ``sum_m low_m + sum / a``."""
+    ``sum_m low_m + sum / a`` (in float64, rounded to float32)."""
     f32 = np.float32
     inner_product = metric == "ip"
     m_count, k_count, dsub = codebooks.shape
@@ -440,16 +441,16 @@ def pq_fastscan_search(queries, codes, codebooks, topk, metric="l2", rerank=None
                   for c in range(k_count)] for m in range(m_count)]
         lows = [min(row) for row in table]
         span = max(f32(max(row) - low) for row, low in zip(table, lows, strict=True))
-        a = f32(f32(255) / span) if span > 0 else f32(1)
+        a = 255.0 / float(span) if span > 0 else 1.0  # float64, as the rounding below
         bias = f32(0)
         for low in lows:
             bias = f32(bias + low)
-        levels = [[min(int(np.floor(f32(f32(f32(t - lows[m]) * a) + f32(0.5)))), 255)
+        levels = [[min(int(np.floor(float(f32(t - lows[m])) * a + 0.5)), 255)
                    for t in table[m]] for m in range(m_count)]
         sums = [sum(levels[m][int(code[m])] for m in range(m_count)) for code in codes]
         kept = sorted(range(n), key=lambda i: (sums[i], i))[:keep]
         if rerank == 0:
-            best = [(f32(bias + f32(f32(sums[i]) / a)), i) for i in kept[:topk]]
+            best = [(f32(float(bias) + sums[i] / a), i) for i in kept[:topk]]
         else:
             scored = []
             for i in kept:

@@ -61,6 +61,94 @@ def test_search_equals_the_reference(kernel, seed, shape, n, num_queries, topk, 
     np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
 
 
+def _extreme_case(seed, extreme, dim, m, n, num_queries):
+    """Codebooks, codes and queries at a numeric extreme of the fast scan's rounding:
+    - tiny: magnitudes 2**-64 (tables near 2**-128, where ``255 / span`` overflows float32);
+    - huge: at the largest magnitude the quantizer accepts (distances near float32's largest);
+    - dominant: one sub-quantizer's distances 1e6 times the others' (their levels round to 0);
+    - saturated: every table entry 0 or its maximum, so that an item's sum reaches 255 x M
+      (65,280 at 256 sub-quantizers, the uint16 limit the scan is allowed)."""
+    rng = np.random.default_rng(seed)
+    dsub = dim // m
+    codebooks = rng.standard_normal((m, 16, dsub))
+    queries = rng.standard_normal((num_queries, dim))
+    codes = rng.integers(0, 16, (n, m), dtype=np.uint8)
+    if extreme == "tiny":
+        codebooks, queries = codebooks * 2.0**-64, queries * 2.0**-64
+    elif extreme == "huge":
+        bound = np.sqrt(np.finfo(np.float32).max / (4.0 * dim)) * (1 - 1e-6)
+        largest = max(np.abs(codebooks).max(), np.abs(queries).max())
+        codebooks, queries = codebooks * (bound / largest), queries * (bound / largest)
+    elif extreme == "dominant":
+        codebooks[0] *= 1e3  # distances scale with the square
+        queries[:, :dsub] *= 1e3
+    elif extreme == "saturated":
+        codebooks = np.zeros((m, 16, dsub))
+        codebooks[:, 8:, 0] = 1.0  # entries 0 (codes 0..7) or dsub-independent 1 (8..15)
+        queries = np.zeros((num_queries, dim))
+        codes[: n // 2] = 15  # half the items take the maximum in every sub-quantizer
+    pq = qk.ProductQuantizer(dim, m, 4).set_codebooks(codebooks.astype(np.float32))
+    return pq, codes, queries.astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1),
+       extreme=st.sampled_from(["tiny", "huge", "dominant", "saturated"]),
+       shape=st.sampled_from([(8, 2), (16, 8), (36, 9), (256, 256)]),
+       n=st.sampled_from([1, 33, 100]), topk=st.integers(1, 12),
+       rerank=st.sampled_from([None, 0, 40]), metric=st.sampled_from(["l2", "ip"]))
+def test_search_equals_the_reference_at_numeric_extremes(kernel, seed, extreme, shape, n,
+                                                         topk, rerank, metric):
+    dim, m = shape
+    pq, codes, queries = _extreme_case(seed, extreme, dim, m, n, 3)
+    index = qk.PQIndex(pq, metric=metric).add_codes(codes)
+    D, I = index.search(queries, topk, rerank=rerank)
+    rD, rI = ref.pq_fastscan_search(queries, codes, pq.codebooks, topk, metric, rerank)
+    np.testing.assert_array_equal(I, rI)
+    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
+    if extreme == "saturated" and metric == "l2" and rerank == 0 and m == 256:
+        # the worst items' sums are exactly 255 x 256 = 65,280: still ranked last, not wrapped
+        _, worst = index.search(queries, n, rerank=0)
+        assert set(worst[0, n - n // 2:].tolist()) == set(range(n // 2))
+
+
+def test_tiny_magnitudes_rank_as_the_exact_scan_does(kernel):
+    """At 2**-64 the tables span about 2**-128 and ``255 / span`` overflows float32; the
+    rounding must still rank as it does at magnitude 1 (it once collapsed the levels to
+    {0, 255}, and the ids agreed with the exact scan on 14% of results)."""
+    rng = np.random.default_rng(0)
+    codebooks = rng.standard_normal((8, 16, 4)).astype(np.float32)
+    codes = rng.integers(0, 16, (2000, 8), dtype=np.uint8)
+    queries = rng.standard_normal((50, 32)).astype(np.float32)
+    agreement = {}
+    for scale in (1.0, 2.0**-64):
+        pq = qk.ProductQuantizer(32, 8, 4).set_codebooks(codebooks * np.float32(scale))
+        q = queries * np.float32(scale)
+        _, I = qk.PQIndex(pq).add_codes(codes).search(q, 10)
+        _, exact = qk.PQIndex(pq, fast_scan=False).add_codes(codes).search(q, 10)
+        agreement[scale] = (I == exact).mean()
+    assert agreement[1.0] > 0.99
+    assert agreement[2.0**-64] >= agreement[1.0] - 0.01, agreement
+
+
+def test_codebooks_whose_distances_overflow_are_refused(tmp_path):
+    """``train`` refuses data whose squared distances overflow float32; so do given codebooks,
+    and so does a file holding them (every search would return D = inf and ids 0..k-1)."""
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((8, 16, 4)) * 1e19
+    with pytest.raises(ValueError, match=r"codebooks holds a value of magnitude .*32-d vectors"):
+        qk.ProductQuantizer(32, 8, 4).set_codebooks(big)
+    pq = qk.ProductQuantizer(32, 8, 4).set_codebooks(rng.standard_normal((8, 16, 4)))
+    qk.PQIndex(pq).add_codes(rng.integers(0, 16, (10, 8))).save(tmp_path / "index.npz")
+    with np.load(tmp_path / "index.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["codebooks"] = big.astype(np.float32)
+    np.savez(tmp_path / "big.npz", **arrays)
+    with pytest.raises(ValueError, match=r"corrupted PQIndex file \(codebooks holds a value"):
+        qk.PQIndex.load(tmp_path / "big.npz")
+
+
 def test_reranked_distances_are_the_exact_adc_distances(kernel):
     pq, codes, queries = _case(3, 3000, 32, 16, False)
     fast = qk.PQIndex(pq).add_codes(codes)

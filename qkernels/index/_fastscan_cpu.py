@@ -12,6 +12,8 @@ The tables (``quantize_tables``): per query, the float32 ADC table ``T[m, c]`` b
 ``round((T[m, c] - min_c T[m, c]) * a)`` with one scale ``a = 255 / max_m (max_c T[m, c] -
 min_c T[m, c])`` for all sub-quantizers, so the uint8 sums rank like the float sums up to the
 rounding, and ``bias + sum / a`` (``bias = sum_m min_c T[m, c]``) approximates the distance.
+The differences ``T[m, c] - min_c T[m, c]`` are float32; ``a``, the rounding and ``bias + sum
+/ a`` are float64 (``a`` overflows float32 for tables that span less than ``255 / 3.4e38``).
 The scan keeps the best ``R`` items by (uint16 sum, item); with ``rerank`` these are ranked
 again by their float ADC distance (``_pq_cpu``'s sum in subspace order) and the best ``topk``
 returned; without, the best ``topk`` with their approximate distances. tests/reference.py
@@ -87,15 +89,17 @@ def quantize_tables(tables, num_pairs, luts, bias, scale):
             lows[m] = low
             span = max(span, high - low)
             total += low
-        a = np.float32(255) / span if span > 0 else np.float32(1)
+        # in float64: 255 / span overflows float32 where span < 7.5e-37 (entries of magnitude
+        # 2**-64 and below), and the levels would collapse to {0, 255}
+        a = 255.0 / np.float64(span) if span > 0 else 1.0
         bias[q] = total
         scale[q] = a
         luts[q, :] = 0
         for m in range(num_subspaces):
             at = (m // 2) * 32 + (m % 2) * 16
             for c in range(num_centroids):
-                level = np.floor((table[m, c] - lows[m]) * a + np.float32(0.5))
-                luts[q, at + c] = np.uint8(min(level, np.float32(255)))
+                level = np.floor(np.float64(table[m, c] - lows[m]) * a + 0.5)
+                luts[q, at + c] = np.uint8(min(level, 255.0))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -266,7 +270,7 @@ def _finish(table, codes, hd, hi, size, bias, scale, rerank, inner_product, out_
         drain_sorted(rd, ri, kept, out_dist, out_item)
     else:
         for t in range(kept):
-            out_dist[t] = bias + np.float32(sums[t]) / scale
+            out_dist[t] = np.float32(np.float64(bias) + np.float64(sums[t]) / scale)
             out_item[t] = items[t]
             out_sum[t] = sums[t]
         for t in range(kept, topk):

@@ -207,7 +207,7 @@ class PQIndex(LazyState):
         num_queries = tables.shape[0]
         luts = np.empty((num_queries, num_pairs * 32), dtype=np.uint8)
         bias = np.empty(num_queries, dtype=np.float32)
-        scale = np.empty(num_queries, dtype=np.float32)
+        scale = np.empty(num_queries, dtype=np.float64)
         _fastscan_cpu.quantize_tables(tables, num_pairs, luts, bias, scale)
         simd = bool(config.FASTSCAN_SIMD) and _simd.has_avx2()
         args = (simd, luts, bias, scale, packed, tables, codes, candidates, rerank)

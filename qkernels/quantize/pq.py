@@ -151,7 +151,10 @@ class ProductQuantizer:
         if c.shape != shape:
             raise ValueError(f"codebooks must have shape {shape}, got {tuple(c.shape)}")
         # always a copy: the caller's array may be changed in place afterwards
-        self._codebooks = np.array(as_float_array(c, "codebooks", dtype=np.float32), order="C")
+        c = np.array(as_float_array(c, "codebooks", dtype=np.float32), order="C")
+        # the reconstructions are dim-d vectors, held to the bound train() holds data to
+        check_distance_range(c, "codebooks", self.dim)
+        self._codebooks = c
         self._codebooks_version = next(_VERSIONS)
         return self
 
