@@ -192,6 +192,22 @@ def test_empty_table_and_topk_beyond_the_table():
     assert (D == -np.inf).all()
 
 
+@pytest.mark.parametrize("exclude_shape", [(0,), (0, 3)])
+def test_zero_queries_with_excluded_ids(exclude_shape):
+    rng = np.random.default_rng(0)
+    table = qk.SparseHashTable(8, 2).add(rng.standard_normal((30, 8)),
+                                         rng.standard_normal((30, 5)))
+    D, I = table.search(np.zeros((0, 8)), np.zeros((0, 5)), 4,
+                        exclude_ids=np.zeros(exclude_shape, dtype=np.int64))
+    assert D.shape == I.shape == (0, 4) and D.dtype == np.float32 and I.dtype == np.int64
+    compound = qk.HierarchicalHashTable(4, 2).add(rng.standard_normal((30, 4)),
+                                                  rng.standard_normal((30, 4)),
+                                                  rng.standard_normal((30, 5)))
+    D, I = compound.search(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 5)), 4,
+                           exclude_ids=np.zeros(exclude_shape, dtype=np.int64))
+    assert D.shape == I.shape == (0, 4)
+
+
 def test_torch_tensors_in_and_out():
     rng = np.random.default_rng(11)
     act, emb = clustered(rng, 60, 8, 4)

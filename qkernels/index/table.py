@@ -449,7 +449,7 @@ class SparseHashTable(LazyState):
                 f"exclude_ids has {exclude.shape[0]} rows but there are {num_queries} queries"
             )
         exclude = as_index_array(exclude, "exclude_ids", allow_missing=True)
-        return np.ascontiguousarray(exclude.reshape(num_queries, -1))
+        return np.ascontiguousarray(exclude[:, None] if exclude.ndim == 1 else exclude)
 
     # ------------------------------------------------------------------ files
 
