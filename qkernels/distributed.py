@@ -114,7 +114,10 @@ class _Comm:
     def tensor(self, a: np.ndarray):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        a = np.ascontiguousarray(a)
+        if not a.flags.writeable:  # torch warns on (and may not alias) a read-only buffer
+            a = a.copy()
+        return torch.from_numpy(a).to(self.device)
 
     def gather_tensor(self, t):
         """``(world_size, *t.shape)``: every rank's ``t`` (same shape and dtype on all)."""
@@ -312,6 +315,8 @@ class ShardedIndex:
             raise ValueError(f"ids='offset' numbers each shard's items 0..ntotal-1 in the order "
                              f"added, but rank {r}'s table was given other ids: pass "
                              "ids='global' if they are global ids already")
+        if ids == "global":
+            self._check_unique_ids(shard)
         self.sizes = sizes
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.parameters = dict(zip(names, (int(v) for v in everyone[0, 4 : 4 + len(names)]),
@@ -326,6 +331,39 @@ class ShardedIndex:
         # seconds of the last search: planning rounds (tables), local search, exchange + merge
         self.timings: dict[str, float] = {}
         self._lock = threading.Lock()  # one search's collectives at a time on this rank
+
+    def _check_unique_ids(self, shard: Any) -> None:
+        """With ``ids="global"`` no id may be on two items, in one shard or across shards (the
+        merge would return it twice). The shards' id ranges are compared first; only where
+        they overlap do the ids themselves travel (8 bytes per item)."""
+        comm = self._comm
+
+        def local():
+            table = shard._table if isinstance(shard, HierarchicalHashTable) else shard
+            ids = np.sort(table._ids)
+            repeated = ids[1:][ids[1:] == ids[:-1]]
+            if repeated.shape[0]:
+                raise ValueError(f"ids='global' needs every id once, but this rank's shard "
+                                 f"holds id {int(repeated[0])} on more than one item")
+            return ids
+
+        ids = comm.agree(local)
+        ranges = comm.gather(np.array([ids[0], ids[-1]], dtype=np.int64))
+        order = np.argsort(ranges[:, 0], kind="stable")
+        if (ranges[order[1:], 0] > ranges[order[:-1], 1]).all():
+            return  # disjoint ranges
+        everyone = comm.gather_rows(ids, "ids")
+        owner = np.concatenate([np.full(len(a), r) for r, a in enumerate(everyone)])
+        merged = np.concatenate(everyone)
+        by_id = np.argsort(merged, kind="stable")
+        merged, owner = merged[by_id], owner[by_id]
+        twice = np.flatnonzero(merged[1:] == merged[:-1])
+        if twice.shape[0]:
+            at = int(twice[0])
+            raise ValueError(f"ids='global' needs every id on one item of one shard, but id "
+                             f"{int(merged[at])} is on rank {int(owner[at])} and rank "
+                             f"{int(owner[at + 1])}: give the shards distinct ids, or use "
+                             "ids='offset' for ids numbered 0..ntotal-1 on each shard")
 
     # ------------------------------------------------------------------ properties
 
@@ -459,7 +497,8 @@ class ShardedIndex:
             if e.ndim not in (1, 2) or e.shape[0] != num_queries:
                 raise ValueError(f"exclude_ids must be (Q,) or (Q, m) with Q = {num_queries} "
                                  f"queries, got shape {tuple(e.shape)}")
-            e = as_index_array(e.reshape(num_queries, -1), "exclude_ids", allow_missing=True)
+            e = as_index_array(e[:, None] if e.ndim == 1 else e, "exclude_ids",
+                               allow_missing=True)
             arrays["exclude_ids"] = e
             width = e.shape[1]
         optional = [n for n in names if n in ("exclude_ids", "query_features")]

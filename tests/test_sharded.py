@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,14 @@ def _error(fn) -> str:
     return "no error"
 
 
+def _own_queries(name: str) -> tuple[slice, slice]:
+    """Each rank's own queries in the all_ranks_queries=False searches: rank 1 has none for the
+    binary index and for the tables that exclude ids (an exclude_ids of shape (0, m))."""
+    if name in ("binary", "table_ip", "hierarchical"):
+        return slice(0, 21), slice(0, 0)
+    return slice(0, 5), slice(5, 21)
+
+
 def _rank(rank, init_file, codebooks, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=120))
@@ -123,9 +133,8 @@ def _rank(rank, init_file, codebooks, out_dir):
                 out[f"{name}/{topk}/D"], out[f"{name}/{topk}/I"] = D, I
                 if name in ("table", "table_ip", "hierarchical"):
                     out[f"{name}/{topk}/counts"] = index.candidate_counts
-            # each rank its own queries (rank 1 none for "binary"), against all shards
-            mine = (slice(0, 5), slice(5, 21)) if name != "binary" else (slice(0, 21),
-                                                                        slice(0, 0))
+            # each rank its own queries, against all shards (rank 1 none for some)
+            mine = _own_queries(name)
             args, kwargs = _searches(d, name, 16, mine[rank])
             D, I = index.search(*args, **kwargs, all_ranks_queries=False)
             out[f"{name}/own/D"], out[f"{name}/own/I"] = D, I
@@ -135,8 +144,11 @@ def _rank(rank, init_file, codebooks, out_dir):
                 D, I = index.search(torch.from_numpy(d["pq_q"]), 16, symmetric=True)
                 assert isinstance(D, torch.Tensor) and isinstance(I, torch.Tensor)
                 out["pq/sdc/D"], out["pq/sdc/I"] = D.numpy(), I.numpy()
-            # save and load
-            index.save(f"{out_dir}/saved-{name}")
+            # save and load (saving warns of nothing)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                index.save(f"{out_dir}/saved-{name}")
+            errors[f"{name}/save warnings"] = [str(w.message) for w in caught]
             loaded = ShardedIndex.load(f"{out_dir}/saved-{name}")
             args, kwargs = _searches(d, name, 16)
             D, I = loaded.search(*args, **kwargs)
@@ -176,10 +188,31 @@ def _rank(rank, init_file, codebooks, out_dir):
         errors["shard changed"] = _error(lambda: sharded.search(d["q_act"], d["q_emb"], 4))
         errors["ids"] = _error(lambda: ShardedIndex(qk.SparseHashTable(NUM_BUCKETS, K).add(
             d["act"][_part(rank)], d["emb"][_part(rank)], ids=np.arange(SIZES[rank]) + 1000)))
+        def with_ids(ids):
+            return qk.SparseHashTable(NUM_BUCKETS, K).add(d["act"][_part(rank)],
+                                                          d["emb"][_part(rank)], ids=ids)
+
+        # overlapping ranges, every id once: the ids travel, and nothing repeats
+        errors["global ids interleaved"] = _error(lambda: ShardedIndex(
+            with_ids(np.arange(SIZES[rank]) * 2 + rank), ids="global"))
+        errors["global ids repeat across shards"] = _error(lambda: ShardedIndex(
+            with_ids(np.arange(SIZES[rank]) + 50 * rank), ids="global"))
+        errors["global ids repeat in a shard"] = _error(lambda: ShardedIndex(
+            with_ids(np.arange(SIZES[rank]) // (1 + rank) + 1000 * rank), ids="global"))
+        dist.barrier()
+        if rank == 0:  # a manifest that says the default ids are global
+            path = Path(out_dir, "saved-table", "manifest.json")
+            manifest = json.loads(path.read_text())
+            manifest["ids"] = "global"
+            path.write_text(json.dumps(manifest))
+        dist.barrier()
+        errors["manifest says global"] = _error(lambda: ShardedIndex.load(
+            f"{out_dir}/saved-table"))
         dist.barrier()
         if rank == 0:  # a shard file that is not the one the manifest lists
             path = Path(out_dir, "saved-table", "manifest.json")
             manifest = json.loads(path.read_text())
+            manifest["ids"] = "offset"
             manifest["sha256"][1] = "0" * 64
             path.write_text(json.dumps(manifest))
         dist.barrier()
@@ -261,7 +294,7 @@ def test_the_cases_hold_ties_and_expansion(whole):
 @pytest.mark.parametrize("name", NAMES)
 def test_each_rank_its_own_queries(ranks, whole, name):
     d, indexes = whole
-    mine = (slice(0, 5), slice(5, 21)) if name != "binary" else (slice(0, 21), slice(0, 0))
+    mine = _own_queries(name)
     for rank, (out, _) in enumerate(ranks):
         args, kwargs = _searches(d, name, 16, mine[rank])
         D, I = indexes[name].search(*args, **kwargs)
@@ -310,6 +343,9 @@ def test_save_and_load(ranks, whole, name):
     ("dtypes differ", ("ValueError", "float64")),
     ("shard changed", ("RuntimeError", "make a new ShardedIndex")),
     ("ids", ("ValueError", "ids='global'")),
+    ("global ids repeat across shards", ("ValueError", "id 50 is on rank 0 and rank 1")),
+    ("global ids repeat in a shard", ("ValueError", "holds id 1000 on more than one item")),
+    ("manifest says global", ("ValueError", "id 0 is on rank 0 and rank 1")),
     ("tampered", ("ValueError", "sha256")),
 ])
 def test_refusals_reach_every_rank(ranks, case, expected):
@@ -317,8 +353,118 @@ def test_refusals_reach_every_rank(ranks, case, expected):
     for _, errors in ranks:
         assert errors[case].startswith(kind + ":"), errors[case]
         assert words in errors[case], errors[case]
-    if case in ("empty", "k", "bad input on one rank", "tampered"):
+    if case in ("empty", "k", "bad input on one rank", "tampered",
+                "global ids repeat in a shard"):
         assert "rank 1" in ranks[0][1][case]  # rank 0 says which rank failed
+
+
+def test_interleaved_global_ids_are_accepted(ranks):
+    for _, errors in ranks:
+        assert errors["global ids interleaved"] == "no error"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saving_warns_of_nothing(ranks, name):
+    for _, errors in ranks:
+        assert errors[f"{name}/save warnings"] == []
+
+
+# ------------------------------------------------------------------------ faults
+
+FAULT_SECONDS = 30  # an error on the surviving rank within this, never a hang
+
+
+def _failing_search(*args, **kwargs):
+    raise RuntimeError("injected failure in the local search")
+
+
+def _faulty_rank(rank, init_file, out_dir):
+    """Rank 1 raises inside its local search, then passes queries of the wrong dimension, then
+    exits in the middle of a search; after each recoverable fault both ranks search again."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    out: dict[str, np.ndarray] = {}
+    errors: dict[str, object] = {}
+    try:
+        d = _data()
+        table = qk.SparseHashTable(NUM_BUCKETS, K).add(d["act"][_part(rank)],
+                                                       d["emb"][_part(rank)])
+        index = ShardedIndex(table)
+        args, kwargs = _searches(d, "table", 16)
+        if rank == 1:  # an instance attribute shadows the method on this rank only
+            table._search_host = _failing_search
+        errors["raises"] = _error(lambda: index.search(*args, **kwargs))
+        if rank == 1:
+            del table._search_host
+        out["after raising/D"], out["after raising/I"] = index.search(*args, **kwargs)
+        emb = d["q_emb"] if rank == 0 else d["q_emb"][:, :3]
+        errors["dimension"] = _error(lambda: index.search(d["q_act"], emb, 16,
+                                                          all_ranks_queries=False))
+        out["after dimension/D"], out["after dimension/I"] = index.search(*args, **kwargs)
+        if rank == 1:
+            np.savez(f"{out_dir}/fault{rank}.npz", **out)
+            with open(f"{out_dir}/fault{rank}.json", "w") as f:
+                json.dump(errors, f)
+            table._search_host = lambda *a, **k: os._exit(0)
+        start = time.monotonic()
+        errors["exit"] = _error(lambda: index.search(*args, **kwargs))
+        errors["exit seconds"] = time.monotonic() - start
+    except Exception:
+        errors["crash"] = traceback.format_exc()
+    np.savez(f"{out_dir}/fault{rank}.npz", **out)
+    with open(f"{out_dir}/fault{rank}.json", "w") as f:
+        json.dump(errors, f)
+    os._exit(0)  # not destroy_process_group: its peer is gone
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    context = mp.spawn(_faulty_rank, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD,
+                       join=False)
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the faulty ranks did not finish in 5 minutes (a hang)")
+    results = []
+    for rank in range(WORLD):
+        errors = json.loads((tmp / f"fault{rank}.json").read_text())
+        assert "crash" not in errors, errors["crash"]
+        with np.load(tmp / f"fault{rank}.npz") as f:
+            results.append(({key: f[key] for key in f.files}, errors))
+    return results
+
+
+def test_a_rank_raising_in_its_search_is_an_error_everywhere(faults):
+    (_, errors0), (_, errors1) = faults
+    assert errors1["raises"] == "RuntimeError: injected failure in the local search"
+    assert errors0["raises"] == "RuntimeError: rank 1: injected failure in the local search"
+
+
+def test_a_wrong_query_dimension_on_one_rank_is_an_error_everywhere(faults):
+    for _, errors in faults:  # found where the queries are exchanged, alike on both ranks
+        assert errors["dimension"].startswith(
+            "ValueError: query_embeddings differs between ranks: rank 0 has float32 rows of "
+            "shape (4,), rank 1 float32 rows of shape (3,)"), errors["dimension"]
+
+
+@pytest.mark.parametrize("after", ["after raising", "after dimension"])
+def test_the_next_search_succeeds(faults, whole, after):
+    d, indexes = whole
+    args, kwargs = _searches(d, "table", 16)
+    D, I = indexes["table"].search(*args, **kwargs)
+    for out, _ in faults:
+        np.testing.assert_array_equal(out[f"{after}/I"], I)
+        np.testing.assert_array_equal(out[f"{after}/D"], D)
+
+
+def test_a_rank_exiting_mid_search_is_an_error_on_the_other(faults):
+    (_, errors0), (_, errors1) = faults
+    assert "exit" not in errors1  # it never came back
+    assert errors0["exit"].startswith(("RuntimeError:", "DistBackendError:")), errors0["exit"]
+    assert errors0["exit seconds"] < FAULT_SECONDS
 
 
 def test_needs_a_process_group():
