@@ -111,20 +111,39 @@ def _flip_a_weight(state):
     tensor.view(-1)[0] = torch.nextafter(tensor.view(-1)[0], torch.tensor(1e9))
 
 
+def _flip_an_optimizer_moment(state):
+    """A bit of Adam's second moment (the weights untouched)."""
+    moments = [entry["exp_avg_sq"] for optimizer in state["optimizers"].values()
+               for entry in optimizer["state"].values() if "exp_avg_sq" in entry]
+    assert moments, "the run's optimizers keep no Adam moments"
+    moments[0].view(-1)[0] = torch.nextafter(moments[0].view(-1)[0], torch.tensor(1e9))
+
+
+def _change_a_step_count(state):
+    counter = next(entry["step"] for optimizer in state["optimizers"].values()
+                   for entry in optimizer["state"].values() if "step" in entry)
+    counter += 1  # in place: a float tensor in torch's Adam
+
+
+def _change_the_progress(state):
+    name = next(iter(state["completed"]))
+    state["completed"][name] -= 1
+
+
 def _nan_with_checksum(state):
-    from training.common import weights_checksum
+    from training.common import checkpoint_checksum
 
     name = next(n for n, t in state["model"].items() if t.is_floating_point())
     state["model"][name].view(-1)[0] = float("nan")
-    state["checksum"] = weights_checksum(state["model"])
+    state["checksum"] = checkpoint_checksum(state)
 
 
 def _wrong_shape_with_checksum(state):
-    from training.common import weights_checksum
+    from training.common import checkpoint_checksum
 
     name = next(n for n, t in state["model"].items() if t.dim() == 2)
     state["model"][name] = torch.zeros(3, 3)
-    state["checksum"] = weights_checksum(state["model"])
+    state["checksum"] = checkpoint_checksum(state)
 
 
 @pytest.mark.parametrize(("damage", "message"), [
@@ -135,9 +154,13 @@ def _wrong_shape_with_checksum(state):
     (_with_state(lambda state: state.pop("completed")), "lacks parts of a checkpoint"),
     (_with_state(lambda state: state.pop("checksum")), "lacks parts of a checkpoint"),
     (_with_state(_flip_a_weight), "is damaged"),
+    (_with_state(_flip_an_optimizer_moment), "is damaged"),
+    (_with_state(_change_a_step_count), "is damaged"),
+    (_with_state(_change_the_progress), "is damaged"),
     (_with_state(_nan_with_checksum), "are not finite"),
     (_with_state(_wrong_shape_with_checksum), "for another model"),
-], ids=["truncated", "empty", "directory", "missing-key", "no-checksum", "bit-flip", "nan",
+], ids=["truncated", "empty", "directory", "missing-key", "no-checksum", "bit-flip", "adam-moment",
+        "adam-step", "progress", "nan",
         "wrong-shape"])
 def test_damaged_checkpoints_are_refused(checkpoint, tmp_path, capsys, damage, message):
     _resume_refused(checkpoint, tmp_path, capsys, damage, message)

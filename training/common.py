@@ -17,23 +17,42 @@ from torch import nn
 
 from .data import Dataset, load_dataset
 
-__all__ = ["CheckpointError", "ClassBatches", "Run", "Stage", "weights_checksum"]
+__all__ = ["CheckpointError", "ClassBatches", "Run", "Stage", "checkpoint_checksum"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from: missing parts, damaged, or for another model."""
 
 
-def weights_checksum(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor of a state dict (names, dtypes, shapes and bytes, in order):
-    a bit flipped anywhere in the weights changes it."""
+def checkpoint_checksum(state: Any) -> str:
+    """SHA-256 over a whole checkpoint (model weights, optimizer states, progress, history;
+    the ``"checksum"`` entry itself left out): every tensor's name, dtype, shape and bytes and
+    every other value with its type, in order, so that a bit flipped anywhere (an Adam moment,
+    a step counter, an epoch count) changes it."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in state.items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d counters too
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)  # 0-d counters too
+            digest.update(f"T|{t.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            items = [(key, item) for key, item in value.items()
+                     if not (value is state and key == "checksum")]
+            digest.update(f"D{len(items)}|".encode())
+            for key, item in items:
+                visit(key)
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__[0]}{len(value)}|".encode())
+            for item in value:
+                visit(item)
+        else:  # int, float, bool, str, None: repr keeps the type and every digit
+            digest.update(f"{type(value).__name__}|{value!r}|".encode())
+
+    visit(state)
     return digest.hexdigest()
 
 
@@ -160,7 +179,7 @@ class Run:
 
     def resume(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
         """Load the checkpoint of an interrupted run (``--resume``) into ``model``. A checkpoint
-        that is damaged (its weights' checksum disagrees), truncated, incomplete, not finite or
+        that is damaged (its checksum disagrees), truncated, incomplete, not finite or
         for another model raises CheckpointError, and nothing is loaded."""
         path = self._checkpoint
         if not self.args.resume or not path.exists():
@@ -181,9 +200,10 @@ class Run:
         if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor)
                                                     for t in weights.values()):
             raise CheckpointError(f"--resume: {path} holds no model state dict")
-        if weights_checksum(weights) != state["checksum"]:
-            raise CheckpointError(f"--resume: {path} is damaged: its weights do not match the "
-                                  "checksum stored with them")
+        if checkpoint_checksum(state) != state["checksum"]:
+            raise CheckpointError(f"--resume: {path} is damaged: its contents (weights, "
+                                  "optimizer states, progress) do not match the checksum "
+                                  "stored with them")
         for name, tensor in weights.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise CheckpointError(f"--resume: {path}: the weights {name!r} are not finite")
@@ -208,9 +228,10 @@ class Run:
         if not self.is_main:
             return
         weights = model.state_dict()
-        state = {"model": weights, "checksum": weights_checksum(weights),
+        state = {"model": weights,
                  "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                  "completed": self.completed, "history": self.history}
+        state["checksum"] = checkpoint_checksum(state)
         temporary = self._checkpoint.with_suffix(".tmp")
         torch.save(state, temporary)
         temporary.replace(self._checkpoint)
