@@ -76,7 +76,8 @@ def precision_at_k(I: Any, db_labels: Any, query_labels: Any, k: int) -> float:
     exists and shares a label with the query. This is the Precision@K of the DHT paper.
     """
     rel = _relevance(I, db_labels, query_labels, k)
-    return float(rel.sum(axis=1).mean() / k) if rel.shape[0] else 0.0
+    # rel has k columns: dividing by its width, not by k, keeps a 0-d tensor k out of the sum
+    return float(rel.sum(axis=1).mean() / rel.shape[1]) if rel.shape[0] else 0.0
 
 
 def map_at_k(I: Any, db_labels: Any, query_labels: Any, k: int) -> float:

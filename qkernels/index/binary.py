@@ -156,7 +156,8 @@ class BinaryIndex(LazyState):
     _VERSION = 1
 
     def __init__(self, nbits: int):
-        self.nbits = check_int(nbits, "nbits", 1)
+        # distances are int32, as FAISS's: at most 2**31 - 1 bits
+        self.nbits = check_int(nbits, "nbits", 1, np.iinfo(np.int32).max)
         self.nbytes = -(-self.nbits // 8)
         self._codes = np.empty((0, self.nbytes), dtype=np.uint8)
         self._columns: np.ndarray | None = None  # the kernels' layout, built on search
