@@ -1,14 +1,15 @@
 """qkernels: learn quantizable embeddings end to end and search them faster than a scan.
 
-The public API lives here; see the README for a tour. Importing qkernels compiles nothing and
-imports neither cupy nor torch: kernels compile (or load from Numba's cache) on first use, and
-the names that need torch (``HouseholderQuantizer``, ``losses``, ``distributed``) import it
-when first used.
+The public API lives here; the documentation (``docs/``, ``make docs``) is the tour. Importing
+qkernels compiles nothing and imports neither cupy nor torch: kernels compile (or load from
+Numba's cache) on first use, and the names that need torch (``HouseholderQuantizer``,
+``losses``, ``distributed``) import it when first used.
 """
 
 __version__ = "0.1.0"
 
 from . import config, metrics
+from ._show import show_config
 from .flow import (
     hierarchical_code_objective,
     solve_hierarchical_codes,
@@ -42,6 +43,7 @@ __all__ = [
     "losses",
     "metrics",
     "pack_bits",
+    "show_config",
     "solve_hierarchical_codes",
     "solve_sparse_codes",
     "sparse_code_objective",

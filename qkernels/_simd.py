@@ -139,7 +139,8 @@ def prefetch(typingctx, array):
 
 # What the fast-scan kernels need: a 256-bit integer add is one ``vpaddb`` on a ymm register
 # only with AVX2, a 512-bit one on a zmm register only with AVX-512BW (``min-legal-vector-width``
-# lets LLVM use zmm registers on CPUs that prefer 256-bit vectors). Compiled by the target
+# lets LLVM use zmm registers on CPUs that prefer 256-bit vectors); and what the Hamming scan
+# runs on: ``llvm.ctpop`` is one ``popcnt`` only with POPCNT. Compiled by the target
 # machine Numba compiles for, these two functions say what it will accept, without ever asking
 # it for an instruction it cannot select (which aborts the process).
 _PROBE_IR = """
@@ -151,9 +152,15 @@ define <64 x i8> @probe_avx512bw(<64 x i8> %a, <64 x i8> %b) #0 {
   %c = add <64 x i8> %a, %b
   ret <64 x i8> %c
 }
+define i64 @probe_popcnt(i64 %a) {
+  %c = call i64 @llvm.ctpop.i64(i64 %a)
+  ret i64 %c
+}
+declare i64 @llvm.ctpop.i64(i64)
 attributes #0 = { "min-legal-vector-width"="512" }
 """
-_PROBE_REGISTER = {"avx2": "%ymm", "avx512bw": "%zmm"}
+# feature -> (instruction, operand) that its probe compiles to only where the target has it
+_PROBE = {"avx2": ("vpaddb", "%ymm"), "avx512bw": ("vpaddb", "%zmm"), "popcnt": ("popcnt", "")}
 
 
 def numba_target() -> tuple[str, str]:
@@ -171,12 +178,13 @@ def numba_target() -> tuple[str, str]:
 
 @functools.cache
 def target_features() -> dict[str, bool]:
-    """``{"avx2": ..., "avx512bw": ...}``: whether the CPU Numba compiles for (``numba_target``)
-    has each, asked once per process of LLVM itself (both variables are fixed when Numba
-    starts). A feature string may name some features and leave the rest to the CPU name's
-    defaults, and turning one off turns off those that imply it; rather than repeat LLVM's
-    rules, the probe functions above are compiled for that exact target and their assembly
-    read. Anything that fails here answers False: the scalar kernels compile everywhere."""
+    """``{"avx2": ..., "avx512bw": ..., "popcnt": ...}``: whether the CPU Numba compiles for
+    (``numba_target``) has each, asked once per process of LLVM itself (both variables are
+    fixed when Numba starts). A feature string may name some features and leave the rest to the
+    CPU name's defaults, and turning one off turns off those that imply it; rather than repeat
+    LLVM's rules, the probe functions above are compiled for that exact target and their
+    assembly read. Anything that fails here answers False: the scalar kernels compile
+    everywhere."""
     from llvmlite import binding
 
     try:
@@ -189,12 +197,12 @@ def target_features() -> dict[str, bool]:
         module.verify()
         assembly = machine.emit_assembly(module)
     except Exception:  # an unknown CPU name or feature, a non-x86 machine: no SIMD path
-        return dict.fromkeys(_PROBE_REGISTER, False)
+        return dict.fromkeys(_PROBE, False)
     found = {}
-    for feature, register in _PROBE_REGISTER.items():
+    for feature, (instruction, operand) in _PROBE.items():
         body = assembly.split(f"probe_{feature}:", 1)[-1].split("ret", 1)[0]
-        found[feature] = any("vpaddb" in line and register in line
-                             for line in body.splitlines())
+        found[feature] = any(line.split() and line.split()[0].startswith(instruction)
+                             and operand in line for line in body.splitlines())
     return found
 
 

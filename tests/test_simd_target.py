@@ -34,7 +34,8 @@ fast = qk.PQIndex(pq).add_codes(codes).search(q, 4, rerank=300)
 exact = qk.PQIndex(pq, fast_scan=False).add_codes(codes).search(q, 4)
 print(json.dumps({"features": _simd.target_features(), "avx2": bool(_fastscan_cpu._AVX2),
                   "group": _fastscan_cpu.GROUP,
-                  "same": bool((fast[1] == exact[1]).all() and (fast[0] == exact[0]).all())}))
+                  "same": bool((fast[1] == exact[1]).all() and (fast[0] == exact[0]).all()),
+                  "show_config": qk.show_config(mode="dicts")["simd"]["4-bit PQ fast scan"]}))
 """
 
 HOST = binding.get_host_cpu_features()
@@ -55,24 +56,28 @@ def _run(env: dict[str, str], cache) -> dict:
 def test_features_without_avx_on_a_host_with_avx2_take_the_scalar_path(tmp_path):
     result = _run({"NUMBA_CPU_FEATURES": "+sse4.2,+popcnt,-avx,-avx2,-avx512f,-avx512bw"},
                   tmp_path)
-    assert result == {"features": {"avx2": False, "avx512bw": False}, "avx2": False,
-                      "group": 2, "same": True}
+    assert result == {"features": {"avx2": False, "avx512bw": False, "popcnt": True},
+                      "avx2": False, "group": 2, "same": True,
+                      "show_config": "scalar (the target has no AVX2)"}
 
 
 @pytest.mark.skipif(not HOST_AVX2, reason="haswell code needs a host with AVX2 to run")
 def test_a_cpu_name_alone_keeps_the_host_features(tmp_path):
     result = _run({"NUMBA_CPU_NAME": "haswell"}, tmp_path)
     # Numba pairs the name with the host's full feature string
-    assert result["features"] == {"avx2": True,
+    assert result["features"] == {"avx2": True, "popcnt": True,
                                   "avx512bw": bool(HOST.get("avx512bw", False))}
     assert result["avx2"] is True
+    assert result["show_config"].startswith(("AVX2", "AVX-512BW"))
     assert result["same"] is True
 
 
 def test_generic_takes_the_scalar_path(tmp_path):
     result = _run({"NUMBA_CPU_NAME": "generic"}, tmp_path)
-    assert result == {"features": {"avx2": False, "avx512bw": False}, "avx2": False,
-                      "group": 2, "same": True}
+    # generic x86-64 has no POPCNT either: LLVM expands ctpop
+    assert result == {"features": {"avx2": False, "avx512bw": False, "popcnt": False},
+                      "avx2": False, "group": 2, "same": True,
+                      "show_config": "scalar (the target has no AVX2)"}
 
 
 def test_without_variables_the_host_features_are_used():
@@ -81,4 +86,5 @@ def test_without_variables_the_host_features_are_used():
     if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
         pytest.skip("this process was started with a Numba CPU variable")
     assert _simd.target_features() == {"avx2": HOST_AVX2,
-                                       "avx512bw": bool(HOST.get("avx512bw", False))}
+                                       "avx512bw": bool(HOST.get("avx512bw", False)),
+                                       "popcnt": bool(HOST.get("popcnt", False))}
