@@ -15,11 +15,37 @@ __all__ = ["pack_bits", "packed", "unpack_bits"]
 
 
 def pack_bits(x: Any) -> Any:
-    """Binary codes of ``x`` ``(N, bits)``: bit ``j`` is ``x[:, j] > 0``.
+    """Binary codes of ``x``: bit ``j`` of an item is ``x[:, j] > 0``.
 
-    Returns uint8 ``(N, ceil(bits / 8))`` in the layout of FAISS binary indexes: bit ``j`` is
-    bit ``j % 8`` (least significant first) of byte ``j // 8``, the last byte zero-padded.
-    Works on numpy arrays and torch tensors (the result has the caller's type).
+    Parameters
+    ----------
+    x : array_like, shape (N, bits)
+        Real numbers or booleans; numpy array or torch tensor. ``+-inf`` are accepted (only
+        the sign is read).
+
+    Returns
+    -------
+    array of uint8, shape (N, ceil(bits / 8))
+        The layout of FAISS binary indexes: bit ``j`` is bit ``j % 8`` (least significant
+        first) of byte ``j // 8``, the last byte zero-padded; the caller's array type.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` holds NaN (which has no sign) or has another rank or no columns.
+    TypeError
+        If ``x`` holds neither real numbers nor booleans.
+
+    See Also
+    --------
+    unpack_bits : the inverse.
+    hamming_topk : the search over these codes.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> qk.pack_bits(np.array([[1.0, -1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0]]))
+    array([[5, 1]], dtype=uint8)
     """
     origin = origin_of(x, names=("x",))
     a = to_numpy(x, allow_device_copy=True)
@@ -35,7 +61,33 @@ def pack_bits(x: Any) -> Any:
 
 
 def unpack_bits(codes: Any, nbits: int) -> Any:
-    """The ``(N, nbits)`` uint8 0/1 bits of packed codes (the inverse of :func:`pack_bits`)."""
+    """The bits of packed codes, the inverse of :func:`pack_bits`.
+
+    Parameters
+    ----------
+    codes : array_like of uint8, shape (N, B)
+        Packed codes; never cast from another dtype.
+    nbits : int
+        Bits per code, ``1..8 * B``.
+
+    Returns
+    -------
+    array of uint8, shape (N, nbits)
+        0 and 1; the caller's array type.
+
+    Raises
+    ------
+    ValueError
+        If ``nbits`` is outside ``1..8 * B`` or ``codes`` has another rank.
+    TypeError
+        If ``codes`` is not uint8.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> qk.unpack_bits(np.array([[5, 1]], dtype=np.uint8), 9)
+    array([[1, 0, 1, 0, 0, 0, 0, 0, 1]], dtype=uint8)
+    """
     origin = origin_of(codes, names=("codes",))
     c = packed(codes, "codes")
     nbits = check_int(nbits, "nbits", 1, 8 * c.shape[1])

@@ -16,10 +16,26 @@ _DEFAULTS = {
 }
 
 GPU_THREADS_PER_BLOCK: int = _DEFAULTS["GPU_THREADS_PER_BLOCK"]
+"""CUDA threads per block of the GPU kernels (a multiple of 32; default 256)."""
+
 SPLIT_DATABASE_MAX_QUERIES: int = _DEFAULTS["SPLIT_DATABASE_MAX_QUERIES"]
+"""Searches with at most this many queries split the database between threads instead of the
+queries (default 16): one query cannot keep two cores busy when parallelised over queries."""
+
 FASTSCAN_SIMD: bool = _DEFAULTS["FASTSCAN_SIMD"]
+"""Whether the 4-bit PQ fast scan uses byte shuffles (AVX2, AVX-512BW) where the CPU Numba
+compiles for has them (default True); False forces the scalar kernel, with the same results."""
 
 
 def reset() -> None:
-    """Restore every tunable to its default."""
+    """Restore every tunable to its default.
+
+    Examples
+    --------
+    >>> import qkernels as qk
+    >>> qk.config.SPLIT_DATABASE_MAX_QUERIES = 4
+    >>> qk.config.reset()
+    >>> qk.config.SPLIT_DATABASE_MAX_QUERIES
+    16
+    """
     globals().update(_DEFAULTS)

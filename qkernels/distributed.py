@@ -249,9 +249,33 @@ class ShardedIndex:
         the default ``0..ntotal-1``). ``"global"``: the tables' ids (``add(..., ids=)``) are
         already global and are returned as they are; ties then go to the lower id, which is
         what one table over all items does when ids grow in the order items were added.
-    group : torch.distributed ProcessGroup, optional
+    group : torch.distributed.ProcessGroup, optional
         The group of the shards (default: the whole world).
 
+    Attributes
+    ----------
+    sizes : ndarray of int64, shape (world_size,)
+        Every rank's number of items.
+    offsets : ndarray of int64, shape (world_size,)
+        The running sum of ``sizes``: rank r's first global id with ``ids="offset"``.
+    candidate_counts : ndarray of int64
+        Tables: the candidates of this rank's queries over all shards, from the last search.
+    timings : dict of str to float
+        Seconds of the last search's parts: ``plan``, ``local``, ``merge``, ``total``.
+
+    Raises
+    ------
+    RuntimeError
+        If no process group is initialised.
+    ValueError
+        On every rank, if any rank's shard is empty or differs in parameters, the ranks pass
+        different ``ids`` modes, ``ids="offset"`` meets a table with other ids, or
+        ``ids="global"`` meets an id held twice.
+    TypeError
+        On every rank, if the shards differ in type or one is not an index.
+
+    Notes
+    -----
     Construction is collective: every rank of the group must make its ShardedIndex, and so
     must every rank call :meth:`search` and :meth:`save` (with the same ``topk`` and options).
     Collectives pair up by their order on each rank, so searches from several threads of one
@@ -261,10 +285,12 @@ class ShardedIndex:
 
     Examples
     --------
-    >>> dist.init_process_group("gloo")                    # torchrun sets the environment
-    >>> shard = qk.SparseHashTable(512, k=2).add(my_activations, my_embeddings)
-    >>> index = ShardedIndex(shard)
-    >>> D, I = index.search(query_activations, query_embeddings, topk=16)   # same on every rank
+    Under ``torchrun``, on every rank:
+
+    >>> dist.init_process_group("gloo")  # doctest: +SKIP
+    >>> shard = qk.SparseHashTable(512, k=2).add(my_activations, my_embeddings)  # doctest: +SKIP
+    >>> index = ShardedIndex(shard)  # doctest: +SKIP
+    >>> D, I = index.search(query_activations, query_embeddings, topk=16)  # doctest: +SKIP
     """
 
     def __init__(self, shard: Any, *, ids: str = "offset", group: Any = None):
@@ -369,10 +395,12 @@ class ShardedIndex:
 
     @property
     def rank(self) -> int:
+        """This process's rank in the group."""
         return self._comm.rank
 
     @property
     def world_size(self) -> int:
+        """The number of ranks (and shards)."""
         return self._comm.world_size
 
     @property
@@ -385,6 +413,7 @@ class ShardedIndex:
 
     @property
     def metric(self) -> str | None:
+        """The shards' metric (``"l2"`` or ``"ip"``; None for a BinaryIndex)."""
         return getattr(self.shard, "metric", None)
 
     def __repr__(self) -> str:
@@ -402,9 +431,39 @@ class ShardedIndex:
         gets the same results. ``False``: each rank passes its own queries (any number, the
         same dtype and width) and gets the results of those against all shards.
 
-        Returns ``(D, I)`` as the shard type's search does, with global ids, in the queries'
-        array type and device; ``candidate_counts`` holds the candidates over all shards for
-        this rank's queries (tables); ``timings`` the seconds of the search's parts.
+        Parameters
+        ----------
+        *args : array_like or int
+            The shard type's search arguments (queries, ``topk``).
+        all_ranks_queries : bool, default True
+            Whether every rank passes the same queries.
+        **kwargs : array_like or int
+            The shard type's keyword arguments (``exclude_ids``, ``rerank``, ...).
+
+        Returns
+        -------
+        D : array
+            As the shard type's search returns it, over all shards, in the queries' array
+            type and device.
+        I : array of int64
+            Global ids; -1 where missing.
+
+        Raises
+        ------
+        ValueError
+            On every rank: bad input on any rank (with that rank's message), ranks that differ
+            in ``topk``, options or (with ``all_ranks_queries``) queries, or a shard changed
+            since construction.
+        TypeError
+            On every rank: arguments the shard's search does not take.
+        RuntimeError
+            On every rank, if a rank's shard changed (items added, codebooks replaced), or a
+            rank failed or left in the middle of the search.
+
+        Notes
+        -----
+        ``candidate_counts`` then holds the candidates over all shards for this rank's queries
+        (tables); ``timings`` the seconds of the search's parts.
         """
         with self._lock:
             return self._search(args, kwargs, all_ranks_queries)
@@ -657,10 +716,21 @@ class ShardedIndex:
     # ------------------------------------------------------------------ files
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write every rank's shard to ``directory/shard-{rank}.npz`` and, from rank 0, a
-        ``manifest.json`` (world size, sizes, parameters, each shard's sha256) checked by
-        :meth:`load`. Collective; ``directory`` must be the same path on a shared file system
-        or on every machine."""
+        """Write every rank's shard and a manifest. Collective.
+
+        Each rank writes ``directory/shard-{rank}.npz``; rank 0 writes ``manifest.json``
+        (world size, sizes, parameters, each shard's sha256), which :meth:`load` checks.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            The same path on a shared file system, or on every machine.
+
+        Raises
+        ------
+        OSError
+            On every rank, if a rank cannot write.
+        """
         with self._lock:  # not between the collectives of a search from another thread
             self._save(Path(directory))
 
@@ -691,8 +761,31 @@ class ShardedIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, group: Any = None) -> ShardedIndex:
-        """Read what :meth:`save` wrote: this rank's shard, checked against the manifest (the
-        world size, this rank's size and checksum, the parameters). Collective."""
+        """Read what :meth:`save` wrote. Collective.
+
+        Each rank reads its shard and checks it against the manifest: the world size, its size
+        and sha256, the parameters.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            What :meth:`save` wrote.
+        group : torch.distributed.ProcessGroup, optional
+            The group (default: the whole world), of the saved world size.
+
+        Returns
+        -------
+        ShardedIndex
+            The index over the loaded shards.
+
+        Raises
+        ------
+        ValueError
+            On every rank: a missing or foreign manifest, another world size, a shard whose
+            size or checksum differs from the manifest, or shards that do not fit together.
+        RuntimeError
+            If no process group is initialised.
+        """
         _check_group(group)
         comm = _Comm(group)
         folder = Path(directory)

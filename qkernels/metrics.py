@@ -74,6 +74,37 @@ def precision_at_k(I: Any, db_labels: Any, query_labels: Any, k: int) -> float:
 
     ``P@k = (1 / Q) sum_q (1 / k) sum_{j < k} rel(q, I[q, j])``, with ``rel`` 1 when the result
     exists and shares a label with the query. This is the Precision@K of the DHT paper.
+
+    Parameters
+    ----------
+    I : array_like of int, shape (Q, K)
+        Result ids per query (as a search returns them), -1 where missing.
+    db_labels : array_like, shape (N,) or (N, C)
+        Class ids of the database items, or a 0/1 multi-label matrix.
+    query_labels : array_like, shape (Q,) or (Q, C)
+        The queries' labels, in the same form.
+    k : int
+        Results counted per query, ``1..K``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; 0.0 for no queries.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, ``k`` is outside ``1..K``, an id is outside the database,
+        or labels are neither class ids nor a 0/1 matrix.
+    TypeError
+        If an array does not hold integers where ids or class ids belong.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> I = np.array([[0, 1], [2, -1]])
+    >>> qk.metrics.precision_at_k(I, np.array([0, 1, 1]), np.array([0, 1]), k=2)
+    0.5
     """
     rel = _relevance(I, db_labels, query_labels, k)
     # rel has k columns: dividing by its width, not by k, keeps a 0-d tensor k out of the sum
@@ -86,6 +117,37 @@ def map_at_k(I: Any, db_labels: Any, query_labels: Any, k: int) -> float:
     ``AP@k(q) = sum_{j <= k} rel_j P@j / sum_{j <= k} rel_j`` where ``P@j`` is the precision of
     the first ``j`` results, and ``AP@k(q) = 0`` when none of the first ``k`` is relevant.
     ``mAP@k`` is the mean over queries. This is the mAP@k of DQN, H2Q and DeepHash-pytorch.
+
+    Parameters
+    ----------
+    I : array_like of int, shape (Q, K)
+        Result ids per query (as a search returns them), -1 where missing.
+    db_labels : array_like, shape (N,) or (N, C)
+        Class ids of the database items, or a 0/1 multi-label matrix.
+    query_labels : array_like, shape (Q,) or (Q, C)
+        The queries' labels, in the same form.
+    k : int
+        Results counted per query, ``1..K``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; 0.0 for no queries.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, ``k`` is outside ``1..K``, an id is outside the database,
+        or labels are neither class ids nor a 0/1 matrix.
+    TypeError
+        If an array does not hold integers where ids or class ids belong.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> I = np.array([[1, 0]])                  # the relevant item second: AP = 1/2
+    >>> qk.metrics.map_at_k(I, np.array([0, 1]), np.array([0]), k=2)
+    0.5
     """
     rel = _relevance(I, db_labels, query_labels, k)
     if rel.shape[0] == 0:
@@ -110,6 +172,32 @@ def precision_recall_curve(I: Any, db_labels: Any, query_labels: Any,
     the relevant items of the whole database. ``Q'`` counts the queries with ``R_q > 0`` (a
     query with nothing to find has no recall; the reference also drops it). Ties are as ``I``
     orders them: rank the whole database (``K = N``) for recall to reach 1.
+
+    Parameters
+    ----------
+    I : array_like of int, shape (Q, K)
+        Result ids per query (as a search returns them), -1 where missing.
+    db_labels : array_like, shape (N,) or (N, C)
+        Class ids of the database items, or a 0/1 multi-label matrix.
+    query_labels : array_like, shape (Q,) or (Q, C)
+        The queries' labels, in the same form.
+    cutoffs : array_like of int, shape (C,), optional
+        Result counts in ``1..K`` (default: every one).
+
+    Returns
+    -------
+    precision : ndarray of float64, shape (C,)
+        Mean precision at each cutoff.
+    recall : ndarray of float64, shape (C,)
+        Mean recall at each cutoff.
+
+    Raises
+    ------
+    ValueError
+        If a cutoff is outside ``1..K``, the shapes disagree, or an id is outside the
+        database.
+    TypeError
+        If ``I`` or ``cutoffs`` does not hold integers.
     """
     db = _labels(db_labels, "db_labels")
     queries = _labels(query_labels, "query_labels")
@@ -149,8 +237,34 @@ def mahp_at_k(
 
     the denominator being the best sum that any ``i`` database items reach (1 when it is 0).
     ``AHP@k(q)`` is the area under ``HP@1..k`` by the trapezoid rule divided by its width
-    ``k - 1`` (``HP@1`` when ``k = 1``); ``mAHP@k`` is the mean over queries. Labels are class
-    ids ``(N,)``; a missing result (-1) has similarity 0.
+    ``k - 1`` (``HP@1`` when ``k = 1``); ``mAHP@k`` is the mean over queries. A missing
+    result (-1) has similarity 0.
+
+    Parameters
+    ----------
+    I : array_like of int, shape (Q, K)
+        Result ids per query, -1 where missing.
+    db_labels : array_like of int, shape (N,)
+        Class ids of the database items.
+    query_labels : array_like of int, shape (Q,)
+        Class ids of the queries.
+    class_similarity : array_like, shape (C, C)
+        Similarities between classes, finite and ``>= 0``.
+    k : int
+        Results counted per query, ``1..K``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; 0.0 for no queries.
+
+    Raises
+    ------
+    ValueError
+        If ``class_similarity`` is not square, negative or not finite; a label is outside
+        its classes; or as :func:`precision_at_k`.
+    TypeError
+        If ids or labels are not integers.
     """
     db = _host(db_labels, "db_labels")
     queries = _host(query_labels, "query_labels")
@@ -200,6 +314,31 @@ def nmi(assignments: Any, labels: Any) -> float:
     once: with ``n_cy`` the number of pairs in bucket ``c`` whose item has class ``y``,
     ``NMI = I(C; Y) / ((H(C) + H(Y)) / 2)`` on the joint distribution ``n_cy / sum n_cy``
     (1 when both entropies are 0).
+
+    Parameters
+    ----------
+    assignments : array_like of int, shape (N,) or (N, k)
+        Buckets per item, -1 for an unused slot.
+    labels : array_like of int, shape (N,)
+        Class ids.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the rows disagree or no bucket is assigned.
+    TypeError
+        If an array does not hold integers.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> qk.metrics.nmi(np.array([0, 0, 1, 1]), np.array([5, 5, 7, 7]))
+    1.0
     """
     buckets = _host(assignments, "assignments")
     check_rank(buckets, "assignments", (1, 2), "(N,) or (N, k)")
@@ -238,6 +377,31 @@ def search_speedup(candidate_counts: Any, db_size: int) -> float:
     ``db_size`` is ``N``, the number of items an exhaustive scan would look at (``N - 1`` when
     the queries come from the database and exclude themselves). Infinite when no query had a
     candidate.
+
+    Parameters
+    ----------
+    candidate_counts : array_like of int, shape (Q,)
+        Candidates per query (a table's ``candidate_counts`` after a search).
+    db_size : int
+        ``N``, ``>= 1``.
+
+    Returns
+    -------
+    float
+        The SUF.
+
+    Raises
+    ------
+    ValueError
+        If ``candidate_counts`` is empty or negative, or ``db_size`` below 1.
+    TypeError
+        If an argument does not hold integers.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> qk.metrics.search_speedup(np.array([10, 30]), 1000)
+    50.0
     """
     counts = _host(candidate_counts, "candidate_counts")
     check_rank(counts, "candidate_counts", (1,), "(num_queries,)")
@@ -261,6 +425,29 @@ def bit_balance(codes: Any) -> dict[str, float]:
     - ``correlation``: the mean absolute Pearson correlation between two different bits
       (a constant bit counts as uncorrelated); 0 for independent bits;
     - ``entropy``: the mean per-bit entropy in bits (1 when balanced).
+
+    Parameters
+    ----------
+    codes : array_like, shape (N, bits)
+        Unpacked codes or continuous outputs.
+
+    Returns
+    -------
+    dict of str to float
+        ``{"imbalance", "correlation", "entropy"}``.
+
+    Raises
+    ------
+    ValueError
+        If ``codes`` is empty or holds NaN or Inf.
+    TypeError
+        If ``codes`` is neither numeric nor boolean.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> qk.metrics.bit_balance(np.array([[1, -1], [-1, 1]]))
+    {'imbalance': 0.0, 'correlation': 1.0, 'entropy': 1.0}
     """
     x = _host(codes, "codes")
     check_rank(x, "codes", (2,), "(N, bits)")

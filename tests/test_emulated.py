@@ -1,4 +1,4 @@
-"""Every CUDA kernel against its CPU twin, run on the CPU under tests/emulation.py (issue 16).
+"""Every CUDA kernel against its CPU twin, run on the CPU under tests/emulation.py.
 
 The GPU twins' own launch code runs (qkernels/index/_*_gpu.py, flow/_flat_gpu.py) with numpy
 arrays and ``_gpu.launch`` replaced by the emulated launcher: the same grid, block, dynamic

@@ -152,6 +152,27 @@ def test_hierarchical_table_codes_save_load(tmp_path):
         table.add_codes(parents, children[:, :1], emb)
 
 
+def test_torch_tensors_add_and_search_as_numpy_arrays_do():
+    """add() makes the codes on the host from torch activations; the embeddings and ids are
+    the caller's tensors (a mix the inner table once refused)."""
+    rng = np.random.default_rng(3)
+    a1, a2 = rng.standard_normal((60, 4)), rng.standard_normal((60, 4))
+    emb = rng.standard_normal((60, 5)).astype(np.float32)
+    ids = np.arange(60) * 3
+    by_numpy = qk.HierarchicalHashTable(4, 2).add(a1, a2, emb, ids)
+    by_torch = qk.HierarchicalHashTable(4, 2).add(torch.from_numpy(a1), torch.from_numpy(a2),
+                                                  torch.from_numpy(emb), torch.from_numpy(ids))
+    D, I = by_torch.search(torch.from_numpy(a1[:7]), torch.from_numpy(a2[:7]),
+                           torch.from_numpy(emb[:7]), 5)
+    want = by_numpy.search(a1[:7], a2[:7], emb[:7], 5)
+    assert isinstance(D, torch.Tensor) and isinstance(I, torch.Tensor)
+    np.testing.assert_array_equal(I.numpy(), want[1])
+    np.testing.assert_array_equal(D.numpy(), want[0])
+    with pytest.raises(TypeError, match="one library"):
+        qk.HierarchicalHashTable(4, 2).add_codes(np.zeros(3, dtype=np.int64),
+                                                 np.tile([0, 1], (3, 1)), torch.zeros(3, 5))
+
+
 def test_assign_hierarchical_codes_gives_classes_one_code_and_matches_a_direct_solve():
     from qkernels.losses import assign_hierarchical_codes
 

@@ -1,4 +1,4 @@
-"""The package's layers (issue 17): ``flow`` and ``quantize`` sit below ``index`` and
+"""The package's layers: ``flow`` and ``quantize`` sit below ``index`` and
 ``losses``; ``losses`` may import ``quantize`` and ``flow``; ``quantize`` imports neither
 ``index`` nor ``losses``; ``index`` uses only public names of ``quantize``. Checked on the
 source (every import, at any depth, including those inside functions)."""

@@ -78,46 +78,76 @@ def solve_sparse_codes(
 ) -> Any:
     """Exact k-sparse codes of ``n`` classes over ``d`` buckets, by min-cost flow.
 
-    Minimises, over codes with exactly ``k`` distinct buckets per class::
+    The code assignment of Deep Hash Table (Jeong & Song, ICML 2018, section 3): minimises,
+    over codes with exactly ``k`` distinct buckets per class,
 
-        - sum_i sum_{r in codes[i]} scores[i, r]  +  sum_r F(c_r),
-        F(c) = penalty * c (c - 1) / 2,   c_r = number of classes in bucket r
+    .. math::
 
-    i.e. every pair of classes that share a bucket pays ``penalty``. With ``bucket_costs``
-    (shape ``(L,)``, ``L >= n``, non-decreasing) the bucket cost is any convex
+        -\\sum_i \\sum_{r \\in codes_i} scores_{i,r} + \\sum_r F(c_r), \\qquad
+        F(c) = penalty \\cdot c (c - 1) / 2,
+
+    where ``c_r`` is the number of classes in bucket ``r``: every pair of classes that share
+    a bucket pays ``penalty``. With ``bucket_costs`` the bucket cost is any convex
     ``F(c) = bucket_costs[0] + ... + bucket_costs[c - 1]`` instead.
 
     Parameters
     ----------
-    scores : array ``(n, d)`` or batched ``(B, n, d)``
-        numpy array or torch tensor; float32/float64 (integer and bool input is cast). A tensor
-        that requires grad is detached: codes carry no gradient.
+    scores : array_like, shape (n, d) or (B, n, d)
+        numpy array, torch tensor (CPU or CUDA) or cupy array; float32 or float64 (integer
+        and bool input is cast). A tensor that requires grad is detached: codes carry no
+        gradient. A batch of ``B`` problems is solved in parallel, each as if alone.
     k : int
         Buckets per class, ``1 <= k <= d``.
-    penalty : float
-        ``>= 0``; the cost of each pair of classes sharing a bucket.
-    bucket_costs : array ``(L,)``, optional
-        Convex per-bucket schedule: entry ``c`` is the cost of the ``(c + 1)``-th class in a
-        bucket. Replaces ``penalty``.
+    penalty : float, default 1.0
+        The cost of each pair of classes sharing a bucket, ``>= 0``.
+    bucket_costs : array_like, shape (L,), optional
+        A convex per-bucket schedule with ``L >= n`` non-decreasing entries: entry ``c`` is
+        the cost of the ``(c + 1)``-th class in a bucket. Replaces ``penalty``.
 
     Returns
     -------
-    codes : int64 ``(n, k)`` or ``(B, n, k)``, each row sorted ascending, in the caller's array
-        library and on the caller's device. Batched problems are solved in parallel and each
-        equals its own unbatched solve.
+    codes : array of int64, shape (n, k) or (B, n, k)
+        Each row sorted ascending; the caller's array library, on the caller's device.
+
+    Raises
+    ------
+    ValueError
+        If ``scores`` has another rank, an empty axis, NaN or Inf; if ``k`` is outside
+        ``1..d``; if ``penalty`` is negative or not finite; if ``bucket_costs`` is shorter
+        than ``n`` or decreases, or is given together with a ``penalty`` other than 1.
+    TypeError
+        If ``scores`` does not hold real numbers, is a Python list, or ``k`` is not an
+        integer.
+
+    See Also
+    --------
+    sparse_code_objective : the value this minimises, for any codes.
+    qkernels.losses.assign_batch_codes : the codes of a training batch's classes.
 
     Notes
     -----
-    The solver is successive shortest paths specialised to this bipartite network (see
-    ``qkernels/flow/_flat_cpu.py``). It computes in float64: integer-valued scores, penalty and
-    bucket costs (below 2**50 in magnitude) give the exact optimum; for other floats the
-    objective is optimal up to float64 rounding in the shortest-path potentials, about
-    ``1e-15 * n * k * (max |scores| + max bucket cost)``. The result is deterministic, the same
-    on every run and thread count.
+    The solver is successive shortest paths specialised to the bipartite class-by-bucket
+    network: each class starts in its top ``k`` buckets and only the excess load moves, along
+    shortest paths found by Dijkstra with potentials. It computes in float64:
+    integer-valued scores, penalty and bucket costs (below ``2**50`` in magnitude) give the
+    exact optimum; other floats are optimal up to float64 rounding in the potentials, about
+    ``1e-15 * n * k * (max |scores| + max bucket cost)``. The result is deterministic: the
+    same on every run and thread count.
 
     Scores on a GPU (a torch CUDA tensor or a cupy array) are solved there, one CUDA block per
-    problem, on torch's current stream (qkernels/cuda/flow.cu); without cupy they are solved on
-    a host copy and the codes returned to the device.
+    problem, on torch's current stream; without cupy they are solved on a host copy and the
+    codes returned to the device.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> scores = np.array([[3.0, 2.0, 0.0], [3.0, 1.0, 0.0]])
+    >>> qk.solve_sparse_codes(scores, k=1, penalty=0.5)  # both want bucket 0: one pays
+    array([[0],
+           [0]])
+    >>> qk.solve_sparse_codes(scores, k=1, penalty=2.5)  # sharing costs more than moving
+    array([[1],
+           [0]])
     """
     from . import _flat_cpu
 
@@ -171,12 +201,40 @@ def _solve_on_device(origin, scores: Any, k: int, penalty: Any, bucket_costs: An
 def sparse_code_objective(
     scores: Any, codes: Any, penalty: float = 1.0, *, bucket_costs: Any = None
 ) -> Any:
-    """The objective ``solve_sparse_codes`` minimises, for given codes.
+    """The objective :func:`solve_sparse_codes` minimises, for given codes.
 
-    ``-sum_i sum_{r in codes[i]} scores[i, r] + sum_r F(c_r)`` with ``F`` as in
-    :func:`solve_sparse_codes`. ``codes`` is ``(n, k)`` (or ``(B, n, k)``) with distinct
-    buckets per row. Returns a float, or a ``(B,)`` float64 array for a batch (the caller's
-    array type).
+    Parameters
+    ----------
+    scores : array_like, shape (n, d) or (B, n, d)
+        The scores, as for :func:`solve_sparse_codes`.
+    codes : array_like of int, shape (n, k) or (B, n, k)
+        Distinct buckets per row, each in ``0..d-1``.
+    penalty : float, default 1.0
+        The cost of each pair of classes sharing a bucket, ``>= 0``.
+    bucket_costs : array_like, shape (L,), optional
+        The convex schedule of :func:`solve_sparse_codes`, replacing ``penalty``.
+
+    Returns
+    -------
+    value : float or array of float64, shape (B,)
+        ``-sum_i sum_{r in codes[i]} scores[i, r] + sum_r F(c_r)``; for a batch, one value
+        per problem in the caller's array type.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, a row repeats a bucket, a bucket is outside ``0..d-1``, or
+        the scores hold NaN or Inf; for a bad ``penalty`` or ``bucket_costs`` as in
+        :func:`solve_sparse_codes`.
+    TypeError
+        If ``codes`` does not hold integers or ``scores`` does not hold real numbers.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> scores = np.array([[3.0, 2.0, 0.0], [3.0, 1.0, 0.0]])
+    >>> qk.sparse_code_objective(scores, np.array([[0], [0]]), penalty=0.5)
+    -5.5
     """
     origin = origin_of(scores, codes, names=("scores", "codes"))
     s = _scores(scores)
@@ -230,20 +288,61 @@ def solve_hierarchical_codes(scores1: Any, scores2: Any, k2: int, penalty_siblin
     """Exact cascaded (two-level) codes of ``n`` classes (Jeong, Kim & Song, CVPR 2019).
 
     Level 1 is the DHT problem with one bucket per class and ``penalty_global``
-    (:func:`solve_sparse_codes` with ``k = 1``): ``p(i)``, class i's parent bucket. Level 2 gives
-    each class ``k2`` child buckets, minimising::
+    (:func:`solve_sparse_codes` with ``k = 1``): ``p(i)``, class ``i``'s parent bucket.
+    Level 2 gives each class ``k2`` child buckets, minimising
 
-        - sum_i sum_{t in codes2[i]} scores2[i, t]
-          + penalty_sibling * sum_p sum_t C(c_{p,t}, 2) + penalty_global * sum_t C(c_t, 2)
+    .. math::
 
-    where ``c_{p,t}`` counts the classes with parent ``p`` in child ``t`` (siblings kept apart;
-    100 by default) and ``c_t`` all classes in child ``t``. Solved exactly by successive
-    shortest paths on the level-2 network of the paper (class -> group (p, t) -> child ->
-    sink, two convex costs), in Numba. A class's compound buckets are ``p(i) * d2 + t``.
+        -\\sum_i \\sum_{t \\in codes2_i} scores2_{i,t}
+        + penalty\\_sibling \\sum_p \\sum_t \\binom{c_{p,t}}{2}
+        + penalty\\_global \\sum_t \\binom{c_t}{2}
 
-    ``scores1`` ``(n, d1)`` and ``scores2`` ``(n, d2)``, or batched ``(B, n, d)``; numpy or
-    torch. Returns ``(level1, level2)``: int64 ``(n,)`` and ``(n, k2)`` (rows sorted), the
-    caller's array type. Exact for integer-valued input, like the flat solver.
+    where ``c_{p,t}`` counts the classes with parent ``p`` in child ``t`` (siblings are kept
+    apart) and ``c_t`` all classes in child ``t``. Solved exactly by successive shortest paths
+    on the paper's level-2 network (class, group ``(p, t)``, child, sink; two convex costs).
+    A class's compound buckets are ``p(i) * d2 + t``.
+
+    Parameters
+    ----------
+    scores1 : array_like, shape (n, d1) or (B, n, d1)
+        Level-1 scores; numpy array or torch tensor.
+    scores2 : array_like, shape (n, d2) or (B, n, d2)
+        Level-2 scores of the same classes (and batch).
+    k2 : int
+        Child buckets per class, ``1 <= k2 <= d2``.
+    penalty_sibling : float, default 100.0
+        The cost of two classes of one parent sharing a child, ``>= 0``.
+    penalty_global : float, default 1.0
+        The cost of two classes sharing a parent (level 1) or a child (level 2), ``>= 0``.
+
+    Returns
+    -------
+    level1 : array of int64, shape (n,) or (B, n)
+        Each class's parent bucket.
+    level2 : array of int64, shape (n, k2) or (B, n, k2)
+        Each class's children, rows sorted ascending. Both in the caller's array type.
+
+    Raises
+    ------
+    ValueError
+        If the scores differ in batch or class dimensions, have an empty axis, NaN or Inf;
+        if ``k2`` is outside ``1..d2``; if a penalty is negative or not finite.
+    TypeError
+        If the scores do not hold real numbers or ``k2`` is not an integer.
+
+    See Also
+    --------
+    hierarchical_code_objective : the two values this minimises, for any codes.
+    qkernels.HierarchicalHashTable : the table these codes index.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> rng = np.random.default_rng(0)
+    >>> parents, children = qk.solve_hierarchical_codes(rng.standard_normal((6, 4)),
+    ...                                                 rng.standard_normal((6, 8)), k2=2)
+    >>> parents.shape, children.shape
+    ((6,), (6, 2))
     """
     from . import _hierarchical_cpu
 
@@ -265,10 +364,39 @@ def solve_hierarchical_codes(scores1: Any, scores2: Any, k2: int, penalty_siblin
 def hierarchical_code_objective(scores1: Any, scores2: Any, level1: Any, level2: Any,
                                 penalty_sibling: float = 100.0, penalty_global: float = 1.0
                                 ) -> tuple[Any, Any]:
-    """The two objectives :func:`solve_hierarchical_codes` minimises, for given codes:
-    level 1 (``sparse_code_objective`` with k = 1 and ``penalty_global``) and level 2 (its
-    docstring's formula). Floats, or ``(B,)`` float64 arrays of the caller's type (numpy or
-    torch) for a batch."""
+    """The two objectives :func:`solve_hierarchical_codes` minimises, for given codes.
+
+    Parameters
+    ----------
+    scores1 : array_like, shape (n, d1) or (B, n, d1)
+        Level-1 scores.
+    scores2 : array_like, shape (n, d2) or (B, n, d2)
+        Level-2 scores.
+    level1 : array_like of int, shape (n,) or (B, n)
+        Each class's parent bucket.
+    level2 : array_like of int, shape (n, k2) or (B, n, k2)
+        Each class's distinct children.
+    penalty_sibling : float, default 100.0
+        As in :func:`solve_hierarchical_codes`.
+    penalty_global : float, default 1.0
+        As in :func:`solve_hierarchical_codes`.
+
+    Returns
+    -------
+    first : float or array of float64, shape (B,)
+        The level-1 objective (:func:`sparse_code_objective` with ``k = 1`` and
+        ``penalty_global``).
+    second : float or array of float64, shape (B,)
+        The level-2 objective of :func:`solve_hierarchical_codes`.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, a code is out of range or repeats in a row, or the scores
+        hold NaN or Inf; if a penalty is negative or not finite.
+    TypeError
+        If the codes do not hold integers or the scores do not hold real numbers.
+    """
     origin, s1, s2 = _hierarchical_inputs(scores1, scores2)
     l1 = to_numpy(level1, allow_device_copy=True)
     l2 = to_numpy(level2, allow_device_copy=True)

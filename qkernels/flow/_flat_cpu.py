@@ -1,12 +1,12 @@
 """Successive shortest paths for the class-by-bucket flow network, in Numba.
 
-The network (REFERENCES.md, section 1) has a supply of ``k`` units at each of the ``n`` classes,
-unit arcs class -> bucket of cost ``-scores[i, r]``, and a convex arc bucket -> sink whose
-``(c + 1)``-th unit costs ``incr[c]``; the sink takes ``n * k`` units. The solver keeps node
-potentials ``p`` such that every residual arc has a reduced cost
-``rc(u, v) = c(u, v) + p(u) - p(v) >= 0`` while it moves units from nodes with an excess to nodes
-with a deficit along shortest paths (successive shortest paths on a pseudo-flow: Ahuja,
-Magnanti & Orlin, "Network Flows", section 9.7). When no excess is left, the flow is optimal.
+The network (Jeong & Song, ICML 2018) has a supply of ``k`` units at each of the ``n`` classes,
+unit arcs class -> bucket of cost ``-scores[i, r]``, and a convex arc bucket -> sink whose ``(c
++ 1)``-th unit costs ``incr[c]``; the sink takes ``n * k`` units. The solver keeps node
+potentials ``p`` such that every residual arc has a reduced cost ``rc(u, v) = c(u, v) + p(u) -
+p(v) >= 0`` while it moves units from nodes with an excess to nodes with a deficit along
+shortest paths (successive shortest paths on a pseudo-flow: Ahuja, Magnanti & Orlin, "Network
+Flows", section 9.7). When no excess is left, the flow is optimal.
 
 The start is the greedy answer, which is nearly optimal when the penalty dominates the scores
 (the DHT case: the optimum fills every bucket evenly), so only the difference is searched:

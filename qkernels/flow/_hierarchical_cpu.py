@@ -1,6 +1,7 @@
 """Successive shortest paths for the level-2 network of cascaded codes (CVPR 2019), in Numba.
 
-Given each class's level-1 bucket (its parent ``p(i)``), the network is (REFERENCES.md, sec. 2)::
+Given each class's level-1 bucket (its parent ``p(i)``), the network is (Jeong, Kim & Song,
+CVPR 2019)::
 
     class i --(cap 1, -scores[i, t])--> group (p(i), t) --(convex: sib[c_{p,t}])--> child t
             --(convex: glob[c_t])--> sink

@@ -101,20 +101,47 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
 
     Parameters
     ----------
-    query_codes, db_codes : uint8 ``(Q, B)`` and ``(N, B)``, packed as by :func:`pack_bits`.
+    query_codes : array_like of uint8, shape (Q, B)
+        Packed as by :func:`pack_bits`.
+    db_codes : array_like of uint8, shape (N, B)
+        Packed the same way.
     topk : int
-    tiebreak : (query_features, db_features), optional
-        Continuous features ``(Q, dim)`` and ``(N, dim)``: items at equal Hamming distance are
-        ordered by squared Euclidean distance between features (the H2Q evaluation rule; pass
-        normalised features for theirs). Without it ties go to the lower index.
-
-    Codes on a GPU are searched there (qkernels/cuda/hamming.cu, on torch's current stream),
-    up to 1024 bits and topk 1024 without a tie-break; otherwise on host copies.
+        Results per query; more than ``N`` is allowed (the rest is padding).
+    tiebreak : tuple of two array_like, optional
+        ``(query_features, db_features)``, continuous ``(Q, dim)`` and ``(N, dim)``: items at
+        equal Hamming distance are ordered by squared Euclidean distance between features (the
+        H2Q evaluation rule; pass normalised features for theirs). Without it, ties go to
+        the lower row.
 
     Returns
     -------
-    D : int32 ``(Q, topk)``, Hamming distances ascending (int32 max where missing).
-    I : int64 ``(Q, topk)``, database rows (-1 where missing).
+    D : array of int32, shape (Q, topk)
+        Hamming distances, ascending; int32's largest value where a result is missing.
+    I : array of int64, shape (Q, topk)
+        Database rows; -1 where missing.
+
+    Raises
+    ------
+    ValueError
+        If the codes differ in width or rank, ``topk`` is below 1, or the features have the
+        wrong shape, NaN or Inf.
+    TypeError
+        If a code array is not uint8 (codes are never cast), ``tiebreak`` is not a pair, or
+        arrays of two libraries or devices are mixed.
+
+    Notes
+    -----
+    Codes on a GPU are searched there, on torch's current stream, up to 1024 bits and topk
+    1024 without a tie-break; otherwise on host copies, with the results returned to the
+    caller's device.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> db = qk.pack_bits(np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]]))
+    >>> D, I = qk.hamming_topk(qk.pack_bits(np.array([[1, 1, 1]])), db, topk=2)
+    >>> D, I
+    (array([[1, 2]], dtype=int32), array([[0, 1]]))
     """
     pair = tuple(tiebreak) if isinstance(tiebreak, (tuple, list)) and len(tiebreak) == 2 else (
         None, None)
@@ -148,9 +175,34 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
 class BinaryIndex(LazyState):
     """Exhaustive Hamming search over packed binary codes, like FAISS IndexBinaryFlat.
 
-    ``add(codes)`` takes uint8 codes ``(N, ceil(nbits / 8))`` (see :func:`pack_bits`) and,
-    optionally, continuous ``features`` for the H2Q tie-break; ``search(query_codes, topk)``
-    returns int32 Hamming distances and int64 rows.
+    ``add`` takes packed codes (see :func:`pack_bits`) and, optionally, continuous features
+    for the H2Q tie-break; ``search`` returns int32 Hamming distances and int64 rows.
+
+    Parameters
+    ----------
+    nbits : int
+        Bits per code, ``1..2**31 - 1`` (distances are int32, as FAISS's).
+
+    Raises
+    ------
+    ValueError
+        If ``nbits`` is out of range.
+    TypeError
+        If ``nbits`` is not an integer.
+
+    See Also
+    --------
+    hamming_topk : the same search without an index.
+    HouseholderQuantizer, ITQ : what makes the codes.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> x = np.random.default_rng(0).standard_normal((1000, 64))
+    >>> index = qk.BinaryIndex(64).add(qk.pack_bits(x))
+    >>> D, I = index.search(qk.pack_bits(x[:3]), topk=5)
+    >>> I[:, 0]                      # each item finds itself first, at distance 0
+    array([0, 1, 2])
     """
 
     _VERSION = 1
@@ -166,6 +218,7 @@ class BinaryIndex(LazyState):
 
     @property
     def ntotal(self) -> int:
+        """Number of items in the index."""
         return int(self._codes.shape[0])
 
     def __len__(self) -> int:
@@ -176,11 +229,33 @@ class BinaryIndex(LazyState):
 
     @property
     def codes(self) -> np.ndarray:
+        """The stored packed codes: uint8, shape ``(ntotal, ceil(nbits / 8))``."""
         return self._codes
 
     def add(self, codes: Any, features: Any = None) -> BinaryIndex:
-        """Append packed codes; ``features`` (continuous, for tie-breaks) must come with every
-        add or with none. Returns the index."""
+        """Append packed codes.
+
+        Parameters
+        ----------
+        codes : array_like of uint8, shape (N, ceil(nbits / 8))
+            Packed as by :func:`pack_bits`; the bits beyond ``nbits`` must be 0.
+        features : array_like, shape (N, dim), optional
+            Continuous features for the tie-break of :meth:`search`; given with every add or
+            with none.
+
+        Returns
+        -------
+        BinaryIndex
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If the codes have another width or set bits beyond ``nbits``, or the features
+            have another shape, NaN or Inf, or come with some adds and not others.
+        TypeError
+            If ``codes`` is not uint8 or the features do not hold real numbers.
+        """
         origin_of(codes, features, names=("codes", "features"))
         c = packed(codes, "codes", self.nbytes)
         if self.nbits % 8 and (c[:, -1] >> (self.nbits % 8)).any():
@@ -203,8 +278,33 @@ class BinaryIndex(LazyState):
 
     def search(self, query_codes: Any, topk: int, query_features: Any = None
                ) -> tuple[Any, Any]:
-        """Top-K by Hamming distance; with ``query_features`` (and features added), ties are
-        broken by squared Euclidean distance between features. See :func:`hamming_topk`."""
+        """Top-K by Hamming distance, as :func:`hamming_topk`.
+
+        Parameters
+        ----------
+        query_codes : array_like of uint8, shape (Q, ceil(nbits / 8))
+            Packed query codes.
+        topk : int
+            Results per query.
+        query_features : array_like, shape (Q, dim), optional
+            With features added: ties in Hamming distance are broken by squared Euclidean
+            distance between features; else by the lower row.
+
+        Returns
+        -------
+        D : array of int32, shape (Q, topk)
+            Hamming distances, ascending; int32's largest value where missing.
+        I : array of int64, shape (Q, topk)
+            Rows in the order added; -1 where missing.
+
+        Raises
+        ------
+        ValueError
+            If the query codes have another width, ``topk`` is below 1, or the features have
+            the wrong shape, NaN or Inf, or were not added.
+        TypeError
+            If ``query_codes`` is not uint8, or arrays of two libraries or devices are mixed.
+        """
         origin = origin_of(query_codes, query_features,
                            names=("query_codes", "query_features"))
         topk = check_int(topk, "topk", 1)
@@ -257,14 +357,44 @@ class BinaryIndex(LazyState):
         return self._device_mirror(lambda: _hamming_gpu.word_columns(cupy.asarray(self._codes)))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` (.npz, no pickle)."""
+        """Write the index (and its features) to ``path``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.npz`` file (no pickle inside); written whole or not at all.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+        """
         extra = {} if self._features is None else {"features": self._features}
         save_npz(path, "BinaryIndex", self._VERSION, nbits=np.array(self.nbits),
                  codes=self._codes, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BinaryIndex:
-        """Read an index written by :meth:`save`."""
+        """Read an index written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; it is checked member by member before anything is unpacked, and never
+            unpickled.
+
+        Returns
+        -------
+        BinaryIndex
+            The index, searchable at once (also from several threads).
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, damaged, of another kind or version.
+        OSError
+            If the file cannot be read.
+        """
         arrays = load_npz(path, "BinaryIndex", cls._VERSION,
                           {"nbits": ("iu", 0), "codes": ("u", 2)})
         try:

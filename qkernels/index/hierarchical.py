@@ -41,10 +41,33 @@ class HierarchicalHashTable:
     Parameters
     ----------
     num_buckets : int
-        ``d``, buckets per level (the compound table has ``d * d``).
+        ``d``, buckets per level (the compound table has ``d * d``), ``1..4096``.
     k : int
         Children per item and per query, ``1 <= k <= d``.
-    metric : {"l2", "ip"}
+    metric : {"l2", "ip"}, default "l2"
+        Re-ranking by squared Euclidean distance or inner product.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range or ``metric`` unknown.
+    TypeError
+        If ``num_buckets`` or ``k`` is not an integer.
+
+    See Also
+    --------
+    qkernels.solve_hierarchical_codes : the codes of the cascade's training.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> rng = np.random.default_rng(0)
+    >>> level1, level2 = rng.standard_normal((500, 16)), rng.standard_normal((500, 16))
+    >>> embeddings = rng.standard_normal((500, 8))
+    >>> table = qk.HierarchicalHashTable(16, k=2).add(level1, level2, embeddings)
+    >>> D, I = table.search(level1[:2], level2[:2], embeddings[:2], topk=3)
+    >>> I[:, 0]
+    array([0, 1])
     """
 
     _VERSION = 1
@@ -60,10 +83,12 @@ class HierarchicalHashTable:
 
     @property
     def metric(self) -> str:
+        """``"l2"`` or ``"ip"``."""
         return self._table.metric
 
     @property
     def ntotal(self) -> int:
+        """Number of items in the table."""
         return self._table.ntotal
 
     def __len__(self) -> int:
@@ -71,6 +96,7 @@ class HierarchicalHashTable:
 
     @property
     def candidate_counts(self) -> np.ndarray:
+        """The candidates each query of the last search looked at: int64, shape ``(Q,)``."""
         return self._table.candidate_counts
 
     def _levels(self, level1: Any, level2: Any, rows: int | None, names: tuple[str, str]):
@@ -89,7 +115,33 @@ class HierarchicalHashTable:
 
     def add(self, level1_activations: Any, level2_activations: Any, embeddings: Any,
             ids: Any = None) -> HierarchicalHashTable:
-        """Add items by their activations of each level ``(N, d)``. Returns the table."""
+        """Add items by their activations: parent = best level-1 bucket, children = best ``k``
+        level-2 buckets.
+
+        Parameters
+        ----------
+        level1_activations : array_like, shape (N, num_buckets)
+            Level-1 hash-head outputs.
+        level2_activations : array_like, shape (N, num_buckets)
+            Level-2 hash-head outputs.
+        embeddings : array_like, shape (N, dim)
+            What the candidates are re-ranked by.
+        ids : array_like of int, shape (N,), optional
+            Ids ``>= 0`` (default: the next ``N`` positions).
+
+        Returns
+        -------
+        HierarchicalHashTable
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If the arrays disagree in rows, have another width, NaN or Inf, or an id is
+            negative.
+        TypeError
+            If an array does not hold numbers of the right kind.
+        """
         origin_of(level1_activations, level2_activations, embeddings, ids,
                   names=("level1_activations", "level2_activations", "embeddings", "ids"))
         a1, a2 = self._levels(level1_activations, level2_activations, None,
@@ -98,12 +150,43 @@ class HierarchicalHashTable:
         children = np.empty((a2.shape[0], self.k), dtype=np.int64)
         if a2.shape[0]:
             _table_cpu.topk_rows(a2, self.k, children)
-        return self.add_codes(parents, children, embeddings, ids)
+        return self._add_levels(parents, children, embeddings, ids)
 
     def add_codes(self, level1: Any, level2: Any, embeddings: Any, ids: Any = None
                   ) -> HierarchicalHashTable:
-        """Add items by their codes: parents ``(N,)`` and children ``(N, k)`` (the first child
-        treated as the best). Returns the table."""
+        """Add items by their codes (from :func:`qkernels.solve_hierarchical_codes`).
+
+        Parameters
+        ----------
+        level1 : array_like of int, shape (N,)
+            Parents.
+        level2 : array_like of int, shape (N, k)
+            Distinct children per row, the first treated as the best.
+        embeddings : array_like, shape (N, dim)
+            What the candidates are re-ranked by.
+        ids : array_like of int, shape (N,), optional
+            Ids ``>= 0`` (default: the next ``N`` positions).
+
+        Returns
+        -------
+        HierarchicalHashTable
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If a code is out of range, a row repeats a child, or the shapes disagree.
+        TypeError
+            If the codes do not hold integers.
+        """
+        origin_of(level1, level2, embeddings, ids,
+                  names=("level1", "level2", "embeddings", "ids"))
+        return self._add_levels(level1, level2, embeddings, ids)
+
+    def _add_levels(self, level1: Any, level2: Any, embeddings: Any, ids: Any
+                    ) -> HierarchicalHashTable:
+        """add_codes of arrays already checked to be of one library (or, from add, the codes
+        made on the host from the caller's activations)."""
         p = as_index_array(to_numpy(level1, allow_device_copy=True), "level1", self.num_buckets)
         c = to_numpy(level2, allow_device_copy=True)
         check_rank(p, "level1", (1,), "(N,)")
@@ -111,13 +194,45 @@ class HierarchicalHashTable:
         c = as_index_array(c, "level2", self.num_buckets)
         if c.shape != (p.shape[0], self.k):
             raise ValueError(f"level2 must be ({p.shape[0]}, {self.k}), got {tuple(c.shape)}")
-        self._table.add_codes(p[:, None] * self.num_buckets + c, embeddings, ids)
+        # the inner table gets host arrays alike (the compound codes are numpy)
+        self._table.add_codes(p[:, None] * self.num_buckets + c,
+                              to_numpy(embeddings, allow_device_copy=True, name="embeddings"),
+                              None if ids is None else to_numpy(ids, allow_device_copy=True))
         return self
 
     def search(self, query_level1: Any, query_level2: Any, query_embeddings: Any, topk: int,
                exclude_ids: Any = None) -> tuple[Any, Any]:
-        """Search in the order of the paper (see the class docstring); the rest as
-        :meth:`SparseHashTable.search`, whose ``candidate_counts`` this keeps."""
+        """Search in the order of the paper (see the class docstring).
+
+        Parameters
+        ----------
+        query_level1 : array_like, shape (Q, num_buckets)
+            The queries' level-1 activations.
+        query_level2 : array_like, shape (Q, num_buckets)
+            The queries' level-2 activations.
+        query_embeddings : array_like, shape (Q, dim)
+            The queries' embeddings.
+        topk : int
+            Results per query.
+        exclude_ids : array_like of int, shape (Q,) or (Q, m), optional
+            Ids never returned for that query; -1 entries are ignored.
+
+        Returns
+        -------
+        D : array of float32, shape (Q, topk)
+            As :meth:`SparseHashTable.search`.
+        I : array of int64, shape (Q, topk)
+            The ids; -1 where missing.
+
+        Raises
+        ------
+        ValueError
+            If a query array has another rank, width or number of rows, NaN or Inf, or
+            ``topk`` is below 1 or its results would not fit in memory.
+        TypeError
+            If a query array does not hold real numbers, or arrays of two libraries or
+            devices are mixed.
+        """
         origin = origin_of(query_level1, query_level2, query_embeddings, exclude_ids,
                            names=("query_level1", "query_level2", "query_embeddings",
                                   "exclude_ids"))
@@ -137,13 +252,43 @@ class HierarchicalHashTable:
         return -(ranks.reshape(len(a1), d * d)).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the table to ``path`` (.npz, no pickle)."""
+        """Write the table to ``path``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.npz`` file (no pickle inside); written whole or not at all.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+        """
         save_npz(path, "HierarchicalHashTable", self._VERSION,
                  buckets_per_level=np.array(self.num_buckets), **self._table._state())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HierarchicalHashTable:
-        """Read a table written by :meth:`save`."""
+        """Read a table written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; it is checked member by member before anything is unpacked, and never
+            unpickled.
+
+        Returns
+        -------
+        HierarchicalHashTable
+            The index, searchable at once (also from several threads).
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, damaged, of another kind or version.
+        OSError
+            If the file cannot be read.
+        """
         fields = dict(SparseHashTable._FIELDS, buckets_per_level=("iu", 0))
         arrays = load_npz(path, "HierarchicalHashTable", cls._VERSION, fields)
         inner = SparseHashTable._from_state(arrays, path, "HierarchicalHashTable")

@@ -45,17 +45,34 @@ class PQIndex(LazyState):
     ----------
     pq : ProductQuantizer
         A trained quantizer; the index keeps a reference.
-    metric : {"l2", "ip"}
+    metric : {"l2", "ip"}, default "l2"
         Squared Euclidean distance (ascending) or inner product (descending).
-    fast_scan : bool or None
+    fast_scan : bool, optional
         None (default): the fast scan when the quantizer has 4 bits and at most 256
         sub-quantizers. True: require it. False: always the exact float ADC scan.
 
+    Raises
+    ------
+    ValueError
+        If ``metric`` is unknown, or ``fast_scan=True`` for a quantizer it cannot serve.
+    TypeError
+        If ``pq`` is not a ProductQuantizer or ``fast_scan`` not a bool or None.
+    RuntimeError
+        If the quantizer is not trained.
+
+    See Also
+    --------
+    ProductQuantizer : the codes.
+
     Examples
     --------
-    >>> index = PQIndex(ProductQuantizer(64, 8, 8).train(x))
-    >>> index.add(x)
-    >>> D, I = index.search(q, topk=10)
+    >>> import numpy as np, qkernels as qk
+    >>> x = np.random.default_rng(0).standard_normal((5000, 32)).astype(np.float32)
+    >>> pq = qk.ProductQuantizer(32, num_subspaces=8, nbits=8).train(x)
+    >>> index = qk.PQIndex(pq).add(x)
+    >>> D, I = index.search(x[:2], topk=5)
+    >>> D.shape, I.dtype
+    ((2, 5), dtype('int64'))
     """
 
     _VERSION = 1
@@ -87,6 +104,7 @@ class PQIndex(LazyState):
 
     @property
     def ntotal(self) -> int:
+        """Number of items in the index."""
         return int(self._codes.shape[0])
 
     def __len__(self) -> int:
@@ -98,18 +116,54 @@ class PQIndex(LazyState):
 
     @property
     def codes(self) -> np.ndarray:
-        """The stored codes, ``(ntotal, num_subspaces)``."""
+        """The stored codes: shape ``(ntotal, num_subspaces)``, the quantizer's dtype."""
         return self._codes
 
     def add(self, x: Any) -> PQIndex:
-        """Encode ``x`` ``(N, dim)`` and append the codes. Returns the index."""
+        """Encode vectors and append their codes.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Vectors.
+
+        Returns
+        -------
+        PQIndex
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has another dimension or rank, NaN or Inf.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         codes = self.pq.encode(self.pq.check_vectors(x, "x"))
         self._codes = np.concatenate([self._codes, codes])
         self._changed()
         return self
 
     def add_codes(self, codes: Any) -> PQIndex:
-        """Append codes made by this index's quantizer. Returns the index."""
+        """Append codes made by this index's quantizer.
+
+        Parameters
+        ----------
+        codes : array_like of int, shape (N, num_subspaces)
+            Codes (other integer dtypes are range-checked and converted).
+
+        Returns
+        -------
+        PQIndex
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If the shape differs or a code is out of range.
+        TypeError
+            If ``codes`` does not hold integers.
+        """
         self._codes = np.concatenate([self._codes, self.pq.check_codes(codes)])
         self._changed()
         return self
@@ -118,13 +172,34 @@ class PQIndex(LazyState):
                rerank: int | None = None) -> tuple[Any, Any]:
         """The ``topk`` nearest items of each query by asymmetric (or symmetric) distance.
 
-        Returns ``D`` float32 ``(Q, topk)`` (squared L2 ascending, or inner products descending;
-        ``inf`` / ``-inf`` where missing) and ``I`` int64 (row numbers in the order added, -1
-        where missing). Ties go to the item added first.
+        Parameters
+        ----------
+        q : array_like, shape (Q, dim)
+            Queries (never quantized, unless ``symmetric``).
+        topk : int
+            Results per query.
+        symmetric : bool, default False
+            Quantize the queries too (SDC; the exact scan).
+        rerank : int, optional
+            Fast scan only: how many items the rounded scan keeps for ranking again by the
+            exact ADC distance; None is ``4 * topk``, 0 returns the best ``topk`` by the
+            rounded sums with their approximate distances (as faiss' ``IndexPQFastScan``).
 
-        ``rerank`` (fast scan only): how many items the rounded scan keeps for ranking again by
-        the exact ADC distance; None is ``4 * topk``, 0 returns the best ``topk`` by the
-        rounded sums with their approximate distances (faiss' ``IndexPQFastScan``).
+        Returns
+        -------
+        D : array of float32, shape (Q, topk)
+            Squared L2 ascending, or inner products descending; ``inf`` / ``-inf`` where
+            missing.
+        I : array of int64, shape (Q, topk)
+            Rows in the order added; -1 where missing. Ties go to the item added first.
+
+        Raises
+        ------
+        ValueError
+            If ``q`` has another dimension, NaN or Inf; ``topk`` is below 1; ``rerank`` is
+            given to an exact search or is between 1 and ``topk - 1``.
+        TypeError
+            If ``q`` does not hold real numbers or ``topk`` is not an integer.
         """
         origin = origin_of(q, names=("q",))
         topk = check_int(topk, "topk", 1)
@@ -272,7 +347,18 @@ class PQIndex(LazyState):
     }  # and "fast_scan" (bool), absent from files of earlier releases: the default then
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index and its quantizer to ``path`` (.npz, no pickle)."""
+        """Write the index and its quantizer to ``path``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.npz`` file (no pickle inside); written whole or not at all.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+        """
         pq = self.pq
         save_npz(path, "PQIndex", self._VERSION, metric=np.array(self.metric),
                  codes=self._codes, dim=np.array(pq.dim),
@@ -281,7 +367,26 @@ class PQIndex(LazyState):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PQIndex:
-        """Read an index written by :meth:`save`."""
+        """Read an index written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; it is checked member by member before anything is unpacked, and never
+            unpickled.
+
+        Returns
+        -------
+        PQIndex
+            The index, searchable at once (also from several threads).
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, damaged, of another kind or version.
+        OSError
+            If the file cannot be read.
+        """
         arrays = load_npz(path, "PQIndex", cls._VERSION, cls._FIELDS)
         try:
             pq = ProductQuantizer(int(arrays["dim"]), int(arrays["num_subspaces"]),

@@ -74,18 +74,42 @@ class SparseHashTable(LazyState):
     Parameters
     ----------
     num_buckets : int
-        ``d``, the length of an activation vector.
+        ``d``, the length of an activation vector, ``1..2**24``.
     k : int
         Buckets per item and per query, ``1 <= k <= num_buckets``.
-    metric : {"l2", "ip"}
+    metric : {"l2", "ip"}, default "l2"
         Re-ranking by squared Euclidean distance (ascending) or inner product (descending).
+
+    Attributes
+    ----------
+    candidate_counts : ndarray of int64, shape (Q,)
+        The number of candidates each query of the last search looked at
+        (:func:`qkernels.metrics.search_speedup` turns them into the SUF).
+    dim : int or None
+        The embeddings' dimension (None until the first add).
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range or ``metric`` unknown.
+    TypeError
+        If ``num_buckets`` or ``k`` is not an integer.
+
+    See Also
+    --------
+    qkernels.solve_sparse_codes : the codes of DHT's training.
+    HierarchicalHashTable : the table of cascaded codes.
 
     Examples
     --------
-    >>> table = SparseHashTable(num_buckets=512, k=2)
-    >>> table.add(activations, embeddings)                  # (N, 512), (N, dim)
-    >>> D, I = table.search(q_activations, q_embeddings, topk=16)
-    >>> qk.metrics.search_speedup(table.candidate_counts, table.ntotal)
+    >>> import numpy as np, qkernels as qk
+    >>> rng = np.random.default_rng(0)
+    >>> activations, embeddings = rng.standard_normal((1000, 64)), rng.standard_normal((1000, 8))
+    >>> table = qk.SparseHashTable(num_buckets=64, k=2).add(activations, embeddings)
+    >>> D, I = table.search(activations[:3], embeddings[:3], topk=4)
+    >>> I[:, 0]                     # each item finds itself first
+    array([0, 1, 2])
+    >>> speedup = qk.metrics.search_speedup(table.candidate_counts, table.ntotal)
     """
 
     _VERSION = 1
@@ -124,9 +148,30 @@ class SparseHashTable(LazyState):
     def add(self, activations: Any, embeddings: Any, ids: Any = None) -> SparseHashTable:
         """Add items; each goes into the buckets of its ``k`` largest activations.
 
-        ``activations`` is ``(N, num_buckets)``, ``embeddings`` ``(N, dim)``, ``ids`` ``(N,)``
-        integers >= 0 (default: the next ``N`` positions). Ties between activations go to the
-        lower bucket index. Repeated calls append. Returns the table.
+        Ties between activations go to the lower bucket index. Repeated calls append.
+
+        Parameters
+        ----------
+        activations : array_like, shape (N, num_buckets)
+            The items' hash-head outputs.
+        embeddings : array_like, shape (N, dim)
+            What the candidates are re-ranked by (stored as float32).
+        ids : array_like of int, shape (N,), optional
+            Ids ``>= 0`` returned by searches (default: the next ``N`` positions).
+
+        Returns
+        -------
+        SparseHashTable
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If the arrays disagree in rows, have another width, NaN or Inf, an id is
+            negative, or the table would hold ``2**31`` items.
+        TypeError
+            If an array does not hold numbers of the right kind, or arrays of two libraries
+            or devices are mixed.
         """
         origin_of(activations, embeddings, ids, names=("activations", "embeddings", "ids"))
         act = self._activations(activations, "activations")
@@ -136,8 +181,30 @@ class SparseHashTable(LazyState):
         return self._append(codes, embeddings, ids, act.shape[0])
 
     def add_codes(self, codes: Any, embeddings: Any, ids: Any = None) -> SparseHashTable:
-        """Add items whose ``(N, k)`` codes are already known (distinct buckets per row; the
-        first column is treated as the item's best bucket). Returns the table."""
+        """Add items whose codes are already known (from :func:`qkernels.solve_sparse_codes`).
+
+        Parameters
+        ----------
+        codes : array_like of int, shape (N, k)
+            Distinct buckets per row; the first column is treated as the item's best bucket.
+        embeddings : array_like, shape (N, dim)
+            What the candidates are re-ranked by.
+        ids : array_like of int, shape (N,), optional
+            Ids ``>= 0`` (default: the next ``N`` positions).
+
+        Returns
+        -------
+        SparseHashTable
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If a row repeats a bucket, a bucket is out of range, or the arrays disagree as
+            in :meth:`add`.
+        TypeError
+            If ``codes`` does not hold integers.
+        """
         origin_of(codes, embeddings, ids, names=("codes", "embeddings", "ids"))
         c = to_numpy(codes, allow_device_copy=True)
         check_rank(c, "codes", (2,), f"(N, k = {self.k})")
@@ -240,23 +307,38 @@ class SparseHashTable(LazyState):
 
         Parameters
         ----------
-        query_activations : ``(Q, num_buckets)``
-        query_embeddings : ``(Q, dim)``
+        query_activations : array_like, shape (Q, num_buckets)
+            The queries' hash-head outputs.
+        query_embeddings : array_like, shape (Q, dim)
+            The queries' embeddings.
         topk : int
             Results per query; more than the table holds is allowed (the rest is padding).
-        exclude_ids : ``(Q,)`` or ``(Q, m)`` integers, optional
+        exclude_ids : array_like of int, shape (Q,) or (Q, m), optional
             Ids never returned for that query (e.g. the query itself when the queries come from
             the database); -1 entries are ignored. Excluded items are not counted as candidates.
 
         Returns
         -------
-        D : float32 ``(Q, topk)``, squared distances ascending (``"l2"``) or inner products
-            descending (``"ip"``); ``inf`` (``-inf`` for ``"ip"``) where a result is missing.
-        I : int64 ``(Q, topk)``, the ids; -1 where a result is missing.
+        D : array of float32, shape (Q, topk)
+            Squared distances ascending (``"l2"``) or inner products descending (``"ip"``);
+            ``inf`` (``-inf`` for ``"ip"``) where a result is missing.
+        I : array of int64, shape (Q, topk)
+            The ids; -1 where a result is missing.
 
-        Ties in distance go to the item added first. ``candidate_counts`` then holds the number
-        of candidates each query looked at. Queries on a GPU are searched there (topk up to 64;
-        qkernels/cuda/table.cu) against a copy of the table made on the first such search.
+        Raises
+        ------
+        ValueError
+            If a query array has another rank, width or number of rows, NaN or Inf, or
+            ``topk`` is below 1 or its results would not fit in memory.
+        TypeError
+            If a query array does not hold real numbers, or arrays of two libraries or
+            devices are mixed.
+
+        Notes
+        -----
+        Ties in distance go to the item added first. ``candidate_counts`` then holds the
+        number of candidates each query looked at. Queries on a GPU are searched there (topk up
+        to 64) against a copy of the table made on the first such search.
         """
         origin = origin_of(query_activations, query_embeddings, exclude_ids,
                            names=("query_activations", "query_embeddings", "exclude_ids"))
@@ -491,11 +573,41 @@ class SparseHashTable(LazyState):
         return table
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the table to ``path`` (.npz, no pickle)."""
+        """Write the table to ``path``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.npz`` file (no pickle inside); written whole or not at all.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+        """
         save_npz(path, "SparseHashTable", self._VERSION, **self._state())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SparseHashTable:
-        """Read a table written by :meth:`save`; a truncated or foreign file is refused."""
+        """Read a table written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; it is checked member by member before anything is unpacked, and never
+            unpickled.
+
+        Returns
+        -------
+        SparseHashTable
+            The index, searchable at once (also from several threads).
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, damaged, of another kind or version.
+        OSError
+            If the file cannot be read.
+        """
         return cls._from_state(load_npz(path, "SparseHashTable", cls._VERSION, cls._FIELDS),
                                path)

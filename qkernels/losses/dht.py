@@ -30,8 +30,18 @@ __all__ = [
 
 
 class BatchCodes(NamedTuple):
-    codes: torch.Tensor  # (N, k) int64, each item's buckets, sorted
-    mask: torch.Tensor  # (N, d) 0/1 in the activations' dtype: the buckets of each item's code
+    """The codes of one batch, as :func:`assign_batch_codes` returns them (a named tuple).
+
+    Parameters
+    ----------
+    codes : torch.Tensor of int64, shape (N, k)
+        Each item's buckets, sorted ascending.
+    mask : torch.Tensor, shape (N, d)
+        0/1 in the activations' dtype: the buckets of each item's code.
+    """
+
+    codes: torch.Tensor
+    mask: torch.Tensor
 
 
 def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float = 1.0,
@@ -50,11 +60,50 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
     rank 0 solves once and broadcasts the codes, so that every rank trains on the same codes.
     Every rank must call it at the same step.
 
-    Returns ``BatchCodes(codes, mask)``: int64 ``(N, k)`` and a 0/1 ``(N, d)`` mask in the
-    activations' dtype, both on the activations' device. No gradient flows through them. The
-    solve runs where the class means are: on a GPU with cupy, one block of
-    qkernels/cuda/flow.cu, which returns the CPU solver's codes; elsewhere on the CPU (a host
-    copy when cupy is missing).
+    Parameters
+    ----------
+    activations : torch.Tensor, shape (N, d)
+        The batch's hash-head outputs (float16, float32 or float64; any device).
+    labels : torch.Tensor or array_like of int, shape (N,)
+        Class ids.
+    k : int
+        Buckets per class, ``1..d``.
+    penalty : float, default 1.0
+        The cost of each pair of classes sharing a bucket, ``>= 0``.
+    normalize : bool, default True
+        L2-normalise each row before averaging.
+    group : torch.distributed.ProcessGroup, optional
+        The group whose ranks share the batch (default: the whole world when initialised).
+
+    Returns
+    -------
+    BatchCodes
+        ``(codes, mask)``: int64 ``(N, k)`` and a 0/1 ``(N, d)`` mask in the activations'
+        dtype, both on the activations' device. No gradient flows through them.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, the activations hold NaN or Inf, ``k`` is outside ``1..d``, or
+        ``penalty`` is negative.
+    TypeError
+        If ``activations`` is not a floating tensor or ``labels`` not integers.
+
+    Notes
+    -----
+    The solve runs where the class means are: on a GPU with cupy, one CUDA block per
+    problem, which returns the CPU solver's codes; elsewhere on the CPU (a host copy when
+    cupy is missing).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qkernels.losses import assign_batch_codes
+    >>> activations = torch.randn(12, 16, generator=torch.Generator().manual_seed(0))
+    >>> labels = torch.arange(12) % 4
+    >>> codes, mask = assign_batch_codes(activations, labels, k=2)
+    >>> codes.shape, mask.shape, bool((codes[0] == codes[4]).all())   # one code per class
+    (torch.Size([12, 2]), torch.Size([12, 16]), True)
     """
     a = check_embeddings(activations, "activations").detach()
     inverse, means = _class_means(a, labels, normalize, group, "assign_batch_codes")
@@ -66,20 +115,69 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
 
 
 class HierarchicalBatchCodes(NamedTuple):
-    level1: torch.Tensor  # (N,) int64, each item's parent bucket
-    level2: torch.Tensor  # (N, k2) int64, its child buckets, sorted
-    mask1: torch.Tensor  # (N, d1) 0/1 one-hot of the parent
-    mask2: torch.Tensor  # (N, d2) 0/1 of the children
+    """The cascaded codes of one batch, as :func:`assign_hierarchical_codes` returns them
+    (a named tuple).
+
+    Parameters
+    ----------
+    level1 : torch.Tensor of int64, shape (N,)
+        Each item's parent bucket.
+    level2 : torch.Tensor of int64, shape (N, k2)
+        Its child buckets, sorted.
+    mask1 : torch.Tensor, shape (N, d1)
+        0/1 one-hot of the parent.
+    mask2 : torch.Tensor, shape (N, d2)
+        0/1 of the children.
+    """
+
+    level1: torch.Tensor
+    level2: torch.Tensor
+    mask1: torch.Tensor
+    mask2: torch.Tensor
 
 
 def assign_hierarchical_codes(level1_activations: torch.Tensor,
                               level2_activations: torch.Tensor, labels, k2: int,
                               penalty_sibling: float = 100.0, penalty_global: float = 1.0,
                               normalize: bool = True, *, group=None) -> HierarchicalBatchCodes:
-    """The cascaded code assignment of one batch (CVPR 2019), like :func:`assign_batch_codes`:
-    per class the mean (normalised) activations of each level, then the exact two-level codes
-    of :func:`qkernels.solve_hierarchical_codes`; every item gets its class's. Distributed
-    runs solve the global batch once, as :func:`assign_batch_codes` does."""
+    """The cascaded code assignment of one batch (Jeong, Kim & Song, CVPR 2019).
+
+    As :func:`assign_batch_codes`: per class the mean (normalised) activations of each level,
+    then the exact two-level codes of :func:`qkernels.solve_hierarchical_codes`; every item
+    gets its class's. Distributed runs solve the global batch once.
+
+    Parameters
+    ----------
+    level1_activations : torch.Tensor, shape (N, d1)
+        The batch's level-1 outputs.
+    level2_activations : torch.Tensor, shape (N, d2)
+        The batch's level-2 outputs.
+    labels : torch.Tensor or array_like of int, shape (N,)
+        Class ids.
+    k2 : int
+        Children per class, ``1..d2``.
+    penalty_sibling : float, default 100.0
+        As in :func:`qkernels.solve_hierarchical_codes`.
+    penalty_global : float, default 1.0
+        As in :func:`qkernels.solve_hierarchical_codes`.
+    normalize : bool, default True
+        L2-normalise each row of each level before averaging.
+    group : torch.distributed.ProcessGroup, optional
+        The group whose ranks share the batch.
+
+    Returns
+    -------
+    HierarchicalBatchCodes
+        ``(level1, level2, mask1, mask2)`` on the activations' device.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, the activations hold NaN or Inf, ``k2`` is out of range or a
+        penalty negative.
+    TypeError
+        If an activation is not a floating tensor or ``labels`` not integers.
+    """
     a1 = check_embeddings(level1_activations, "level1_activations").detach()
     a2 = check_embeddings(level2_activations, "level2_activations").detach()
     if a1.shape[0] != a2.shape[0]:
@@ -184,8 +282,32 @@ class SemiHardTripletLoss(nn.Module):
     D_ip}``, or, if there is none, the farthest negative; the loss is the mean over pairs of
     ``max(D_ip - D_in + margin, 0)``. Default margin 1.0 (the DHT triplet setting).
 
-    ``forward(embeddings, labels, masks=None)``: masks are ``(N, d)`` 0/1 (e.g.
-    ``assign_batch_codes(...).mask``). A batch needs two classes and one positive pair.
+    Parameters
+    ----------
+    margin : float, default 1.0
+        ``>= 0``.
+    distance : {"l1", "sqeuclidean"}, default "l1"
+        The per-coordinate term.
+    normalize : bool, default True
+        L2-normalise the embeddings first.
+
+    Raises
+    ------
+    ValueError
+        If ``margin`` is negative or not finite, or ``distance`` unknown.
+    TypeError
+        If ``margin`` is not a real number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qkernels.losses import SemiHardTripletLoss, assign_batch_codes
+    >>> embeddings = torch.randn(12, 16, generator=torch.Generator().manual_seed(0))
+    >>> labels = torch.arange(12) % 3
+    >>> codes, mask = assign_batch_codes(embeddings, labels, k=2)
+    >>> loss = SemiHardTripletLoss(margin=1.0)(embeddings, labels, mask)
+    >>> loss.shape
+    torch.Size([])
     """
 
     def __init__(self, margin: float = 1.0, distance: str = "l1", normalize: bool = True):
@@ -200,6 +322,30 @@ class SemiHardTripletLoss(nn.Module):
         return f"margin={self.margin}, distance={self.distance!r}, normalize={self.normalize}"
 
     def forward(self, embeddings: torch.Tensor, labels, masks: torch.Tensor | None = None):
+        """The loss of one batch.
+
+        Parameters
+        ----------
+        embeddings : torch.Tensor, shape (N, d)
+            Floating point, any device.
+        labels : torch.Tensor or array_like of int, shape (N,)
+            Class ids.
+        masks : torch.Tensor, shape (N, d), optional
+            0/1 code masks (``assign_batch_codes(...).mask``).
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar (zero, connected to the graph, for an empty batch).
+
+        Raises
+        ------
+        ValueError
+            If the batch has one class only or no two items of one class, the shapes
+            disagree, or the embeddings hold NaN or Inf.
+        TypeError
+            If ``embeddings`` is not a floating tensor or ``labels`` not integers.
+        """
         f = check_embeddings(embeddings, "embeddings")
         labels = check_labels(labels, f.shape[0], f.device)
         if masks is not None:
@@ -244,8 +390,22 @@ class NPairsLoss(nn.Module):
     The softmax rewards larger outputs whatever their direction, and the weak L2 term does not
     stop them growing (the head's squared norm grows from 6 to over 100 in training). With
     ``scale = s`` every output is first normalised to length ``s`` (``a_i <- s a_i / |a_i|``,
-    the fixed-temperature cosine softmax of NormFace), which holds it in scale; the L2 term
-    is then a constant and is left out.
+    the fixed-temperature cosine softmax of NormFace, Wang et al., 2017), which holds it in
+    scale; the L2 term is then a constant and is left out.
+
+    Parameters
+    ----------
+    reg : float, default 0.003
+        Weight of the L2 term, ``>= 0``.
+    scale : float, optional
+        Normalise the outputs to this length first (``> 0``); None keeps them.
+
+    Raises
+    ------
+    ValueError
+        If ``reg`` is negative or ``scale`` not positive, or either is not finite.
+    TypeError
+        If either is not a real number.
     """
 
     def __init__(self, reg: float = 0.003, scale: float | None = None):
@@ -259,6 +419,34 @@ class NPairsLoss(nn.Module):
     def forward(self, anchors: torch.Tensor, positives: torch.Tensor, labels,
                 anchor_masks: torch.Tensor | None = None,
                 positive_masks: torch.Tensor | None = None):
+        """The loss of one batch of (anchor, positive) pairs.
+
+        Parameters
+        ----------
+        anchors : torch.Tensor, shape (N, d)
+            Floating point.
+        positives : torch.Tensor, shape (N, d)
+            Of the same dtype and device; row ``i`` of the same class as anchor ``i``.
+        labels : torch.Tensor or array_like of int, shape (N,)
+            Class ids.
+        anchor_masks : torch.Tensor, shape (N, d), optional
+            0/1 code masks of the anchors.
+        positive_masks : torch.Tensor, shape (N, d), optional
+            0/1 code masks of the positives (both masks or neither).
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar.
+
+        Raises
+        ------
+        ValueError
+            If the batch has one class only, one mask is given without the other, the shapes
+            disagree, or an input holds NaN or Inf.
+        TypeError
+            If the inputs differ in dtype or device or are not floating tensors.
+        """
         a = check_embeddings(anchors, "anchors")
         p = check_embeddings(positives, "positives")
         check_like(a, "anchors", p, "positives")

@@ -31,8 +31,30 @@ class DQNLoss(nn.Module):
     cosine term unchanged and the codes no better (measured: weighted up enough to matter, the
     outputs shrank and mAP fell from 0.66 to 0.47).
 
-    ``forward(z, labels, quantizer=None)``: with no quantizer (or an untrained one) only the
-    cosine term is used.
+    Parameters
+    ----------
+    pq_weight : float, default 1e-4
+        Weight of the quantization term, ``>= 0``.
+    normalize : bool, default False
+        Quantize the unit vectors rather than the raw outputs.
+
+    Raises
+    ------
+    ValueError
+        If ``pq_weight`` is negative or not finite.
+    TypeError
+        If ``pq_weight`` is not a real number or ``normalize`` not a bool.
+
+    Examples
+    --------
+    >>> import torch, qkernels as qk
+    >>> from qkernels.losses import DQNLoss
+    >>> z = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    >>> labels = torch.arange(64) % 4
+    >>> pq = qk.ProductQuantizer(16, 4, 4).train(z.numpy())
+    >>> loss = DQNLoss(pq_weight=0.1)(z, labels, pq)
+    >>> loss.shape
+    torch.Size([])
     """
 
     def __init__(self, pq_weight: float = 1e-4, normalize: bool = False):
@@ -46,6 +68,31 @@ class DQNLoss(nn.Module):
         return f"pq_weight={self.pq_weight}, normalize={self.normalize}"
 
     def forward(self, z: torch.Tensor, labels, quantizer: ProductQuantizer | None = None):
+        """The loss of one batch.
+
+        Parameters
+        ----------
+        z : torch.Tensor, shape (N, dim)
+            The batch's outputs, floating point.
+        labels : torch.Tensor or array_like, shape (N,) or (N, C)
+            Class ids, or a 0/1 multi-label matrix.
+        quantizer : ProductQuantizer, optional
+            The current quantizer; with none (or an untrained one) only the cosine term is
+            used.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar (zero, connected to the graph, for an empty batch).
+
+        Raises
+        ------
+        ValueError
+            If the shapes disagree or ``z`` holds NaN or Inf.
+        TypeError
+            If ``z`` is not a floating tensor, ``labels`` not integers or 0/1, or
+            ``quantizer`` not a ProductQuantizer.
+        """
         z = check_embeddings(z, "z")
         labels = check_labels(labels, z.shape[0], z.device)
         if quantizer is not None and not isinstance(quantizer, ProductQuantizer):
@@ -71,7 +118,23 @@ class CodebookRefresher:
 
     ``update(z)`` is called once per training step with the batch's embeddings; it keeps the
     last ``max_points`` of them (detached, on the CPU) and, every ``every`` calls, trains the
-    quantizer on them. Returns True when it re-fitted.
+    quantizer on them.
+
+    Parameters
+    ----------
+    quantizer : ProductQuantizer
+        The quantizer to re-fit (in place).
+    every : int, default 100
+        Steps between re-fits.
+    max_points : int, default 100000
+        Embeddings kept for the re-fit, at least ``2**nbits``.
+
+    Raises
+    ------
+    ValueError
+        If ``every`` is below 1 or ``max_points`` below ``2**nbits``.
+    TypeError
+        If ``quantizer`` is not a ProductQuantizer or a count not an integer.
     """
 
     def __init__(self, quantizer: ProductQuantizer, every: int = 100,
@@ -86,6 +149,25 @@ class CodebookRefresher:
         self._count = 0
 
     def update(self, z: torch.Tensor) -> bool:
+        """Record one step's embeddings; re-fit the codebooks every ``every`` steps.
+
+        Parameters
+        ----------
+        z : torch.Tensor, shape (N, dim)
+            The step's embeddings.
+
+        Returns
+        -------
+        bool
+            Whether the codebooks were re-fitted at this step.
+
+        Raises
+        ------
+        ValueError
+            If ``z`` has another dimension, NaN or Inf.
+        TypeError
+            If ``z`` is not a floating tensor.
+        """
         z = check_embeddings(z, "z")
         batch = z.detach().to("cpu", torch.float32).numpy()
         self._buffer.append(batch)

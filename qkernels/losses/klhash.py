@@ -22,9 +22,33 @@ class RelativeDistanceLoss(nn.Module):
 
     Targets come from a ``(C, C)`` class distance matrix indexed by the labels
     (``class_distance[y_i, y_j]``, e.g. a label-tree or WordNet distance) or directly as
-    ``(N, N)`` pairwise ``target_distances``. REFERENCES.md marks this form "(check)": it is
-    the form documented there (Arponen & Bishop, 2020, section 3), implemented as written.
-    Zero when the hash distances are proportional to the targets.
+    ``(N, N)`` pairwise ``target_distances`` (Arponen & Bishop, "Learning to hash with
+    semantic similarity metrics and empirical KL divergence", 2020, section 3). Zero when the
+    hash distances are proportional to the targets.
+
+    Parameters
+    ----------
+    p : float, default 1.0
+        The exponent, ``> 0``.
+    eps : float, default 1e-12
+        Floor of the mean hash distance, ``> 0``.
+
+    Raises
+    ------
+    ValueError
+        If ``p`` or ``eps`` is not positive and finite.
+    TypeError
+        If either is not a real number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qkernels.losses import RelativeDistanceLoss
+    >>> h = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    >>> tree = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 2.0], [2.0, 2.0, 0.0]])
+    >>> loss = RelativeDistanceLoss()(h, torch.arange(8) % 3, tree)
+    >>> loss.shape
+    torch.Size([])
     """
 
     def __init__(self, p: float = 1.0, eps: float = 1e-12):
@@ -37,6 +61,33 @@ class RelativeDistanceLoss(nn.Module):
 
     def forward(self, h: torch.Tensor, labels=None, class_distance=None,
                 target_distances=None):
+        """The loss of one batch.
+
+        Parameters
+        ----------
+        h : torch.Tensor, shape (N, m)
+            The batch's hash outputs, ``N >= 2``.
+        labels : torch.Tensor or array_like of int, shape (N,), optional
+            Class ids, with ``class_distance``.
+        class_distance : torch.Tensor or array_like, shape (C, C), optional
+            Distances between classes.
+        target_distances : torch.Tensor or array_like, shape (N, N), optional
+            Distances between the items, instead of ``labels`` and ``class_distance``.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar.
+
+        Raises
+        ------
+        ValueError
+            If neither or both kinds of targets are given, a label exceeds the classes, a
+            target is negative or not finite, all targets are 0, there are fewer than two
+            items, or ``h`` holds NaN or Inf.
+        TypeError
+            If ``h`` is not a floating tensor or ``labels`` not integers.
+        """
         h = check_embeddings(h, "h")
         n = h.shape[0]
         if (class_distance is None) == (target_distances is None):
@@ -84,11 +135,31 @@ class BinaryKLLoss(nn.Module):
 
     with ``y_1..y_M`` (``M = num_target_samples``) drawn uniformly from the corners at every
     call. The ``nu`` term pulls outputs towards corners; the ``rho`` term spreads them apart
-    (even bit usage). Distances are clamped at ``eps`` before the log. REFERENCES.md marks this
-    form "(check)": it is the documented form (Arponen & Bishop, 2020), implemented as written.
+    (even bit usage). Distances are clamped at ``eps`` before the log (Arponen & Bishop, 2020,
+    section 3).
 
-    ``forward(x, generator=None)``: ``x`` ``(n, m)`` with ``n >= 2``; a ``torch.Generator``
-    makes the target draw reproducible.
+    Parameters
+    ----------
+    num_target_samples : int, default 256
+        ``M``, the corners drawn at every call, ``>= 1``.
+    eps : float, default 1e-8
+        Floor of the distances before the log, ``> 0``.
+
+    Raises
+    ------
+    ValueError
+        If ``num_target_samples`` is below 1 or ``eps`` not positive and finite.
+    TypeError
+        If a parameter is not a number of the right kind.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qkernels.losses import BinaryKLLoss
+    >>> x = torch.tanh(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
+    >>> loss = BinaryKLLoss()(x, torch.Generator().manual_seed(1))
+    >>> loss.shape
+    torch.Size([])
     """
 
     def __init__(self, num_target_samples: int = 256, eps: float = 1e-8):
@@ -100,6 +171,27 @@ class BinaryKLLoss(nn.Module):
         return f"num_target_samples={self.num_target_samples}"
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """The estimated KL divergence of one batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (n, m)
+            The batch's outputs, ``n >= 2``.
+        generator : torch.Generator, optional
+            Makes the draw of the target corners reproducible.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar.
+
+        Raises
+        ------
+        ValueError
+            If there are fewer than two outputs or ``x`` holds NaN or Inf.
+        TypeError
+            If ``x`` is not a floating tensor.
+        """
         x = check_embeddings(x, "x")
         n, m = x.shape
         if n < 2:

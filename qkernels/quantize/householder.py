@@ -30,8 +30,11 @@ def rescale(x: torch.Tensor) -> torch.Tensor:
 
 class HouseholderQuantizer:
     """An orthogonal ``U = H_1 ... H_m`` learned so that each coordinate of ``U x`` is close to
-    its sign (Schwengber, Resende, Orenstein & Oliveira, "Deep hashing via Householder
-    quantization", 2023). ``b = sign(U x)`` is then the binary code.
+    its sign.
+
+    H2Q (Schwengber, Resende, Orenstein & Oliveira, "Deep hashing via Householder
+    quantization", 2023): ``b = sign(U x)`` is then the binary code, and since ``U`` is
+    orthogonal the embedding's distances are unchanged by it.
 
     ``U`` is built by ``torch.linalg.householder_product`` from a parameter matrix ``V``
     (m x m) in LAPACK's form: reflector ``i`` is ``I - tau_i v_i v_i^T`` with ``v_i`` the i-th
@@ -44,9 +47,36 @@ class HouseholderQuantizer:
     Parameters
     ----------
     dim : int
-        ``m``, the embedding length (and the number of bits).
-    loss : {"l2", "l1", "bit_var", "min_entry"}
+        ``m``, the embedding length (and the number of bits), ``1..8192``.
+    loss : {"l2", "l1", "bit_var", "min_entry"}, default "l2"
         See :class:`qkernels.losses.HouseholderQuantizationLoss`.
+
+    Attributes
+    ----------
+    weights : torch.Tensor of float64, shape (dim, dim)
+        The parameter matrix ``V``.
+    history : list of dict
+        Each epoch's ``{"epoch", "train", "validation"}`` losses of the last :meth:`fit`.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is outside ``1..8192`` or ``loss`` is not one of the four.
+    TypeError
+        If ``dim`` is not an integer.
+
+    See Also
+    --------
+    ITQ : the rotation it is compared with.
+    qkernels.losses.HouseholderQuantizationLoss : the loss it minimises.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    >>> h2q = qk.HouseholderQuantizer(16).fit(x, epochs=2)
+    >>> h2q.encode(x[:4]).shape   # 16 bits: two bytes per item
+    (4, 2)
     """
 
     _VERSION = 1
@@ -73,7 +103,7 @@ class HouseholderQuantizer:
 
     @property
     def rotation(self) -> np.ndarray:
-        """``U``, float32 ``(dim, dim)``, orthogonal."""
+        """``U``, the learned orthogonal matrix: float32, shape ``(dim, dim)``."""
         with torch.no_grad():
             return self._rotation_of(self.weights).to(torch.float32).numpy()
 
@@ -87,10 +117,40 @@ class HouseholderQuantizer:
     def fit(self, embeddings: Any, *, epochs: int = 150, lr: float = 0.1,
             batch_size: int = 128, seed: int = 0, validation_fraction: float = 0.1,
             progress: bool = False) -> HouseholderQuantizer:
-        """Learn ``U`` from ``embeddings`` ``(N, dim)``; ``validation_fraction`` of them (at
-        least one) is held out to pick the best epoch. ``progress`` shows a tqdm bar. Returns
-        self; ``history`` lists each epoch's train and validation losses (epoch 0: before
-        training, validation only)."""
+        """Learn ``U`` by SGD on the quantization loss, keeping the best validation epoch.
+
+        Parameters
+        ----------
+        embeddings : array_like, shape (N, dim)
+            At least two embeddings; numpy array or torch tensor (CPU or CUDA, read on the
+            host).
+        epochs : int, default 150
+            Passes over the training part.
+        lr : float, default 0.1
+            SGD learning rate (the paper's).
+        batch_size : int, default 128
+            Embeddings per step (the paper's).
+        seed : int, default 0
+            Seed of the split and the batch order.
+        validation_fraction : float, default 0.1
+            The share held out (at least one embedding) to pick the best epoch, in ``[0, 1)``.
+        progress : bool, default False
+            Show a tqdm bar.
+
+        Returns
+        -------
+        HouseholderQuantizer
+            ``self``, with ``history`` listing each epoch's train and validation losses
+            (epoch 0: before training, validation only).
+
+        Raises
+        ------
+        ValueError
+            If ``embeddings`` has another dimension, fewer than two rows, NaN or Inf; if a
+            count is below 1, ``lr`` negative or ``validation_fraction`` outside ``[0, 1)``.
+        TypeError
+            If ``embeddings`` does not hold real numbers or a count is not an integer.
+        """
         x = rescale(self._embeddings(embeddings, "embeddings"))
         epochs = check_int(epochs, "epochs", 1)
         batch_size = check_int(batch_size, "batch_size", 1)
@@ -143,24 +203,83 @@ class HouseholderQuantizer:
         return self
 
     def transform(self, x: Any) -> Any:
-        """``U x`` of the rescaled embeddings, float32 ``(N, dim)``, the caller's array type."""
+        """``U x`` of the embeddings rescaled to norm ``sqrt(dim)``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Embeddings.
+
+        Returns
+        -------
+        array of float32, shape (N, dim)
+            In the caller's array type.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has another dimension, NaN or Inf.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         origin = origin_of(x, names=("x",))
         with torch.no_grad():
             z = rescale(self._embeddings(x, "x")) @ self._rotation_of(self.weights).T
         return origin.wrap(z.to(torch.float32).numpy())
 
     def encode(self, x: Any) -> Any:
-        """Packed binary codes of ``sign(U x)``: uint8 ``(N, ceil(dim / 8))`` (see pack_bits)."""
+        """Packed binary codes of ``sign(U x)``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Embeddings.
+
+        Returns
+        -------
+        array of uint8, shape (N, ceil(dim / 8))
+            See :func:`pack_bits`; in the caller's array type.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has another dimension, NaN or Inf.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         return pack_bits(self.transform(x))
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """The learned state, like ``nn.Module.state_dict``."""
+        """The learned state, like ``torch.nn.Module.state_dict``.
+
+        Returns
+        -------
+        dict
+            ``{"dim", "loss", "weights", "history"}``, copies.
+        """
         return {"dim": self.dim, "loss": self.loss, "weights": self.weights.clone(),
                 "history": copy.deepcopy(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> HouseholderQuantizer:
+        """Take the state of :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            ``{"dim", "loss", "weights"}`` and optionally ``"history"``.
+
+        Returns
+        -------
+        HouseholderQuantizer
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If the state is for another ``dim`` or its weights are not finite.
+        """
         weights = torch.as_tensor(state["weights"], dtype=torch.float64)
         if int(state["dim"]) != self.dim or tuple(weights.shape) != (self.dim, self.dim):
             raise ValueError(f"the state is for dim = {state['dim']}, this quantizer has "
@@ -173,13 +292,42 @@ class HouseholderQuantizer:
         return self
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the quantizer to ``path`` (.npz, no pickle)."""
+        """Write the quantizer to ``path``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.npz`` file (no pickle inside); written whole or not at all.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+        """
         save_npz(path, "HouseholderQuantizer", self._VERSION, dim=np.array(self.dim),
                  loss=np.array(self.loss), weights=self.weights.numpy())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HouseholderQuantizer:
-        """Read a quantizer written by :meth:`save`."""
+        """Read a quantizer written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; it is checked member by member and never unpickled.
+
+        Returns
+        -------
+        HouseholderQuantizer
+            The quantizer.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, damaged, of another kind or version.
+        OSError
+            If the file cannot be read.
+        """
         arrays = load_npz(path, "HouseholderQuantizer", cls._VERSION,
                           {"dim": ("iu", 0), "loss": ("U", 0), "weights": ("f", 2)})
         try:

@@ -14,19 +14,48 @@ __all__ = ["ITQ"]
 
 
 class ITQ:
-    """Centre, project on the top ``nbits`` principal directions, then learn a rotation ``R``
-    minimising ``|B - V R|^2`` with ``B = sign(V R)`` by alternating the two (orthogonal
-    Procrustes: ``R = W S^T`` from the SVD ``B^T V = S Sigma W^T``). ``encode`` packs
-    ``sign(V R)``.
+    """Iterative quantization (Gong & Lazebnik, CVPR 2011), the binary-code baseline of H2Q.
+
+    Centre the data, project it on its top ``nbits`` principal directions ``V``, then learn
+    a rotation ``R`` minimising ``|B - V R|^2`` with ``B = sign(V R)`` by alternating the two
+    (orthogonal Procrustes: ``R = W S^T`` from the SVD ``B^T V = S Sigma W^T``). ``encode``
+    packs ``sign(V R)``.
 
     Parameters
     ----------
-    nbits : int or None
-        Code length; at most the input dimension (None: the input dimension).
-    iterations : int
+    nbits : int, optional
+        Code length, at most the input dimension (None: the input dimension).
+    iterations : int, default 50
         Alternations (50 in the ITQ paper).
-    seed : int
+    seed : int, default 0
         Seed of the random orthogonal initialisation.
+
+    Attributes
+    ----------
+    mean : ndarray of float64, shape (dim,)
+        The training data's mean (None before :meth:`fit`).
+    projection : ndarray of float64, shape (dim, nbits)
+        The principal directions times the rotation (None before :meth:`fit`).
+
+    Raises
+    ------
+    ValueError
+        If ``nbits`` is below 1 or ``iterations`` negative.
+    TypeError
+        If a parameter is not an integer.
+
+    See Also
+    --------
+    HouseholderQuantizer : the learned rotation of H2Q.
+    pack_bits : the code layout.
+
+    Examples
+    --------
+    >>> import numpy as np, qkernels as qk
+    >>> x = np.random.default_rng(0).standard_normal((500, 16))
+    >>> itq = qk.ITQ(8).fit(x)
+    >>> itq.encode(x[:3]).shape   # 8 bits: one byte per item
+    (3, 1)
     """
 
     def __init__(self, nbits: int | None = None, iterations: int = 50, seed: int = 0):
@@ -46,7 +75,26 @@ class ITQ:
         return as_float_array(a, name, dtype=np.float64)
 
     def fit(self, x: Any) -> ITQ:
-        """Learn the projection from ``x`` ``(N, dim)``. Returns self."""
+        """Learn the projection from ``x``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            At least two points; numpy array or torch tensor.
+
+        Returns
+        -------
+        ITQ
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If ``nbits`` exceeds ``dim``, there are fewer than two points, or ``x`` has NaN,
+            Inf or an empty axis.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         data = self._data(x, "x")
         n, dim = data.shape
         nbits = dim if self.nbits is None else self.nbits
@@ -84,13 +132,55 @@ class ITQ:
         return (data - self.mean) @ self.projection
 
     def transform(self, x: Any) -> Any:
-        """``(x - mean) @ projection``: float32 ``(N, nbits)``, the caller's array type."""
+        """The projection ``(x - mean) @ projection``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Vectors of the fitted dimension.
+
+        Returns
+        -------
+        array of float32, shape (N, nbits)
+            In the caller's array type.
+
+        Raises
+        ------
+        RuntimeError
+            If the ITQ is not fitted.
+        ValueError
+            If ``x`` has another dimension, NaN or Inf, or its projection overflows float32.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         origin = origin_of(x, names=("x",))
         return origin.wrap(as_float_array(self._projected(x), "the projection of x",
                                           dtype=np.float32))
 
     def encode(self, x: Any) -> Any:
-        """Packed codes of the signs of :meth:`transform` (see pack_bits), taken in float64:
-        a projection too small for float32 keeps its sign."""
+        """Packed binary codes of the signs of :meth:`transform`.
+
+        The signs are taken in float64: a projection too small for float32 keeps its sign.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Vectors of the fitted dimension.
+
+        Returns
+        -------
+        array of uint8, shape (N, ceil(nbits / 8))
+            Bit ``j`` is set where projection ``j`` is positive (see :func:`pack_bits`); in
+            the caller's array type.
+
+        Raises
+        ------
+        RuntimeError
+            If the ITQ is not fitted.
+        ValueError
+            If ``x`` has another dimension, NaN or Inf.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         origin = origin_of(x, names=("x",))
         return origin.wrap(pack_bits(self._projected(x)))

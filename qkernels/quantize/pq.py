@@ -25,31 +25,50 @@ _VERSIONS = itertools.count(1)  # codebooks_version: next() is atomic under the 
 
 
 class ProductQuantizer:
-    """Split vectors into ``num_subspaces`` sub-vectors and quantize each with its own codebook
-    of ``2**nbits`` codewords.
+    """Product quantization: each vector split into ``num_subspaces`` sub-vectors, each
+    quantized with its own codebook of ``2**nbits`` codewords (Jégou, Douze & Schmid, TPAMI
+    2011; the quantizer of DQN, Cao et al., AAAI 2016).
 
     Parameters
     ----------
     dim : int
         Vector length, a multiple of ``num_subspaces``.
-    num_subspaces : int
+    num_subspaces : int, default 8
         ``M``, the number of sub-vectors (and bytes per code for ``nbits <= 8``).
-    nbits : int
+    nbits : int, default 8
         Bits per sub-vector, ``1..16``: codes are uint8 up to 8 bits, uint16 above.
-    iterations : int
+    iterations : int, default 25
         Lloyd iterations of k-means in each subspace (after k-means++ seeding).
-    max_points_per_centroid : int or None
-        Train on at most this many points per codeword, sampled with ``seed`` (as FAISS does,
-        256 by default); ``None`` trains on every point given.
-    seed : int
+    max_points_per_centroid : int or None, default 256
+        Train on at most this many points per codeword, sampled with ``seed`` (as FAISS does);
+        None trains on every point given.
+    seed : int, default 0
         Seed of the sampling and of k-means++: the same data and seed give the same codebooks.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is not a multiple of ``num_subspaces`` or a parameter is out of range.
+    TypeError
+        If a parameter is not an integer.
+
+    See Also
+    --------
+    PQIndex : the search over these codes.
+    qkernels.losses.DQNLoss : training for these codes.
 
     Examples
     --------
-    >>> pq = ProductQuantizer(64, num_subspaces=8, nbits=8).train(x)
-    >>> codes = pq.encode(x)                   # uint8 (N, 8)
-    >>> x_hat = pq.decode(codes)               # (N, 64) float32
-    >>> torch.from_numpy(pq.codebooks)         # (8, 256, 8): for a quantization loss
+    >>> import numpy as np, qkernels as qk
+    >>> x = np.random.default_rng(0).standard_normal((2000, 32)).astype(np.float32)
+    >>> pq = qk.ProductQuantizer(32, num_subspaces=4, nbits=8).train(x)
+    >>> codes = pq.encode(x)             # uint8, one byte per sub-vector
+    >>> codes.shape, codes.dtype
+    ((2000, 4), dtype('uint8'))
+    >>> pq.decode(codes).shape           # the reconstruction
+    (2000, 32)
+    >>> pq.codebooks.shape               # (M, 2**nbits, dim / M): for a quantization loss
+    (4, 256, 8)
     """
 
     _VERSION = 1
@@ -76,18 +95,22 @@ class ProductQuantizer:
 
     @property
     def dsub(self) -> int:
+        """The length of a sub-vector, ``dim // num_subspaces``."""
         return self.dim // self.num_subspaces
 
     @property
     def num_centroids(self) -> int:
+        """Codewords per codebook, ``2**nbits``."""
         return 1 << self.nbits
 
     @property
     def code_dtype(self) -> np.dtype:
+        """The dtype of the codes: uint8 up to 8 bits, uint16 above."""
         return np.dtype(np.uint8 if self.nbits <= 8 else np.uint16)
 
     @property
     def is_trained(self) -> bool:
+        """Whether the codebooks are set (by :meth:`train` or :meth:`set_codebooks`)."""
         return self._codebooks is not None
 
     @property
@@ -100,7 +123,13 @@ class ProductQuantizer:
 
     @property
     def codebooks(self) -> np.ndarray:
-        """Codewords, float32 ``(num_subspaces, 2**nbits, dim // num_subspaces)``."""
+        """The codewords: float32, shape ``(num_subspaces, 2**nbits, dsub)``.
+
+        Raises
+        ------
+        RuntimeError
+            If the quantizer is not trained.
+        """
         self._require_trained()
         return self._codebooks
 
@@ -113,8 +142,28 @@ class ProductQuantizer:
             raise RuntimeError("this ProductQuantizer is not trained: call train(x) first")
 
     def check_vectors(self, x: Any, name: str = "x") -> np.ndarray:
-        """``x`` as the C-contiguous float32 ``(N, dim)`` numpy array this quantizer works on
-        (a copy only where needed); a clear error, naming ``name``, for anything else."""
+        """``x`` as the array this quantizer works on, or a clear error.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Vectors; numpy array or torch tensor (CPU or CUDA).
+        name : str, default "x"
+            The argument's name in error messages.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, dim)
+            C-contiguous (a copy only where needed).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has another rank or dimension, NaN or Inf, or values whose squared
+            distances overflow float32.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         a = to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), f"(N, dim = {self.dim})")
         if a.shape[1] != self.dim:
@@ -124,7 +173,26 @@ class ProductQuantizer:
         return a
 
     def train(self, x: Any) -> ProductQuantizer:
-        """Learn the codebooks from ``x`` ``(N, dim)``, ``N >= 2**nbits``. Returns self."""
+        """Learn the codebooks by k-means in each subspace (k-means++ seeding).
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            At least ``2**nbits`` training vectors.
+
+        Returns
+        -------
+        ProductQuantizer
+            ``self``, trained.
+
+        Raises
+        ------
+        ValueError
+            If there are fewer than ``2**nbits`` vectors, or ``x`` is refused as by
+            :meth:`check_vectors`.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         points = self.check_vectors(x, "x")
         k = self.num_centroids
         if points.shape[0] < k:
@@ -145,7 +213,26 @@ class ProductQuantizer:
         return self
 
     def set_codebooks(self, codebooks: Any) -> ProductQuantizer:
-        """Use given codebooks ``(num_subspaces, 2**nbits, dsub)`` (e.g. FAISS's). Returns self."""
+        """Use given codebooks (FAISS's, say) instead of training.
+
+        Parameters
+        ----------
+        codebooks : array_like, shape (num_subspaces, 2**nbits, dsub)
+            Codewords; copied.
+
+        Returns
+        -------
+        ProductQuantizer
+            ``self``, trained.
+
+        Raises
+        ------
+        ValueError
+            If the shape differs, the codewords hold NaN or Inf, or their squared distances
+            would overflow float32 (the bound :meth:`train` holds data to).
+        TypeError
+            If the codewords do not hold real numbers.
+        """
         c = to_numpy(codebooks, allow_device_copy=True)
         shape = (self.num_subspaces, self.num_centroids, self.dsub)
         if c.shape != shape:
@@ -159,7 +246,27 @@ class ProductQuantizer:
         return self
 
     def encode(self, x: Any) -> Any:
-        """Nearest codeword per subspace: ``(N, num_subspaces)`` uint8 (uint16 above 8 bits)."""
+        """The nearest codeword of each sub-vector.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, dim)
+            Vectors.
+
+        Returns
+        -------
+        array of uint8 or uint16, shape (N, num_subspaces)
+            :attr:`code_dtype`; in the caller's array type.
+
+        Raises
+        ------
+        RuntimeError
+            If the quantizer is not trained.
+        ValueError
+            If ``x`` is refused as by :meth:`check_vectors`.
+        TypeError
+            If ``x`` does not hold real numbers.
+        """
         self._require_trained()
         origin = origin_of(x, names=("x",))
         points = self.check_vectors(x, "x")
@@ -169,9 +276,27 @@ class ProductQuantizer:
         return origin.wrap(codes)
 
     def check_codes(self, codes: Any, name: str = "codes") -> np.ndarray:
-        """``codes`` as the C-contiguous ``(N, num_subspaces)`` numpy array of ``code_dtype``
-        this quantizer makes; integers of another dtype are range-checked and converted, and
-        anything else is a clear error naming ``name``."""
+        """``codes`` as the array this quantizer makes, or a clear error.
+
+        Parameters
+        ----------
+        codes : array_like of int, shape (N, num_subspaces)
+            Codes; integers of another dtype are range-checked and converted.
+        name : str, default "codes"
+            The argument's name in error messages.
+
+        Returns
+        -------
+        ndarray, shape (N, num_subspaces)
+            C-contiguous, of :attr:`code_dtype`.
+
+        Raises
+        ------
+        ValueError
+            If the shape differs or a code is outside ``0..2**nbits - 1``.
+        TypeError
+            If ``codes`` does not hold integers.
+        """
         c = to_numpy(codes, allow_device_copy=True)
         check_rank(c, name, (2,), f"(N, num_subspaces = {self.num_subspaces})")
         if c.shape[1] != self.num_subspaces:
@@ -189,7 +314,27 @@ class ProductQuantizer:
         return np.ascontiguousarray(c)
 
     def decode(self, codes: Any) -> Any:
-        """The reconstruction: each sub-vector replaced by its codeword, float32 ``(N, dim)``."""
+        """The reconstruction: each sub-vector replaced by its codeword.
+
+        Parameters
+        ----------
+        codes : array_like of int, shape (N, num_subspaces)
+            Codes made by this quantizer.
+
+        Returns
+        -------
+        array of float32, shape (N, dim)
+            In the caller's array type.
+
+        Raises
+        ------
+        RuntimeError
+            If the quantizer is not trained.
+        ValueError
+            If the codes are refused as by :meth:`check_codes`.
+        TypeError
+            If ``codes`` does not hold integers.
+        """
         self._require_trained()
         origin = origin_of(codes, names=("codes",))
         c = self.check_codes(codes)
@@ -220,11 +365,42 @@ class ProductQuantizer:
     }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the trained quantizer to ``path`` (.npz, no pickle)."""
+        """Write the trained quantizer to ``path``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A ``.npz`` file (no pickle inside); written whole or not at all.
+
+        Raises
+        ------
+        RuntimeError
+            If the quantizer is not trained.
+        OSError
+            If the file cannot be written.
+        """
         save_npz(path, "ProductQuantizer", self._VERSION, **self._state())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ProductQuantizer:
-        """Read a quantizer written by :meth:`save`."""
+        """Read a quantizer written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; it is checked member by member and never unpickled.
+
+        Returns
+        -------
+        ProductQuantizer
+            The trained quantizer.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, damaged, of another kind or version.
+        OSError
+            If the file cannot be read.
+        """
         return cls._from_state(load_npz(path, "ProductQuantizer", cls._VERSION, cls._FIELDS),
                                path)
