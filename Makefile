@@ -1,4 +1,5 @@
 # Two commands do everything: `make demo` and `make test`. Both create .venv on first use.
+# `make docs` builds the documentation site (warnings are errors); `make test` runs it too.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,18 +8,21 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.qkernels-installed
 
-.PHONY: test lint demo compare bench quality clean
+.PHONY: test lint docs demo compare bench quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
-	$(PY) -m pip install -e ".[test,train,bench]"
+	$(PY) -m pip install -e ".[test,train,bench,docs]"
 	touch $@
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: lint
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+test: lint docs
 	$(PY) -m pytest
 
 demo: $(STAMP)
@@ -26,17 +30,17 @@ demo: $(STAMP)
 
 # Speed: ours against the peers in one process, as ratios (benchmarks/compare.py), and asv.
 compare: $(STAMP)
-	$(PY) benchmarks/compare.py all
+	$(PY) benchmarks/compare.py all --markdown docs/performance.md
 
 # Quality: each method against its baseline on Fashion-MNIST and 100 synthetic classes, 3 seeds
 # (3-4 hours on 2 cores, resumable; needs Debian's dataset-fashion-mnist)
 quality: $(STAMP)
-	$(PY) -m training.benchmark --out runs/quality
+	$(PY) -m training.benchmark --out runs/quality --markdown docs/quality.md
 
 bench: $(STAMP)
 	$(VENV)/bin/asv machine --yes >/dev/null
 	$(VENV)/bin/asv run --quick --show-stderr --environment existing:$(abspath $(PY))
 
 clean:
-	rm -rf $(VENV) .asv .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .asv .pytest_cache .ruff_cache build *.egg-info docs/_build
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,7 +1,10 @@
 """Ours against the peers users run today, in one process, interleaved, as ratios.
 
-    python benchmarks/compare.py SUITE [--repeat N]
+    python benchmarks/compare.py SUITE [--repeat N] [--markdown PATH]
     SUITE: flow | table | pq | binary | hierarchical | sharded | gpu | all
+
+``--markdown docs/performance.md`` also writes what it prints to that page of the docs,
+headed by the command, the date, the machine and the libraries' versions.
 
 Each row times every contestant on the same input, rotating their order in every round so that
 drifting machine load hits all of them alike, and reports medians. Only ratios from one run are
@@ -20,6 +23,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any OpenMP runtime is loaded
 
 import argparse
+import contextlib
 import datetime
 import platform
 import statistics
@@ -102,7 +106,7 @@ def flow(args: argparse.Namespace) -> None:
           f"{args.repeat} interleaved runs, one problem at a time.\n")
     penalty = 1e4
     rows = []
-    # the issue's five sizes and the rest of DESIGN.md's grid: (64, 64, 1..4), (64, 512, 4),
+    # the grid of the speed targets: (64, 64, 1..4), (64, 512, 4),
     # (512, 512, 1..3)
     for n, d, k in [(64, 64, 1), (64, 64, 2), (64, 64, 3), (64, 64, 4), (64, 512, 4),
                     (512, 512, 1), (512, 512, 2), (512, 512, 3)]:
@@ -648,12 +652,65 @@ def main() -> None:
                              "(default 1,000,000)")
     parser.add_argument("--sharded-size", type=int, default=2_000_000,
                         help="database size of the sharded suite (default 2,000,000)")
+    parser.add_argument("--markdown", type=Path, metavar="PATH",
+                        help="also write the tables to PATH (the docs' performance page)")
     args = parser.parse_args()
-    print(f"qkernels {qk.__version__} on {machine()}, "
-          f"{datetime.date.today().isoformat()}\n")
-    for name, run in SUITES.items():
-        if args.suite in (name, "all"):
-            run(args)
+    print(f"qkernels {qk.__version__} on {machine()}, {datetime.date.today().isoformat()}\n")
+    page = None if args.markdown is None else _Page(args.markdown, sys.argv[1:])
+    with contextlib.redirect_stdout(page) if page else contextlib.nullcontext():
+        for name, run in SUITES.items():
+            if args.suite in (name, "all"):
+                run(args)
+    if page:
+        page.close()
+
+
+class _Page:
+    """What compare.py prints, to the terminal and to a Markdown page of the docs (written
+    whole at the end, so that an interrupted run leaves the old page)."""
+
+    def __init__(self, path: Path, argv: list[str]):
+        self.path, self.terminal, self.parts = path, sys.stdout, []
+        import faiss
+        import ortools
+        import torch
+
+        command = " ".join(["python benchmarks/compare.py", *argv])
+        self.parts.append(
+            "# Performance\n\n"
+            "Ours against the libraries people use for the same work, in one process: each row "
+            "times every contestant on the same input, in rotating order, and reports medians; "
+            "every row also checks that ours returns what the peer returns. Only ratios from "
+            "one run are worth comparing. This page is written by\n\n"
+            f"```\n{command}\n```\n\n"
+            f"Run on {datetime.date.today().isoformat()}, {machine()}; numba "
+            f"{numba.__version__}, numpy {np.__version__}, torch {torch.__version__}, faiss "
+            f"{faiss.__version__}, OR-tools {ortools.__version__}. Numba compiled for "
+            f"{_simd_summary()}.\n\n")
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.terminal.write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+    def close(self) -> None:
+        text = "".join(self.parts)
+        # the headings of the suites are one level below the page's title
+        text = text.replace("\n### ", "\n## ").replace("\n#### ", "\n### ")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(text.rstrip() + "\n")
+
+
+def _simd_summary() -> str:
+    from qkernels import _simd
+
+    name, _ = _simd.numba_target()
+    features = _simd.target_features()
+    kind = ("AVX-512BW" if features["avx512bw"] else "AVX2" if features["avx2"]
+            else "no AVX2")
+    return f"{name} ({kind})"
 
 
 if __name__ == "__main__":

@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fashion", default="", metavar="DIR",
                    help="the Fashion-MNIST folder (default: Debian's)")
     p.add_argument("--out", default="runs/quality")
+    p.add_argument("--markdown", type=Path, default=None, metavar="PATH",
+                   help="also write the table to PATH (the docs' quality page, "
+                        "docs/quality.md)")
     p.add_argument("--summarise", action="store_true",
                    help="run nothing: the table of the runs already finished in --out (each "
                         "row says over how many seeds)")
@@ -152,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 for png in run_dir.glob("*.png"):
                     shutil.copy(png, out / f"{name}-{png.name}")
             _write(out, per_seed, args.seeds)  # after every run
-    print(_write(out, per_seed, args.seeds))
+    text = _write(out, per_seed, args.seeds)
+    if args.markdown is not None:
+        args.markdown.write_text(text)
+    print(text)
     return 0
 
 
@@ -184,7 +190,11 @@ def _write(out: Path, per_seed: dict, seeds: list[int]) -> str:
     header = (f"Quality benchmark, {time.strftime('%Y-%m-%d')}, {_cpu()}, Python "
               f"{platform.python_version()}; seeds {seeds}. Fashion-MNIST runs: "
               f"{' '.join(BUDGET)}; synthetic: {SYNTHETIC}, method defaults.")
-    text = header + "\n\n" + summarise(per_seed) + "\n"
+    title = ("# The quality benchmark, every value\n\nWritten by `python -m training.benchmark"
+             " --markdown docs/quality.md` (`make quality`): mean and sample standard "
+             "deviation over the seeds of every value the experiments report. "
+             "[What the papers claim](claims.md) reads it.\n\n")
+    text = title + header + "\n\n" + summarise(per_seed) + "\n"
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps(per_seed, indent=2))
     return text
