@@ -19,6 +19,7 @@ from .flow import (
 from .index import (
     BinaryIndex,
     HierarchicalHashTable,
+    Index,
     PQIndex,
     SparseHashTable,
     hamming_topk,
@@ -32,6 +33,7 @@ __all__ = [
     "BinaryIndex",
     "HierarchicalHashTable",
     "HouseholderQuantizer",
+    "Index",
     "PQIndex",
     "ProductQuantizer",
     "SparseHashTable",

@@ -11,6 +11,7 @@ names the file and what was expected.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zipfile
@@ -29,8 +30,9 @@ _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zli
                 struct.error, NotImplementedError, RuntimeError, UnicodeDecodeError)
 
 
-def save_npz(path: str | os.PathLike, kind: str, version: int, **arrays: Any) -> None:
-    """Write ``arrays`` to ``path`` (numpy's .npz; the suffix is added if missing)."""
+def save_npz(path: str | os.PathLike | Any, kind: str, version: int, **arrays: Any) -> None:
+    """Write ``arrays`` to ``path`` (numpy's .npz; the suffix is added if missing) or to a
+    file object."""
     np.savez(path, __format__=np.array(kind), __version__=np.array(version), **arrays)
 
 
@@ -62,9 +64,12 @@ def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple:
     return shape, dtype
 
 
-def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    size = os.path.getsize(path)
-    with zipfile.ZipFile(path) as archive:
+def _read(path: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
+    if isinstance(path, bytes):
+        size, source = len(path), io.BytesIO(path)
+    else:
+        size, source = os.path.getsize(path), path
+    with zipfile.ZipFile(source) as archive:
         infos = archive.infolist()
         declared = sum(info.file_size for info in infos)
         if declared > _MAX_RATIO * size + 65536:
@@ -80,14 +85,14 @@ def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return arrays
 
 
-def load_npz(path: str | os.PathLike, kind: str, version: int,
+def load_npz(path: str | os.PathLike | bytes, kind: str, version: int,
              fields: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
-    """Read a file written by :func:`save_npz` for ``kind`` and check it.
+    """Read a file (or the bytes of one) written by :func:`save_npz` for ``kind`` and check it.
 
     ``fields`` maps each required array to (dtype kind letters, ndim), e.g. ``("f", 2)``.
     """
-    name = os.fspath(path)
-    if os.path.isdir(name):
+    name = "the bytes" if isinstance(path, bytes) else os.fspath(path)
+    if not isinstance(path, bytes) and os.path.isdir(name):
         raise ValueError(f"{name!r} is a directory, not a qkernels {kind} file")
     try:
         arrays = _read(path)

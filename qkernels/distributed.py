@@ -50,18 +50,19 @@ from typing import Any
 import numpy as np
 
 from ._arrays import NUMPY, TORCH, origin_of, to_numpy
-from .index import BinaryIndex, HierarchicalHashTable, PQIndex, SparseHashTable, _table_cpu
+from ._checks import as_float_array, as_index_array
+from .index import BinaryIndex, HierarchicalHashTable, PQIndex, SparseHashTable
 
 __all__ = ["ShardedIndex"]
 
 _KINDS = (SparseHashTable, HierarchicalHashTable, PQIndex, BinaryIndex)
 # the query arguments of each kind's search (arrays; the first is the one that counts rows)
 _QUERY_ARGS = {
-    SparseHashTable: ("query_activations", "query_embeddings", "exclude_ids"),
-    HierarchicalHashTable: ("query_level1", "query_level2", "query_embeddings", "exclude_ids"),
+    SparseHashTable: ("query_activations", "query_embeddings"),
+    HierarchicalHashTable: ("query_level1", "query_level2", "query_embeddings"),
     PQIndex: ("q",),
     BinaryIndex: ("query_codes", "query_features"),
-}
+}  # and the filters every search takes: include, exclude (tables: exclude_ids, deprecated)
 # the parameters that every shard must share, by kind
 _PARAMETERS = {
     SparseHashTable: ("num_buckets", "k", "metric", "dim"),
@@ -204,24 +205,16 @@ def _kind(shard: Any) -> type:
 
 
 def _parameters(shard: Any) -> list[int]:
-    """The values of :data:`_PARAMETERS` of ``shard``, as integers."""
+    """The values of :data:`_PARAMETERS` of ``shard``, as integers (public attributes)."""
     if isinstance(shard, (SparseHashTable, HierarchicalHashTable)):
-        table = shard._table if isinstance(shard, HierarchicalHashTable) else shard
         return [shard.num_buckets, shard.k, _METRICS.index(shard.metric),
-                -1 if table.dim is None else table.dim]
+                -1 if shard.dim is None else shard.dim]
     if isinstance(shard, PQIndex):
         pq = shard.pq
         return [pq.dim, pq.num_subspaces, pq.nbits, _METRICS.index(shard.metric),
                 _crc([pq.codebooks]), int(shard.fast_scan)]
-    features = shard._features
+    features = shard.features
     return [shard.nbits, -1 if features is None else features.shape[1]]
-
-
-def _default_ids(shard: Any) -> bool:
-    """Whether every item's id is its insertion position (tables; PQ and binary indexes number
-    their items so): then the lower id is the item added first, by which a shard breaks ties."""
-    table = shard._table if isinstance(shard, HierarchicalHashTable) else shard
-    return not isinstance(table, SparseHashTable) or np.array_equal(table._ids, table._rows)
 
 
 def _crc(arrays: list[np.ndarray | None]) -> int:
@@ -234,6 +227,19 @@ def _crc(arrays: list[np.ndarray | None]) -> int:
     return crc
 
 
+def _top_buckets(act: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` best buckets (ties to the lower bucket), as the tables rank them."""
+    return np.argsort(-act, axis=1, kind="stable")[:, :k]
+
+
+class _Layout:
+    """What the ranks agreed on about their shards at their current versions: sizes, id
+    offsets and (tables) the whole table's bucket sizes."""
+
+    def __init__(self, key, sizes, offsets, bucket_sizes):
+        self.key, self.sizes, self.offsets, self.bucket_sizes = key, sizes, offsets, bucket_sizes
+
+
 class ShardedIndex:
     """One index over the shards that the ranks of a torch.distributed process group hold.
 
@@ -242,22 +248,25 @@ class ShardedIndex:
     shard : SparseHashTable, HierarchicalHashTable, PQIndex or BinaryIndex
         This rank's items. Every rank's shard must be of the same type with the same parameters
         (buckets, k, metric, dimension; for PQIndex the same codebooks; for BinaryIndex the
-        same nbits and feature dimension) and must not be empty.
+        same nbits and feature dimension). Shards may change between searches (``add``,
+        ``remove_ids``, ``reset``, ``merge_from``): the next search agrees on them again.
     ids : {"offset", "global"}
         ``"offset"`` (default): rank r's local id j becomes ``offsets[r] + j``, the offsets
-        being the running sum of the shards' sizes in rank order (the tables' ids must then be
-        the default ``0..ntotal-1``). ``"global"``: the tables' ids (``add(..., ids=)``) are
-        already global and are returned as they are; ties then go to the lower id, which is
-        what one table over all items does when ids grow in the order items were added.
+        being the running sum of the shards' ``next_id`` in rank order (their sizes while
+        nothing was removed); the shards' ids must come from their counters
+        (``default_ids``). ``"global"``: the shards' ids (``add(..., ids=)``) are already
+        global, unique over all shards (checked), and are returned as they are; ties then go
+        to the lower id, which is what one index over all items does when ids grow in the
+        order items were added.
     group : torch.distributed.ProcessGroup, optional
         The group of the shards (default: the whole world).
 
     Attributes
     ----------
     sizes : ndarray of int64, shape (world_size,)
-        Every rank's number of items.
+        Every rank's number of items, as of the last search (or construction).
     offsets : ndarray of int64, shape (world_size,)
-        The running sum of ``sizes``: rank r's first global id with ``ids="offset"``.
+        Rank r's first global id with ``ids="offset"``.
     candidate_counts : ndarray of int64
         Tables: the candidates of this rank's queries over all shards, from the last search.
     timings : dict of str to float
@@ -268,9 +277,9 @@ class ShardedIndex:
     RuntimeError
         If no process group is initialised.
     ValueError
-        On every rank, if any rank's shard is empty or differs in parameters, the ranks pass
-        different ``ids`` modes, ``ids="offset"`` meets a table with other ids, or
-        ``ids="global"`` meets an id held twice.
+        On every rank, if the shards differ in parameters, the ranks pass different ``ids``
+        modes, ``ids="offset"`` meets ids given by the caller, or ``ids="global"`` meets an id
+        held twice.
     TypeError
         On every rank, if the shards differ in type or one is not an index.
 
@@ -281,7 +290,9 @@ class ShardedIndex:
     Collectives pair up by their order on each rank, so searches from several threads of one
     rank run one at a time (a lock keeps their exchanges from interleaving), and the ranks must
     issue them in the same order: with all_ranks_queries=True a mismatch is an error (the
-    queries' checksums differ), with own queries it cannot be told apart.
+    queries' checksums differ), with own queries it cannot be told apart. A ShardedIndex uses
+    only the public methods of its shards (and their hooks for an exact merge:
+    ``count_candidates``, ``search_probes``, ``fastscan_candidates``, ``tiebreak_keys``).
 
     Examples
     --------
@@ -290,6 +301,8 @@ class ShardedIndex:
     >>> dist.init_process_group("gloo")  # doctest: +SKIP
     >>> shard = qk.SparseHashTable(512, k=2).add(my_activations, my_embeddings)  # doctest: +SKIP
     >>> index = ShardedIndex(shard)  # doctest: +SKIP
+    >>> D, I = index.search(query_activations, query_embeddings, topk=16)  # doctest: +SKIP
+    >>> shard.remove_ids(stale_ids); shard.add(new_activations, new_embeddings)  # doctest: +SKIP
     >>> D, I = index.search(query_activations, query_embeddings, topk=16)  # doctest: +SKIP
     """
 
@@ -303,13 +316,7 @@ class ShardedIndex:
             kind = _kind(shard)
             if ids not in _IDS:
                 raise ValueError(f"ids must be one of {_IDS}, got {ids!r}")
-            if ids == "global" and kind in (PQIndex, BinaryIndex):
-                raise ValueError(f"ids='global' needs a table; a {kind.__name__} numbers its "
-                                 "items by row: use ids='offset'")
-            offset_ok = _default_ids(shard)
-            params = _parameters(shard)
-            return np.array([_KINDS.index(kind), _IDS.index(ids), shard.ntotal, offset_ok,
-                             *params, *([0] * (6 - len(params)))], dtype=np.int64)
+            return np.array([_KINDS.index(kind), _IDS.index(ids)], dtype=np.int64)
 
         everyone = comm.gather(comm.agree(describe))
         kinds = everyone[:, 0]
@@ -322,60 +329,79 @@ class ShardedIndex:
                              + ", ".join(f"rank {r}: {_IDS[m]!r}"
                                          for r, m in enumerate(everyone[:, 1])))
         self.kind = _KINDS[kinds[0]]
-        sizes = everyone[:, 2]
-        empty = np.flatnonzero(sizes == 0)
-        if empty.shape[0]:
-            raise ValueError(f"rank {int(empty[0])}'s shard is empty (sizes by rank: "
-                             f"{sizes.tolist()}): every rank must hold items")
-        names = _PARAMETERS[self.kind]
-        for column, name in enumerate(names, start=4):
-            values = everyone[:, column]
-            if (values != values[0]).any():
-                r = int(np.flatnonzero(values != values[0])[0])
-                shown = (lambda v: _METRICS[v]) if name == "metric" else int
-                raise ValueError(f"the shards disagree on {name}: rank 0 has "
-                                 f"{shown(values[0])}, rank {r} has {shown(values[r])}")
         self.ids = ids
-        if ids == "offset" and not everyone[:, 3].all():
-            r = int(np.flatnonzero(everyone[:, 3] == 0)[0])
-            raise ValueError(f"ids='offset' numbers each shard's items 0..ntotal-1 in the order "
-                             f"added, but rank {r}'s table was given other ids: pass "
-                             "ids='global' if they are global ids already")
-        if ids == "global":
-            self._check_unique_ids(shard)
-        self.sizes = sizes
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.parameters = dict(zip(names, (int(v) for v in everyone[0, 4 : 4 + len(names)]),
-                                   strict=True))
         self._signature = inspect.signature(shard.search)
-        self._bucket_sizes = None  # tables: the whole table's bucket sizes
-        if self.kind in (SparseHashTable, HierarchicalHashTable):
-            table = shard._table if self.kind is HierarchicalHashTable else shard
-            self._bucket_sizes = comm.sum(comm.agree(lambda: np.diff(table._build().offsets)))
-        self._codebooks_version = shard.pq.codebooks_version if self.kind is PQIndex else None
+        self._layout: _Layout | None = None
+        self.parameters: dict[str, int] = {}
         self.candidate_counts = np.empty(0, dtype=np.int64)
         # seconds of the last search: planning rounds (tables), local search, exchange + merge
         self.timings: dict[str, float] = {}
         self._lock = threading.Lock()  # one search's collectives at a time on this rank
+        self._sync()
 
-    def _check_unique_ids(self, shard: Any) -> None:
-        """With ``ids="global"`` no id may be on two items, in one shard or across shards (the
-        merge would return it twice). The shards' id ranges are compared first; only where
-        they overlap do the ids themselves travel (8 bytes per item)."""
+    # ------------------------------------------------------------------ agreement
+
+    def _version(self) -> list[int]:
+        shard = self.shard
+        codebooks = shard.pq.codebooks_version if self.kind is PQIndex else 0
+        return [shard.version, codebooks, shard.ntotal, shard.next_id, int(shard.default_ids)]
+
+    def _sync(self) -> _Layout:
+        """The layout of the shards as they are now: agreed again (one all_gather, and more
+        only when a shard changed since the last search)."""
         comm = self._comm
+        everyone = comm.gather(comm.agree(lambda: np.array(self._version(), dtype=np.int64)))
+        key = everyone.tobytes()
+        if self._layout is not None and self._layout.key == key:
+            return self._layout
+        names = _PARAMETERS[self.kind]
+        params = comm.gather(comm.agree(lambda: np.array(
+            [*_parameters(self.shard), *([0] * (6 - len(names)))], dtype=np.int64)))
+        sizes = everyone[:, 2]
+        nonempty = np.flatnonzero(sizes > 0)
+        reference = int(nonempty[0]) if nonempty.shape[0] else 0
+        for column, name in enumerate(names):
+            values = params[:, column]
+            # an empty table has no dimension yet: it agrees with any
+            compared = nonempty if name == "dim" else np.arange(values.shape[0])
+            differs = compared[values[compared] != values[reference]]
+            if differs.shape[0]:
+                r = int(differs[0])
+                shown = (lambda v: _METRICS[v]) if name == "metric" else int
+                raise ValueError(f"the shards disagree on {name}: rank {reference} has "
+                                 f"{shown(values[reference])}, rank {r} has {shown(values[r])}")
+        if self.ids == "offset" and not everyone[:, 4].all():
+            r = int(np.flatnonzero(everyone[:, 4] == 0)[0])
+            raise ValueError(f"ids='offset' numbers each shard's items by its counter "
+                             f"(0, 1, ... in the order added), but rank {r}'s shard was given "
+                             "other ids: pass ids='global' if they are global ids already")
+        if self.ids == "global":
+            self._check_unique_ids()
+        bounds = everyone[:, 3]
+        offsets = np.concatenate([[0], np.cumsum(bounds)[:-1]]).astype(np.int64)
+        bucket_sizes = None
+        if self.kind in (SparseHashTable, HierarchicalHashTable):
+            table = self._table()
+            bucket_sizes = comm.sum(comm.agree(lambda: table.bucket_sizes))
+        self.parameters = dict(zip(names, (int(v) for v in params[reference, : len(names)]),
+                                   strict=True))
+        self._layout = _Layout(key, sizes, offsets, bucket_sizes)
+        return self._layout
 
-        def local():
-            table = shard._table if isinstance(shard, HierarchicalHashTable) else shard
-            ids = np.sort(table._ids)
-            repeated = ids[1:][ids[1:] == ids[:-1]]
-            if repeated.shape[0]:
-                raise ValueError(f"ids='global' needs every id once, but this rank's shard "
-                                 f"holds id {int(repeated[0])} on more than one item")
-            return ids
+    def _table(self) -> SparseHashTable:
+        return self.shard.compound if self.kind is HierarchicalHashTable else self.shard
 
-        ids = comm.agree(local)
-        ranges = comm.gather(np.array([ids[0], ids[-1]], dtype=np.int64))
-        order = np.argsort(ranges[:, 0], kind="stable")
+    def _check_unique_ids(self) -> None:
+        """With ``ids="global"`` no id may be on two items, in one shard or across shards (the
+        merge would return it twice). Each shard's ids are unique already; the shards' id
+        ranges are compared first, and only where they overlap do the ids travel (8 bytes per
+        item)."""
+        comm = self._comm
+        ids = comm.agree(lambda: np.sort(self.shard.ids))
+        ranges = comm.gather(np.array([ids[0], ids[-1]] if ids.shape[0] else [-1, -2],
+                                      dtype=np.int64))
+        live = np.flatnonzero(ranges[:, 0] <= ranges[:, 1])
+        order = live[np.argsort(ranges[live, 0], kind="stable")]
         if (ranges[order[1:], 0] > ranges[order[:-1], 1]).all():
             return  # disjoint ranges
         everyone = comm.gather_rows(ids, "ids")
@@ -389,7 +415,7 @@ class ShardedIndex:
             raise ValueError(f"ids='global' needs every id on one item of one shard, but id "
                              f"{int(merged[at])} is on rank {int(owner[at])} and rank "
                              f"{int(owner[at + 1])}: give the shards distinct ids, or use "
-                             "ids='offset' for ids numbered 0..ntotal-1 on each shard")
+                             "ids='offset' for ids numbered by each shard's counter")
 
     # ------------------------------------------------------------------ properties
 
@@ -404,8 +430,19 @@ class ShardedIndex:
         return self._comm.world_size
 
     @property
+    def sizes(self) -> np.ndarray:
+        """Every rank's number of items, as of the last search (or construction)."""
+        return self._layout.sizes
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Rank r's first global id with ``ids="offset"`` (the running sum of the shards'
+        ``next_id``), as of the last search (or construction)."""
+        return self._layout.offsets
+
+    @property
     def ntotal(self) -> int:
-        """Items over all shards."""
+        """Items over all shards (as of the last search or construction)."""
         return int(self.sizes.sum())
 
     def __len__(self) -> int:
@@ -425,7 +462,7 @@ class ShardedIndex:
     def search(self, *args: Any, all_ranks_queries: bool = True, **kwargs: Any
                ) -> tuple[Any, Any]:
         """The shard type's search with its arguments (for example ``search(query_activations,
-        query_embeddings, topk, exclude_ids=None)`` for a SparseHashTable), over all shards.
+        query_embeddings, topk, exclude=None)`` for a SparseHashTable), over all shards.
 
         ``all_ranks_queries=True`` (default): every rank passes the same queries (checked) and
         gets the same results. ``False``: each rank passes its own queries (any number, the
@@ -438,7 +475,9 @@ class ShardedIndex:
         all_ranks_queries : bool, default True
             Whether every rank passes the same queries.
         **kwargs : array_like or int
-            The shard type's keyword arguments (``exclude_ids``, ``rerank``, ...).
+            The shard type's keyword arguments (``include``, ``exclude``, ``rerank``, ...).
+            ``include`` and a one-dimensional ``exclude`` hold global ids and must be the same
+            on every rank; a two-dimensional ``exclude`` has one row per query.
 
         Returns
         -------
@@ -452,13 +491,12 @@ class ShardedIndex:
         ------
         ValueError
             On every rank: bad input on any rank (with that rank's message), ranks that differ
-            in ``topk``, options or (with ``all_ranks_queries``) queries, or a shard changed
-            since construction.
+            in ``topk``, options, filters or (with ``all_ranks_queries``) queries, or shards
+            that no longer agree in parameters or ids.
         TypeError
             On every rank: arguments the shard's search does not take.
         RuntimeError
-            On every rank, if a rank's shard changed (items added, codebooks replaced), or a
-            rank failed or left in the middle of the search.
+            On every rank, if a rank failed or left in the middle of the search.
 
         Notes
         -----
@@ -471,31 +509,34 @@ class ShardedIndex:
     def _search(self, args, kwargs, all_ranks_queries):
         start = time.perf_counter()
         comm = self._comm
+        layout = self._sync()
         prepared = comm.agree(lambda: self._prepare(args, kwargs, all_ranks_queries))
-        names, arrays, topk, options, origin, meta, originals = prepared
+        names, arrays, topk, options, origin, meta, originals, shared = prepared
         everyone = comm.gather(meta)
         self._check_agreement(everyone, all_ranks_queries)
-        width = int(everyone[:, 6].max())  # exclude_ids columns (tables)
-        if "exclude_ids" in names and arrays["exclude_ids"] is not None:
-            arrays["exclude_ids"] = _padded_columns(arrays["exclude_ids"], width)
+        width = int(everyone[:, 6].max())  # per-query exclude columns
+        if arrays["exclude"] is not None:
+            arrays["exclude"] = _padded_columns(arrays["exclude"], width)
         rows = everyone[:, 5]
         if all_ranks_queries:
             mine = slice(0, int(rows[0]))
         else:
-            for name in names:
+            for name in [*names, "exclude"]:
                 if arrays[name] is not None:
                     arrays[name] = np.concatenate(comm.gather_rows(arrays[name], name))
             first = int(rows[: self.rank].sum())
             mine = slice(first, first + int(rows[self.rank]))
+        filters = self._local_filters(shared, arrays["exclude"], layout)
         local_start = time.perf_counter()
         if self.kind in (SparseHashTable, HierarchicalHashTable):
-            D, I, T, counts, plan_s = self._search_table(arrays, topk)
+            D, I, T, counts, plan_s = self._search_table(arrays, topk, filters, layout)
         else:
             plan_s = 0.0
             # with the same queries everywhere the shard searches the caller's own arrays (on
-            # a GPU there when they are CUDA tensors)
+            # a GPU there when they are CUDA tensors and nothing is filtered)
             D, I, T = comm.agree(lambda: self._search_codes(
-                originals if all_ranks_queries else arrays, topk, options, origin))
+                originals if all_ranks_queries and not filters else arrays, topk, options,
+                filters, layout))
             counts = None
         local_s = time.perf_counter() - local_start - plan_s
         merge_start = time.perf_counter()
@@ -503,7 +544,7 @@ class ShardedIndex:
         # arrays on a GPU)
         D, I = _as_tensor(D, comm.device), _as_tensor(I, comm.device)
         if self.ids == "offset":
-            I = I.where(I < 0, I + int(self.offsets[self.rank]))
+            I = I.where(I < 0, I + int(layout.offsets[self.rank]))
         if isinstance(T, _Candidates):
             D, I = self._merge_candidates(D, I, T, topk)
         else:
@@ -517,8 +558,9 @@ class ShardedIndex:
 
     def _prepare(self, args, kwargs, all_ranks_queries):
         """Check the arguments on this rank: ``(names, host arrays, topk, options, origin,
-        meta)``, meta being what the ranks must agree on."""
-        from ._checks import as_index_array, check_int
+        meta, the caller's arrays, the shared filter)``, meta being what the ranks must agree
+        on."""
+        from ._checks import check_int
 
         try:
             bound = self._signature.bind(*args, **kwargs)
@@ -532,16 +574,8 @@ class ShardedIndex:
         topk = check_int(given["topk"], "topk", 1)
         options = {"symmetric": bool(given.get("symmetric", False))}
         if self.kind is PQIndex:
-            options["rerank"] = self.shard._check_rerank(given["rerank"], topk,
-                                                         options["symmetric"])
-        if self.shard.ntotal != self.sizes[self.rank]:
-            raise RuntimeError(f"this rank's shard changed after the ShardedIndex was made (it "
-                               f"held {self.sizes[self.rank]} items, now {self.shard.ntotal}): "
-                               "make a new ShardedIndex after adding")
-        if (self.kind is PQIndex
-                and self.shard.pq.codebooks_version != self._codebooks_version):
-            raise RuntimeError("this rank's quantizer changed its codebooks after the "
-                               "ShardedIndex was made: make a new ShardedIndex")
+            options["rerank"] = given["rerank"]
+            self.shard.fastscan_width(topk, given["rerank"], options["symmetric"])  # checks
         arrays = {n: None if given[n] is None else to_numpy(given[n], allow_device_copy=True,
                                                             name=n) for n in names}
         for n in names:
@@ -550,29 +584,49 @@ class ShardedIndex:
         if arrays[names[0]] is None:
             raise ValueError(f"{names[0]} must be an array with one row per query, got None")
         num_queries = arrays[names[0]].shape[0]
-        width = 0
-        if "exclude_ids" in arrays and arrays["exclude_ids"] is not None:
-            e = arrays["exclude_ids"]
-            if e.ndim not in (1, 2) or e.shape[0] != num_queries:
-                raise ValueError(f"exclude_ids must be (Q,) or (Q, m) with Q = {num_queries} "
-                                 f"queries, got shape {tuple(e.shape)}")
-            e = as_index_array(e[:, None] if e.ndim == 1 else e, "exclude_ids",
-                               allow_missing=True)
-            arrays["exclude_ids"] = e
-            width = e.shape[1]
-        optional = [n for n in names if n in ("exclude_ids", "query_features")]
-        present = sum(1 << i for i, n in enumerate(optional) if arrays[n] is not None)
-        crc = _crc([arrays[n] for n in names]) if all_ranks_queries else 0
+        include, exclude = given.get("include"), given.get("exclude")
+        legacy = given.get("exclude_ids")
+        if legacy is not None:
+            if exclude is not None:
+                raise ValueError("give exclude (exclude_ids is its deprecated name), not both")
+            legacy = to_numpy(legacy, allow_device_copy=True, name="exclude_ids")
+            exclude = legacy[:, None] if legacy.ndim == 1 else legacy
+        if include is not None and exclude is not None:
+            raise ValueError("give include or exclude, not both")
+        rows, shared = None, None
+        for name, value in (("include", include), ("exclude", exclude)):
+            if value is None:
+                continue
+            value = to_numpy(value, allow_device_copy=True, name=name)
+            if value.ndim == 2 and name == "exclude":
+                if value.shape[0] != num_queries:
+                    raise ValueError(f"exclude must be (n,) or (Q, m) with Q = {num_queries} "
+                                     f"queries, got shape {tuple(value.shape)}")
+                rows = as_index_array(value, "exclude", allow_missing=True)
+            elif value.ndim == 1:
+                shared = (name, as_index_array(value, name))
+            else:
+                raise ValueError(f"{name} must be (n,) ids" + (" or (Q, m)" if name == "exclude"
+                                                               else "") +
+                                 f", got shape {tuple(value.shape)}")
+        arrays["exclude"] = rows
+        present = sum(1 << i for i, n in enumerate(names) if arrays[n] is not None)
+        crc = _crc([arrays[n] for n in (*names, "exclude")]) if all_ranks_queries else 0
+        shared_crc = 0 if shared is None else _crc([np.array([len(shared[0])]), shared[1]])
         rerank = options.get("rerank")
         meta = np.array([topk, int(all_ranks_queries), int(options["symmetric"]), present,
-                         crc, num_queries, width, -1 if rerank is None else rerank],
-                        dtype=np.int64)
-        return names, arrays, topk, options, origin, meta, {n: given[n] for n in names}
+                         crc, num_queries, 0 if rows is None else rows.shape[1],
+                         -1 if rerank is None else rerank, shared_crc,
+                         int(rows is not None)], dtype=np.int64)
+        return (names, arrays, topk, options, origin, meta, {n: given[n] for n in names},
+                shared)
 
     def _check_agreement(self, everyone: np.ndarray, all_ranks_queries: bool) -> None:
         what = {0: "topk", 1: "all_ranks_queries", 2: "symmetric",
-                3: "the optional arguments given", 4: "the queries", 7: "rerank"}
-        columns = [0, 1, 2, 3, 7] + ([4] if all_ranks_queries else [])
+                3: "the optional arguments given", 4: "the queries", 7: "rerank",
+                8: "include or one-dimensional exclude (global ids, the same on every rank)",
+                9: "whether they exclude ids per query"}
+        columns = [0, 1, 2, 3, 7, 8, 9] + ([4] if all_ranks_queries else [])
         for column in columns:
             values = everyone[:, column]
             if (values != values[0]).any():
@@ -582,66 +636,89 @@ class ShardedIndex:
                 raise ValueError(f"the ranks' searches differ in {what[column]}: rank {r}'s "
                                  f"differs from rank 0's{hint}")
 
-    def _search_codes(self, arrays, topk, options, origin):
+    def _local_filters(self, shared, rows, layout: _Layout) -> dict[str, np.ndarray]:
+        """The search's filter in this shard's ids: ``{"include": ...}`` or ``{"exclude":
+        ...}`` (global ids less this shard's offset with ids="offset"; others dropped)."""
+        def local(ids: np.ndarray) -> np.ndarray:
+            if self.ids != "offset":
+                return ids
+            low = int(layout.offsets[self.rank])
+            high = low + int(self.shard.next_id)
+            return np.where((ids >= low) & (ids < high), ids - low, -1)
+
+        if rows is not None:
+            return {"exclude": local(rows)}
+        if shared is not None:
+            name, ids = shared
+            ids = local(ids)
+            return {name: ids[ids >= 0]}
+        return {}
+
+    def _search_codes(self, arrays, topk, options, filters, layout: _Layout):
         """The local search of a PQIndex or BinaryIndex: ``(D, I, tie-break keys or None)``;
         for a PQIndex's fast scan ``(approximate D, I, _Candidates)`` of the best ``R`` by
         rounded sum (see _merge_candidates)."""
         if self.kind is PQIndex:
             shard, symmetric, rerank = self.shard, options["symmetric"], options["rerank"]
-            if shard.fast_scan and not symmetric and not shard._on_device(origin, topk, False):
-                count = shard._candidates(topk, rerank, self.ntotal)
-                sums, I, D, adc = shard._fastscan_candidates(arrays["q"], count, count)
+            count = shard.fastscan_width(topk, rerank, symmetric, int(layout.sizes.sum()))
+            if count is not None and count > 0:
+                sums, I, D, adc = shard.fastscan_candidates(arrays["q"], count, **filters)
                 return D, I, _Candidates(sums, adc, rerank != 0)
-            D, I = shard.search(arrays["q"], topk, symmetric=symmetric, rerank=rerank)
+            D, I = shard.search(arrays["q"], topk, symmetric=symmetric, rerank=rerank,
+                                **filters)
             return D, I, None
         features = arrays["query_features"]
-        D, I = self.shard.search(arrays["query_codes"], topk, features)
-        T = None if features is None else self.shard._tiebreak_keys(
+        D, I = self.shard.search(arrays["query_codes"], topk, features, **filters)
+        T = None if features is None else self.shard.tiebreak_keys(
             features, to_numpy(I, allow_device_copy=True))
         return D, I, T
 
-    def _search_table(self, arrays, topk):
+    def _search_table(self, arrays, topk, filters, layout: _Layout):
         """The local search of a table with the number of probed buckets decided over all
         shards (see the module docstring)."""
         comm = self._comm
-        hierarchical = self.kind is HierarchicalHashTable
-        table = self.shard._table if hierarchical else self.shard
+        table = self._table()
 
         def checked():
-            if hierarchical:
-                act = self.shard._compound(arrays["query_level1"], arrays["query_level2"])
-                _, emb = table._host_queries(act, arrays["query_embeddings"])
+            if self.kind is HierarchicalHashTable:
+                act = self.shard.compound_activations(arrays["query_level1"],
+                                                      arrays["query_level2"])
             else:
-                act, emb = table._host_queries(arrays["query_activations"],
-                                               arrays["query_embeddings"])
-            exclude = table._exclude(arrays["exclude_ids"], act.shape[0])
-            excluded = (exclude >= 0).sum(axis=1)  # over all shards: the same on every rank
-            if self.ids == "offset":
-                low, high = self.offsets[self.rank], self.offsets[self.rank] + table.ntotal
-                exclude = np.where((exclude >= low) & (exclude < high), exclude - low, -1)
-            return act, emb, exclude, excluded
+                act = np.ascontiguousarray(as_float_array(arrays["query_activations"],
+                                                          "query_activations"))
+            # the queries' checks, on every rank alike
+            table.count_candidates(act, np.zeros(act.shape[0], dtype=np.int64))
+            emb = arrays["query_embeddings"]
+            if emb is None or emb.ndim != 2 or emb.shape[0] != act.shape[0]:
+                raise ValueError("query_embeddings must be (Q, dim) with one row per query")
+            exclude = arrays["exclude"]
+            excluded = (np.zeros(act.shape[0], dtype=np.int64) if exclude is None
+                        else (exclude >= 0).sum(axis=1))  # over all shards: alike everywhere
+            return act, emb, excluded
 
-        act, emb, exclude, excluded = comm.agree(checked)
+        act, emb, excluded = comm.agree(checked)
         plan_start = time.perf_counter()
-        target = min(topk, self.ntotal)
-        probes = self._plan(table, act, exclude, excluded, target)
+        target = min(topk, int(layout.sizes.sum()))
+        probes = self._plan(table, act, filters, excluded, target, layout)
         plan_s = time.perf_counter() - plan_start
-        D, I, counts = comm.agree(lambda: table._search_host(act, emb, topk, exclude, probes))
+        D, I, counts = comm.agree(lambda: table.search_probes(act, emb, topk, probes,
+                                                              **filters))
         return D, I, None, counts, plan_s
 
-    def _plan(self, table: SparseHashTable, act: np.ndarray, exclude: np.ndarray,
-              excluded: np.ndarray, target: int) -> np.ndarray:
+    def _plan(self, table: SparseHashTable, act: np.ndarray, filters: dict,
+              excluded: np.ndarray, target: int, layout: _Layout) -> np.ndarray:
         """Per query, the buckets that one table over all shards would probe: the smallest
         ``p >= k`` whose first ``p`` buckets hold ``target`` candidates over all shards, or all
         buckets. Each step is one all_reduce; every rank takes the same steps (every decision
         is made on what all ranks hold alike: the queries, the whole table's bucket sizes, the
-        count of excluded ids, the summed counts). ``exclude`` is this shard's share of the
-        excluded items, ``excluded`` the number of excluded ids of each query."""
+        count of excluded ids, the summed counts). ``filters`` is this shard's share of the
+        filter, ``excluded`` the number of ids each query excludes."""
         k, buckets = table.k, table.num_buckets
         num_queries = act.shape[0]
 
         def candidates(caps: np.ndarray) -> np.ndarray:
-            return self._comm.sum(table._count_candidates(act, exclude, caps))
+            return self._comm.sum(self._comm.agree(
+                lambda: table.count_candidates(act, caps, **filters)))
 
         low = np.zeros(num_queries, dtype=np.int64)   # too few candidates (0: unknown)
         high = np.full(num_queries, k, dtype=np.int64)  # enough, or every bucket
@@ -649,13 +726,11 @@ class ShardedIndex:
             return high
         # the whole table's shortcut: when the largest of a query's k buckets alone, less its
         # excluded ids, holds target items, k buckets are enough (each excluded id is at most
-        # one item when ids are unique: always with ids="offset")
-        best = np.empty((num_queries, k), dtype=np.int64)
-        _table_cpu.topk_rows(act, k, best)
-        largest = self._bucket_sizes[best].max(axis=1)
+        # one item: ids are unique). Not with a filter for every query.
+        largest = layout.bucket_sizes[_top_buckets(act, k)].max(axis=1)
         settled = largest - excluded >= target
-        if self.ids != "offset":
-            settled &= excluded == 0
+        if "include" in filters or ("exclude" in filters and filters["exclude"].ndim == 1):
+            settled[:] = False
         short = np.zeros(num_queries, dtype=bool)
         if not settled.all():
             short = ~settled & (candidates(np.where(settled, 0, high)) < target)

@@ -740,3 +740,73 @@ def bit_balance(codes):
                 total += abs(cov / math.sqrt(var_a * var_b))
     return {"imbalance": imbalance, "correlation": total / pairs if pairs else 0.0,
             "entropy": entropy}
+
+
+# --------------------------------------------------------------------------------------------
+# the index lifecycle: a brute-force model of the items an index holds
+
+
+class IndexModel:
+    """The items of an index as a plain list in the order added, each ``(id, payload)``, with
+    the id rules of qkernels.index.Index: given ids are unique; without them the next ids of
+    a counter one above the largest id given so far; removals keep the others' ids and order;
+    a reset empties and restarts the counter; a merge appends the other's items, renumbered
+    from this counter when all of their ids came from the other's counter."""
+
+    def __init__(self):
+        self.items = []  # (id, payload) in the order added
+        self.next_id = 0
+        self.default_ids = True
+
+    def add(self, payloads, ids=None):
+        if ids is None:
+            ids = list(range(self.next_id, self.next_id + len(payloads)))
+        else:
+            ids = [int(i) for i in ids]
+            held = {i for i, _ in self.items}
+            if len(set(ids)) != len(ids) or held & set(ids):
+                raise ValueError("repeated id")
+            self.default_ids = self.default_ids and not ids  # an empty add changes nothing
+        self.items += list(zip(ids, payloads, strict=True))
+        if ids:
+            self.next_id = max(self.next_id, max(ids) + 1)
+        return ids
+
+    def remove(self, ids):
+        ids = [int(i) for i in ids]
+        held = {i for i, _ in self.items}
+        if len(set(ids)) != len(ids) or not set(ids) <= held:
+            raise ValueError("unknown or repeated id")
+        gone = set(ids)
+        self.items = [(i, p) for i, p in self.items if i not in gone]
+        return len(ids)
+
+    def reset(self):
+        self.items, self.next_id, self.default_ids = [], 0, True
+
+    def merge(self, other):
+        if other.default_ids:
+            moved = [(i + self.next_id, p) for i, p in other.items]
+        else:
+            moved = list(other.items)
+            if {i for i, _ in self.items} & {i for i, _ in moved}:
+                raise ValueError("an id in both")
+            self.default_ids = self.default_ids and not moved
+        self.items += moved
+        if moved:
+            self.next_id = max(self.next_id, max(i for i, _ in moved) + 1)
+        other.reset()
+
+    @property
+    def ids(self):
+        return [i for i, _ in self.items]
+
+    def passing(self, include=None, exclude=None):
+        """The items a search with this filter for every query may return, in order."""
+        if include is not None:
+            allowed = {int(i) for i in include}
+            return [(i, p) for i, p in self.items if i in allowed]
+        if exclude is not None:
+            refused = {int(i) for i in exclude}
+            return [(i, p) for i, p in self.items if i not in refused]
+        return list(self.items)

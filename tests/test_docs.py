@@ -168,6 +168,7 @@ def _shell(line: str, cwd: Path) -> bool:
     return True
 
 
+@pytest.mark.filterwarnings("error:.* is deprecated")  # the pages show today's API
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_code_block_runs(page, tmp_path, monkeypatch):
     """The page's Python blocks run in order in one namespace, in an empty folder; a block

@@ -14,6 +14,7 @@ import pytest
 
 import qkernels as qk
 from qkernels import _gpu, config
+from qkernels._filter import NO_MASK
 from qkernels.flow import _flat_cpu, _flat_gpu
 from qkernels.index import _hamming_cpu, _hamming_gpu, _pq_cpu, _pq_gpu, _table_gpu
 from qkernels.index.binary import _word_columns, _words
@@ -72,7 +73,8 @@ def test_pq_search_is_the_cpus(emulated, num_queries, n, m, nbits, dsub, topk, d
     work = min(topk, n)
     want_d = np.empty((num_queries, work), dtype=np.float32)
     want_i = np.empty((num_queries, work), dtype=np.int64)
-    _pq_cpu.scan_by_query(tables, codes, work, inner_product, want_d, want_i)
+    _pq_cpu.scan_by_query(tables, codes, work, inner_product, want_d, want_i, NO_MASK,
+                          np.empty((num_queries, 0), dtype=np.int64))
     missing = -np.inf if inner_product else np.inf
     np.testing.assert_array_equal(D[:, :work], want_d)
     np.testing.assert_array_equal(I[:, :work], want_i)
@@ -113,7 +115,8 @@ def test_hamming_topk_is_the_cpus(emulated, num_queries, n, nbits, topk):
     work = min(topk, n)
     want_d = np.empty((num_queries, work), dtype=np.int32)
     want_i = np.empty((num_queries, work), dtype=np.int64)
-    _hamming_cpu.topk_by_query(_words(queries), _word_columns(db), work, 1024, want_d, want_i)
+    _hamming_cpu.topk_by_query(_words(queries), _word_columns(db), work, 1024, want_d, want_i,
+                               NO_MASK, np.empty((num_queries, 0), dtype=np.int64))
     np.testing.assert_array_equal(D[:, :work], want_d)
     np.testing.assert_array_equal(I[:, :work], want_i)
     assert (D[:, work:] == np.iinfo(np.int32).max).all() and (I[:, work:] == -1).all()
@@ -138,11 +141,12 @@ def test_table_probe_is_the_cpus(emulated, n, num_buckets, k, topk, excluding, m
     q_act = np.round(rng.standard_normal((6, num_buckets)), 1).astype(np.float32)  # ties
     q_emb = rng.integers(0, 3, (6, 5)).astype(np.float32)
     exclude = ids[rng.integers(0, n, (6, 3))] if excluding else None
-    D, I = table.search(q_act, q_emb, topk, exclude_ids=exclude)
+    D, I = table.search(q_act, q_emb, topk, exclude=exclude)
     want_counts = table.candidate_counts
 
-    arrays = table._probe_arrays()
-    positions = table._exclude_positions(table._exclude(exclude, 6))
+    state = table._built(table._state)
+    arrays = table._probe_arrays(state)
+    positions = table._filter(state, None, exclude, 6)[1]
     dist, items, counts = _table_gpu.probe(q_act, q_emb, k, topk, arrays[:-1], positions,
                                            metric == "ip")
     got_ids = np.where(items >= 0, arrays[-1][np.maximum(items, 0)], -1)

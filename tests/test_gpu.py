@@ -141,11 +141,11 @@ def test_table_probe_equals_the_cpu(block_size, k):
     ids = rng.permutation(100_000)[:4000]
     table = qk.SparseHashTable(32, k).add(act, emb, ids=ids)
     queries = rng.choice(4000, 50, replace=False)
-    for topk, exclude in ((16, None), (64, ids[queries])):
+    for topk, exclude in ((16, None), (64, ids[queries][:, None])):
         D, I = table.search(cuda(act[queries]), cuda(emb[queries]), topk,
-                            exclude_ids=None if exclude is None else cuda(exclude))
+                            exclude=None if exclude is None else cuda(exclude))
         gpu_counts = table.candidate_counts.copy()
-        cD, cI = table.search(act[queries], emb[queries], topk, exclude_ids=exclude)
+        cD, cI = table.search(act[queries], emb[queries], topk, exclude=exclude)
         np.testing.assert_array_equal(I.cpu().numpy(), cI)
         np.testing.assert_array_equal(D.cpu().numpy(), cD)
         np.testing.assert_array_equal(gpu_counts, table.candidate_counts)

@@ -25,6 +25,7 @@ SIZES = (110, 190)  # uneven shards
 NUM_BUCKETS, K = 8, 2
 DIM = 4
 NUM_QUERIES = 21
+CHANGED_REMOVALS = (3, 5)  # local ids each rank removes after adding one item
 TOPKS = (1, 16, 200, 400)  # 200: the whole table probes more than k buckets; 400 > all items
 
 
@@ -88,10 +89,10 @@ def _searches(d, name, topk, queries=slice(None)):
     """(args, kwargs) of the search of index ``name``."""
     if name in ("table", "table_ip"):
         return (d["q_act"][queries], d["q_emb"][queries], topk), {
-            "exclude_ids": d["exclude"][queries]}
+            "exclude": d["exclude"][queries]}
     if name == "hierarchical":
         return (d["q_act1"][queries], d["q_act2"][queries], d["q_emb"][queries], topk), {
-            "exclude_ids": d["exclude"][queries]}
+            "exclude": d["exclude"][queries]}
     if name in ("pq", "pq_ip", "pq_exact"):
         return (d["pq_q"][queries], topk), {}
     if name in ("pq_rerank_topk", "pq_plain_ip"):
@@ -111,7 +112,7 @@ def _error(fn) -> str:
 
 def _own_queries(name: str) -> tuple[slice, slice]:
     """Each rank's own queries in the all_ranks_queries=False searches: rank 1 has none for the
-    binary index and for the tables that exclude ids (an exclude_ids of shape (0, m))."""
+    binary index and for the tables that exclude ids (an exclude of shape (0, m))."""
     if name in ("binary", "table_ip", "hierarchical"):
         return slice(0, 21), slice(0, 0)
     return slice(0, 5), slice(5, 21)
@@ -166,8 +167,10 @@ def _rank(rank, init_file, codebooks, out_dir):
 
         # refusals: each must be an error on both ranks, never a hang
         table = shards["table"]
-        errors["empty"] = _error(lambda: ShardedIndex(
-            table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, K)))
+        # an empty shard takes part (rank 1 holds nothing)
+        with_empty = ShardedIndex(table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, K))
+        out["empty/D"], out["empty/I"] = with_empty.search(*_searches(d, "table", 16)[0],
+                                                           **_searches(d, "table", 16)[1])
         errors["k"] = _error(lambda: ShardedIndex(
             table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, 3).add(
                 d["act"][_part(1)], d["emb"][_part(1)])))
@@ -180,12 +183,16 @@ def _rank(rank, init_file, codebooks, out_dir):
                                                                4 + rank))
         wrong = d["exclude"] if rank == 0 else d["exclude"][:3]
         errors["bad input on one rank"] = _error(lambda: sharded.search(
-            d["q_act"], d["q_emb"], 4, exclude_ids=wrong, all_ranks_queries=False))
+            d["q_act"], d["q_emb"], 4, exclude=wrong, all_ranks_queries=False))
         errors["dtypes differ"] = _error(lambda: sharded.search(
             d["q_act"], d["q_emb"].astype(np.float64 if rank else np.float32), 4,
             all_ranks_queries=False))
+        # the shards change between searches: the next search agrees on them again
         table.add(d["act"][:1], d["emb"][:1])
-        errors["shard changed"] = _error(lambda: sharded.search(d["q_act"], d["q_emb"], 4))
+        table.remove_ids(np.array(CHANGED_REMOVALS))
+        out["changed/D"], out["changed/I"] = sharded.search(*_searches(d, "table", 16)[0],
+                                                            **_searches(d, "table", 16)[1])
+        out["changed/sizes"] = sharded.sizes
         errors["ids"] = _error(lambda: ShardedIndex(qk.SparseHashTable(NUM_BUCKETS, K).add(
             d["act"][_part(rank)], d["emb"][_part(rank)], ids=np.arange(SIZES[rank]) + 1000)))
         def with_ids(ids):
@@ -197,8 +204,6 @@ def _rank(rank, init_file, codebooks, out_dir):
             with_ids(np.arange(SIZES[rank]) * 2 + rank), ids="global"))
         errors["global ids repeat across shards"] = _error(lambda: ShardedIndex(
             with_ids(np.arange(SIZES[rank]) + 50 * rank), ids="global"))
-        errors["global ids repeat in a shard"] = _error(lambda: ShardedIndex(
-            with_ids(np.arange(SIZES[rank]) // (1 + rank) + 1000 * rank), ids="global"))
         dist.barrier()
         if rank == 0:  # a manifest that says the default ids are global
             path = Path(out_dir, "saved-table", "manifest.json")
@@ -333,18 +338,15 @@ def test_save_and_load(ranks, whole, name):
 
 
 @pytest.mark.parametrize(("case", "expected"), [
-    ("empty", ("ValueError", "rank 1's shard is empty")),
     ("k", ("ValueError", "disagree on k: rank 0 has 2, rank 1 has 3")),
     ("type", ("TypeError", "rank 1 a PQIndex")),
     ("not an index", ("TypeError", "got str")),
     ("queries differ", ("ValueError", "all_ranks_queries=False")),
     ("topk differs", ("ValueError", "differ in topk")),
-    ("bad input on one rank", ("ValueError", "exclude_ids must be")),
+    ("bad input on one rank", ("ValueError", "exclude must be")),
     ("dtypes differ", ("ValueError", "float64")),
-    ("shard changed", ("RuntimeError", "make a new ShardedIndex")),
     ("ids", ("ValueError", "ids='global'")),
     ("global ids repeat across shards", ("ValueError", "id 50 is on rank 0 and rank 1")),
-    ("global ids repeat in a shard", ("ValueError", "holds id 1000 on more than one item")),
     ("manifest says global", ("ValueError", "id 0 is on rank 0 and rank 1")),
     ("tampered", ("ValueError", "sha256")),
 ])
@@ -353,9 +355,36 @@ def test_refusals_reach_every_rank(ranks, case, expected):
     for _, errors in ranks:
         assert errors[case].startswith(kind + ":"), errors[case]
         assert words in errors[case], errors[case]
-    if case in ("empty", "k", "bad input on one rank", "tampered",
-                "global ids repeat in a shard"):
+    if case in ("k", "bad input on one rank", "tampered"):
         assert "rank 1" in ranks[0][1][case]  # rank 0 says which rank failed
+
+
+def test_an_empty_shard_takes_part(ranks, whole):
+    d, _ = whole
+    alone = qk.SparseHashTable(NUM_BUCKETS, K).add(d["act"][_part(0)], d["emb"][_part(0)])
+    D, I = alone.search(*_searches(d, "table", 16)[0], **_searches(d, "table", 16)[1])
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out["empty/I"], I)
+        np.testing.assert_array_equal(out["empty/D"], D)
+
+
+def test_shards_that_change_between_searches(ranks, whole):
+    """Each rank adds an item and removes two of its own: one table over the union, changed
+    alike (global ids: each rank's offset is the next id of the ranks before it)."""
+    d, _ = whole
+    union = qk.SparseHashTable(NUM_BUCKETS, K)
+    removed = []
+    for rank in range(WORLD):
+        offset = union.next_id
+        union.add(d["act"][_part(rank)], d["emb"][_part(rank)])
+        union.add(d["act"][:1], d["emb"][:1])
+        removed += [offset + i for i in CHANGED_REMOVALS]
+    union.remove_ids(np.array(removed))
+    D, I = union.search(*_searches(d, "table", 16)[0], **_searches(d, "table", 16)[1])
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out["changed/I"], I)
+        np.testing.assert_array_equal(out["changed/D"], D)
+        assert out["changed/sizes"].tolist() == [s + 1 - 2 for s in SIZES]
 
 
 def test_interleaved_global_ids_are_accepted(ranks):
@@ -392,10 +421,10 @@ def _faulty_rank(rank, init_file, out_dir):
         index = ShardedIndex(table)
         args, kwargs = _searches(d, "table", 16)
         if rank == 1:  # an instance attribute shadows the method on this rank only
-            table._search_host = _failing_search
+            table.search_probes = _failing_search
         errors["raises"] = _error(lambda: index.search(*args, **kwargs))
         if rank == 1:
-            del table._search_host
+            del table.search_probes
         out["after raising/D"], out["after raising/I"] = index.search(*args, **kwargs)
         emb = d["q_emb"] if rank == 0 else d["q_emb"][:, :3]
         errors["dimension"] = _error(lambda: index.search(d["q_act"], emb, 16,
@@ -405,7 +434,7 @@ def _faulty_rank(rank, init_file, out_dir):
             np.savez(f"{out_dir}/fault{rank}.npz", **out)
             with open(f"{out_dir}/fault{rank}.json", "w") as f:
                 json.dump(errors, f)
-            table._search_host = lambda *a, **k: os._exit(0)
+            table.search_probes = lambda *a, **k: os._exit(0)
         start = time.monotonic()
         errors["exit"] = _error(lambda: index.search(*args, **kwargs))
         errors["exit seconds"] = time.monotonic() - start
@@ -494,7 +523,7 @@ def test_candidate_counts_of_the_first_buckets(seed, n, buckets, k, excluding):
     queries = rng.integers(0, 3, (7, buckets)).astype(np.float64)
     probes = rng.integers(k, buckets + 1, 7) * (rng.random(7) < 0.8)  # 0: counts nothing
     exclude = (rng.integers(-1, max(n, 1), (7, 2)) if excluding and n else None)
-    got = table._count_candidates(queries, exclude, probes)
+    got = table.count_candidates(queries, probes, exclude=exclude)
     codes = np.argsort(-act, axis=1, kind="stable")[:, :k]
     want = reference.table_candidates(codes, np.arange(n), queries, probes, exclude)
     np.testing.assert_array_equal(got, want)
@@ -509,9 +538,9 @@ def test_tiebreak_keys_are_the_kernels(seed, n, dim):
     features = rng.standard_normal((5, dim)).astype(np.float32)
     _, I = index.search(qk.pack_bits(rng.integers(0, 2, (5, 6)).astype(np.uint8)), n + 2,
                         features)
-    keys = index._tiebreak_keys(features, I)
+    keys = index.tiebreak_keys(features, I)
     for q in range(5):
         for t in range(n + 2):
             want = (np.inf if I[q, t] < 0 else
-                    reference.lane_distance(features[q], index._features[I[q, t]], False))
+                    reference.lane_distance(features[q], index.features[I[q, t]], False))
             assert keys[q, t] == want

@@ -54,7 +54,7 @@ def _indexes(tmp_path):
 
     searches = {
         "SparseHashTable": (table, lambda t: t.search(act[q], emb[q], 12,
-                                                      exclude_ids=np.arange(200))),
+                                                      exclude=np.arange(200)[:, None])),
         "HierarchicalHashTable": (hierarchical, lambda t: t.search(act[q], act2[q], emb[q], 12)),
         "PQIndex": (pq_index, lambda t: t.search(emb[q], 12)),
         "PQIndex-symmetric": (pq_index, lambda t: t.search(emb[q], 12, symmetric=True)),
@@ -137,7 +137,7 @@ def test_byte_order_and_alignment_never_change_an_answer(convert):
             "solve_hierarchical_codes": qk.solve_hierarchical_codes(
                 f(scores), f(scores[::-1].copy()), 2),
             "table.add+search": qk.SparseHashTable(48, 2).add(f(act), f(emb)).search(
-                f(act[:50]), f(emb[:50]), 5, exclude_ids=f(np.arange(50))),
+                f(act[:50]), f(emb[:50]), 5, exclude=f(np.arange(50)[:, None])),
             "table.add_codes": qk.SparseHashTable(48, 2).add_codes(
                 f(np.stack([np.arange(800) % 48, (np.arange(800) + 1) % 48], 1)), f(emb)
             ).search(f(act[:50]), f(emb[:50]), 5),
@@ -297,3 +297,96 @@ def test_pq_mirrors_and_tables_follow_the_codebooks(fake_cupy):
     versions.add(pq.codebooks_version)
     other = qk.ProductQuantizer(16, 4, 4).train(emb)  # versions are unique across quantizers
     assert len(versions | {other.codebooks_version}) == 4
+
+
+# ------------------------------------------------------------------ searches during changes
+
+def _changing(tmp_path):
+    """Per index kind: (make an index, a search, the changes that may run meanwhile)."""
+    act, emb = _data(n=3000)
+    extra_act, extra_emb = _data(seed=5, n=400)
+    q = slice(0, 120)
+    pq4 = qk.ProductQuantizer(emb.shape[1], 4, 4).train(emb)
+    pq6 = qk.ProductQuantizer(emb.shape[1], 4, 6).train(emb)
+    codes, extra_codes = qk.pack_bits(act), qk.pack_bits(extra_act)
+
+    def changes(index, add, make_other):
+        return {
+            "add": lambda: add(index),
+            "remove": lambda: index.remove_ids(np.arange(0, 3000, 3)),
+            "reset": index.reset,
+            "merge": lambda: index.merge_from(make_other()),
+        }
+
+    kinds = {
+        "SparseHashTable": (
+            lambda: qk.SparseHashTable(act.shape[1], 2).add(act, emb),
+            lambda t: t.search(act[q], emb[q], 12, exclude=np.arange(120)[:, None]),
+            lambda t: t.add(extra_act, extra_emb),
+            lambda: qk.SparseHashTable(act.shape[1], 2).add(extra_act, extra_emb)),
+        "PQIndex": (
+            lambda: qk.PQIndex(pq6).add(emb),
+            lambda t: t.search(emb[q], 12, include=np.arange(0, 3400, 2)),
+            lambda t: t.add(extra_emb),
+            lambda: qk.PQIndex(pq6).add(extra_emb)),
+        "PQIndex-fastscan": (
+            lambda: qk.PQIndex(pq4).add(emb),
+            lambda t: t.search(emb[q], 12),
+            lambda t: t.add(extra_emb),
+            lambda: qk.PQIndex(pq4).add(extra_emb)),
+        "BinaryIndex": (
+            lambda: qk.BinaryIndex(act.shape[1]).add(codes),
+            lambda t: t.search(codes[q], 12, exclude=np.arange(0, 3000, 7)),
+            lambda t: t.add(extra_codes),
+            lambda: qk.BinaryIndex(act.shape[1]).add(extra_codes)),
+    }
+    for name, (make, search, add, make_other) in kinds.items():
+        for change in ("add", "remove", "reset", "merge"):
+            yield name, change, make, search, lambda i, c=change, a=add, m=make_other: (
+                changes(i, a, m)[c]())
+
+
+def test_a_search_during_a_change_sees_the_index_before_or_after_it(tmp_path):
+    """Threads search while one thread changes the index: every result is the answer of the
+    index before the change or after it (each search reads one snapshot), never a mix."""
+    for name, change, make, search, apply in _changing(tmp_path):
+        before = make()
+        after = make()
+        apply(after)
+        answers = [search(before), search(after)]
+        for _trial in range(2):
+            index = make()
+            search(index)  # built: the change races with searches, not with the first build
+            barrier = threading.Barrier(THREADS + 1)
+            results, errors = [], []
+
+            def searcher(index=index):
+                try:
+                    barrier.wait()
+                    for _ in range(6):
+                        results.append(search(index))
+                except Exception as error:  # surfaced below
+                    errors.append(error)
+
+            def writer(index=index):
+                try:
+                    barrier.wait()
+                    apply(index)
+                except Exception as error:  # surfaced below
+                    errors.append(error)
+
+            threads = [threading.Thread(target=searcher) for _ in range(THREADS)]
+            threads.append(threading.Thread(target=writer))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            seen = set()
+            for D, I in results:
+                which = [a for a, (aD, aI) in enumerate(answers)
+                         if np.array_equal(I, aI) and np.array_equal(D, aD)]
+                assert which, f"{name} {change}: a search saw neither state"
+                seen.add(which[0])
+            final = search(index)
+            np.testing.assert_array_equal(final[1], answers[1][1], err_msg=f"{name} {change}")

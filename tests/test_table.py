@@ -31,7 +31,8 @@ def reference_codes(activations, k):
 
 
 def assert_same(table, db_act, db_emb, db_ids, q_act, q_emb, topk, exclude=None):
-    D, I = table.search(q_act, q_emb, topk, exclude_ids=exclude)
+    rows = None if exclude is None else (exclude[:, None] if exclude.ndim == 1 else exclude)
+    D, I = table.search(q_act, q_emb, topk, exclude=rows)
     rD, rI, rcounts = ref.sparse_table_search(
         reference_codes(db_act, table.k), db_emb, db_ids, q_act, q_emb, table.k, topk,
         table.metric, exclude)
@@ -198,13 +199,13 @@ def test_zero_queries_with_excluded_ids(exclude_shape):
     table = qk.SparseHashTable(8, 2).add(rng.standard_normal((30, 8)),
                                          rng.standard_normal((30, 5)))
     D, I = table.search(np.zeros((0, 8)), np.zeros((0, 5)), 4,
-                        exclude_ids=np.zeros(exclude_shape, dtype=np.int64))
+                        exclude=np.zeros(exclude_shape, dtype=np.int64))
     assert D.shape == I.shape == (0, 4) and D.dtype == np.float32 and I.dtype == np.int64
     compound = qk.HierarchicalHashTable(4, 2).add(rng.standard_normal((30, 4)),
                                                   rng.standard_normal((30, 4)),
                                                   rng.standard_normal((30, 5)))
     D, I = compound.search(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 5)), 4,
-                           exclude_ids=np.zeros(exclude_shape, dtype=np.int64))
+                           exclude=np.zeros(exclude_shape, dtype=np.int64))
     assert D.shape == I.shape == (0, 4)
 
 
@@ -266,7 +267,8 @@ def test_counting_sort_equals_a_stable_sort(seed, n, num_buckets, k, chunks):
         (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)), ids=[-3]),
          TypeError, "ids must be a numpy array"),
         (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)),
-                                              ids=np.array([-3])), ValueError, "found -3"),
+                                              ids=np.array([-3])), ValueError,
+         "ids holds -3: ids are integers >= 0"),
         (lambda: qk.SparseHashTable(4, 1).add(np.zeros((1, 4)), np.zeros((1, 2)))
          .add(np.zeros((1, 4)), np.zeros((1, 3))), ValueError,
          "embeddings has dimension 3; the table's embeddings have 2"),
@@ -279,7 +281,7 @@ def test_counting_sort_equals_a_stable_sort(seed, n, num_buckets, k, chunks):
          ValueError, "topk must be >= 1"),
         (lambda: qk.SparseHashTable(4, 1).search(np.zeros((1, 4)), np.zeros((1, 3)), 1,
                                                  exclude_ids=np.zeros(2, int)), ValueError,
-         "exclude_ids has 2 rows but there are 1 queries"),
+         "exclude has 2 rows but there are 1 queries"),
         (lambda: qk.SparseHashTable(4, 2).add_codes(np.array([[1, 1]]), np.zeros((1, 2))),
          ValueError, "distinct"),
         (lambda: qk.SparseHashTable(4, 2).add_codes(np.array([[1]]), np.zeros((1, 2))),

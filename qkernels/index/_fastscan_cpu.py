@@ -33,6 +33,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._filter import not_excluded
 from .._heap import by_database, drain_sorted, offer
 from .._parallel import parallel_kernel
 from .._simd import (
@@ -154,31 +155,36 @@ def group_scalar(packed, start, luts, thresholds, out, masks):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _offer_block(mask, b, n, sums, hd, hi, size):
+def _offer_block(mask, b, n, sums, hd, hi, size, allowed, excluded):
     """Offer block ``b``'s items whose bit is set in ``mask`` (those that exist: the last
-    block may be partial) with their ``sums`` to the heap; returns its new size. The mask only
-    filters: each item is still compared with the heap's current root (items come in
-    increasing order, so an equal sum loses to it: ties go to the lower item)."""
+    block may be partial; those the filter allows: ``allowed[b]``'s bits where ``allowed`` is
+    not empty, and not in this query's ``excluded``) with their ``sums`` to the heap; returns
+    its new size. The mask only filters: each item is still compared with the heap's current
+    root (items come in increasing order, so an equal sum loses to it: ties go to the lower
+    item)."""
     base = b * FASTSCAN_BLOCK
     if base + FASTSCAN_BLOCK > n:
         mask &= (1 << (n - base)) - 1
+    if allowed.shape[0] != 0:
+        mask &= allowed[b]
     while mask:
         low = mask & -mask
         mask ^= low
         i = popcount64(np.uint64(low - 1))
-        size = offer(hd, hi, size, np.int32(sums[i]), base + i)
+        if excluded.shape[0] == 0 or not_excluded(excluded, base + i):
+            size = offer(hd, hi, size, np.int32(sums[i]), base + i)
     return size
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_group(simd, packed, luts, n, hd, hi, sizes, out):
+def _scan_group(simd, packed, luts, n, hd, hi, sizes, out, allowed, excluded):
     """Every block for the ``GROUP`` queries of ``luts`` into their heaps ``hd[q]``,
     ``hi[q]`` (``sizes[q]`` entries), as ``_scan_blocks`` does for one: by ``group_simd``
     where ``simd`` (and the CPU has AVX2), else by ``group_scalar``."""
     if _AVX2 and simd:
-        _scan_group_simd(packed, luts, n, hd, hi, sizes, out)
+        _scan_group_simd(packed, luts, n, hd, hi, sizes, out, allowed, excluded)
     else:
-        _scan_group_scalar(packed, luts, n, hd, hi, sizes, out)
+        _scan_group_scalar(packed, luts, n, hd, hi, sizes, out, allowed, excluded)
 
 
 # One compiled loop per kernel: the loop is inlined (inline="always") into a function that
@@ -187,17 +193,18 @@ def _scan_group(simd, packed, luts, n, hd, hi, sizes, out):
 # kernels themselves are called, not inlined at Numba's level: inlining them into the loop
 # made the scan of 1M codes for 1000 queries 3-8% slower (all measured, interleaved).
 @nb.njit(cache=True, nogil=True)
-def _scan_group_simd(packed, luts, n, hd, hi, sizes, out):
-    _group_loop(group_simd, packed, luts, n, hd, hi, sizes, out)
+def _scan_group_simd(packed, luts, n, hd, hi, sizes, out, allowed, excluded):
+    _group_loop(group_simd, packed, luts, n, hd, hi, sizes, out, allowed, excluded)
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_group_scalar(packed, luts, n, hd, hi, sizes, out):
-    _group_loop(group_scalar, packed, luts, n, hd, hi, sizes, out)
+def _scan_group_scalar(packed, luts, n, hd, hi, sizes, out, allowed, excluded):
+    _group_loop(group_scalar, packed, luts, n, hd, hi, sizes, out, allowed, excluded)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _group_loop(group, packed, luts, n, hd, hi, sizes, out):
+def _group_loop(group, packed, luts, n, hd, hi, sizes, out, allowed, excluded):
+    """``excluded``: one row per query of the group (``GROUP`` rows)."""
     count = luts.shape[0]
     stride = luts.shape[1]
     room = hd.shape[1]
@@ -209,41 +216,46 @@ def _group_loop(group, packed, luts, n, hd, hi, sizes, out):
         if group(packed, b * stride, luts, thresholds, out, masks) == 0:
             continue
         for q in range(count):
-            sizes[q] = _offer_block(masks[q], b, n, out[q], hd[q], hi[q], sizes[q])
+            sizes[q] = _offer_block(masks[q], b, n, out[q], hd[q], hi[q], sizes[q], allowed,
+                                    excluded[q])
             if sizes[q] == room:
                 thresholds[q] = hd[q, 0]
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_blocks(simd, packed, lut, n, first, stop, hd, hi, size, out):
+def _scan_blocks(simd, packed, lut, n, first, stop, hd, hi, size, out, allowed, excluded):
     """Blocks ``first..stop-1`` of one query into the max-heap (hd, hi) of (sum, item) holding
     ``size`` entries (room for ``len(hd)``); returns the new size. Items come in increasing
     order and an equal sum loses to the heap's root, so ties go to the lower item. By
     ``block_simd`` where ``simd`` (and the CPU has AVX2), else by ``block_scalar``."""
     if _AVX2 and simd:
-        return _scan_blocks_simd(packed, lut, n, first, stop, hd, hi, size, out)
-    return _scan_blocks_scalar(packed, lut, n, first, stop, hd, hi, size, out)
+        return _scan_blocks_simd(packed, lut, n, first, stop, hd, hi, size, out, allowed,
+                                 excluded)
+    return _scan_blocks_scalar(packed, lut, n, first, stop, hd, hi, size, out, allowed,
+                               excluded)
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_blocks_simd(packed, lut, n, first, stop, hd, hi, size, out):
-    return _block_loop(block_simd, packed, lut, n, first, stop, hd, hi, size, out)
+def _scan_blocks_simd(packed, lut, n, first, stop, hd, hi, size, out, allowed, excluded):
+    return _block_loop(block_simd, packed, lut, n, first, stop, hd, hi, size, out, allowed,
+                       excluded)
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_blocks_scalar(packed, lut, n, first, stop, hd, hi, size, out):
-    return _block_loop(block_scalar, packed, lut, n, first, stop, hd, hi, size, out)
+def _scan_blocks_scalar(packed, lut, n, first, stop, hd, hi, size, out, allowed, excluded):
+    return _block_loop(block_scalar, packed, lut, n, first, stop, hd, hi, size, out, allowed,
+                       excluded)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _block_loop(block, packed, lut, n, first, stop, hd, hi, size, out):
+def _block_loop(block, packed, lut, n, first, stop, hd, hi, size, out, allowed, excluded):
     # one compiled loop per kernel, as _group_loop
     room = hd.shape[0]
     stride = lut.shape[0]
     threshold = _ALL if size < room else hd[0]
     for b in range(first, stop):
         mask = block(packed, b * stride, lut, threshold, out)
-        size = _offer_block(mask, b, n, out, hd, hi, size)
+        size = _offer_block(mask, b, n, out, hd, hi, size, allowed, excluded)
         if size == room:
             threshold = hd[0]
     return size
@@ -296,9 +308,11 @@ def adc_of(tables, codes, items, inner_product, out):
 
 @parallel_kernel
 def scan_by_query(simd, luts, bias, scale, packed, tables, codes, candidates, rerank,
-                  inner_product, out_dist, out_item, out_sum):
+                  inner_product, out_dist, out_item, out_sum, allowed, excluded):
     """The fast scan of every query, ``GROUP`` at a time in parallel: the best ``candidates``
-    by uint16 sum, then ``_finish`` into ``out_*`` ``(Q, topk)``."""
+    by uint16 sum, then ``_finish`` into ``out_*`` ``(Q, topk)``. The filter: ``allowed``
+    (``qkernels._filter.block_bits`` of the mask, or empty) and ``excluded`` (one row per
+    query)."""
     n = codes.shape[0]
     num_queries = luts.shape[0]
     for g in nb.prange((num_queries + GROUP - 1) // GROUP):
@@ -309,11 +323,14 @@ def scan_by_query(simd, luts, bias, scale, packed, tables, codes, candidates, re
         mine = np.empty((GROUP, luts.shape[1]), dtype=np.uint8)
         for q in range(GROUP):
             mine[q] = luts[first + min(q, count - 1)]
+        rows = np.empty((GROUP, excluded.shape[1]), dtype=np.int64)
+        for q in range(GROUP):
+            rows[q] = excluded[first + min(q, count - 1)]
         hd = np.empty((GROUP, candidates), dtype=np.int32)
         hi = np.empty((GROUP, candidates), dtype=np.int64)
         sizes = np.zeros(GROUP, dtype=np.int64)
         out = np.empty((GROUP, FASTSCAN_BLOCK), dtype=np.uint16)
-        _scan_group(simd, packed, mine, n, hd, hi, sizes, out)
+        _scan_group(simd, packed, mine, n, hd, hi, sizes, out, allowed, rows)
         for q in range(count):
             _finish(tables[first + q], codes, hd[q], hi[q], sizes[q], bias[first + q],
                     scale[first + q], rerank, inner_product, out_dist[first + q],
@@ -322,23 +339,26 @@ def scan_by_query(simd, luts, bias, scale, packed, tables, codes, candidates, re
 
 @parallel_kernel
 def scan_by_database(simd, luts, bias, scale, packed, tables, codes, candidates, rerank,
-                     num_chunks, inner_product, out_dist, out_item, out_sum):
+                     num_chunks, inner_product, out_dist, out_item, out_sum, allowed,
+                     excluded):
     """The same for few queries, in parallel over chunks of whole blocks
     (``_heap.by_database``), one query at a time."""
     n = codes.shape[0]
     by_database(_chunk, _chunk_out, (n + FASTSCAN_BLOCK - 1) // FASTSCAN_BLOCK,
                 num_chunks, luts.shape[0], candidates, np.int32,
                 (luts, bias, scale, packed, tables, codes, rerank, inner_product, out_dist,
-                 out_item, out_sum, simd))
+                 out_item, out_sum, simd, allowed, excluded))
 
 
 @nb.njit(cache=True, nogil=True)
 def _chunk(args, first, stop, hd, hi, hs):
     """Blocks ``first..stop-1`` for every query."""
     luts, packed, n, simd = args[0], args[3], args[5].shape[0], args[11]
+    allowed, excluded = args[12], args[13]
     out = np.empty(FASTSCAN_BLOCK, dtype=np.uint16)
     for q in range(luts.shape[0]):
-        hs[q] = _scan_blocks(simd, packed, luts[q], n, first, stop, hd[q], hi[q], 0, out)
+        hs[q] = _scan_blocks(simd, packed, luts[q], n, first, stop, hd[q], hi[q], 0, out,
+                             allowed, excluded[q])
 
 
 @nb.njit(cache=True, nogil=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._filter import passes
 from .._heap import by_database, drain_sorted, drain_sorted3, offer3, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import popcount64, sq_l2_f32
@@ -56,11 +57,12 @@ def _block_distances(query, db_t, start, stop, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs):
+def _scan(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs, mask, excluded):
     """Distances of items ``start..stop-1`` to queries ``q0..q1-1`` into their heaps (rows
     ``q - q0`` of hd, hi, hs), one block of items at a time: the distances of a block are
     computed in a vectorised pass, and the block is only walked item by item when its
-    minimum can enter the heap."""
+    minimum can enter the heap. Only items that pass the filter (``qkernels._filter``:
+    ``mask``, ``excluded[q]``) take a place."""
     topk = hd.shape[1]
     block = buffer.shape[0]
     for first in range(start, stop, block):
@@ -72,7 +74,7 @@ def _scan(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs):
                 continue
             for j in range(last - first):
                 d = buffer[j]
-                if hs[h] < topk or d < hd[h, 0]:
+                if (hs[h] < topk or d < hd[h, 0]) and passes(mask, excluded[q], first + j):
                     _offer(hd, hi, hs, h, d, first + j)
 
 
@@ -85,9 +87,9 @@ def _write_sorted(hd, hi, size, out_dist, out_item):
 
 
 @parallel_kernel
-def topk_by_query(queries, db_t, topk, block, out_dist, out_item):
+def topk_by_query(queries, db_t, topk, block, out_dist, out_item, mask, excluded):
     """Exact top-K by Hamming distance; parallel over groups of queries. ``db_t`` holds the
-    codes as words, ``(words, N)``."""
+    codes as words, ``(words, N)``; the filter as ``_scan``'s."""
     num_queries = queries.shape[0]
     n = db_t.shape[1]
     group = 8
@@ -99,17 +101,18 @@ def topk_by_query(queries, db_t, topk, block, out_dist, out_item):
         hd = np.empty((q1 - q0, topk), dtype=np.int64)
         hi = np.empty((q1 - q0, topk), dtype=np.int64)
         hs = np.zeros(q1 - q0, dtype=np.int64)
-        _scan(queries, db_t, 0, n, q0, q1, buffer, hd, hi, hs)
+        _scan(queries, db_t, 0, n, q0, q1, buffer, hd, hi, hs, mask, excluded)
         for q in range(q0, q1):
             _write_sorted(hd[q - q0], hi[q - q0], hs[q - q0], out_dist[q], out_item[q])
 
 
 @parallel_kernel
-def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item):
+def topk_by_database(queries, db_t, topk, block, num_chunks, out_dist, out_item, mask,
+                     excluded):
     """The same for few queries: in parallel over chunks of the database
     (``_heap.by_database``)."""
     by_database(_chunk, _chunk_out, db_t.shape[1], num_chunks, queries.shape[0], topk,
-                np.int64, (queries, db_t, block, out_dist, out_item))
+                np.int64, (queries, db_t, block, out_dist, out_item, mask, excluded))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -117,7 +120,7 @@ def _chunk(args, start, stop, hd, hi, hs):
     """Items ``start..stop-1`` for every query, by ``_scan``."""
     queries, db_t, block = args[0], args[1], args[2]
     _scan(queries, db_t, start, stop, 0, queries.shape[0], np.empty(block, dtype=np.int64),
-          hd, hi, hs)
+          hd, hi, hs, args[5], args[6])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -126,9 +129,11 @@ def _chunk_out(args, q, hd, hi, size):
 
 
 @parallel_kernel
-def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, out_item):
+def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, out_item, mask,
+                  excluded):
     """Top-K by (Hamming distance, squared L2 between features, item), parallel over queries.
-    The feature distance is only computed for items that can still enter the heap."""
+    The feature distance is only computed for items that can still enter the heap (and pass
+    the filter)."""
     num_queries = queries.shape[0]
     words, n = db_t.shape
     for q in nb.prange(num_queries):
@@ -141,7 +146,7 @@ def topk_tiebreak(queries, db_t, query_features, db_features, topk, out_dist, ou
             d = 0
             for w in range(words):
                 d += popcount64(db_t[w, i] ^ queries[q, w])
-            if hs[0] == topk and d > hd[0, 0]:
+            if (hs[0] == topk and d > hd[0, 0]) or not passes(mask, excluded[q], i):
                 continue
             t = sq_l2_f32(query_features[q], db_features[i])
             offer3(hd, ht, hi, hs, 0, d, t, i)

@@ -15,6 +15,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .._filter import passes
 from .._heap import by_database, drain_sorted, push, sift_down
 from .._parallel import parallel_kernel
 from .._simd import dot_f32, sq_l2_f32
@@ -62,9 +63,10 @@ def _adc(table, code):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_range(table, codes, start, stop, hd, hi, size):
+def _scan_range(table, codes, start, stop, hd, hi, size, mask, excluded):
     """Asymmetric distances of items ``start..stop-1`` against one query's (M, K) table, into the
-    top-K max-heap (hd, hi) holding ``size`` entries; returns the new size.
+    top-K max-heap (hd, hi) holding ``size`` entries; returns the new size. Only items that
+    pass the filter (``qkernels._filter``: ``mask``, this query's ``excluded``) take a place.
 
     Once the heap is full, items go eight at a time: eight independent sums in flight keep the
     CPU's load units busy where one sum would wait on its own chain of additions (measured
@@ -75,8 +77,9 @@ def _scan_range(table, codes, start, stop, hd, hi, size):
     num_subspaces = table.shape[0]
     i = start
     while i < stop and size < topk:
-        push(hd, hi, size, _adc(table, codes[i]), i)
-        size += 1
+        if passes(mask, excluded, i):
+            push(hd, hi, size, _adc(table, codes[i]), i)
+            size += 1
         i += 1
     block = codes[i:stop]  # a slice: non-negative indices, no wraparound checks
     count = stop - i
@@ -100,26 +103,26 @@ def _scan_range(table, codes, start, stop, hd, hi, size):
             d5 += row[block[j + 5, m]]
             d6 += row[block[j + 6, m]]
             d7 += row[block[j + 7, m]]
-        if d0 < hd[0]:  # an equal distance loses: the heap's item has the lower index
+        if d0 < hd[0] and passes(mask, excluded, i + j + 0):  # an equal distance loses
             sift_down(hd, hi, size, d0, i + j + 0)
-        if d1 < hd[0]:
+        if d1 < hd[0] and passes(mask, excluded, i + j + 1):
             sift_down(hd, hi, size, d1, i + j + 1)
-        if d2 < hd[0]:
+        if d2 < hd[0] and passes(mask, excluded, i + j + 2):
             sift_down(hd, hi, size, d2, i + j + 2)
-        if d3 < hd[0]:
+        if d3 < hd[0] and passes(mask, excluded, i + j + 3):
             sift_down(hd, hi, size, d3, i + j + 3)
-        if d4 < hd[0]:
+        if d4 < hd[0] and passes(mask, excluded, i + j + 4):
             sift_down(hd, hi, size, d4, i + j + 4)
-        if d5 < hd[0]:
+        if d5 < hd[0] and passes(mask, excluded, i + j + 5):
             sift_down(hd, hi, size, d5, i + j + 5)
-        if d6 < hd[0]:
+        if d6 < hd[0] and passes(mask, excluded, i + j + 6):
             sift_down(hd, hi, size, d6, i + j + 6)
-        if d7 < hd[0]:
+        if d7 < hd[0] and passes(mask, excluded, i + j + 7):
             sift_down(hd, hi, size, d7, i + j + 7)
         j += 8
     while j < count:
         dist = _adc(table, block[j])
-        if dist < hd[0]:
+        if dist < hd[0] and passes(mask, excluded, i + j):
             sift_down(hd, hi, size, dist, i + j)
         j += 1
     return size
@@ -135,7 +138,7 @@ def _adc_words(table, words):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_range_words(table, words, start, stop, hd, hi, size):
+def _scan_range_words(table, words, start, stop, hd, hi, size, mask, excluded):
     """``_scan_range`` for 8-bit codes of a multiple of 8 sub-quantizers, read as uint64 words
     ``(N, M / 8)``: one load per 8 codes instead of one per code, four items in flight
     (1.1-1.2x the byte scan at M = 8 in interleaved runs on a noisy 2-core EPYC; eight in
@@ -145,8 +148,9 @@ def _scan_range_words(table, words, start, stop, hd, hi, size):
     num_words = words.shape[1]
     i = start
     while i < stop and size < topk:
-        push(hd, hi, size, _adc_words(table, words[i]), i)
-        size += 1
+        if passes(mask, excluded, i):
+            push(hd, hi, size, _adc_words(table, words[i]), i)
+            size += 1
         i += 1
     low = np.uint64(255)
     while i + 4 <= stop:
@@ -175,18 +179,18 @@ def _scan_range_words(table, words, start, stop, hd, hi, size):
                 d1 += table[8 * w + b, (w1 >> shift) & low]
                 d2 += table[8 * w + b, (w2 >> shift) & low]
                 d3 += table[8 * w + b, (w3 >> shift) & low]
-        if d0 < hd[0]:  # an equal distance loses: the heap's item has the lower index
+        if d0 < hd[0] and passes(mask, excluded, i + 0):  # an equal distance loses
             sift_down(hd, hi, size, d0, i + 0)
-        if d1 < hd[0]:
+        if d1 < hd[0] and passes(mask, excluded, i + 1):
             sift_down(hd, hi, size, d1, i + 1)
-        if d2 < hd[0]:
+        if d2 < hd[0] and passes(mask, excluded, i + 2):
             sift_down(hd, hi, size, d2, i + 2)
-        if d3 < hd[0]:
+        if d3 < hd[0] and passes(mask, excluded, i + 3):
             sift_down(hd, hi, size, d3, i + 3)
         i += 4
     while i < stop:
         dist = _adc_words(table, words[i])
-        if dist < hd[0]:
+        if dist < hd[0] and passes(mask, excluded, i):
             sift_down(hd, hi, size, dist, i)
         i += 1
     return size
@@ -204,20 +208,20 @@ def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
         out_item[t] = -1
 
 
-def scan_range(table, codes, start, stop, hd, hi, size):
+def scan_range(table, codes, start, stop, hd, hi, size, mask, excluded):
     """``_scan_range_words`` for codes held as uint64 words, else ``_scan_range``: chosen by
     the codes' type when Numba compiles the caller (an argument of function type would make
     every kernel that takes it uncachable, so every process would compile it again)."""
     scan = _scan_range_words if codes.dtype == np.uint64 else _scan_range
-    return scan(table, codes, start, stop, hd, hi, size)
+    return scan(table, codes, start, stop, hd, hi, size, mask, excluded)
 
 
 @overload(scan_range, inline="always")
-def _scan_range_overload(table, codes, start, stop, hd, hi, size):
+def _scan_range_overload(table, codes, start, stop, hd, hi, size, mask, excluded):
     scan = _scan_range_words if codes.dtype == types.uint64 else _scan_range
 
-    def impl(table, codes, start, stop, hd, hi, size):
-        return scan(table, codes, start, stop, hd, hi, size)
+    def impl(table, codes, start, stop, hd, hi, size, mask, excluded):
+        return scan(table, codes, start, stop, hd, hi, size, mask, excluded)
     return impl
 
 
@@ -230,39 +234,43 @@ def _as_words(codes):
     return codes
 
 
-def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
-    """Look-up-table scan of every item for every query, in parallel over queries."""
-    _scan_by_query(tables, _as_words(codes), topk, inner_product, out_dist, out_item)
+def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
+    """Look-up-table scan of every item for every query, in parallel over queries; the filter
+    (``mask``, ``excluded`` with one row per query) as ``qkernels._filter`` says."""
+    _scan_by_query(tables, _as_words(codes), topk, inner_product, out_dist, out_item, mask,
+                   excluded)
 
 
-def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
+def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item, mask,
+                     excluded):
     """The same scan for few queries, in parallel over chunks of the database
     (``_heap.by_database``)."""
     _scan_by_database(tables, _as_words(codes), topk, num_chunks, inner_product, out_dist,
-                      out_item)
+                      out_item, mask, excluded)
 
 
 @parallel_kernel
-def _scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item):
+def _scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item, mask,
+                      excluded):
     by_database(_chunk, _chunk_out, codes.shape[0], num_chunks, tables.shape[0], topk,
-                np.float32, (tables, codes, inner_product, out_dist, out_item))
+                np.float32, (tables, codes, inner_product, out_dist, out_item, mask, excluded))
 
 
 @parallel_kernel
-def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item):
+def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
     for q in nb.prange(tables.shape[0]):
         hd = np.empty(topk, dtype=np.float32)
         hi = np.empty(topk, dtype=np.int64)
-        size = scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0)
+        size = scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0, mask, excluded[q])
         _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
 
 
 @nb.njit(cache=True, nogil=True)
 def _chunk(args, start, stop, hd, hi, hs):
     """Items ``start..stop-1`` for every query."""
-    tables, codes = args[0], args[1]
+    tables, codes, mask, excluded = args[0], args[1], args[5], args[6]
     for q in range(tables.shape[0]):
-        hs[q] = scan_range(tables[q], codes, start, stop, hd[q], hi[q], 0)
+        hs[q] = scan_range(tables[q], codes, start, stop, hd[q], hi[q], 0, mask, excluded[q])
 
 
 @nb.njit(cache=True, nogil=True)

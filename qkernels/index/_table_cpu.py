@@ -102,14 +102,15 @@ def counting_sort(codes, num_buckets, num_chunks):
 
 
 @parallel_kernel
-def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, num_chunks,
+def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, mask, num_chunks,
                 probe_count, candidates):
     """Pass 1: how many buckets each query probes.
 
     A query probes its ``k`` best buckets and, while it has fewer than ``topk`` candidates, its
     next-ranked ones, never more than ``max_probes[q]`` (0: the query is skipped). Candidates
     are the distinct items of the probed buckets minus the query's excluded items
-    (``exclude[q]``: table positions, -1 for none). When the largest of the ``k`` buckets
+    (``exclude[q]``: table positions, -1 for none) and, where ``mask`` is not empty, minus the
+    items it refuses (``qkernels._filter``). When the largest of the ``k`` buckets
     alone, less the excluded items, reaches ``topk`` no more are needed and nothing is counted
     (``candidates[q]`` is then -1); otherwise the union is counted exactly, into
     ``candidates[q]``, with one bit per item for the duplicates (kept per chunk of queries,
@@ -120,6 +121,7 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
     num_queries, num_buckets = query_act.shape
     n = codes.shape[0]
     dedupe = k > 1  # with one bucket per item no item comes up twice
+    masked = mask.shape[0] != 0
     step = (num_queries + num_chunks - 1) // num_chunks if num_queries else 1
     for c in nb.prange(num_chunks):
         seen = np.zeros((n + 7) // 8 if dedupe else 1, dtype=np.uint8)
@@ -142,7 +144,7 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
                 num_excluded += exclude[q, e] >= 0
             probe_count[q] = k
             candidates[q] = -1
-            if largest - num_excluded >= topk:
+            if not masked and largest - num_excluded >= topk:
                 continue
             stamp += 1  # count exactly, from the first bucket again
             count = 0
@@ -158,7 +160,11 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
                         bit = np.uint8(1) << np.uint8(item & 7)
                         if not seen[item >> 3] & bit:
                             seen[item >> 3] |= bit
-                            count += 1
+                            if not masked or mask[item]:
+                                count += 1
+                elif masked:
+                    for p in range(offsets[r], offsets[r + 1]):
+                        count += mask[items[p]] != 0
                 else:
                     count += offsets[r + 1] - offsets[r]
                 for e in range(exclude.shape[1]):  # an excluded item entering the union
@@ -173,7 +179,7 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
                             in_r = True
                         elif used[code] == stamp:
                             earlier = True
-                    if in_r and not earlier:
+                    if in_r and not earlier and (not masked or mask[item]):
                         count -= 1
             if dedupe:
                 for t in range(probed):
@@ -220,7 +226,7 @@ def invert_probes(probe_offsets, probe_list, num_buckets):
 
 
 @parallel_kernel
-def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
+def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, exclude, mask,
                  probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
                  heap_dist, heap_row, heap_item, heap_size, found):
     """Pass 4, bucket by bucket: every item's row is read once for all the queries that probe
@@ -233,6 +239,7 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
     before this one, and the excluded items get the bits of the queries excluding them. An
     item then skips, with one OR per bucket of its code, the queries that met it in an earlier
     bucket (so each (query, item) pair is looked at once overall) and those excluding it.
+    Items that ``mask`` refuses (where it is not empty) are no candidates of any query.
     """
     num_chunks = chunk_starts.shape[0] - 1
     num_buckets = offsets.shape[0] - 1
@@ -269,6 +276,8 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
                         if k > 1:
                             prefetch(codes[ahead])
                     item = items[p]
+                    if mask.shape[0] != 0 and mask[item] == 0:
+                        continue
                     skip = np.uint64(0)
                     if k > 1:
                         for t in range(k):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,14 +15,13 @@ from .._checks import (
     check_distance_range,
     check_int,
     check_rank,
-    check_same_rows,
     check_topk,
 )
+from .._filter import NO_MASK
 from .._heap import padded
-from .._io import load_npz, save_npz
 from .._parallel import database_chunks
-from .._shared import LazyState
 from . import _hamming_cpu
+from ._base import Index, Snapshot, ids_array
 
 __all__ = ["BinaryIndex", "hamming_topk", "pack_bits", "unpack_bits"]
 
@@ -69,14 +67,17 @@ def _on_device(origin, nbytes: int, topk: int, tiebreak: Any) -> bool:
 
 
 def _search(query_words: np.ndarray, db_columns: np.ndarray, topk: int,
-            tiebreak: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+            tiebreak: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray = NO_MASK,
+            excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     num_queries = query_words.shape[0]
+    if excluded is None:
+        excluded = np.empty((num_queries, 0), dtype=np.int64)
     requested, topk = check_topk(topk, db_columns.shape[1], num_queries)
-    dist, items = _select(query_words, db_columns, topk, tiebreak)
+    dist, items = _select(query_words, db_columns, topk, tiebreak, mask, excluded)
     return padded(dist, items, requested, np.iinfo(np.int32).max)
 
 
-def _select(query_words, db_columns, topk, tiebreak):
+def _select(query_words, db_columns, topk, tiebreak, mask, excluded):
     num_queries = query_words.shape[0]
     dist = np.empty((num_queries, topk), dtype=np.int32)
     items = np.empty((num_queries, topk), dtype=np.int64)
@@ -84,14 +85,15 @@ def _select(query_words, db_columns, topk, tiebreak):
         return dist, items
     if tiebreak is not None:
         _hamming_cpu.topk_tiebreak(query_words, db_columns, tiebreak[0], tiebreak[1], topk,
-                                   dist, items)
+                                   dist, items, mask, excluded)
         return dist, items
     chunks = database_chunks(num_queries, db_columns.shape[1])
     if chunks:
         _hamming_cpu.topk_by_database(query_words, db_columns, topk, _BLOCK, chunks, dist,
-                                      items)
+                                      items, mask, excluded)
     else:
-        _hamming_cpu.topk_by_query(query_words, db_columns, topk, _BLOCK, dist, items)
+        _hamming_cpu.topk_by_query(query_words, db_columns, topk, _BLOCK, dist, items, mask,
+                                   excluded)
     return dist, items
 
 
@@ -172,11 +174,13 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
     return origin.wrap(dist), origin.wrap(items)
 
 
-class BinaryIndex(LazyState):
+class BinaryIndex(Index):
     """Exhaustive Hamming search over packed binary codes, like FAISS IndexBinaryFlat.
 
     ``add`` takes packed codes (see :func:`pack_bits`) and, optionally, continuous features
-    for the H2Q tie-break; ``search`` returns int32 Hamming distances and int64 rows.
+    for the H2Q tie-break; ``search`` returns int32 Hamming distances and int64 ids. The
+    lifecycle (ids, ``remove_ids``, ``reset``, ``merge_from``, filtered search, bytes) is
+    :class:`qkernels.index.Index`'s.
 
     Parameters
     ----------
@@ -203,36 +207,35 @@ class BinaryIndex(LazyState):
     >>> D, I = index.search(qk.pack_bits(x[:3]), topk=5)
     >>> I[:, 0]                      # each item finds itself first, at distance 0
     array([0, 1, 2])
+    >>> D, I = index.search(qk.pack_bits(x[:3]), topk=5, exclude=np.arange(3)[:, None])
+    >>> bool((I[:, 0] != np.arange(3)).all())
+    True
     """
 
+    _KIND = "BinaryIndex"
     _VERSION = 1
 
     def __init__(self, nbits: int):
         # distances are int32, as FAISS's: at most 2**31 - 1 bits
         self.nbits = check_int(nbits, "nbits", 1, np.iinfo(np.int32).max)
         self.nbytes = -(-self.nbits // 8)
-        self._codes = np.empty((0, self.nbytes), dtype=np.uint8)
-        self._columns: np.ndarray | None = None  # the kernels' layout, built on search
-        self._features: np.ndarray | None = None
-        self._init_lock()
-
-    @property
-    def ntotal(self) -> int:
-        """Number of items in the index."""
-        return int(self._codes.shape[0])
-
-    def __len__(self) -> int:
-        return self.ntotal
+        self._init_index()
 
     def __repr__(self) -> str:
         return f"BinaryIndex(nbits={self.nbits}, ntotal={self.ntotal})"
 
     @property
     def codes(self) -> np.ndarray:
-        """The stored packed codes: uint8, shape ``(ntotal, ceil(nbits / 8))``."""
-        return self._codes
+        """The stored packed codes: uint8, shape ``(ntotal, ceil(nbits / 8))``, in the order
+        added (read-only)."""
+        return self._state.codes
 
-    def add(self, codes: Any, features: Any = None) -> BinaryIndex:
+    @property
+    def features(self) -> np.ndarray | None:
+        """The stored tie-break features, float32 ``(ntotal, dim)``, or None."""
+        return self._state.features
+
+    def add(self, codes: Any, features: Any = None, ids: Any = None) -> BinaryIndex:
         """Append packed codes.
 
         Parameters
@@ -242,6 +245,8 @@ class BinaryIndex(LazyState):
         features : array_like, shape (N, dim), optional
             Continuous features for the tie-break of :meth:`search`; given with every add or
             with none.
+        ids : array_like of int, shape (N,), optional
+            64-bit ids ``>= 0``, unique in the index (default: the next ``N`` of ``next_id``).
 
         Returns
         -------
@@ -251,33 +256,39 @@ class BinaryIndex(LazyState):
         Raises
         ------
         ValueError
-            If the codes have another width or set bits beyond ``nbits``, or the features
-            have another shape, NaN or Inf, or come with some adds and not others.
+            If the codes have another width or set bits beyond ``nbits``; the features have
+            another shape, NaN or Inf, or come with some adds and not others; an id is
+            negative, repeated or already in the index.
         TypeError
-            If ``codes`` is not uint8 or the features do not hold real numbers.
+            If ``codes`` is not uint8, the features do not hold real numbers or ``ids``
+            integers.
         """
-        origin_of(codes, features, names=("codes", "features"))
+        origin_of(codes, features, ids, names=("codes", "features", "ids"))
         c = packed(codes, "codes", self.nbytes)
         if self.nbits % 8 and (c[:, -1] >> (self.nbits % 8)).any():
             raise ValueError(f"codes set bits beyond nbits = {self.nbits} in their last byte")
-        if features is not None:
-            f = _features(features, "features", c.shape[0])
-            if self.ntotal and self._features is None:
-                raise ValueError("features were not given with the earlier codes")
-            if self._features is not None and f.shape[1] != self._features.shape[1]:
-                raise ValueError(f"features have dimension {f.shape[1]}; earlier ones "
-                                 f"{self._features.shape[1]}")
-            self._features = f if self._features is None else np.concatenate(
-                [self._features, f])
-        elif self._features is not None:
-            raise ValueError("features were given with the earlier codes; give them again")
-        self._codes = np.concatenate([self._codes, c])
-        self._columns = None
-        self._changed()
+        with self._writer:
+            state = self._state
+            f = None
+            if features is not None:
+                f = _features(features, "features", c.shape[0])
+                if state.size and state.features is None:
+                    raise ValueError("features were not given with the earlier codes")
+                if state.features is not None and f.shape[1] != state.features.shape[1]:
+                    raise ValueError(f"features have dimension {f.shape[1]}; earlier ones "
+                                     f"{state.features.shape[1]}")
+                # a copy where it is the caller's array: a snapshot's arrays are read-only
+                f = f.copy() if state.features is None else np.concatenate([state.features, f])
+            elif state.features is not None:
+                raise ValueError("features were given with the earlier codes; give them again")
+            new_ids = self._new_ids(state, ids, c.shape[0])
+            self._publish(Snapshot(codes=np.concatenate([state.codes, c]), features=f,
+                                   ids=np.concatenate([state.ids, new_ids])),
+                          new_ids=new_ids, given=ids is not None)
         return self
 
-    def search(self, query_codes: Any, topk: int, query_features: Any = None
-               ) -> tuple[Any, Any]:
+    def search(self, query_codes: Any, topk: int, query_features: Any = None, *,
+               include: Any = None, exclude: Any = None) -> tuple[Any, Any]:
         """Top-K by Hamming distance, as :func:`hamming_topk`.
 
         Parameters
@@ -288,119 +299,174 @@ class BinaryIndex(LazyState):
             Results per query.
         query_features : array_like, shape (Q, dim), optional
             With features added: ties in Hamming distance are broken by squared Euclidean
-            distance between features; else by the lower row.
+            distance between features; else by the item added first.
+        include : array_like of int, shape (n,), optional
+            Only these ids may be returned.
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            These ids are never returned: one array for every query, or one row per query
+            (-1 entries are padding). Not with ``include``.
 
         Returns
         -------
         D : array of int32, shape (Q, topk)
             Hamming distances, ascending; int32's largest value where missing.
         I : array of int64, shape (Q, topk)
-            Rows in the order added; -1 where missing.
+            The items' ids; -1 where missing.
 
         Raises
         ------
         ValueError
-            If the query codes have another width, ``topk`` is below 1, or the features have
-            the wrong shape, NaN or Inf, or were not added.
+            If the query codes have another width, ``topk`` is below 1, the features have the
+            wrong shape, NaN or Inf, or were not added, or the filter is refused (both given,
+            negative ids).
         TypeError
-            If ``query_codes`` is not uint8, or arrays of two libraries or devices are mixed.
+            If ``query_codes`` is not uint8, a filter does not hold integers, or arrays of two
+            libraries or devices are mixed.
         """
         origin = origin_of(query_codes, query_features,
                            names=("query_codes", "query_features"))
         topk = check_int(topk, "topk", 1)
-        if _on_device(origin, self.nbytes, topk, query_features):
+        state = self._state
+        filtered = include is not None or exclude is not None
+        if not filtered and _on_device(origin, self.nbytes, topk, query_features):
             from . import _hamming_gpu
 
             queries = packed(query_codes, "query_codes", self.nbytes, device=True)
             with torch_stream(origin):
-                columns = self._device_columns()
-                return origin.wrap(_hamming_gpu.topk_by_query(queries, columns, topk))
+                columns, ids = self._device_columns(state)
+                dist, items = _hamming_gpu.topk_by_query(queries, columns, topk)
+                import cupy
+
+                items = cupy.where(items >= 0, ids[cupy.maximum(items, 0)], -1)
+                return origin.wrap(dist), origin.wrap(items)
         queries = packed(query_codes, "query_codes", self.nbytes)
         pair = None
         if query_features is not None:
-            if self._features is None:
-                raise ValueError("query_features need features added with the codes")
-            qf = _features(query_features, "query_features", queries.shape[0])
-            check_same_rows(qf, "query_features", queries, "query_codes")
-            if qf.shape[1] != self._features.shape[1]:
-                raise ValueError(f"query_features have dimension {qf.shape[1]}; the index's "
-                                 f"features have {self._features.shape[1]}")
-            pair = (qf, self._features)
-        dist, items = _search(_words(queries), self._host_columns(), topk, pair)
-        return origin.wrap(dist), origin.wrap(items)
+            qf = self._query_features(state, query_features, queries.shape[0])
+            pair = (qf, state.features)
+        mask, excluded = self._filter(state, include, exclude, queries.shape[0])
+        dist, items = _search(_words(queries), self._host_columns(state), topk, pair, mask,
+                              excluded)
+        return origin.wrap(dist), origin.wrap(_as_ids(state, items))
 
-    def _tiebreak_keys(self, query_features: Any, items: np.ndarray) -> np.ndarray:
-        """The float32 feature distances by which :meth:`search` ordered equal Hamming
-        distances, for its result rows ``items`` (``inf`` where -1)."""
-        if self._features is None:
+    def _query_features(self, state: Snapshot, query_features: Any, rows: int) -> np.ndarray:
+        if state.features is None:
             raise ValueError("query_features need features added with the codes")
-        qf = _features(query_features, "query_features", items.shape[0])
-        if qf.shape[1] != self._features.shape[1]:
+        qf = _features(query_features, "query_features", rows)
+        if qf.shape[1] != state.features.shape[1]:
             raise ValueError(f"query_features have dimension {qf.shape[1]}; the index's "
-                             f"features have {self._features.shape[1]}")
-        out = np.empty(items.shape, dtype=np.float32)
-        _hamming_cpu.feature_distances(qf, self._features, np.ascontiguousarray(items), out)
-        return out
+                             f"features have {state.features.shape[1]}")
+        return qf
 
-    def _host_columns(self) -> np.ndarray:
-        """The codes in the kernels' layout, made on the first search (under the lock)."""
-        return self._once("_columns", lambda c: c is not None,
-                          lambda: _word_columns(self._codes))
+    def tiebreak_keys(self, query_features: Any, ids: Any) -> np.ndarray:
+        """The tie-break keys by which :meth:`search` ordered equal Hamming distances.
 
-    def _device_columns(self):
-        """The codes in the kernels' layout on the current GPU, copied there once per device
-        (and again after an add)."""
-        import cupy
-
-        from . import _hamming_gpu
-
-        return self._device_mirror(lambda: _hamming_gpu.word_columns(cupy.asarray(self._codes)))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index (and its features) to ``path``.
+        A hook for an exact merge of shards: results merged by (Hamming distance, this key,
+        id) are in one index's order.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            A ``.npz`` file (no pickle inside); written whole or not at all.
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-        """
-        extra = {} if self._features is None else {"features": self._features}
-        save_npz(path, "BinaryIndex", self._VERSION, nbits=np.array(self.nbits),
-                 codes=self._codes, **extra)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BinaryIndex:
-        """Read an index written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; it is checked member by member before anything is unpacked, and never
-            unpickled.
+        query_features : array_like, shape (Q, dim)
+            The queries' features, as given to :meth:`search`.
+        ids : array_like of int, shape (Q, t)
+            Result ids of those queries (-1 where missing).
 
         Returns
         -------
-        BinaryIndex
-            The index, searchable at once (also from several threads).
+        ndarray of float32, shape (Q, t)
+            The float32 squared Euclidean distance between each query's features and each
+            result's (``inf`` where the id is -1).
 
         Raises
         ------
         ValueError
-            If the file is truncated, damaged, of another kind or version.
-        OSError
-            If the file cannot be read.
+            If the features were not added, have another shape, NaN or Inf, or an id is not
+            in the index.
+        TypeError
+            If ``ids`` does not hold integers.
         """
-        arrays = load_npz(path, "BinaryIndex", cls._VERSION,
-                          {"nbits": ("iu", 0), "codes": ("u", 2)})
-        try:
-            index = cls(int(arrays["nbits"]))
-            index.add(arrays["codes"], arrays.get("features"))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted BinaryIndex file "
-                             f"({error})") from None
+        state = self._state
+        ids = np.ascontiguousarray(to_numpy(ids, allow_device_copy=True, name="ids"))
+        check_rank(ids, "ids", (2,), "(Q, t)")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must hold integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
+        qf = self._query_features(state, query_features, ids.shape[0])
+        positions = np.where(ids >= 0, self._positions(state, np.maximum(ids, 0)), -1)
+        if ((positions < 0) & (ids >= 0)).any():
+            raise ValueError(f"id {int(ids[(positions < 0) & (ids >= 0)][0])} is not in the "
+                             "index")
+        out = np.empty(ids.shape, dtype=np.float32)
+        _hamming_cpu.feature_distances(qf, state.features, np.ascontiguousarray(positions),
+                                       out)
+        return out
+
+    def _host_columns(self, state: Snapshot) -> np.ndarray:
+        """The snapshot's codes in the kernels' layout, made once per snapshot."""
+        return self._cached(state, "columns", lambda: _word_columns(state.codes))
+
+    def _device_columns(self, state: Snapshot):
+        """The snapshot's codes in the kernels' layout (and its ids) on the current GPU,
+        copied there once per device and snapshot."""
+        import cupy
+
+        from . import _hamming_gpu
+
+        return self._state_mirror(state, lambda: (
+            _hamming_gpu.word_columns(cupy.asarray(state.codes)), cupy.asarray(state.ids)))
+
+    # ------------------------------------------------------------------ the protocol's parts
+
+    def _empty_state(self) -> Snapshot:
+        return Snapshot(codes=np.empty((0, self.nbytes), dtype=np.uint8), features=None,
+                        ids=np.empty(0, dtype=np.int64))
+
+    def _kept(self, state: Snapshot, keep: np.ndarray) -> Snapshot:
+        features = None if state.features is None else state.features[keep]
+        return Snapshot(codes=state.codes[keep], features=features, ids=state.ids[keep])
+
+    def _joined(self, state: Snapshot, other: Snapshot, other_ids: np.ndarray) -> Snapshot:
+        if state.size and other.size and (state.features is None) != (other.features is None):
+            raise ValueError("one index holds tie-break features and the other does not")
+        features = state.features if other.size == 0 else other.features if state.size == 0 \
+            else None if state.features is None else np.concatenate([state.features,
+                                                                     other.features])
+        if (features is not None and state.features is not None and other.features is not None
+                and state.features.shape[1] != other.features.shape[1]):
+            raise ValueError(f"the indexes' features differ in dimension: "
+                             f"{state.features.shape[1]} here, {other.features.shape[1]} there")
+        return Snapshot(codes=np.concatenate([state.codes, other.codes]), features=features,
+                        ids=np.concatenate([state.ids, other_ids]))
+
+    def _check_compatible(self, other: BinaryIndex) -> None:
+        if self.nbits != other.nbits:
+            raise ValueError(f"the indexes differ in nbits: {self.nbits} here, {other.nbits} "
+                             "there")
+
+    def _reconstructed(self, state: Snapshot, positions: np.ndarray) -> np.ndarray:
+        return state.codes[positions]
+
+    # ------------------------------------------------------------------ files
+
+    _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {"nbits": ("iu", 0), "codes": ("u", 2)}
+
+    def _arrays_of(self, state: Snapshot) -> dict[str, np.ndarray]:
+        extra = {} if state.features is None else {"features": state.features}
+        return {"nbits": np.array(self.nbits), "codes": state.codes, **extra,
+                **self._id_members(state)}
+
+    @classmethod
+    def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> BinaryIndex:
+        index = cls(int(arrays["nbits"]))
+        ids = arrays.get("ids")
+        index.add(arrays["codes"], arrays.get("features"),
+                  None if ids is None else ids_array(ids, "ids", arrays["codes"].shape[0]))
+        index._restore_ids(arrays, index.ntotal)
         return index
+
+
+def _as_ids(state: Snapshot, items: np.ndarray) -> np.ndarray:
+    """Stored positions (-1: missing) as the items' ids."""
+    if state.size == 0:
+        return items
+    return np.where(items >= 0, state.ids[np.maximum(items, 0)], -1)

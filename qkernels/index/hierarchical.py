@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+import warnings
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._arrays import origin_of, to_numpy
 from .._checks import as_float_array, as_index_array, check_int, check_rank
-from .._io import load_npz, save_npz
 from . import _table_cpu
+from ._base import Index
 from .table import MAX_BUCKETS, SparseHashTable
 
 __all__ = ["HierarchicalHashTable"]
@@ -25,7 +26,7 @@ def _ranks(activations: np.ndarray) -> np.ndarray:
     return ranks
 
 
-class HierarchicalHashTable:
+class HierarchicalHashTable(Index):
     """A hash table over two-level codes: ``d`` parent buckets x ``d`` child buckets, the item
     in compound buckets ``b1 * d + b2`` (Jeong, Kim & Song, CVPR 2019).
 
@@ -36,7 +37,8 @@ class HierarchicalHashTable:
     under its best parent, then, while it has fewer than ``topk`` candidates, its other
     children under that parent, then the second-best parent, and so on. Candidates are
     re-ranked by exact distance as in :class:`SparseHashTable`, on which this is built (with
-    ``d * d`` buckets).
+    ``d * d`` buckets), and which holds its items: the lifecycle (ids, ``remove_ids``,
+    ``reset``, ``merge_from``, filtered search, bytes) is :class:`qkernels.index.Index`'s.
 
     Parameters
     ----------
@@ -70,6 +72,7 @@ class HierarchicalHashTable:
     array([0, 1])
     """
 
+    _KIND = "HierarchicalHashTable"
     _VERSION = 1
 
     def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
@@ -87,17 +90,68 @@ class HierarchicalHashTable:
         return self._table.metric
 
     @property
-    def ntotal(self) -> int:
-        """Number of items in the table."""
-        return self._table.ntotal
-
-    def __len__(self) -> int:
-        return self.ntotal
+    def dim(self) -> int | None:
+        """The embeddings' dimension (None until the first add)."""
+        return self._table.dim
 
     @property
     def candidate_counts(self) -> np.ndarray:
         """The candidates each query of the last search looked at: int64, shape ``(Q,)``."""
         return self._table.candidate_counts
+
+    @property
+    def compound(self) -> SparseHashTable:
+        """The table over the ``d * d`` compound buckets that holds the items."""
+        return self._table
+
+    # the lifecycle is the compound table's: its items are this table's
+    @property
+    def ntotal(self) -> int:
+        """Number of items in the table."""
+        return self._table.ntotal
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The items' ids, int64, in the order the items were added (read-only)."""
+        return self._table.ids
+
+    @property
+    def next_id(self) -> int:
+        """The id the next item added without ids gets."""
+        return self._table.next_id
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever the items change."""
+        return self._table.version
+
+    @property
+    def default_ids(self) -> bool:
+        """Whether every id was given by the counter (no ``ids=`` since the last reset)."""
+        return self._table.default_ids
+
+    def remove_ids(self, ids: Any) -> int:
+        return self._table.remove_ids(ids)
+
+    def reset(self) -> None:
+        self._table.reset()
+
+    def merge_from(self, other: HierarchicalHashTable) -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"merge_from takes a {type(self).__name__}, got "
+                            f"{type(other).__name__}")
+        if other.num_buckets != self.num_buckets:
+            raise ValueError(f"the tables differ in num_buckets: {self.num_buckets} here, "
+                             f"{other.num_buckets} there")
+        self._table.merge_from(other._table)
+
+    def reconstruct(self, ids: Any) -> np.ndarray:
+        return self._table.reconstruct(ids)
+
+    remove_ids.__doc__ = Index.remove_ids.__doc__
+    reset.__doc__ = Index.reset.__doc__
+    merge_from.__doc__ = Index.merge_from.__doc__
+    reconstruct.__doc__ = Index.reconstruct.__doc__
 
     def _levels(self, level1: Any, level2: Any, rows: int | None, names: tuple[str, str]):
         a1 = to_numpy(level1, allow_device_copy=True)
@@ -201,7 +255,8 @@ class HierarchicalHashTable:
         return self
 
     def search(self, query_level1: Any, query_level2: Any, query_embeddings: Any, topk: int,
-               exclude_ids: Any = None) -> tuple[Any, Any]:
+               exclude_ids: Any = None, *, include: Any = None, exclude: Any = None
+               ) -> tuple[Any, Any]:
         """Search in the order of the paper (see the class docstring).
 
         Parameters
@@ -215,7 +270,12 @@ class HierarchicalHashTable:
         topk : int
             Results per query.
         exclude_ids : array_like of int, shape (Q,) or (Q, m), optional
-            Ids never returned for that query; -1 entries are ignored.
+            Deprecated: ``exclude`` with one row per query.
+        include : array_like of int, shape (n,), optional
+            Only these ids may be returned.
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            These ids are never returned: one array for every query, or one row per query
+            (-1 entries are padding). Not with ``include``.
 
         Returns
         -------
@@ -228,19 +288,50 @@ class HierarchicalHashTable:
         ------
         ValueError
             If a query array has another rank, width or number of rows, NaN or Inf, or
-            ``topk`` is below 1 or its results would not fit in memory.
+            ``topk`` is below 1 or its results would not fit in memory; if the filter is
+            refused.
         TypeError
-            If a query array does not hold real numbers, or arrays of two libraries or
-            devices are mixed.
+            If a query array does not hold real numbers, a filter does not hold integers, or
+            arrays of two libraries or devices are mixed.
         """
-        origin = origin_of(query_level1, query_level2, query_embeddings, exclude_ids,
-                           names=("query_level1", "query_level2", "query_embeddings",
-                                  "exclude_ids"))
-        dist, items = self._table.search(self._compound(query_level1, query_level2),
-                                         to_numpy(query_embeddings, allow_device_copy=True),
-                                         topk, exclude_ids=None if exclude_ids is None else
-                                         to_numpy(exclude_ids, allow_device_copy=True))
+        origin = origin_of(query_level1, query_level2, query_embeddings,
+                           names=("query_level1", "query_level2", "query_embeddings"))
+        exclude_ids = _exclude_rows(exclude_ids)
+        with warnings.catch_warnings():  # the deprecation is said once, above
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dist, items = self._table.search(
+                self._compound(query_level1, query_level2),
+                to_numpy(query_embeddings, allow_device_copy=True), topk, exclude_ids,
+                include=include, exclude=exclude)
         return origin.wrap(dist), origin.wrap(items)
+
+    def compound_activations(self, query_level1: Any, query_level2: Any) -> np.ndarray:
+        """The queries' scores of the ``d * d`` compound buckets of :attr:`compound`.
+
+        They rank the compound buckets in the paper's order, (level-1 rank, level-2 rank),
+        exactly in float32 for ``d * d < 2**24``: a search of this table is the compound
+        table's search of these scores (a hook for an exact merge of shards).
+
+        Parameters
+        ----------
+        query_level1 : array_like, shape (Q, num_buckets)
+            The queries' level-1 activations.
+        query_level2 : array_like, shape (Q, num_buckets)
+            The queries' level-2 activations.
+
+        Returns
+        -------
+        ndarray of float32, shape (Q, num_buckets**2)
+            Larger for the buckets probed first.
+
+        Raises
+        ------
+        ValueError
+            If the arrays have another width or number of rows, NaN or Inf.
+        TypeError
+            If they do not hold real numbers.
+        """
+        return self._compound(query_level1, query_level2)
 
     def _compound(self, query_level1: Any, query_level2: Any) -> np.ndarray:
         """The queries' scores of the ``d * d`` compound buckets, which sort as (level-1 rank,
@@ -251,51 +342,43 @@ class HierarchicalHashTable:
         ranks = _ranks(a1)[:, :, None] * d + _ranks(a2)[:, None, :]
         return -(ranks.reshape(len(a1), d * d)).astype(np.float32)
 
+    # ------------------------------------------------------------------ files
+
+    _FIELDS: ClassVar[dict[str, tuple[str, int]]] = dict(SparseHashTable._FIELDS,
+                                                         buckets_per_level=("iu", 0))
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the table to ``path``.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            A ``.npz`` file (no pickle inside); written whole or not at all.
+        path : str, os.PathLike or file object
+            A ``.npz`` file (no pickle inside).
 
         Raises
         ------
         OSError
             If the file cannot be written.
         """
-        save_npz(path, "HierarchicalHashTable", self._VERSION,
-                 buckets_per_level=np.array(self.num_buckets), **self._table._state())
+        from .._io import save_npz
+
+        save_npz(path, self._KIND, self._VERSION, buckets_per_level=np.array(self.num_buckets),
+                 **self._table._arrays_of(self._table._state))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> HierarchicalHashTable:
-        """Read a table written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; it is checked member by member before anything is unpacked, and never
-            unpickled.
-
-        Returns
-        -------
-        HierarchicalHashTable
-            The index, searchable at once (also from several threads).
-
-        Raises
-        ------
-        ValueError
-            If the file is truncated, damaged, of another kind or version.
-        OSError
-            If the file cannot be read.
-        """
-        fields = dict(SparseHashTable._FIELDS, buckets_per_level=("iu", 0))
-        arrays = load_npz(path, "HierarchicalHashTable", cls._VERSION, fields)
-        inner = SparseHashTable._from_state(arrays, path, "HierarchicalHashTable")
+    def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> HierarchicalHashTable:
+        inner = SparseHashTable._from_arrays(arrays)
         d = int(arrays["buckets_per_level"])
         if d * d != inner.num_buckets:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted HierarchicalHashTable file "
-                             f"({d} buckets per level but {inner.num_buckets} compound)")
+            raise ValueError(f"{d} buckets per level but {inner.num_buckets} compound")
         table = cls(d, inner.k, inner.metric)
         table._table = inner
         return table
+
+
+def _exclude_rows(exclude_ids: Any) -> Any:
+    """The deprecated ``exclude_ids``, said once from here."""
+    if exclude_ids is not None:
+        warnings.warn("exclude_ids is deprecated: pass exclude= with one row of ids per query "
+                      "(exclude=ids[:, None] for one id each)", DeprecationWarning, stacklevel=3)
+    return exclude_ids

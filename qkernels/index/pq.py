@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,12 +9,12 @@ import numpy as np
 from .. import _gpu, _simd, config
 from .._arrays import origin_of, to_cupy, torch_stream
 from .._checks import as_float_array, check_int, check_rank, check_topk
+from .._filter import block_bits
 from .._heap import padded
-from .._io import load_npz, save_npz
 from .._parallel import database_chunks
-from .._shared import LazyState
 from ..quantize import ProductQuantizer
 from . import _fastscan_cpu, _pq_cpu, _pq_gpu
+from ._base import Index, Snapshot
 
 __all__ = ["PQIndex"]
 
@@ -23,7 +22,7 @@ _METRICS = ("l2", "ip")
 _FASTSCAN_MAX_SUBSPACES = 256  # uint16 sums of uint8 entries stay exact up to 257
 
 
-class PQIndex(LazyState):
+class PQIndex(Index):
     """Items stored as product-quantization codes, searched by asymmetric distance.
 
     A query is never quantized (asymmetric distance, ADC): per query one ``(M, K)`` table of
@@ -75,6 +74,7 @@ class PQIndex(LazyState):
     ((2, 5), dtype('int64'))
     """
 
+    _KIND = "PQIndex"
     _VERSION = 1
 
     def __init__(self, pq: ProductQuantizer, metric: str = "l2", *,
@@ -97,18 +97,8 @@ class PQIndex(LazyState):
         self.pq = pq
         self.metric = metric
         self.fast_scan = bool(fast_scan)
-        self._codes = np.empty((0, pq.num_subspaces), dtype=pq.code_dtype)
         self._sdc_tables = None  # (codebooks_version, tables), built on demand
-        self._packed = None  # (codes, their fast-scan layout), built on demand
-        self._init_lock()
-
-    @property
-    def ntotal(self) -> int:
-        """Number of items in the index."""
-        return int(self._codes.shape[0])
-
-    def __len__(self) -> int:
-        return self.ntotal
+        self._init_index()
 
     def __repr__(self) -> str:
         return (f"PQIndex({self.pq!r}, metric={self.metric!r}, fast_scan={self.fast_scan}, "
@@ -116,16 +106,19 @@ class PQIndex(LazyState):
 
     @property
     def codes(self) -> np.ndarray:
-        """The stored codes: shape ``(ntotal, num_subspaces)``, the quantizer's dtype."""
-        return self._codes
+        """The stored codes: shape ``(ntotal, num_subspaces)``, the quantizer's dtype, in the
+        order added (read-only)."""
+        return self._state.codes
 
-    def add(self, x: Any) -> PQIndex:
+    def add(self, x: Any, ids: Any = None) -> PQIndex:
         """Encode vectors and append their codes.
 
         Parameters
         ----------
         x : array_like, shape (N, dim)
             Vectors.
+        ids : array_like of int, shape (N,), optional
+            64-bit ids ``>= 0``, unique in the index (default: the next ``N`` of ``next_id``).
 
         Returns
         -------
@@ -135,22 +128,22 @@ class PQIndex(LazyState):
         Raises
         ------
         ValueError
-            If ``x`` has another dimension or rank, NaN or Inf.
+            If ``x`` has another dimension or rank, NaN or Inf, or an id is negative, repeated
+            or already in the index.
         TypeError
-            If ``x`` does not hold real numbers.
+            If ``x`` does not hold real numbers or ``ids`` integers.
         """
-        codes = self.pq.encode(self.pq.check_vectors(x, "x"))
-        self._codes = np.concatenate([self._codes, codes])
-        self._changed()
-        return self
+        return self._add_codes(self.pq.encode(self.pq.check_vectors(x, "x")), ids)
 
-    def add_codes(self, codes: Any) -> PQIndex:
+    def add_codes(self, codes: Any, ids: Any = None) -> PQIndex:
         """Append codes made by this index's quantizer.
 
         Parameters
         ----------
         codes : array_like of int, shape (N, num_subspaces)
             Codes (other integer dtypes are range-checked and converted).
+        ids : array_like of int, shape (N,), optional
+            64-bit ids ``>= 0``, unique in the index (default: the next ``N`` of ``next_id``).
 
         Returns
         -------
@@ -160,16 +153,54 @@ class PQIndex(LazyState):
         Raises
         ------
         ValueError
-            If the shape differs or a code is out of range.
+            If the shape differs, a code is out of range, or an id is negative, repeated or
+            already in the index.
         TypeError
-            If ``codes`` does not hold integers.
+            If ``codes`` or ``ids`` does not hold integers.
         """
-        self._codes = np.concatenate([self._codes, self.pq.check_codes(codes)])
-        self._changed()
+        return self._add_codes(self.pq.check_codes(codes), ids)
+
+    def _add_codes(self, codes: np.ndarray, ids: Any) -> PQIndex:
+        with self._writer:
+            state = self._state
+            new_ids = self._new_ids(state, ids, codes.shape[0])
+            self._publish(Snapshot(codes=np.concatenate([state.codes, codes]),
+                                   ids=np.concatenate([state.ids, new_ids])),
+                          new_ids=new_ids, given=ids is not None)
         return self
 
+    # ------------------------------------------------------------------ the protocol's parts
+
+    def _empty_state(self) -> Snapshot:
+        return Snapshot(codes=np.empty((0, self.pq.num_subspaces), dtype=self.pq.code_dtype),
+                        ids=np.empty(0, dtype=np.int64))
+
+    def _kept(self, state: Snapshot, keep: np.ndarray) -> Snapshot:
+        return Snapshot(codes=state.codes[keep], ids=state.ids[keep])
+
+    def _joined(self, state: Snapshot, other: Snapshot, other_ids: np.ndarray) -> Snapshot:
+        return Snapshot(codes=np.concatenate([state.codes, other.codes]),
+                        ids=np.concatenate([state.ids, other_ids]))
+
+    def _check_compatible(self, other: PQIndex) -> None:
+        mine, theirs = self.pq, other.pq
+        for name in ("dim", "num_subspaces", "nbits"):
+            if getattr(mine, name) != getattr(theirs, name):
+                raise ValueError(f"the indexes' quantizers differ in {name}: "
+                                 f"{getattr(mine, name)} here, {getattr(theirs, name)} there")
+        if self.metric != other.metric:
+            raise ValueError(f"the indexes differ in metric: {self.metric!r} here, "
+                             f"{other.metric!r} there")
+        if theirs is not mine and not np.array_equal(mine.codebooks, theirs.codebooks):
+            raise ValueError("the indexes' quantizers have different codebooks: their codes "
+                             "mean different vectors")
+
+    def _reconstructed(self, state: Snapshot, positions: np.ndarray) -> np.ndarray:
+        return self.pq.decode(state.codes[positions])
+
     def search(self, q: Any, topk: int, *, symmetric: bool = False,
-               rerank: int | None = None) -> tuple[Any, Any]:
+               rerank: int | None = None, include: Any = None, exclude: Any = None
+               ) -> tuple[Any, Any]:
         """The ``topk`` nearest items of each query by asymmetric (or symmetric) distance.
 
         Parameters
@@ -184,6 +215,11 @@ class PQIndex(LazyState):
             Fast scan only: how many items the rounded scan keeps for ranking again by the
             exact ADC distance; None is ``4 * topk``, 0 returns the best ``topk`` by the
             rounded sums with their approximate distances (as faiss' ``IndexPQFastScan``).
+        include : array_like of int, shape (n,), optional
+            Only these ids may be returned (ids the index does not hold are ignored).
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            These ids are never returned: one array for every query, or one row per query
+            (-1 entries are padding). Not with ``include``.
 
         Returns
         -------
@@ -191,42 +227,55 @@ class PQIndex(LazyState):
             Squared L2 ascending, or inner products descending; ``inf`` / ``-inf`` where
             missing.
         I : array of int64, shape (Q, topk)
-            Rows in the order added; -1 where missing. Ties go to the item added first.
+            The items' ids; -1 where missing. Ties go to the item added first.
 
         Raises
         ------
         ValueError
             If ``q`` has another dimension, NaN or Inf; ``topk`` is below 1; ``rerank`` is
-            given to an exact search or is between 1 and ``topk - 1``.
+            given to an exact search or is between 1 and ``topk - 1``; ``include`` and
+            ``exclude`` are both given, or hold negative ids other than -1 padding.
         TypeError
-            If ``q`` does not hold real numbers or ``topk`` is not an integer.
+            If ``q`` does not hold real numbers, ``topk`` is not an integer, or a filter does
+            not hold integers.
+
+        Notes
+        -----
+        The filter is applied inside the scan: an item it refuses never takes a place in a
+        query's top ``topk``, so ``topk`` results come back whenever that many items pass.
+        Filtered searches of GPU queries run on the CPU.
         """
         origin = origin_of(q, names=("q",))
         topk = check_int(topk, "topk", 1)
         inner_product = self.metric == "ip"
         fast = self.fast_scan and not symmetric
         rerank = self._check_rerank(rerank, topk, symmetric)
-        if self._on_device(origin, topk, symmetric):
-            return self._search_on_device(origin, q, topk, inner_product)
+        state = self._state  # the snapshot this search reads, whatever happens meanwhile
+        filtered = include is not None or exclude is not None
+        if not filtered and self._on_device(origin, topk, symmetric, state):
+            return self._search_on_device(origin, q, topk, inner_product, state)
         queries = self.pq.check_vectors(q, "q")
         num_queries = queries.shape[0]
-        topk, work = check_topk(topk, self.ntotal, num_queries)
+        mask, excluded = self._filter(state, include, exclude, num_queries)
+        topk, work = check_topk(topk, state.size, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
         items = np.empty((num_queries, work), dtype=np.int64)
         if num_queries and work:  # else no results: all padding
             tables = self._tables(queries, symmetric, inner_product)
-            chunks = database_chunks(num_queries, self.ntotal)
+            chunks = database_chunks(num_queries, state.size)
             if fast:
                 sums = np.empty((num_queries, work), dtype=np.int32)
-                self._fast_scan(tables, self._candidates(topk, rerank, self.ntotal),
-                                rerank != 0, chunks, inner_product, dist, items, sums)
+                self._fast_scan(state, tables, self._candidates(topk, rerank, state.size),
+                                rerank != 0, chunks, inner_product, dist, items, sums, mask,
+                                excluded)
             elif chunks:
-                _pq_cpu.scan_by_database(tables, self._codes, work, chunks, inner_product,
-                                         dist, items)
+                _pq_cpu.scan_by_database(tables, state.codes, work, chunks, inner_product,
+                                         dist, items, mask, excluded)
             else:
-                _pq_cpu.scan_by_query(tables, self._codes, work, inner_product, dist, items)
+                _pq_cpu.scan_by_query(tables, state.codes, work, inner_product, dist, items,
+                                      mask, excluded)
         dist, items = padded(dist, items, topk, -np.inf if inner_product else np.inf)
-        return origin.wrap(dist), origin.wrap(items)
+        return origin.wrap(dist), origin.wrap(_as_ids(state, items))
 
     def _check_rerank(self, rerank: Any, topk: int, symmetric: bool) -> int | None:
         if rerank is None:
@@ -246,15 +295,103 @@ class PQIndex(LazyState):
         index of ``ntotal`` items."""
         return min(ntotal, 4 * topk if rerank is None else (rerank or topk))
 
-    def _on_device(self, origin, topk: int, symmetric: bool) -> bool:
+    def _on_device(self, origin, topk: int, symmetric: bool, state: Snapshot | None = None
+                   ) -> bool:
         """Whether a search of these queries runs on the GPU (the exact scan of pq.cu)."""
+        size = (self._state if state is None else state).size
         return bool(origin.is_cuda and _gpu.available() and not symmetric
-                    and topk <= _pq_gpu.MAX_TOPK and self.ntotal < 2**32)
+                    and topk <= _pq_gpu.MAX_TOPK and size < 2**32)
 
-    def _fastscan_candidates(self, q: Any, width: int, candidates: int):
+    def fastscan_width(self, topk: int, rerank: int | None = None, symmetric: bool = False,
+                       ntotal: int | None = None) -> int | None:
+        """How many items the 4-bit fast scan keeps by rounded sum for a search of ``topk``
+        (``R``: ``rerank``, ``4 * topk`` for None, ``topk`` for 0, at most ``ntotal``), or None
+        where the search is not a fast scan (``symmetric``, or ``fast_scan=False``).
+
+        A hook for an exact merge of shards (:class:`qkernels.distributed.ShardedIndex`).
+
+        Parameters
+        ----------
+        topk : int
+            Results per query.
+        rerank : int, optional
+            As in :meth:`search`.
+        symmetric : bool, default False
+            As in :meth:`search`.
+        ntotal : int, optional
+            The items the search is over (default: this index's; a sharded search's: all
+            shards').
+
+        Returns
+        -------
+        int or None
+            ``R``, or None.
+
+        Raises
+        ------
+        ValueError
+            If ``rerank`` is refused as :meth:`search` refuses it.
+        TypeError
+            If ``topk`` or ``rerank`` is not an integer.
+        """
+        topk = check_int(topk, "topk", 1)
+        rerank = self._check_rerank(rerank, topk, symmetric)
+        if not self.fast_scan or symmetric:
+            return None
+        return self._candidates(topk, rerank, self.ntotal if ntotal is None else ntotal)
+
+    def fastscan_candidates(self, q: Any, count: int, *, include: Any = None,
+                            exclude: Any = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The fast scan's best ``count`` items of each query by (rounded sum, item), before
+        any re-ranking.
+
+        A hook for an exact merge of shards: the rounded tables depend only on the query and
+        the codebooks, so shards' sums compare, and the best ``R`` of the union by (sum, id)
+        are one index's ``R`` candidates (then ranked by ADC distance, or not, as
+        :meth:`search` does).
+
+        Parameters
+        ----------
+        q : array_like, shape (Q, dim)
+            Queries.
+        count : int
+            Candidates per query (``fastscan_width``).
+        include : array_like of int, shape (n,), optional
+            As in :meth:`search`.
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            As in :meth:`search`.
+
+        Returns
+        -------
+        sums : ndarray of int32, shape (Q, count)
+            The rounded sums, ascending (``2**31 - 1`` where missing).
+        ids : ndarray of int64, shape (Q, count)
+            The items' ids (-1 where missing).
+        approximate : ndarray of float32, shape (Q, count)
+            The distances the rounded sums stand for.
+        adc : ndarray of float32, shape (Q, count)
+            The items' exact ADC distances (inner products for ``"ip"``).
+
+        Raises
+        ------
+        ValueError
+            If ``q`` is refused as by :meth:`search`, or ``count`` is below 1.
+        TypeError
+            If ``q`` does not hold real numbers or ``count`` is not an integer.
+        """
+        count = check_int(count, "count", 1)
+        if not self.fast_scan:
+            raise ValueError("fastscan_candidates needs a fast-scan index (4 bits, "
+                             "fast_scan not False)")
+        return self._fastscan_candidates(q, count, count, include, exclude)
+
+    def _fastscan_candidates(self, q: Any, width: int, candidates: int, include: Any = None,
+                             exclude: Any = None):
         """The fast scan's best ``candidates`` items by (rounded sum, item) on the host, padded
-        to ``width`` columns: ``(sums int32, items, approximate distances, ADC distances)``,
-        missing ones last (sum ``2**31 - 1``, item -1). What ShardedIndex merges."""
+        to ``width`` columns: ``(sums int32, ids, approximate distances, ADC distances)``,
+        missing ones last (sum ``2**31 - 1``, id -1)."""
+        state = self._state
         queries = self.pq.check_vectors(q, "q")
         num_queries = queries.shape[0]
         inner_product = self.metric == "ip"
@@ -262,52 +399,57 @@ class PQIndex(LazyState):
         items = np.empty((num_queries, width), dtype=np.int64)
         approx = np.empty((num_queries, width), dtype=np.float32)
         adc = np.full((num_queries, width), -np.inf if inner_product else np.inf, np.float32)
-        if num_queries == 0 or self.ntotal == 0:
+        if num_queries == 0 or state.size == 0:
             sums[:] = _fastscan_cpu.MISSING_SUM
             items[:] = -1
             approx[:] = adc
             return sums, items, approx, adc
+        mask, excluded = self._filter(state, include, exclude, num_queries)
         tables = self._tables(queries, False, inner_product)
-        self._fast_scan(tables, min(candidates, self.ntotal), False,
-                        database_chunks(num_queries, self.ntotal), inner_product, approx, items,
-                        sums)
-        _fastscan_cpu.adc_of(tables, self._codes, items, inner_product, adc)
-        return sums, items, approx, adc
+        self._fast_scan(state, tables, min(candidates, state.size), False,
+                        database_chunks(num_queries, state.size), inner_product, approx, items,
+                        sums, mask, excluded)
+        _fastscan_cpu.adc_of(tables, state.codes, items, inner_product, adc)
+        return sums, _as_ids(state, items), approx, adc
 
-    def _fast_scan(self, tables, candidates, rerank, chunks, inner_product, dist, items, sums):
-        """The 4-bit fast scan (``_fastscan_cpu``) into ``dist``, ``items`` (and ``sums``
-        without ``rerank``)."""
+    def _fast_scan(self, state, tables, candidates, rerank, chunks, inner_product, dist, items,
+                   sums, mask, excluded):
+        """The 4-bit fast scan (``_fastscan_cpu``) of ``state`` into ``dist``, ``items``
+        (positions; and ``sums`` without ``rerank``)."""
         num_pairs = (self.pq.num_subspaces + 1) // 2
-        codes, packed = self._fastscan_layout(num_pairs)
+        packed = self._fastscan_layout(state, num_pairs)
         num_queries = tables.shape[0]
         luts = np.empty((num_queries, num_pairs * 32), dtype=np.uint8)
         bias = np.empty(num_queries, dtype=np.float32)
         scale = np.empty(num_queries, dtype=np.float64)
         _fastscan_cpu.quantize_tables(tables, num_pairs, luts, bias, scale)
         simd = bool(config.FASTSCAN_SIMD) and _simd.has_avx2()
-        args = (simd, luts, bias, scale, packed, tables, codes, candidates, rerank)
+        allowed = block_bits(mask, _simd.FASTSCAN_BLOCK)
+        args = (simd, luts, bias, scale, packed, tables, state.codes, candidates, rerank)
         if chunks:
-            _fastscan_cpu.scan_by_database(*args, chunks, inner_product, dist, items, sums)
+            _fastscan_cpu.scan_by_database(*args, chunks, inner_product, dist, items, sums,
+                                           allowed, excluded)
         else:
-            _fastscan_cpu.scan_by_query(*args, inner_product, dist, items, sums)
+            _fastscan_cpu.scan_by_query(*args, inner_product, dist, items, sums, allowed,
+                                        excluded)
 
-    def _fastscan_layout(self, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(codes, the same codes in the fast-scan layout)``, the layout made once per add
-        under the lock (an add replaces the codes array, never changes it in place)."""
-        codes = self._codes
+    def _fastscan_layout(self, state: Snapshot, num_pairs: int) -> np.ndarray:
+        """The snapshot's codes in the fast-scan layout, made once per snapshot."""
+        codes = state.codes
 
         def build():
             blocks = -(-codes.shape[0] // _simd.FASTSCAN_BLOCK)
             packed = np.zeros(blocks * num_pairs * 32, dtype=np.uint8)
             _fastscan_cpu.pack_codes(codes, num_pairs, packed)
-            return codes, packed
+            return packed
 
-        return self._once("_packed", lambda v: v is not None and v[0] is codes, build)
+        return self._cached(state, "packed", build)
 
-    def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool):
+    def _search_on_device(self, origin, q: Any, topk: int, inner_product: bool,
+                          state: Snapshot):
         """The asymmetric search on the GPU (qkernels/cuda/pq.cu), on torch's stream; the
-        codes and codebooks are copied to each device once (again after an add or a change of
-        the quantizer's codebooks)."""
+        codes and codebooks are copied to each device once per snapshot (and again when the
+        quantizer's codebooks change)."""
         import cupy
 
         queries = to_cupy(q)
@@ -317,12 +459,14 @@ class PQIndex(LazyState):
                              f"{self.pq.dim}")
         queries = cupy.ascontiguousarray(as_float_array(queries, "q", dtype=np.float32))
         with torch_stream(origin):
-            # once per device, again after an add or when the quantizer's codebooks change
             pq = self.pq
-            codebooks, codes = self._device_mirror(
-                lambda: (cupy.asarray(pq.codebooks), cupy.asarray(self._codes)),
+            codebooks, codes, ids = self._state_mirror(
+                state, lambda: (cupy.asarray(pq.codebooks), cupy.asarray(state.codes),
+                                cupy.asarray(state.ids)),
                 (pq.codebooks_version,))
-            return origin.wrap(_pq_gpu.search(queries, codebooks, codes, topk, inner_product))
+            dist, items = _pq_gpu.search(queries, codebooks, codes, topk, inner_product)
+            items = cupy.where(items >= 0, ids[cupy.maximum(items, 0)], -1)
+            return origin.wrap(dist), origin.wrap(items)
 
     def _tables(self, queries: np.ndarray, symmetric: bool, inner_product: bool) -> np.ndarray:
         version = self.pq.codebooks_version  # read first: a change after it forces a rebuild
@@ -344,62 +488,36 @@ class PQIndex(LazyState):
     _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
         "metric": ("U", 0), "codes": ("u", 2), "dim": ("iu", 0), "num_subspaces": ("iu", 0),
         "nbits": ("iu", 0), "codebooks": ("f", 3),
-    }  # and "fast_scan" (bool), absent from files of earlier releases: the default then
+    }  # and, absent from files of earlier releases: "fast_scan" (bool: the default then),
+    # "ids", "next_id", "default_ids" (the items' positions then)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index and its quantizer to ``path``.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            A ``.npz`` file (no pickle inside); written whole or not at all.
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-        """
+    def _arrays_of(self, state: Snapshot) -> dict[str, np.ndarray]:
         pq = self.pq
-        save_npz(path, "PQIndex", self._VERSION, metric=np.array(self.metric),
-                 codes=self._codes, dim=np.array(pq.dim),
-                 num_subspaces=np.array(pq.num_subspaces), nbits=np.array(pq.nbits),
-                 codebooks=pq.codebooks, fast_scan=np.array(self.fast_scan))
+        return {"metric": np.array(self.metric), "codes": state.codes,
+                "dim": np.array(pq.dim), "num_subspaces": np.array(pq.num_subspaces),
+                "nbits": np.array(pq.nbits), "codebooks": pq.codebooks,
+                "fast_scan": np.array(self.fast_scan), **self._id_members(state)}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> PQIndex:
-        """Read an index written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; it is checked member by member before anything is unpacked, and never
-            unpickled.
-
-        Returns
-        -------
-        PQIndex
-            The index, searchable at once (also from several threads).
-
-        Raises
-        ------
-        ValueError
-            If the file is truncated, damaged, of another kind or version.
-        OSError
-            If the file cannot be read.
-        """
-        arrays = load_npz(path, "PQIndex", cls._VERSION, cls._FIELDS)
-        try:
-            pq = ProductQuantizer(int(arrays["dim"]), int(arrays["num_subspaces"]),
-                                  int(arrays["nbits"])).set_codebooks(arrays["codebooks"])
-            fast_scan = arrays.get("fast_scan")
-            if fast_scan is not None:
-                if fast_scan.dtype != np.bool_ or fast_scan.ndim != 0:
-                    raise ValueError(f"'fast_scan' has dtype {fast_scan.dtype} and "
-                                     f"{fast_scan.ndim} dimensions; a PQIndex file holds a "
-                                     "boolean scalar")
-                fast_scan = bool(fast_scan)
-            index = cls(pq, str(arrays["metric"]), fast_scan=fast_scan)
-            index.add_codes(arrays["codes"])
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted PQIndex file ({error})") from None
+    def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> PQIndex:
+        pq = ProductQuantizer(int(arrays["dim"]), int(arrays["num_subspaces"]),
+                              int(arrays["nbits"])).set_codebooks(arrays["codebooks"])
+        fast_scan = arrays.get("fast_scan")
+        if fast_scan is not None:
+            if fast_scan.dtype != np.bool_ or fast_scan.ndim != 0:
+                raise ValueError(f"'fast_scan' has dtype {fast_scan.dtype} and "
+                                 f"{fast_scan.ndim} dimensions; a PQIndex file holds a "
+                                 "boolean scalar")
+            fast_scan = bool(fast_scan)
+        index = cls(pq, str(arrays["metric"]), fast_scan=fast_scan)
+        codes = pq.check_codes(arrays["codes"])
+        ids = index._restore_ids(arrays, codes.shape[0])
+        index._state = Snapshot(codes=codes.copy(), ids=ids)
         return index
+
+
+def _as_ids(state: Snapshot, items: np.ndarray) -> np.ndarray:
+    """Stored positions (-1: missing) as the items' ids."""
+    if state.size == 0:
+        return items
+    return np.where(items >= 0, state.ids[np.maximum(items, 0)], -1)

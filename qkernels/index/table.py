@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, ClassVar, NamedTuple
+import warnings
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -21,9 +21,8 @@ from .._checks import (
     check_topk,
 )
 from .._heap import padded
-from .._io import load_npz, save_npz
-from .._shared import LazyState
 from . import _table_cpu, _table_gpu
+from ._base import Index, Snapshot, ids_array
 
 __all__ = ["SparseHashTable"]
 
@@ -50,26 +49,15 @@ def _check_distinct(codes: np.ndarray, name: str) -> None:
                              f"{codes[row].tolist()}")
 
 
-class _Built(NamedTuple):
-    """The searchable state, published in one assignment: items sorted by their codes, the CSR
-    of bucket -> positions, and the arrays in that order."""
-
-    offsets: np.ndarray
-    items: np.ndarray
-    codes: np.ndarray
-    emb: np.ndarray
-    ids: np.ndarray
-    rows: np.ndarray
-
-
-class SparseHashTable(LazyState):
+class SparseHashTable(Index):
     """A hash table over k-sparse codes, re-ranked by exact distance (Jeong & Song, ICML 2018).
 
     Each item goes into the buckets of its ``k`` largest activations. A query looks at the
     union of the items in its own ``k`` best buckets (each item once) and, while that gives
     fewer than ``topk`` candidates, at its next-ranked buckets; the candidates are ranked by
     exact distance between embeddings. The table holds the embeddings once (float32) and
-    ``N * k`` item ids.
+    ``N * k`` item positions. The lifecycle (ids, ``remove_ids``, ``reset``, ``merge_from``,
+    filtered search, bytes) is :class:`qkernels.index.Index`'s.
 
     Parameters
     ----------
@@ -112,6 +100,7 @@ class SparseHashTable(LazyState):
     >>> speedup = qk.metrics.search_speedup(table.candidate_counts, table.ntotal)
     """
 
+    _KIND = "SparseHashTable"
     _VERSION = 1
 
     def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
@@ -121,29 +110,14 @@ class SparseHashTable(LazyState):
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
         self.metric = metric
         self.dim: int | None = None
-        # items in insertion order until the table is built, then sorted by primary bucket
-        self._emb = np.empty((0, 0), dtype=np.float32)
-        self._codes = np.empty((0, self.k), dtype=np.int64)  # best bucket first
-        self._ids = np.empty(0, dtype=np.int64)
-        self._rows = np.empty(0, dtype=np.int64)  # insertion position: breaks distance ties
-        self._built: _Built | None = None  # built on the first search, under the lock
-        self._id_order = None  # (built, positions by id, sorted ids), on the first exclusion
-        self._init_lock()
         self.candidate_counts = np.empty(0, dtype=np.int64)
-
-    # ------------------------------------------------------------------ adding
-
-    @property
-    def ntotal(self) -> int:
-        """Number of items in the table."""
-        return int(self._ids.shape[0])
-
-    def __len__(self) -> int:
-        return self.ntotal
+        self._init_index()
 
     def __repr__(self) -> str:
         return (f"SparseHashTable(num_buckets={self.num_buckets}, k={self.k}, "
                 f"metric={self.metric!r}, ntotal={self.ntotal}, dim={self.dim})")
+
+    # ------------------------------------------------------------------ adding
 
     def add(self, activations: Any, embeddings: Any, ids: Any = None) -> SparseHashTable:
         """Add items; each goes into the buckets of its ``k`` largest activations.
@@ -157,7 +131,8 @@ class SparseHashTable(LazyState):
         embeddings : array_like, shape (N, dim)
             What the candidates are re-ranked by (stored as float32).
         ids : array_like of int, shape (N,), optional
-            Ids ``>= 0`` returned by searches (default: the next ``N`` positions).
+            64-bit ids ``>= 0``, unique in the table, returned by searches (default: the next
+            ``N`` of ``next_id``).
 
         Returns
         -------
@@ -167,8 +142,9 @@ class SparseHashTable(LazyState):
         Raises
         ------
         ValueError
-            If the arrays disagree in rows, have another width, NaN or Inf, an id is
-            negative, or the table would hold ``2**31`` items.
+            If the arrays disagree in rows, have another width, NaN or Inf; an id is
+            negative, repeated or already in the table; or the table would hold ``2**31``
+            items.
         TypeError
             If an array does not hold numbers of the right kind, or arrays of two libraries
             or devices are mixed.
@@ -190,7 +166,7 @@ class SparseHashTable(LazyState):
         embeddings : array_like, shape (N, dim)
             What the candidates are re-ranked by.
         ids : array_like of int, shape (N,), optional
-            Ids ``>= 0`` (default: the next ``N`` positions).
+            64-bit ids ``>= 0``, unique in the table (default: the next ``N`` of ``next_id``).
 
         Returns
         -------
@@ -238,45 +214,96 @@ class SparseHashTable(LazyState):
     def _append(self, codes: np.ndarray, embeddings: Any, ids: Any, n: int) -> SparseHashTable:
         emb = self._embeddings(embeddings, "embeddings")
         check_same_rows(codes, "the codes", emb, "embeddings")
-        if ids is None:
-            new_ids = np.arange(self.ntotal, self.ntotal + n, dtype=np.int64)
-        else:
-            new_ids = to_numpy(ids, allow_device_copy=True)
-            check_rank(new_ids, "ids", (1,), "(N,)")
-            check_same_rows(new_ids, "ids", emb, "embeddings")
-            new_ids = as_index_array(new_ids, "ids").copy()
-        if self.ntotal + n >= 2**31:
-            raise ValueError("a SparseHashTable holds fewer than 2**31 items")
-        if self.dim is None:
-            self.dim = emb.shape[1]
-            self._emb = emb.copy()
-        else:
-            self._emb = np.concatenate([self._emb, emb])
-        self._codes = np.concatenate([self._codes, codes])
-        self._ids = np.concatenate([self._ids, new_ids])
-        self._rows = np.concatenate([self._rows, self._rows.shape[0] + np.arange(n)])
-        self._built = None
-        self._changed()
+        with self._writer:
+            state = self._state
+            new_ids = self._new_ids(state, ids, n)
+            if state.size + n >= 2**31:
+                raise ValueError("a SparseHashTable holds fewer than 2**31 items")
+            if self.dim is None:
+                self.dim = emb.shape[1]
+            old_emb = state.emb if state.size else np.empty((0, emb.shape[1]), np.float32)
+            self._publish(Snapshot(
+                emb=np.concatenate([old_emb, emb]), codes=np.concatenate([state.codes, codes]),
+                ids=np.concatenate([state.ids, new_ids]),
+                rows=np.concatenate([state.rows, state.size + np.arange(n)]),
+                offsets=None, items=None), new_ids=new_ids, given=ids is not None)
         return self
 
-    def _build(self) -> _Built:
-        """Sort the items by their codes, best bucket first, and build the CSR (counting
-        sorts, in parallel); return the searchable state.
+    # ------------------------------------------------------------------ the protocol's parts
 
-        Built once, under the table's lock (a search from another thread that finds it missing
-        waits, then uses the same state), on local arrays that are published only when whole:
-        two threads never rearrange the arrays at once, and a search never sees half of them.
+    def _empty_state(self) -> Snapshot:
+        return Snapshot(emb=np.empty((0, 0), dtype=np.float32),
+                        codes=np.empty((0, self.k), dtype=np.int64),
+                        ids=np.empty(0, dtype=np.int64), rows=np.empty(0, dtype=np.int64),
+                        offsets=None, items=None)
+
+    def _ordered_ids(self, state: Snapshot) -> np.ndarray:
+        """The ids in the order added (a built snapshot holds its items sorted by code)."""
+        def build():
+            order = np.empty_like(state.rows)
+            order[state.rows] = np.arange(state.rows.shape[0])
+            ids = state.ids[order]
+            ids.setflags(write=False)
+            return ids
+
+        return self._cached(state, "ids_in_order", build)
+
+    def _kept(self, state: Snapshot, keep: np.ndarray) -> Snapshot:
+        rows = state.rows[keep]
+        ranks = np.empty_like(rows)  # insertion order kept, renumbered 0..n-1
+        ranks[np.argsort(rows, kind="stable")] = np.arange(rows.shape[0])
+        return Snapshot(emb=state.emb[keep], codes=state.codes[keep], ids=state.ids[keep],
+                        rows=ranks, offsets=None, items=None)
+
+    def _joined(self, state: Snapshot, other: Snapshot, other_ids: np.ndarray) -> Snapshot:
+        if state.size == 0:
+            emb = other.emb
+        elif other.size == 0:
+            emb = state.emb
+        else:
+            emb = np.concatenate([state.emb, other.emb])
+        if emb.size:
+            self.dim = emb.shape[1]
+        return Snapshot(emb=emb, codes=np.concatenate([state.codes, other.codes]),
+                        ids=np.concatenate([state.ids, other_ids]),
+                        rows=np.concatenate([state.rows, state.size + other.rows]),
+                        offsets=None, items=None)
+
+    def _check_compatible(self, other: SparseHashTable) -> None:
+        for name in ("num_buckets", "k", "metric"):
+            if getattr(self, name) != getattr(other, name):
+                raise ValueError(f"the tables differ in {name}: {getattr(self, name)!r} here, "
+                                 f"{getattr(other, name)!r} there")
+        if self.dim is not None and other.dim is not None and self.dim != other.dim:
+            raise ValueError(f"the tables' embeddings differ in dimension: {self.dim} here, "
+                             f"{other.dim} there")
+
+    def _reconstructed(self, state: Snapshot, positions: np.ndarray) -> np.ndarray:
+        return state.emb[positions]
+
+    def _built(self, state: Snapshot) -> Snapshot:
+        """``state`` sorted by codes with its CSR (:meth:`_sorted`), built once per snapshot
+        under the lock; published in its place where it is still the table's current one (the
+        same items in another order: searches holding the unsorted one are unaffected)."""
+        if state.offsets is not None:
+            return state
+        built = self._cached(state, "built", lambda: self._sorted(state))
+        if self._state is state:
+            with self._writer:
+                if self._state is state:
+                    self._state = built
+        return built
+
+    def _sorted(self, state: Snapshot) -> Snapshot:
+        """Sort the items by their codes, best bucket first, and build the CSR (counting sorts,
+        in parallel).
 
         Sorting by the whole code tuple, not only the best bucket, makes every bucket's items
         fall into long contiguous runs: the items that rank the bucket first form one block,
         and those that rank it second come in one run per first bucket, which for learned codes
         are few. A search then streams rows instead of gathering them.
         """
-        return self._once("_built", lambda built: built is not None, self._sorted)
-
-    def _sorted(self) -> _Built:
-        """The build itself (called under the lock by :meth:`_build`)."""
-        emb, codes, ids, rows = self._emb, self._codes, self._ids, self._rows
+        emb, codes, ids, rows = state.emb, state.codes, state.ids, state.rows
         chunks = _chunks(ids.shape[0])
         order = np.arange(ids.shape[0])
         for t in reversed(range(self.k)):  # least significant key first; stable passes
@@ -289,9 +316,7 @@ class SparseHashTable(LazyState):
             ids = ids[order]
             rows = rows[order]
         offsets, items = _table_cpu.counting_sort(codes, self.num_buckets, chunks)
-        # the sorted order is kept as the table's order (no second copy of the embeddings)
-        self._emb, self._codes, self._ids, self._rows = emb, codes, ids, rows
-        return _Built(offsets, items, codes, emb, ids, rows)
+        return Snapshot(emb=emb, codes=codes, ids=ids, rows=rows, offsets=offsets, items=items)
 
     @staticmethod
     def _gathered(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -299,10 +324,17 @@ class SparseHashTable(LazyState):
         _table_cpu.gather_rows(rows, order, out)
         return out
 
+    @property
+    def bucket_sizes(self) -> np.ndarray:
+        """The number of items in each bucket (an item counts in each of its ``k``): int64,
+        shape ``(num_buckets,)``."""
+        return np.diff(self._built(self._state).offsets)
+
     # ------------------------------------------------------------------ searching
 
     def search(self, query_activations: Any, query_embeddings: Any, topk: int,
-               exclude_ids: Any = None) -> tuple[Any, Any]:
+               exclude_ids: Any = None, *, include: Any = None, exclude: Any = None
+               ) -> tuple[Any, Any]:
         """Find the ``topk`` nearest candidates of each query.
 
         Parameters
@@ -314,8 +346,14 @@ class SparseHashTable(LazyState):
         topk : int
             Results per query; more than the table holds is allowed (the rest is padding).
         exclude_ids : array_like of int, shape (Q,) or (Q, m), optional
-            Ids never returned for that query (e.g. the query itself when the queries come from
-            the database); -1 entries are ignored. Excluded items are not counted as candidates.
+            Deprecated: ``exclude`` with one row per query (``exclude=ids[:, None]`` for one
+            id per query).
+        include : array_like of int, shape (n,), optional
+            Only these ids may be returned.
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            These ids are never returned: one array for every query, or one row per query
+            (e.g. the query itself when the queries come from the table; -1 entries are
+            padding). Not with ``include``.
 
         Returns
         -------
@@ -329,25 +367,34 @@ class SparseHashTable(LazyState):
         ------
         ValueError
             If a query array has another rank, width or number of rows, NaN or Inf, or
-            ``topk`` is below 1 or its results would not fit in memory.
+            ``topk`` is below 1 or its results would not fit in memory; if the filter is
+            refused (both given, negative ids, rows that do not match the queries).
         TypeError
-            If a query array does not hold real numbers, or arrays of two libraries or
-            devices are mixed.
+            If a query array does not hold real numbers, a filter does not hold integers, or
+            arrays of two libraries or devices are mixed.
 
         Notes
         -----
-        Ties in distance go to the item added first. ``candidate_counts`` then holds the
-        number of candidates each query looked at. Queries on a GPU are searched there (topk up
-        to 64) against a copy of the table made on the first such search.
+        Ties in distance go to the item added first. A refused item is no candidate: it is not
+        counted, and the probe goes on to the next buckets until ``topk`` items that pass are
+        found (or every bucket is probed). ``candidate_counts`` then holds the number of
+        candidates each query looked at. Queries on a GPU are searched there (``topk`` up to
+        64; with ``exclude`` per query, not with ``include`` or one ``exclude`` for every
+        query) against a copy of the table made on the first such search.
         """
-        origin = origin_of(query_activations, query_embeddings, exclude_ids,
-                           names=("query_activations", "query_embeddings", "exclude_ids"))
-        if (origin.is_cuda and _gpu.available() and self.ntotal
+        origin = origin_of(query_activations, query_embeddings,
+                           names=("query_activations", "query_embeddings"))
+        exclude = _merged_exclude(exclude, exclude_ids)
+        state = self._state  # the snapshot this search reads, whatever happens meanwhile
+        # the GPU probe takes excluded ids per query; a filter for every query runs here
+        per_query = include is None and (exclude is None or np.ndim(exclude) == 2)
+        if (per_query and origin.is_cuda and _gpu.available() and state.size
                 and check_int(topk, "topk", 1) <= _table_gpu.MAX_TOPK):
             return self._search_on_device(origin, query_activations, query_embeddings, topk,
-                                          exclude_ids)
+                                          state, exclude)
         act, emb = self._host_queries(query_activations, query_embeddings)
-        dist, ids, self.candidate_counts = self._search_host(act, emb, topk, exclude_ids)
+        dist, ids, self.candidate_counts = self._search_host(act, emb, topk, include, exclude,
+                                                             state=state)
         return origin.wrap(dist), origin.wrap(ids)
 
     def _host_queries(self, query_activations: Any, query_embeddings: Any
@@ -358,57 +405,142 @@ class SparseHashTable(LazyState):
         check_same_rows(act, "query_activations", emb, "query_embeddings")
         return act, emb
 
-    def _search_host(self, act: np.ndarray, emb: np.ndarray, topk: int, exclude_ids: Any,
-                     probes: np.ndarray | None = None
+    def _search_host(self, act: np.ndarray, emb: np.ndarray, topk: int, include: Any,
+                     exclude: Any, probes: np.ndarray | None = None,
+                     state: Snapshot | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The CPU search of checked queries: ``(D, I, candidate_counts)``. ``probes`` (per
         query, >= k) fixes how many buckets each query probes instead of the expansion rule
         (a sharded search plans them over all shards)."""
+        state = self._built(self._state if state is None else state)
         num_queries = act.shape[0]
-        topk, work = check_topk(topk, self.ntotal, num_queries)
-        exclude = self._exclude(exclude_ids, num_queries)
+        topk, work = check_topk(topk, state.size, num_queries)
+        mask, excluded = self._filter(state, include, exclude, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
         items = np.full((num_queries, work), -1, dtype=np.int64)
         counts = np.zeros(num_queries, dtype=np.int64)
         ids = items
-        if self.ntotal == 0:
+        if state.size == 0:
             dist.fill(-np.inf if self.metric == "ip" else np.inf)
         elif num_queries:
-            built = self._build()
-            exclude = self._exclude_positions(exclude)
             # bound the per-chunk heaps (chunks x queries x topk entries, 20 bytes each) to ~80 MB
             chunks = _chunks(self.num_buckets)
             block = max(1, (1 << 22) // (chunks * work))
             for start in range(0, num_queries, block):
                 part = slice(start, min(num_queries, start + block))
-                self._search_block(built, act[part], emb[part], work, exclude[part], chunks,
-                                   dist[part], items[part], counts[part],
+                self._search_block(state, act[part], emb[part], work, excluded[part], mask,
+                                   chunks, dist[part], items[part], counts[part],
                                    None if probes is None else probes[part])
-            ids = np.where(items >= 0, built.ids[np.maximum(items, 0)], -1)
+            ids = np.where(items >= 0, state.ids[np.maximum(items, 0)], -1)
         dist, ids = padded(dist, ids, topk, -np.inf if self.metric == "ip" else np.inf)
         return dist, ids.astype(np.int64, copy=False), counts
 
-    def _count_candidates(self, act: np.ndarray, exclude_ids: Any, max_probes: np.ndarray
-                          ) -> np.ndarray:
-        """Per query, the candidates (distinct items, less the excluded) of its first
+    def count_candidates(self, query_activations: Any, probes: Any, *, include: Any = None,
+                         exclude: Any = None) -> np.ndarray:
+        """The candidates each query would look at in its first ``probes[q]`` buckets.
+
+        A hook for an exact merge of shards (:class:`qkernels.distributed.ShardedIndex`): the
+        candidates of one table over all shards are the sums of the shards' counts, which
+        decide how many buckets each query probes.
+
+        Parameters
+        ----------
+        query_activations : array_like, shape (Q, num_buckets)
+            The queries' hash-head outputs.
+        probes : array_like of int, shape (Q,)
+            Buckets to count per query: 0 (none) or at least ``k``.
+        include : array_like of int, shape (n,), optional
+            As in :meth:`search`: only these ids count.
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            As in :meth:`search`: these ids do not count.
+
+        Returns
+        -------
+        ndarray of int64, shape (Q,)
+            The distinct items that pass the filter in each query's first buckets.
+
+        Raises
+        ------
+        ValueError
+            If the activations have another width, NaN or Inf, ``probes`` another length, or
+            the filter is refused.
+        TypeError
+            If an array does not hold numbers of the right kind.
+        """
+        act = self._activations(query_activations, "query_activations")
+        max_probes = to_numpy(probes, allow_device_copy=True, name="probes")
+        check_rank(max_probes, "probes", (1,), "(Q,)")
+        check_same_rows(act, "query_activations", max_probes, "probes")
+        return self._count_candidates(act, include, exclude,
+                                      as_index_array(max_probes, "probes"))
+
+    def search_probes(self, query_activations: Any, query_embeddings: Any, topk: int,
+                      probes: Any, *, include: Any = None, exclude: Any = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`search` with the number of probed buckets of each query given.
+
+        A hook for an exact merge of shards: each shard probes the buckets that one table over
+        all shards would (:meth:`count_candidates` decides how many).
+
+        Parameters
+        ----------
+        query_activations : array_like, shape (Q, num_buckets)
+            The queries' hash-head outputs.
+        query_embeddings : array_like, shape (Q, dim)
+            The queries' embeddings.
+        topk : int
+            Results per query.
+        probes : array_like of int, shape (Q,)
+            Buckets to probe per query, at least ``k``.
+        include : array_like of int, shape (n,), optional
+            As in :meth:`search`.
+        exclude : array_like of int, shape (n,) or (Q, m), optional
+            As in :meth:`search`.
+
+        Returns
+        -------
+        D : ndarray of float32, shape (Q, topk)
+            As :meth:`search`.
+        I : ndarray of int64, shape (Q, topk)
+            As :meth:`search`.
+        counts : ndarray of int64, shape (Q,)
+            The candidates each query looked at.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`search`; or if ``probes`` has another length.
+        TypeError
+            As :meth:`search`.
+        """
+        act, emb = self._host_queries(query_activations, query_embeddings)
+        max_probes = to_numpy(probes, allow_device_copy=True, name="probes")
+        check_rank(max_probes, "probes", (1,), "(Q,)")
+        check_same_rows(act, "query_activations", max_probes, "probes")
+        return self._search_host(act, emb, check_int(topk, "topk", 1), include, exclude,
+                                 as_index_array(max_probes, "probes"))
+
+    def _count_candidates(self, act: np.ndarray, include: Any, exclude: Any,
+                          max_probes: np.ndarray) -> np.ndarray:
+        """Per query, the candidates (distinct items that pass the filter) of its first
         ``max_probes[q]`` buckets (0 or >= k; 0 counts nothing)."""
         num_queries = act.shape[0]
         counts = np.zeros(num_queries, dtype=np.int64)
-        if self.ntotal == 0 or num_queries == 0:
+        state = self._built(self._state)
+        if state.size == 0 or num_queries == 0:
             return counts
-        built = self._build()
-        exclude = self._exclude_positions(self._exclude(exclude_ids, num_queries))
+        mask, excluded = self._filter(state, include, exclude, num_queries)
         probe_count = np.empty(num_queries, dtype=np.int64)
         _table_cpu.plan_probes(act, self.k, np.iinfo(np.int64).max,
-                               np.ascontiguousarray(max_probes, dtype=np.int64), built.offsets,
-                               built.items, built.codes, exclude, _chunks(num_queries),
+                               np.ascontiguousarray(max_probes, dtype=np.int64), state.offsets,
+                               state.items, state.codes, excluded, mask, _chunks(num_queries),
                                probe_count, counts)
         return counts
 
     def _search_on_device(self, origin, query_activations, query_embeddings, topk: int,
-                          exclude_ids):
+                          state: Snapshot, exclude: Any = None):
         """The probe on the GPU (qkernels/cuda/table.cu), on torch's stream. The table is
-        built on the host and mirrored to each device once (again after an add)."""
+        built on the host and mirrored to each device once per snapshot."""
         import cupy
 
         act = to_cupy(query_activations)
@@ -426,41 +558,36 @@ class SparseHashTable(LazyState):
                                                     dtype=np.float32))
         emb = cupy.ascontiguousarray(as_float_array(emb, "query_embeddings",
                                                     dtype=np.float32))
-        exclude = self._exclude_positions(self._exclude(
-            None if exclude_ids is None else to_numpy(exclude_ids, allow_device_copy=True),
-            act.shape[0]))
+        state = self._built(state)
+        exclude = self._filter(state, None, None if exclude is None else to_numpy(
+            exclude, allow_device_copy=True, name="exclude"), act.shape[0])[1]
         with torch_stream(origin):
-            arrays = self._device_arrays()
+            arrays = self._state_mirror(
+                state, lambda: tuple(cupy.asarray(a) for a in self._probe_arrays(state)))
             dist, items, counts = _table_gpu.probe(act, emb, self.k, topk, arrays[:-1],
                                                   cupy.asarray(exclude), self.metric == "ip")
             ids = cupy.where(items >= 0, arrays[-1][cupy.maximum(items, 0)], -1)
         self.candidate_counts = cupy.asnumpy(counts)
         return origin.wrap(dist), origin.wrap(ids)
 
-    def _probe_arrays(self) -> tuple[np.ndarray, ...]:
+    def _probe_arrays(self, state: Snapshot) -> tuple[np.ndarray, ...]:
         """(offsets, items, codes, embeddings, rows, item_of_row, ids): what the GPU probe
         (qkernels/cuda/table.cu) reads, on the host."""
-        built = self._build()
-        item_of_row = np.empty_like(built.rows)
-        item_of_row[built.rows] = np.arange(built.rows.shape[0])
-        return (built.offsets, built.items, built.codes, built.emb, built.rows, item_of_row,
-                built.ids)
+        item_of_row = np.empty_like(state.rows)
+        item_of_row[state.rows] = np.arange(state.rows.shape[0])
+        return (state.offsets, state.items, state.codes, state.emb, state.rows, item_of_row,
+                state.ids)
 
-    def _device_arrays(self):
-        """:meth:`_probe_arrays` on the current GPU, copied once per device."""
-        import cupy
-
-        return self._device_mirror(lambda: tuple(cupy.asarray(a) for a in self._probe_arrays()))
-
-    def _search_block(self, built, act, emb, topk, exclude, chunks, dist, items, counts,
+    def _search_block(self, state, act, emb, topk, excluded, mask, chunks, dist, items, counts,
                       probes=None):
         """The passes of a search (see _table_cpu) for one block of queries."""
         num_queries = act.shape[0]
+        excluded = np.ascontiguousarray(excluded)
         if probes is None:
             probe_count = np.empty(num_queries, dtype=np.int64)
             _table_cpu.plan_probes(act, self.k, topk,
                                    np.full(num_queries, self.num_buckets, dtype=np.int64),
-                                   built.offsets, built.items, built.codes, exclude,
+                                   state.offsets, state.items, state.codes, excluded, mask,
                                    _chunks(num_queries), probe_count,
                                    np.empty(num_queries, dtype=np.int64))
         else:
@@ -472,7 +599,7 @@ class SparseHashTable(LazyState):
         bucket_offsets, who, where = _table_cpu.invert_probes(probe_offsets, probe_list,
                                                               self.num_buckets)
         # chunks of consecutive buckets with about equal work (items x probing queries)
-        work = np.diff(built.offsets) * np.diff(bucket_offsets) + 1
+        work = np.diff(state.offsets) * np.diff(bucket_offsets) + 1
         cumulative = np.cumsum(work)
         targets = cumulative[-1] * np.arange(1, chunks) / chunks
         chunk_starts = np.concatenate(
@@ -484,130 +611,71 @@ class SparseHashTable(LazyState):
         heap_size = np.zeros((chunks, num_queries), dtype=np.int64)
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
-        _table_cpu.scan_buckets(emb, self.k, chunk_starts, built.offsets, built.items,
-                                built.codes, built.emb, built.rows, exclude, probe_offsets,
-                                probe_list, bucket_offsets, who, where, inner_product,
-                                heap_dist, heap_row, heap_item, heap_size, found)
+        _table_cpu.scan_buckets(emb, self.k, chunk_starts, state.offsets, state.items,
+                                state.codes, state.emb, state.rows, excluded, mask,
+                                probe_offsets, probe_list, bucket_offsets, who, where,
+                                inner_product, heap_dist, heap_row, heap_item, heap_size, found)
         counts[:] = found.sum(axis=0)
         _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, dist,
                                items)
-
-    def _exclude_positions(self, exclude: np.ndarray) -> np.ndarray:
-        """Excluded ids -> the table positions holding them (every one: ids may repeat), each
-        once per query (an id excluded twice must not be subtracted twice from the count)."""
-        if exclude.shape[1] == 0:
-            return exclude
-        order, sorted_ids = self._ids_in_order()
-        low = np.searchsorted(sorted_ids, exclude, side="left")
-        high = np.searchsorted(sorted_ids, exclude, side="right")
-        high = np.where(exclude < 0, low, high)
-        matches = (high - low).sum(axis=1)
-        out = np.full((exclude.shape[0], max(1, int(matches.max()))), -1, dtype=np.int64)
-        for q in np.flatnonzero(matches):
-            found = np.unique(np.concatenate([order[a:b] for a, b in zip(low[q], high[q],
-                                                                        strict=True)]))
-            out[q, : found.shape[0]] = found
-        return out
-
-    def _ids_in_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """The built table's positions sorted by id, and the ids in that order: sorted once
-        per build (under the lock), not on every search that excludes ids."""
-        built = self._build()
-
-        def sort():
-            order = np.argsort(built.ids, kind="stable")
-            return built, order, built.ids[order]
-
-        return self._once("_id_order", lambda o: o is not None and o[0] is built, sort)[1:]
-
-    @staticmethod
-    def _exclude(exclude_ids: Any, num_queries: int) -> np.ndarray:
-        if exclude_ids is None:
-            return np.empty((num_queries, 0), dtype=np.int64)
-        exclude = to_numpy(exclude_ids, allow_device_copy=True)
-        check_rank(exclude, "exclude_ids", (1, 2), "(Q,) or (Q, m)")
-        if exclude.shape[0] != num_queries:
-            raise ValueError(
-                f"exclude_ids has {exclude.shape[0]} rows but there are {num_queries} queries"
-            )
-        exclude = as_index_array(exclude, "exclude_ids", allow_missing=True)
-        return np.ascontiguousarray(exclude[:, None] if exclude.ndim == 1 else exclude)
 
     # ------------------------------------------------------------------ files
 
     _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
         "num_buckets": ("iu", 0), "k": ("iu", 0), "metric": ("U", 0), "dim": ("iu", 0),
         "embeddings": ("f", 2), "codes": ("iu", 2), "ids": ("iu", 1), "rows": ("iu", 1),
-    }
+    }  # and, absent from files of earlier releases: "next_id", "default_ids"
 
-    def _state(self) -> dict[str, np.ndarray]:
+    def _arrays_of(self, state: Snapshot) -> dict[str, np.ndarray]:
         return {"num_buckets": np.array(self.num_buckets), "k": np.array(self.k),
                 "metric": np.array(self.metric),
                 "dim": np.array(-1 if self.dim is None else self.dim),
-                "embeddings": self._emb, "codes": self._codes, "ids": self._ids,
-                "rows": self._rows}
+                "embeddings": state.emb, "codes": state.codes, "ids": state.ids,
+                "rows": state.rows, "next_id": np.array(self._next_id),
+                "default_ids": np.array(self._default_ids)}
 
     @classmethod
-    def _from_state(cls, a: dict[str, np.ndarray], path: str | os.PathLike,
-                    kind: str = "SparseHashTable") -> SparseHashTable:
-        try:
-            table = cls(int(a["num_buckets"]), int(a["k"]), str(a["metric"]))
-            n = a["ids"].shape[0]
-            dim = int(a["dim"])
-            if (a["codes"].shape != (n, table.k) or a["rows"].shape != (n,)
-                    or a["embeddings"].shape[0] != n
-                    or (n and a["embeddings"].shape[1] != dim)):
-                raise ValueError("array shapes do not agree")
-            if n:
-                table.dim = dim
-                table._emb = table._embeddings(a["embeddings"], "embeddings")
-                table._codes = as_index_array(a["codes"], "codes", table.num_buckets).copy()
-                _check_distinct(table._codes, "codes")
-                table._ids = as_index_array(a["ids"], "ids").copy()
-                table._rows = as_index_array(a["rows"], "rows", n).copy()
-                if np.unique(table._rows).shape[0] != n:
-                    raise ValueError("insertion rows repeat")
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted {kind} file ({error})"
-                             ) from None
+    def _from_arrays(cls, a: dict[str, np.ndarray]) -> SparseHashTable:
+        table = cls(int(a["num_buckets"]), int(a["k"]), str(a["metric"]))
+        table._restore(a)
         return table
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the table to ``path``.
+    def _restore(self, a: dict[str, np.ndarray]) -> None:
+        """This (empty) table's items from a file's checked members."""
+        n = a["ids"].shape[0]
+        dim = int(a["dim"])
+        if (a["codes"].shape != (n, self.k) or a["rows"].shape != (n,)
+                or a["embeddings"].shape[0] != n
+                or (n and a["embeddings"].shape[1] != dim)):
+            raise ValueError("array shapes do not agree")
+        if not n:
+            if "next_id" in a:
+                self._restore_ids({k: v for k, v in a.items() if k != "ids"}, 0)
+            return
+        self.dim = dim
+        emb = self._embeddings(a["embeddings"], "embeddings")
+        codes = as_index_array(a["codes"], "codes", self.num_buckets).copy()
+        _check_distinct(codes, "codes")
+        rows = as_index_array(a["rows"], "rows", n).copy()
+        if np.unique(rows).shape[0] != n:
+            raise ValueError("insertion rows repeat")
+        # the ids in the order added, for the checks; stored in the file's order
+        ids = a["ids"]
+        order = np.empty_like(rows)
+        order[rows] = np.arange(n)
+        self._restore_ids({**a, "ids": ids[order]}, n)
+        self._state = Snapshot(emb=emb, codes=codes, ids=ids_array(ids, "ids", n), rows=rows,
+                               offsets=None, items=None)
 
-        Parameters
-        ----------
-        path : str or os.PathLike
-            A ``.npz`` file (no pickle inside); written whole or not at all.
 
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-        """
-        save_npz(path, "SparseHashTable", self._VERSION, **self._state())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SparseHashTable:
-        """Read a table written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; it is checked member by member before anything is unpacked, and never
-            unpickled.
-
-        Returns
-        -------
-        SparseHashTable
-            The index, searchable at once (also from several threads).
-
-        Raises
-        ------
-        ValueError
-            If the file is truncated, damaged, of another kind or version.
-        OSError
-            If the file cannot be read.
-        """
-        return cls._from_state(load_npz(path, "SparseHashTable", cls._VERSION, cls._FIELDS),
-                               path)
+def _merged_exclude(exclude: Any, exclude_ids: Any) -> Any:
+    """``exclude``, or the deprecated ``exclude_ids`` (one row of ids per query) as it."""
+    if exclude_ids is None:
+        return exclude
+    if exclude is not None:
+        raise ValueError("give exclude (exclude_ids is its deprecated name), not both")
+    warnings.warn("exclude_ids is deprecated: pass exclude= with one row of ids per query "
+                  "(exclude=ids[:, None] for one id each)", DeprecationWarning, stacklevel=3)
+    e = to_numpy(exclude_ids, allow_device_copy=True, name="exclude_ids")
+    check_rank(e, "exclude_ids", (1, 2), "(Q,) or (Q, m)")
+    return e[:, None] if e.ndim == 1 else e
