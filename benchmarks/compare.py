@@ -1,7 +1,7 @@
 """Ours against the peers users run today, in one process, interleaved, as ratios.
 
     python benchmarks/compare.py SUITE [--repeat N] [--markdown PATH]
-    SUITE: flow | table | pq | binary | hierarchical | sharded | gpu | all
+    SUITE: flow | table | pq | binary | hierarchical | lifecycle | sharded | gpu | all
 
 ``--markdown docs/performance.md`` also writes what it prints to that page of the docs,
 headed by the command, the date, the machine and the libraries' versions.
@@ -178,12 +178,15 @@ def table(args: argparse.Namespace) -> None:
     # build every table first (timed on a quiet machine), then compare the searches
     warm = qk.SparseHashTable(num_buckets, 2).add(act[:1000], emb[:1000])
     warm.search(xq_act[:2], xq[:2], topk)  # load the compiled kernels before timing
-    indexes, build_rows = {}, []
+    indexes, build_rows, first_buckets = {}, [], None
     for k in (1, 2, 3, 4):
         start = time.perf_counter()
         codes = np.empty((n, k), dtype=np.int64)
+        # the private kernel timed alone: the top-k selection that add() runs before the build
         _table_cpu.topk_rows(act, k, codes)
         select_seconds = time.perf_counter() - start
+        if k == 1:
+            first_buckets = codes[:, 0].copy()
         start = time.perf_counter()
         indexes[k] = qk.SparseHashTable(num_buckets, k).add_codes(codes, emb)
         indexes[k].search(xq_act[:1], xq[:1], topk)  # builds the table
@@ -204,7 +207,7 @@ def table(args: argparse.Namespace) -> None:
             quantizer.add(np.zeros((num_buckets, dim), dtype=np.float32))
             ivf = faiss.IndexIVFFlat(quantizer, dim, num_buckets)
             ivf.is_trained = True
-            add_preassigned(ivf, index._emb, index._codes[:, 0], ids=index._ids)
+            add_preassigned(ivf, emb, first_buckets, ids=np.arange(n, dtype=np.int64))
             ivf.nprobe = 1
             assign = np.argmax(xq_act, axis=1)[:, None].astype(np.int64)
             contestants["ivf"] = lambda ivf=ivf, assign=assign: search_preassigned(
@@ -519,6 +522,103 @@ def _sharded_rank(rank: int, init_file: str, args: argparse.Namespace, out: str)
             Path(out).write_text(json.dumps(rows))
     finally:
         dist.destroy_process_group()
+
+
+@suite
+def lifecycle(args: argparse.Namespace) -> None:
+    """What each index's changes cost: add, remove_ids, the first search after a removal,
+    merge_from, reset, to_bytes, and a filtered search against an unfiltered one."""
+    n = min(args.table_size, 1_000_000)
+    dim, num_queries, topk = 64, 1000, 10
+    print(f"### lifecycle: the operations of the index protocol, N = {n:,}, {dim}-d, "
+          f"{num_queries} queries, top-{topk}\n")
+    print("Seconds of one call, median of "
+          f"{max(3, args.repeat // 3)} (each on a fresh copy where the call changes the "
+          "index); q/s of the whole query set. A removal copies the index without the removed "
+          "items (a new snapshot: searches running meanwhile keep the old one); a table's "
+          "next search then rebuilds its bucket lists (counting sorts). A filter is applied "
+          "inside the scans: include = 10% of the ids, exclude = 10% of them.\n")
+    rng = np.random.default_rng(11)
+    x = _gaussian_classes(n, dim, seed=12)
+    xq = _gaussian_classes(num_queries, dim, seed=13)
+    act = x[:, :32] @ rng.standard_normal((32, 256)).astype(np.float32)
+    q_act = xq[:, :32] @ rng.standard_normal((32, 256)).astype(np.float32)
+    pq8 = qk.ProductQuantizer(dim, 8, 8).train(x[:65_536])
+    pq4 = qk.ProductQuantizer(dim, 16, 4).train(x[:65_536])
+    codes = qk.pack_bits(x)
+    kinds = {
+        "SparseHashTable (256 buckets, k = 2)": (
+            lambda rows: qk.SparseHashTable(256, 2).add(act[rows], x[rows]),
+            lambda index, **f: index.search(q_act, xq, topk, **f)),
+        "PQIndex 8 x 8 bits": (lambda rows: qk.PQIndex(pq8).add(x[rows]),
+                               lambda index, **f: index.search(xq, topk, **f)),
+        "PQIndex 16 x 4 bits (fast scan)": (lambda rows: qk.PQIndex(pq4).add(x[rows]),
+                                            lambda index, **f: index.search(xq, topk, **f)),
+        "BinaryIndex 64 bits": (lambda rows: qk.BinaryIndex(dim).add(codes[rows]),
+                                lambda index, **f: index.search(codes[:num_queries], topk,
+                                                                **f)),
+    }
+    repeat = max(3, args.repeat // 3)
+    removed = rng.choice(n, n // 100, replace=False)
+    subset = np.sort(rng.choice(n, n // 10, replace=False))
+    header = ["operation", *kinds]
+    rows = {op: [op] for op in ("add N items", "remove_ids (1% of N)",
+                                "first search after the removal", "merge_from (10% of N)",
+                                "reset", "to_bytes", "bytes per item (to_bytes)",
+                                "search q/s, no filter", "search q/s, include 10%",
+                                "search q/s, exclude 10%")}
+
+    for make, search in kinds.values():
+        for op, value in _lifecycle_column(make, search, n, removed, subset, num_queries,
+                                           repeat).items():
+            rows[op].append(value)
+    print_table(header, list(rows.values()))
+
+
+def _removed(index, ids):
+    index.remove_ids(ids)
+    return index
+
+
+def _lifecycle_column(make, search, n, removed, subset, num_queries, repeat) -> dict[str, str]:
+    """One index kind's column of the lifecycle table."""
+    def seconds(fn, fresh=None):
+        times = []
+        for _ in range(repeat):
+            target = fresh() if fresh is not None else None
+            start = time.perf_counter()
+            fn(target)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    everything, other = slice(None), slice(0, n // 10)
+    index = make(everything)
+    search(index)  # compile and build
+    blob = index.to_bytes()
+    medians = interleaved({
+        "none": lambda: search(index),
+        "include": lambda: search(index, include=subset),
+        "exclude": lambda: search(index, exclude=subset),
+    }, repeat)
+    add = seconds(lambda _: make(everything))
+    remove = seconds(lambda i: i.remove_ids(removed), lambda: make(everything))
+    after = seconds(search, lambda: _removed(make(everything), removed))
+    merge = seconds(lambda pair: pair[0].merge_from(pair[1]),
+                    lambda: (make(everything), make(other)))
+    reset = seconds(lambda i: i.reset(), lambda: make(everything))
+    to_bytes = seconds(lambda _: index.to_bytes())
+    return {
+        "add N items": f"{add:.2f}",
+        "remove_ids (1% of N)": f"{remove:.3f}",
+        "first search after the removal": f"{after:.3f}",
+        "merge_from (10% of N)": f"{merge:.3f}",
+        "reset": f"{reset:.4f}",
+        "to_bytes": f"{to_bytes:.2f}",
+        "bytes per item (to_bytes)": f"{len(blob) / n:.1f}",
+        "search q/s, no filter": f"{num_queries / medians['none']:,.0f}",
+        "search q/s, include 10%": f"{num_queries / medians['include']:,.0f}",
+        "search q/s, exclude 10%": f"{num_queries / medians['exclude']:,.0f}",
+    }
 
 
 @suite
