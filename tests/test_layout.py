@@ -92,3 +92,54 @@ def test_the_check_sees_a_violation(tmp_path):
     found = [m for m, _ in _imports(tmp_path / "quantize" / "probe.py", tmp_path)]
     assert found == ["numpy", "qkernels.index.binary", "qkernels"]
     assert len(_layer_violations("quantize", tmp_path)) == 2
+
+
+# ------------------------------------------------------------------ private names across modules
+
+def _private_uses(path: Path) -> list[str]:
+    """Where ``path`` reaches into another module's private names: ``x._name`` on anything
+    but ``self``, ``cls`` or a class defined in the file, and imports of private modules or
+    names of another package module."""
+    tree = ast.parse(path.read_text())
+    local = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            owner = node.value
+            name = getattr(owner, "id", None)
+            if name in ("self", "cls") or name in local:
+                continue
+            found.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            parts = node.module.split(".")
+            if (node.level or parts[0] == "qkernels") and any(
+                    p.startswith("_") for p in parts):
+                found.append(f"{path.name}:{node.lineno} imports {node.module}")
+            for alias in node.names:
+                if (alias.name.startswith("_") and not alias.name.startswith("__")
+                        and (node.level or parts[0] == "qkernels")):
+                    found.append(f"{path.name}:{node.lineno} imports {alias.name}")
+    return found
+
+
+# the modules that must use qkernels through its public names: sharded search (beside the
+# array and input helpers every entry point shares) and the training commands
+PUBLIC_ONLY = [ROOT / "distributed.py", *sorted((ROOT.parent / "training").glob("*.py"))]
+SHARED_HELPERS = {"distributed.py imports _arrays", "distributed.py imports _checks"}
+
+
+@pytest.mark.parametrize("path", PUBLIC_ONLY, ids=[p.name for p in PUBLIC_ONLY])
+def test_no_private_names_across_modules(path):
+    found = [f for f in _private_uses(path)
+             if not any(f.startswith(h.split(" imports ")[0]) and f.endswith(
+                 h.split(" imports ")[1]) for h in SHARED_HELPERS)]
+    assert not found, found
+
+
+def test_the_private_name_check_sees_a_violation(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from qkernels.index import _table_cpu\n"
+                     "class Mine:\n    def f(self, table):\n"
+                     "        return self._x, Mine._y, table._table\n")
+    assert _private_uses(probe) == ["probe.py:1 imports _table_cpu", "probe.py:4 uses ._table"]

@@ -360,7 +360,8 @@ def test_a_search_during_a_change_sees_the_index_before_or_after_it(tmp_path):
             barrier = threading.Barrier(THREADS + 1)
             results, errors = [], []
 
-            def searcher(index=index):
+            def searcher(index=index, barrier=barrier, results=results, errors=errors,
+                         search=search):
                 try:
                     barrier.wait()
                     for _ in range(6):
@@ -368,7 +369,7 @@ def test_a_search_during_a_change_sees_the_index_before_or_after_it(tmp_path):
                 except Exception as error:  # surfaced below
                     errors.append(error)
 
-            def writer(index=index):
+            def writer(index=index, barrier=barrier, errors=errors, apply=apply):
                 try:
                     barrier.wait()
                     apply(index)

@@ -11,7 +11,7 @@ import qkernels as qk
 from qkernels.losses import SemiHardTripletLoss, assign_batch_codes, assign_hierarchical_codes
 
 from .common import Run, Stage
-from .dht import _Head, _loss_fn, embeddings_and_activations
+from .dht import Head, embeddings_and_activations, loss_fn
 from .evaluation import table_cells, table_columns, table_metrics
 from .models import EmbeddingNet
 from .report import Table
@@ -32,8 +32,8 @@ def run(args, run: Run) -> dict:
     # together so that the comparison shares the body
     net.heads["hash"] = nn.Linear(net.feature_dim, 2 * d).to(run.device)
     net.heads["flat"] = nn.Linear(net.feature_dim, d).to(run.device)
-    embed = run.wrap(_Head(net, net.embedding))
-    hashing = run.wrap(_Head(net, nn.ModuleList([net.heads["hash"], net.heads["flat"]])))
+    embed = run.wrap(Head(net, net.embedding))
+    hashing = run.wrap(Head(net, nn.ModuleList([net.heads["hash"], net.heads["flat"]])))
     triplet = SemiHardTripletLoss(args.margin if args.hash_margin is None else args.hash_margin)
 
     def cascade_step(indices, epoch, step):
@@ -61,7 +61,7 @@ def run(args, run: Run) -> dict:
         {"params": net.body.parameters(), "lr": args.lr * 0.1},
     ])
     run.train(net, [
-        Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False,
+        Stage("metric", args.epochs, pretrain, loss_fn(args, run, embed, masked=False,
                                                               variant="triplet"), batches),
         Stage("cascade", args.hash_epochs, finetune, cascade_step, batches),
     ])

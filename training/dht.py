@@ -20,7 +20,7 @@ from .report import Table
 __all__ = ["run"]
 
 
-class _Head(nn.Module):
+class Head(nn.Module):
     """Backbone followed by one head (or a list of heads, giving a tuple): what a stage trains
     and what DDP wraps. Only these are registered, so that DDP sees no parameter the stage
     leaves unused."""
@@ -48,7 +48,7 @@ def _pairs(indices: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.array(anchors), np.array(positives)
 
 
-def _loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | None = None):
+def loss_fn(args, run: Run, module: nn.Module, masked: bool, variant: str | None = None):
     """The step function of a stage: triplet or n-pairs on ``module``'s outputs, with the
     exact batch codes' masks when ``masked``; ``variant`` overrides ``args.variant``."""
     x_train, y_train = run.data.x_train, run.data.y_train
@@ -137,11 +137,11 @@ def _hash_net(args, run: Run, net: EmbeddingNet) -> EmbeddingNet:
 def run(args, run: Run) -> dict:
     data = run.data
     net = EmbeddingNet(data.x_train.shape[1:], args.buckets).to(run.device)
-    embed = run.wrap(_Head(net, net.embedding))
+    embed = run.wrap(Head(net, net.embedding))
     batches = run.batches()
     pretrain = torch.optim.Adam(list(net.body.parameters()) + list(net.embedding.parameters()),
                                 lr=args.lr)
-    stages = [Stage("metric", args.epochs, pretrain, _loss_fn(args, run, embed, masked=False),
+    stages = [Stage("metric", args.epochs, pretrain, loss_fn(args, run, embed, masked=False),
                     batches)]
     # one hash network per k of the curve, each fine-tuned from the pretrained one with codes
     # of its own k (the paper trains a model per k; scoring every k with one head trained at
@@ -156,7 +156,7 @@ def run(args, run: Run) -> dict:
         stage_args = argparse.Namespace(**{**vars(args), "k": k})
         stages.append(Stage(
             f"hash k={k}", args.hash_epochs, finetune,
-            _loss_fn(stage_args, run, run.wrap(_Head(hashed, hashed.heads["hash"])),
+            loss_fn(stage_args, run, run.wrap(Head(hashed, hashed.heads["hash"])),
                      masked=True),
             batches, on_start=lambda hashed=hashed: hashed.body.load_state_dict(
                 net.body.state_dict())))
