@@ -52,6 +52,7 @@ import numpy as np
 from ._arrays import NUMPY, TORCH, origin_of, to_numpy
 from ._checks import as_float_array, as_index_array
 from .index import BinaryIndex, HierarchicalHashTable, PQIndex, SparseHashTable
+from .quantize import ProductQuantizer
 
 __all__ = ["ShardedIndex"]
 
@@ -65,8 +66,8 @@ _QUERY_ARGS = {
 }  # and the filters every search takes: include, exclude (tables: exclude_ids, deprecated)
 # the parameters that every shard must share, by kind
 _PARAMETERS = {
-    SparseHashTable: ("num_buckets", "k", "metric", "dim"),
-    HierarchicalHashTable: ("num_buckets", "k", "metric", "dim"),
+    SparseHashTable: ("num_buckets", "k", "metric", "dim", "storage (crc32)"),
+    HierarchicalHashTable: ("num_buckets", "k", "metric", "dim", "storage (crc32)"),
     PQIndex: ("dim", "num_subspaces", "nbits", "metric", "codebooks (crc32)", "fast_scan"),
     BinaryIndex: ("nbits", "feature dimension"),
 }
@@ -207,8 +208,11 @@ def _kind(shard: Any) -> type:
 def _parameters(shard: Any) -> list[int]:
     """The values of :data:`_PARAMETERS` of ``shard``, as integers (public attributes)."""
     if isinstance(shard, (SparseHashTable, HierarchicalHashTable)):
+        storage = shard.storage
+        kept = (_crc([storage.codebooks]) if isinstance(storage, ProductQuantizer)
+                else zlib.crc32(str(storage).encode()))
         return [shard.num_buckets, shard.k, _METRICS.index(shard.metric),
-                -1 if shard.dim is None else shard.dim]
+                -1 if shard.dim is None else shard.dim, kept]
     if isinstance(shard, PQIndex):
         pq = shard.pq
         return [pq.dim, pq.num_subspaces, pq.nbits, _METRICS.index(shard.metric),

@@ -263,8 +263,10 @@ def lane_distance(query, row, inner_product):
 
 
 def sparse_table_search(db_codes, db_embeddings, db_ids, query_activations, query_embeddings,
-                        k, topk, metric="l2", exclude=None):
+                        k, topk, metric="l2", exclude=None, distance=None):
     """The DHT table rule with plain loops. ``db_codes[i]`` lists item i's buckets (any order).
+    ``distance(q, item)``, where given, replaces the float32 lane distance between embeddings
+    (a table that keeps PQ codes re-ranks by asymmetric distance: ``adc_distance``).
 
     Returns D (list of lists of float32), I (ids) and the candidate counts.
     """
@@ -290,7 +292,8 @@ def sparse_table_search(db_codes, db_embeddings, db_ids, query_activations, quer
                 candidates.append(item)
             probed += 1
         scored = sorted(
-            (lane_distance(query_embeddings[q], db_embeddings[item], inner_product), item)
+            (lane_distance(query_embeddings[q], db_embeddings[item], inner_product)
+             if distance is None else distance(q, item), item)
             for item in candidates
         )[:topk]
         missing = topk - len(scored)
@@ -418,6 +421,18 @@ def pq_search(queries, codes, codebooks, topk, metric="l2", symmetric=False):
                      + [-np.inf if inner_product else np.inf] * pad)
         all_i.append([i for _, i in best] + [-1] * pad)
     return all_d, all_i
+
+
+def adc_distance(query, code, codebooks, inner_product=False):
+    """The asymmetric distance of one PQ code to a query: the float32 sum, in subspace order,
+    of the lane distances between the query's sub-vectors and the code's codewords (minus the
+    inner products for ``inner_product``)."""
+    m_count, _, dsub = codebooks.shape
+    total = lane_distance(query[:dsub], codebooks[0][int(code[0])], inner_product)
+    for m in range(1, m_count):
+        total = np.float32(total + lane_distance(query[m * dsub:(m + 1) * dsub],
+                                                 codebooks[m][int(code[m])], inner_product))
+    return total
 
 
 def pq_fastscan_search(queries, codes, codebooks, topk, metric="l2", rerank=None):

@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkernels as qk
@@ -60,6 +60,75 @@ def test_search_equals_the_reference(seed, n, num_buckets, dim, k, topk, metric,
     q_act, q_emb = clustered(rng, 9, num_buckets, dim, integer_activations=integer_activations)
     table = qk.SparseHashTable(num_buckets, k, metric=metric).add(db_act, db_emb)
     assert_same(table, db_act, db_emb, np.arange(n), q_act, q_emb, topk)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 120), k=st.integers(1, 3),
+       topk=st.integers(1, 20), metric=st.sampled_from(["l2", "ip"]),
+       storage=st.sampled_from(["float16", "pq"]))
+def test_compressed_storage_equals_the_reference(seed, n, k, topk, metric, storage):
+    """float16 embeddings re-rank by the distances of the float16 values; PQ codes by
+    asymmetric distance, as PQIndex ranks."""
+    rng = np.random.default_rng(seed)
+    act = rng.integers(0, 3, (n, 8)).astype(np.float64)
+    emb = (rng.standard_normal((n, 8)) * 2).astype(np.float32)
+    q_act = rng.integers(0, 3, (5, 8)).astype(np.float64)
+    q_emb = (rng.standard_normal((5, 8)) * 2).astype(np.float32)
+    codes = reference_codes(act, k)
+    if storage == "float16":
+        table = qk.SparseHashTable(8, k, metric, storage="float16").add(act, emb)
+        kept = emb.astype(np.float16).astype(np.float32)
+        want = ref.sparse_table_search(codes, kept, np.arange(n), q_act, q_emb, k, topk, metric)
+    else:
+        # integer codewords: equal distances, ties to the item added first
+        pq = qk.ProductQuantizer(8, 4, 3).set_codebooks(
+            rng.integers(-2, 3, (4, 8, 2)).astype(np.float32))
+        table = qk.SparseHashTable(8, k, metric, storage=pq).add(act, emb)
+        pq_codes = pq.encode(emb)
+        want = ref.sparse_table_search(
+            codes, None, np.arange(n), q_act, q_emb, k, topk, metric,
+            distance=lambda q, item: ref.adc_distance(q_emb[q], pq_codes[item], pq.codebooks,
+                                                      metric == "ip"))
+        np.testing.assert_array_equal(table.reconstruct(np.arange(n)), pq.decode(pq_codes))
+    D, I = table.search(q_act, q_emb, topk)
+    np.testing.assert_array_equal(I, np.array(want[1], dtype=np.int64).reshape(I.shape))
+    np.testing.assert_array_equal(D, np.array(want[0], dtype=np.float32).reshape(D.shape))
+    np.testing.assert_array_equal(table.candidate_counts, want[2])
+
+
+def test_compressed_tables_save_load_merge_and_refuse_mixes(tmp_path):
+    rng = np.random.default_rng(1)
+    act, emb = rng.standard_normal((300, 16)), rng.standard_normal((300, 8)).astype(np.float32)
+    pq = qk.ProductQuantizer(8, 4, 6).train(emb)
+    for storage in ("float16", pq):
+        table = qk.SparseHashTable(16, 2, storage=storage).add(act, emb)
+        before = table.search(act[:7], emb[:7], 5)
+        loaded = qk.SparseHashTable.load(_saved(table, tmp_path / "t.npz"))
+        for a, b in zip(before, loaded.search(act[:7], emb[:7], 5), strict=True):
+            np.testing.assert_array_equal(a, b)
+        other = qk.SparseHashTable(16, 2, storage=storage).add(act[:10], emb[:10])
+        table.merge_from(other)
+        assert table.ntotal == 310
+    # per item: the stored row, k int32 codes and k int32 list entries, an int64 id, an int32
+    # insertion row; and the lists' offsets
+    for storage, row in (("float32", 32), ("float16", 16), (pq, 4)):
+        table = qk.SparseHashTable(16, 2, storage=storage).add(act, emb)
+        assert table.nbytes == 300 * (row + 8 + 8 + 8 + 4) + 8 * 17, storage
+    with pytest.raises(ValueError, match="keep their embeddings differently"):
+        qk.SparseHashTable(16, 2).merge_from(qk.SparseHashTable(16, 2, storage="float16"))
+    with pytest.raises(ValueError, match="storage must be one of"):
+        qk.SparseHashTable(16, 2, storage="int8")
+    with pytest.raises(TypeError, match="not trained"):
+        qk.SparseHashTable(16, 2, storage=qk.ProductQuantizer(8, 4, 6))
+    with pytest.raises(ValueError, match="beyond float16"):
+        qk.SparseHashTable(16, 2, storage="float16").add(act[:1], emb[:1] * 1e6)
+    with pytest.raises(ValueError, match="has dimension 4"):
+        qk.SparseHashTable(16, 2, storage=pq).add(act[:1], emb[:1, :4])
+
+
+def _saved(table, path):
+    table.save(path)
+    return path
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

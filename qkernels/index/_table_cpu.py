@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from .._heap import offer3
 from .._parallel import parallel_kernel
 from .._simd import dot_f32, prefetch, sq_l2_f32
+from ._pq_cpu import _adc
 
 # rows of the embedding matrix are prefetched this many candidates ahead
 _AHEAD = 16
@@ -226,8 +229,8 @@ def invert_probes(probe_offsets, probe_list, num_buckets):
 
 
 @parallel_kernel
-def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, exclude, mask,
-                 probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
+def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
+                 mask, probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
                  heap_dist, heap_row, heap_item, heap_size, found):
     """Pass 4, bucket by bucket: every item's row is read once for all the queries that probe
     the bucket, and its distance to each of them goes into that query's top-K heap.
@@ -240,6 +243,10 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
     item then skips, with one OR per bucket of its code, the queries that met it in an earlier
     bucket (so each (query, item) pair is looked at once overall) and those excluding it.
     Items that ``mask`` refuses (where it is not empty) are no candidates of any query.
+
+    ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits
+    with ``tables`` the float32 value of every bit pattern, or PQ codes with ``tables`` the
+    queries' ``(Q, M, K)`` distance tables (``stored_row``, ``rerank_distance``).
     """
     num_chunks = chunk_starts.shape[0] - 1
     num_buckets = offsets.shape[0] - 1
@@ -253,6 +260,7 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
         earlier = np.zeros(num_buckets, dtype=np.uint64)
         excluded_items = np.empty(64 * max(m, 1), dtype=np.int64)
         excluded_bits = np.empty(64 * max(m, 1), dtype=np.uint64)
+        buffer = np.empty(emb.shape[1], dtype=np.float32)  # a float16 row, widened
         for r in range(chunk_starts[c], chunk_starts[c + 1]):
             end = offsets[r + 1]
             for g0 in range(bucket_offsets[r], bucket_offsets[r + 1], 64):
@@ -288,16 +296,13 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
                     live = everyone & ~skip
                     if live == 0:
                         continue
-                    row = emb[item]
+                    row = stored_row(emb, item, buffer, tables)
                     for u in range(g0, g1):
                         if not (live >> np.uint64(u - g0)) & np.uint64(1):
                             continue
                         q = who[u]
                         found[c, q] += 1
-                        if inner_product:
-                            dist = -dot_f32(query_emb[q], row)
-                        else:
-                            dist = sq_l2_f32(query_emb[q], row)
+                        dist = rerank_distance(query_emb[q], tables, q, row, inner_product)
                         # most candidates lose to a full heap's root: decide that inline
                         if hs[q] == topk and dist > hd[q, 0]:
                             continue
@@ -306,6 +311,47 @@ def scan_buckets(query_emb, k, chunk_starts, offsets, items, codes, emb, rows, e
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
                         earlier[probe_list[base + v]] = 0
+
+
+def stored_row(vectors, item, buffer, tables):
+    """Item ``item``'s stored re-ranking row as the distance reads it: a float32 row as it is;
+    float16 embeddings (held as their uint16 bits, Numba having no float16 arrays; ``tables``
+    is then the 65,536 float32 values of those bits) widened into ``buffer``, exactly; a row
+    of PQ codes (``tables``: the queries' distance tables) as it is. Chosen by the types when
+    Numba compiles the caller."""
+    return vectors[item]
+
+
+@overload(stored_row, inline="always")
+def _stored_row(vectors, item, buffer, tables):
+    if tables.ndim == 1:
+        def widened(vectors, item, buffer, tables):
+            row = vectors[item]
+            for j in range(row.shape[0]):
+                buffer[j] = tables[row[j]]
+            return buffer
+        return widened
+    return lambda vectors, item, buffer, tables: vectors[item]
+
+
+def rerank_distance(query, tables, q, row, inner_product):
+    """The re-ranking distance of a stored row to query ``q`` (smaller is better): float rows
+    by ``qkernels._simd`` (squared L2, or minus the inner product) to ``query``, PQ codes by
+    asymmetric distance, the sum of ``tables[q]``'s entries in subspace order (minus the inner
+    products where the tables hold them)."""
+    return sq_l2_f32(query, row)
+
+
+@overload(rerank_distance, inline="always")
+def _rerank_distance(query, tables, q, row, inner_product):
+    if isinstance(row.dtype, types.Integer):  # PQ codes; tables (Q, M, K)
+        return lambda query, tables, q, row, inner_product: _adc(tables[q], row)
+
+    def lanes(query, tables, q, row, inner_product):
+        if inner_product:
+            return -dot_f32(query, row)
+        return sq_l2_f32(query, row)
+    return lanes
 
 
 @parallel_kernel

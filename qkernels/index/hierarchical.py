@@ -48,6 +48,8 @@ class HierarchicalHashTable(Index):
         Children per item and per query, ``1 <= k <= d``.
     metric : {"l2", "ip"}, default "l2"
         Re-ranking by squared Euclidean distance or inner product.
+    storage : {"float32", "float16"} or ProductQuantizer, default "float32"
+        How the embeddings are kept, as in :class:`SparseHashTable`.
 
     Raises
     ------
@@ -75,10 +77,11 @@ class HierarchicalHashTable(Index):
     _KIND = "HierarchicalHashTable"
     _VERSION = 1
 
-    def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
+    def __init__(self, num_buckets: int, k: int, metric: str = "l2", *,
+                 storage: str | Any = "float32"):
         self.num_buckets = check_int(num_buckets, "num_buckets", 1, math.isqrt(MAX_BUCKETS))
         self.k = check_int(k, "k", 1, self.num_buckets)
-        self._table = SparseHashTable(self.num_buckets**2, self.k, metric)
+        self._table = SparseHashTable(self.num_buckets**2, self.k, metric, storage=storage)
 
     def __repr__(self) -> str:
         return (f"HierarchicalHashTable(num_buckets={self.num_buckets}, k={self.k}, "
@@ -88,6 +91,11 @@ class HierarchicalHashTable(Index):
     def metric(self) -> str:
         """``"l2"`` or ``"ip"``."""
         return self._table.metric
+
+    @property
+    def storage(self) -> Any:
+        """How the embeddings are kept (``"float32"``, ``"float16"`` or a ProductQuantizer)."""
+        return self._table.storage
 
     @property
     def dim(self) -> int | None:
@@ -371,7 +379,7 @@ class HierarchicalHashTable(Index):
         d = int(arrays["buckets_per_level"])
         if d * d != inner.num_buckets:
             raise ValueError(f"{d} buckets per level but {inner.num_buckets} compound")
-        table = cls(d, inner.k, inner.metric)
+        table = cls(d, inner.k, inner.metric, storage=inner.storage)
         table._table = inner
         return table
 

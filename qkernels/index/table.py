@@ -21,12 +21,18 @@ from .._checks import (
     check_topk,
 )
 from .._heap import padded
-from . import _table_cpu, _table_gpu
+from ..quantize import ProductQuantizer
+from . import _pq_cpu, _table_cpu, _table_gpu
 from ._base import Index, Snapshot, ids_array
 
 __all__ = ["SparseHashTable"]
 
 _METRICS = ("l2", "ip")
+_STORAGES = ("float32", "float16")
+# the float32 value of every float16 bit pattern: how the probe widens float16 embeddings
+_HALF_VALUES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
+    np.float32)
+_HALF_VALUES.setflags(write=False)
 # a build holds a few (threads x buckets) int64 count arrays: 2**24 buckets (a 4096 x 4096
 # cascade) take about 1 GB there; more is a mistake, not a table
 MAX_BUCKETS = 1 << 24
@@ -67,6 +73,11 @@ class SparseHashTable(Index):
         Buckets per item and per query, ``1 <= k <= num_buckets``.
     metric : {"l2", "ip"}, default "l2"
         Re-ranking by squared Euclidean distance (ascending) or inner product (descending).
+    storage : {"float32", "float16"} or ProductQuantizer, default "float32"
+        How the embeddings the candidates are re-ranked by are kept: float32 (exact distances),
+        float16 (half the bytes; distances of the float16 values), or the codes of a trained
+        ProductQuantizer of the embeddings' dimension (``M`` bytes an item; re-ranked by
+        asymmetric distance, as :class:`PQIndex` ranks).
 
     Attributes
     ----------
@@ -79,9 +90,10 @@ class SparseHashTable(Index):
     Raises
     ------
     ValueError
-        If a parameter is out of range or ``metric`` unknown.
+        If a parameter is out of range, ``metric`` or ``storage`` unknown.
     TypeError
-        If ``num_buckets`` or ``k`` is not an integer.
+        If ``num_buckets`` or ``k`` is not an integer, or ``storage`` a quantizer that is not
+        trained.
 
     See Also
     --------
@@ -103,19 +115,69 @@ class SparseHashTable(Index):
     _KIND = "SparseHashTable"
     _VERSION = 1
 
-    def __init__(self, num_buckets: int, k: int, metric: str = "l2"):
+    def __init__(self, num_buckets: int, k: int, metric: str = "l2", *,
+                 storage: str | ProductQuantizer = "float32"):
         self.num_buckets = check_int(num_buckets, "num_buckets", 1, MAX_BUCKETS)
         self.k = check_int(k, "k", 1, self.num_buckets)
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
         self.metric = metric
         self.dim: int | None = None
+        self.storage = storage
+        if isinstance(storage, ProductQuantizer):
+            if not storage.is_trained:
+                raise TypeError("storage: the ProductQuantizer is not trained (call "
+                                "pq.train(x) first)")
+            self.dim = storage.dim
+        elif storage not in _STORAGES:
+            raise ValueError(f"storage must be one of {_STORAGES} or a trained "
+                             f"ProductQuantizer, got {storage!r}")
         self.candidate_counts = np.empty(0, dtype=np.int64)
         self._init_index()
 
     def __repr__(self) -> str:
+        storage = "pq" if isinstance(self.storage, ProductQuantizer) else self.storage
         return (f"SparseHashTable(num_buckets={self.num_buckets}, k={self.k}, "
-                f"metric={self.metric!r}, ntotal={self.ntotal}, dim={self.dim})")
+                f"metric={self.metric!r}, storage={storage!r}, ntotal={self.ntotal}, "
+                f"dim={self.dim})")
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the table's arrays hold (the stored vectors or codes, the bucket codes,
+        ids and insertion rows, and the bucket lists once built)."""
+        state = self._state
+        total = sum(a.nbytes for a in (state.emb, state.codes, state.ids, state.rows))
+        if state.offsets is not None:
+            total += state.offsets.nbytes + state.items.nbytes
+        else:  # what the first search builds
+            total += 8 * (self.num_buckets + 1) + 4 * state.codes.size
+        return int(total)
+
+    def _stored(self, emb: np.ndarray) -> np.ndarray:
+        """Checked float32 embeddings as the table keeps them (see ``storage``)."""
+        if isinstance(self.storage, ProductQuantizer):
+            return np.ascontiguousarray(self.storage.encode(emb))
+        if self.storage == "float16":
+            largest = float(np.abs(emb).max()) if emb.size else 0.0
+            if largest > np.finfo(np.float16).max:
+                raise ValueError(f"embeddings hold a value of magnitude {largest:.3g}, beyond "
+                                 f"float16's {np.finfo(np.float16).max:.0f}: scale them down "
+                                 "or keep them as float32")
+            return emb.astype(np.float16)
+        return emb
+
+    def _rerank_tables(self, emb: np.ndarray) -> np.ndarray:
+        """What the probe re-ranks with besides the queries (``_table_cpu.stored_row``): the
+        queries' ``(Q, M, K)`` ADC tables where the table keeps PQ codes, the float32 value of
+        every float16 bit pattern where it keeps float16, else nothing."""
+        if self.storage == "float16":
+            return _HALF_VALUES
+        if not isinstance(self.storage, ProductQuantizer):
+            return np.empty((emb.shape[0], 0, 0), dtype=np.float32)
+        pq = self.storage
+        tables = np.empty((emb.shape[0], pq.num_subspaces, pq.num_centroids), np.float32)
+        _pq_cpu.distance_tables(emb, pq.codebooks, self.metric == "ip", tables)
+        return tables
 
     # ------------------------------------------------------------------ adding
 
@@ -151,7 +213,7 @@ class SparseHashTable(Index):
         """
         origin_of(activations, embeddings, ids, names=("activations", "embeddings", "ids"))
         act = self._activations(activations, "activations")
-        codes = np.empty((act.shape[0], self.k), dtype=np.int64)
+        codes = np.empty((act.shape[0], self.k), dtype=np.int32)
         if act.shape[0]:
             _table_cpu.topk_rows(act, self.k, codes)
         return self._append(codes, embeddings, ids, act.shape[0])
@@ -188,7 +250,8 @@ class SparseHashTable(Index):
             raise ValueError(f"codes has {c.shape[1]} columns; this table has k = {self.k}")
         c = as_index_array(c, "codes", self.num_buckets)
         _check_distinct(c, "codes")
-        return self._append(np.ascontiguousarray(c), embeddings, ids, c.shape[0])
+        return self._append(np.ascontiguousarray(c, dtype=np.int32), embeddings, ids,
+                            c.shape[0])
 
     def _activations(self, activations: Any, name: str) -> np.ndarray:
         act = to_numpy(activations, allow_device_copy=True)
@@ -219,22 +282,26 @@ class SparseHashTable(Index):
             new_ids = self._new_ids(state, ids, n)
             if state.size + n >= 2**31:
                 raise ValueError("a SparseHashTable holds fewer than 2**31 items")
+            stored = self._stored(emb)
             if self.dim is None:
                 self.dim = emb.shape[1]
-            old_emb = state.emb if state.size else np.empty((0, emb.shape[1]), np.float32)
+            old = state.emb if state.size else stored[:0]
             self._publish(Snapshot(
-                emb=np.concatenate([old_emb, emb]), codes=np.concatenate([state.codes, codes]),
+                emb=np.concatenate([old, stored]), codes=np.concatenate([state.codes, codes]),
                 ids=np.concatenate([state.ids, new_ids]),
-                rows=np.concatenate([state.rows, state.size + np.arange(n)]),
+                rows=np.concatenate([state.rows, state.size + np.arange(n, dtype=np.int32)]),
                 offsets=None, items=None), new_ids=new_ids, given=ids is not None)
         return self
 
     # ------------------------------------------------------------------ the protocol's parts
 
     def _empty_state(self) -> Snapshot:
-        return Snapshot(emb=np.empty((0, 0), dtype=np.float32),
-                        codes=np.empty((0, self.k), dtype=np.int64),
-                        ids=np.empty(0, dtype=np.int64), rows=np.empty(0, dtype=np.int64),
+        if isinstance(self.storage, ProductQuantizer):
+            empty = np.empty((0, self.storage.num_subspaces), dtype=self.storage.code_dtype)
+        else:
+            empty = np.empty((0, 0), dtype=np.dtype(self.storage))
+        return Snapshot(emb=empty, codes=np.empty((0, self.k), dtype=np.int32),
+                        ids=np.empty(0, dtype=np.int64), rows=np.empty(0, dtype=np.int32),
                         offsets=None, items=None)
 
     def _ordered_ids(self, state: Snapshot) -> np.ndarray:
@@ -251,7 +318,7 @@ class SparseHashTable(Index):
     def _kept(self, state: Snapshot, keep: np.ndarray) -> Snapshot:
         rows = state.rows[keep]
         ranks = np.empty_like(rows)  # insertion order kept, renumbered 0..n-1
-        ranks[np.argsort(rows, kind="stable")] = np.arange(rows.shape[0])
+        ranks[np.argsort(rows, kind="stable")] = np.arange(rows.shape[0], dtype=rows.dtype)
         return Snapshot(emb=state.emb[keep], codes=state.codes[keep], ids=state.ids[keep],
                         rows=ranks, offsets=None, items=None)
 
@@ -266,8 +333,8 @@ class SparseHashTable(Index):
             self.dim = emb.shape[1]
         return Snapshot(emb=emb, codes=np.concatenate([state.codes, other.codes]),
                         ids=np.concatenate([state.ids, other_ids]),
-                        rows=np.concatenate([state.rows, state.size + other.rows]),
-                        offsets=None, items=None)
+                        rows=np.concatenate([state.rows, (state.size + other.rows).astype(
+                            np.int32)]), offsets=None, items=None)
 
     def _check_compatible(self, other: SparseHashTable) -> None:
         for name in ("num_buckets", "k", "metric"):
@@ -277,9 +344,25 @@ class SparseHashTable(Index):
         if self.dim is not None and other.dim is not None and self.dim != other.dim:
             raise ValueError(f"the tables' embeddings differ in dimension: {self.dim} here, "
                              f"{other.dim} there")
+        mine, theirs = self.storage, other.storage
+        same = (mine is theirs or (isinstance(mine, str) and mine == theirs)
+                or (isinstance(mine, ProductQuantizer) and isinstance(theirs, ProductQuantizer)
+                    and mine.num_subspaces == theirs.num_subspaces
+                    and mine.nbits == theirs.nbits
+                    and np.array_equal(mine.codebooks, theirs.codebooks)))
+        if not same:
+            raise ValueError("the tables keep their embeddings differently (storage): "
+                             f"{self._storage_name()} here, {other._storage_name()} there")
+
+    def _storage_name(self) -> str:
+        return "PQ codes" if isinstance(self.storage, ProductQuantizer) else self.storage
 
     def _reconstructed(self, state: Snapshot, positions: np.ndarray) -> np.ndarray:
-        return state.emb[positions]
+        """The stored embeddings (float16 ones as float32; PQ codes decoded)."""
+        rows = state.emb[positions]
+        if isinstance(self.storage, ProductQuantizer):
+            return self.storage.decode(rows)
+        return rows.astype(np.float32)
 
     def _built(self, state: Snapshot) -> Snapshot:
         """``state`` sorted by codes with its CSR (:meth:`_sorted`), built once per snapshot
@@ -320,6 +403,8 @@ class SparseHashTable(Index):
 
     @staticmethod
     def _gathered(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+        if rows.dtype == np.float16:  # Numba has no float16 arrays: gather the bits
+            return SparseHashTable._gathered(rows.view(np.uint16), order).view(np.float16)
         out = np.empty_like(rows)
         _table_cpu.gather_rows(rows, order, out)
         return out
@@ -388,7 +473,8 @@ class SparseHashTable(Index):
         state = self._state  # the snapshot this search reads, whatever happens meanwhile
         # the GPU probe takes excluded ids per query; a filter for every query runs here
         per_query = include is None and (exclude is None or np.ndim(exclude) == 2)
-        if (per_query and origin.is_cuda and _gpu.available() and state.size
+        if (per_query and self.storage == "float32" and origin.is_cuda and _gpu.available()
+                and state.size
                 and check_int(topk, "topk", 1) <= _table_gpu.MAX_TOPK):
             return self._search_on_device(origin, query_activations, query_embeddings, topk,
                                           state, exclude)
@@ -573,10 +659,11 @@ class SparseHashTable(Index):
     def _probe_arrays(self, state: Snapshot) -> tuple[np.ndarray, ...]:
         """(offsets, items, codes, embeddings, rows, item_of_row, ids): what the GPU probe
         (qkernels/cuda/table.cu) reads, on the host."""
-        item_of_row = np.empty_like(state.rows)
-        item_of_row[state.rows] = np.arange(state.rows.shape[0])
-        return (state.offsets, state.items, state.codes, state.emb, state.rows, item_of_row,
-                state.ids)
+        rows = state.rows.astype(np.int64)
+        item_of_row = np.empty_like(rows)
+        item_of_row[rows] = np.arange(rows.shape[0])
+        return (state.offsets, state.items, state.codes.astype(np.int64), state.emb, rows,
+                item_of_row, state.ids)
 
     def _search_block(self, state, act, emb, topk, excluded, mask, chunks, dist, items, counts,
                       probes=None):
@@ -611,8 +698,10 @@ class SparseHashTable(Index):
         heap_size = np.zeros((chunks, num_queries), dtype=np.int64)
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
-        _table_cpu.scan_buckets(emb, self.k, chunk_starts, state.offsets, state.items,
-                                state.codes, state.emb, state.rows, excluded, mask,
+        stored = state.emb.view(np.uint16) if state.emb.dtype == np.float16 else state.emb
+        _table_cpu.scan_buckets(emb, self._rerank_tables(emb), self.k, chunk_starts,
+                                state.offsets, state.items, state.codes, stored, state.rows,
+                                excluded, mask,
                                 probe_offsets, probe_list, bucket_offsets, who, where,
                                 inner_product, heap_dist, heap_row, heap_item, heap_size, found)
         counts[:] = found.sum(axis=0)
@@ -623,8 +712,9 @@ class SparseHashTable(Index):
 
     _FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
         "num_buckets": ("iu", 0), "k": ("iu", 0), "metric": ("U", 0), "dim": ("iu", 0),
-        "embeddings": ("f", 2), "codes": ("iu", 2), "ids": ("iu", 1), "rows": ("iu", 1),
-    }  # and, absent from files of earlier releases: "next_id", "default_ids"
+        "embeddings": ("fu", 2), "codes": ("iu", 2), "ids": ("iu", 1), "rows": ("iu", 1),
+    }  # and, absent from files of earlier releases: "next_id", "default_ids", "storage" (then
+    # float32 embeddings), and for PQ storage "pq_nbits", "pq_codebooks"
 
     def _arrays_of(self, state: Snapshot) -> dict[str, np.ndarray]:
         return {"num_buckets": np.array(self.num_buckets), "k": np.array(self.k),
@@ -632,11 +722,18 @@ class SparseHashTable(Index):
                 "dim": np.array(-1 if self.dim is None else self.dim),
                 "embeddings": state.emb, "codes": state.codes, "ids": state.ids,
                 "rows": state.rows, "next_id": np.array(self._next_id),
-                "default_ids": np.array(self._default_ids)}
+                "default_ids": np.array(self._default_ids), **self._storage_members()}
+
+    def _storage_members(self) -> dict[str, np.ndarray]:
+        if isinstance(self.storage, ProductQuantizer):
+            return {"storage": np.array("pq"), "pq_nbits": np.array(self.storage.nbits),
+                    "pq_codebooks": self.storage.codebooks}
+        return {"storage": np.array(self.storage)}
 
     @classmethod
     def _from_arrays(cls, a: dict[str, np.ndarray]) -> SparseHashTable:
-        table = cls(int(a["num_buckets"]), int(a["k"]), str(a["metric"]))
+        table = cls(int(a["num_buckets"]), int(a["k"]), str(a["metric"]),
+                    storage=_storage_of(a))
         table._restore(a)
         return table
 
@@ -644,19 +741,29 @@ class SparseHashTable(Index):
         """This (empty) table's items from a file's checked members."""
         n = a["ids"].shape[0]
         dim = int(a["dim"])
+        width = (self.storage.num_subspaces if isinstance(self.storage, ProductQuantizer)
+                 else dim)
         if (a["codes"].shape != (n, self.k) or a["rows"].shape != (n,)
                 or a["embeddings"].shape[0] != n
-                or (n and a["embeddings"].shape[1] != dim)):
+                or (n and a["embeddings"].shape[1] != width)):
             raise ValueError("array shapes do not agree")
         if not n:
             if "next_id" in a:
                 self._restore_ids({k: v for k, v in a.items() if k != "ids"}, 0)
             return
         self.dim = dim
-        emb = self._embeddings(a["embeddings"], "embeddings")
-        codes = as_index_array(a["codes"], "codes", self.num_buckets).copy()
+        emb = a["embeddings"]
+        if isinstance(self.storage, ProductQuantizer):
+            emb = self.storage.check_codes(emb, "embeddings (PQ codes)").copy()
+        else:
+            if emb.dtype.kind != "f":
+                raise ValueError(f"the embeddings are {emb.dtype}; the table keeps "
+                                 f"{self.storage}")
+            # checked as added ones are (finite, in range); float16 ones convert exactly
+            emb = self._stored(self._embeddings(emb, "embeddings")).copy()
+        codes = as_index_array(a["codes"], "codes", self.num_buckets).astype(np.int32)
         _check_distinct(codes, "codes")
-        rows = as_index_array(a["rows"], "rows", n).copy()
+        rows = as_index_array(a["rows"], "rows", n).astype(np.int32)
         if np.unique(rows).shape[0] != n:
             raise ValueError("insertion rows repeat")
         # the ids in the order added, for the checks; stored in the file's order
@@ -666,6 +773,22 @@ class SparseHashTable(Index):
         self._restore_ids({**a, "ids": ids[order]}, n)
         self._state = Snapshot(emb=emb, codes=codes, ids=ids_array(ids, "ids", n), rows=rows,
                                offsets=None, items=None)
+
+
+def _storage_of(a: dict[str, np.ndarray]) -> str | ProductQuantizer:
+    """The ``storage`` a table file names (files of earlier releases: float32)."""
+    name = a.get("storage")
+    if name is None:
+        return "float32"
+    name = str(name)
+    if name != "pq":
+        return name
+    codebooks = a.get("pq_codebooks")
+    nbits = a.get("pq_nbits")
+    if codebooks is None or nbits is None or codebooks.ndim != 3:
+        raise ValueError("a table of PQ storage lacks its quantizer's codebooks")
+    m, _, dsub = codebooks.shape
+    return ProductQuantizer(m * dsub, m, int(nbits)).set_codebooks(codebooks)
 
 
 def _merged_exclude(exclude: Any, exclude_ids: Any) -> Any:
