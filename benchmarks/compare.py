@@ -1,7 +1,8 @@
 """Ours against the peers users run today, in one process, interleaved, as ratios.
 
     python benchmarks/compare.py SUITE [--repeat N] [--markdown PATH]
-    SUITE: flow | table | pq | binary | hierarchical | lifecycle | sharded | gpu | all
+    SUITE: flow | table | pq | binary | hierarchical | compressed | lifecycle | sharded | gpu |
+           all
 
 ``--markdown docs/performance.md`` also writes what it prints to that page of the docs,
 headed by the command, the date, the machine and the libraries' versions.
@@ -525,6 +526,82 @@ def _sharded_rank(rank: int, init_file: str, args: argparse.Namespace, out: str)
 
 
 @suite
+def compressed(args: argparse.Namespace) -> None:
+    """SparseHashTable with float32, float16 and PQ re-ranking against faiss IndexIVFPQ over
+    the same bucket lists (k = 1: one bucket per item, the nearest of the coarse centroids)."""
+    import faiss
+    import torch
+    from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
+
+    n, dim, nlist, num_queries, topk, m = args.compressed_size, 64, 1024, 1000, 16, 8
+    print(f"### compressed: SparseHashTable storages vs faiss {faiss.__version__} IndexIVFPQ "
+          f"over the same lists, N = {n:,}, {dim}-d, {nlist} buckets, k = 1, "
+          f"{num_queries} queries, top-{topk}\n")
+    x = _gaussian_classes(n, dim, seed=21)
+    xq = _gaussian_classes(num_queries, dim, seed=22)
+    coarse = faiss.Kmeans(dim, nlist, niter=10, seed=1)
+    coarse.train(x[: 50 * nlist])
+    quantizer = faiss.IndexFlatL2(dim)
+    quantizer.add(coarse.centroids)
+    buckets = np.empty(n, dtype=np.int64)
+    for start in range(0, n, 1_000_000):
+        buckets[start : start + 1_000_000] = quantizer.search(
+            x[start : start + 1_000_000], 1)[1][:, 0]
+    centroids = torch.from_numpy(coarse.centroids)
+    q_act = -torch.cdist(torch.from_numpy(xq), centroids).square().numpy()  # nearest first
+    assign = np.argmax(q_act, axis=1)[:, None].astype(np.int64)
+    truth = _torch_exhaustive(x, xq, topk)
+    pq = qk.ProductQuantizer(dim, m, 8).train(x[:65_536])
+    print(f"Data: 1,000 Gaussian classes; buckets: the nearest of {nlist} k-means centroids "
+          f"(the IVF lists); the queries probe their nearest bucket (and more while they have "
+          f"fewer than {topk} candidates). PQ: {m} x 8 bits, the table's codebooks trained on "
+          "65,536 raw vectors, faiss' on residuals (its default) or on the vectors "
+          f"(by_residual=False). recall@{topk} against the exact neighbours; bytes per item "
+          "of the index's arrays (ids included); median of "
+          f"{args.repeat} interleaved runs of the whole query set, 2 threads.\n")
+
+    def recall(I) -> float:
+        return float(np.mean([len(set(a) & set(b)) / topk for a, b in zip(I, truth,
+                                                                            strict=True)]))
+
+    rows, contestants = [], {}
+    tables = {"SparseHashTable, float32": "float32", "SparseHashTable, float16": "float16",
+              f"SparseHashTable, PQ {m} x 8 bits": pq}
+    built = {}
+    for name, storage in tables.items():
+        table = qk.SparseHashTable(nlist, 1, storage=storage).add_codes(buckets[:, None], x)
+        table.search(q_act[:2], xq[:2], topk)  # builds the lists
+        built[name] = table
+        contestants[name] = lambda t=table: t.search(q_act, xq, topk)
+    ivfs = {}
+    for name, residual in (("faiss IndexIVFPQ, same lists", True),
+                           ("faiss IndexIVFPQ, same lists, by_residual=False", False)):
+        ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8)
+        ivf.by_residual = residual
+        ivf.train(x[:65_536])
+        add_preassigned(ivf, x, buckets)
+        ivfs[name] = ivf
+        contestants[name] = lambda ivf=ivf: search_preassigned(ivf, xq, topk, assign)
+    medians = interleaved(contestants, args.repeat)
+    reference = medians[f"SparseHashTable, PQ {m} x 8 bits"]
+    for name, table in built.items():
+        _, I = table.search(q_act, xq, topk)
+        suf = qk.metrics.search_speedup(table.candidate_counts, n)
+        rows.append([name, f"{table.nbytes / n:.1f}", f"{recall(I):.3f}",
+                     f"{num_queries / medians[name]:,.0f}", f"{suf:.0f}",
+                     f"{medians[name] / reference:.2f}x"])
+    for name, ivf in ivfs.items():
+        _, I = search_preassigned(ivf, xq, topk, assign)
+        invlists = ivf.invlists
+        size = sum(invlists.list_size(i) for i in range(nlist)) * (ivf.code_size + 8)
+        rows.append([name, f"{size / n:.1f}", f"{recall(I):.3f}",
+                     f"{num_queries / medians[name]:,.0f}", "",
+                     f"{medians[name] / reference:.2f}x"])
+    print_table(["index", "bytes / item", f"recall@{topk}", "q/s", "SUF",
+                 "time vs the PQ table"], rows)
+
+
+@suite
 def lifecycle(args: argparse.Namespace) -> None:
     """What each index's changes cost: add, remove_ids, the first search after a removal,
     merge_from, reset, to_bytes, and a filtered search against an unfiltered one."""
@@ -750,6 +827,8 @@ def main() -> None:
     parser.add_argument("--table-size", type=int, default=1_000_000,
                         help="database size of the table, pq and binary suites "
                              "(default 1,000,000)")
+    parser.add_argument("--compressed-size", type=int, default=10_000_000,
+                        help="database size of the compressed suite (default 10,000,000)")
     parser.add_argument("--sharded-size", type=int, default=2_000_000,
                         help="database size of the sharded suite (default 2,000,000)")
     parser.add_argument("--markdown", type=Path, metavar="PATH",
