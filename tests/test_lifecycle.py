@@ -283,3 +283,66 @@ def test_the_protocol_against_the_model(kind):
     settings(max_examples=15, stateful_step_count=25, deadline=None,
              suppress_health_check=[HealthCheck.too_slow])(machine)
     machine.TestCase().runTest()
+
+
+# ------------------------------------------------------------------ refusals
+
+def _binary(n=10, **kwargs):
+    rng = np.random.default_rng(0)
+    return qk.BinaryIndex(16).add(qk.pack_bits(rng.integers(0, 2, (n, 16)).astype(np.uint8)),
+                                  **kwargs)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: _binary().remove_ids(np.array([3, 99])), ValueError,
+     r"id 99 is not in the index \(1 of the 2 ids are not\)"),
+    (lambda: _binary().remove_ids(np.array([3, 3])), ValueError, "ids holds 3 twice"),
+    (lambda: _binary().remove_ids(np.array([2**63], dtype=np.uint64)), ValueError,
+     "outside int64"),
+    (lambda: _binary().remove_ids(np.array([1.0])), TypeError, "must hold integers"),
+    (lambda: _binary(ids=np.array([2**63 + 1] * 1 + list(range(9)), dtype=np.uint64)),
+     ValueError, "outside int64"),
+    (lambda: _binary(ids=np.arange(10) - 1), ValueError, "ids holds -1"),
+    (lambda: _binary(ids=np.zeros(10, dtype=np.int64)), ValueError, "ids holds 0 twice"),
+    (lambda: _binary(ids=np.arange(9)), ValueError, "ids has 9 entries for 10 items"),
+    (lambda: _binary().add(_binary().codes[:1], ids=np.array([4])), ValueError,
+     "id 4 is already in the index"),
+    (lambda: _binary().search(_binary().codes, 3, include=np.array([1]),
+                              exclude=np.array([2])), ValueError, "include or exclude, not both"),
+    (lambda: _binary().search(_binary().codes, 3, exclude=np.zeros((4, 2), dtype=np.int64)),
+     ValueError, "exclude has 4 rows but there are 10 queries"),
+    (lambda: _binary().search(_binary().codes, 3, include=np.zeros((10, 2), dtype=np.int64)),
+     ValueError, r"include must have shape \(n,\) ids for every query, got shape \(10, 2\)"),
+    (lambda: _binary().search(_binary().codes, 3, exclude=np.array([-2])), ValueError,
+     "exclude holds -2"),
+    (lambda: _binary().merge_from(qk.BinaryIndex(24)), ValueError,
+     "differ in nbits: 16 here, 24 there"),
+    (lambda: _binary().merge_from(qk.SparseHashTable(4, 1)), TypeError,
+     "merge_from takes a BinaryIndex"),
+    (lambda: _binary().merge_from(_binary(ids=np.arange(10) + 5)), ValueError,
+     "id 5 is in both indexes"),
+    (lambda: qk.SparseHashTable(8, 1).merge_from(qk.SparseHashTable(8, 2)), ValueError,
+     "differ in k"),
+    (lambda: qk.PQIndex(qk.ProductQuantizer(4, 2, 3).set_codebooks(np.zeros((2, 8, 2)))).
+     merge_from(qk.PQIndex(qk.ProductQuantizer(4, 2, 3).set_codebooks(np.ones((2, 8, 2))))),
+     ValueError, "different codebooks"),
+    (lambda: _binary().reconstruct(np.array([42])), ValueError, "id 42 is not in the index"),
+    (lambda: qk.BinaryIndex.from_bytes(b"not an index"), ValueError, "not a readable"),
+    (lambda: qk.BinaryIndex.from_bytes(_binary().to_bytes()[:-20]), ValueError,
+     "not a readable"),
+    (lambda: qk.PQIndex.from_bytes(_binary().to_bytes()), ValueError,
+     "not a qkernels PQIndex file"),
+    (lambda: qk.BinaryIndex.from_bytes("text"), TypeError, "from_bytes takes bytes"),
+    (lambda: qk.Index(), TypeError, "the protocol the four indexes share"),
+])
+def test_the_protocol_refuses_clearly(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_a_merge_leaves_the_other_index_empty_and_reusable():
+    index, other = _binary(), _binary()
+    index.merge_from(other)
+    assert index.ids.tolist() == list(range(20)) and other.ntotal == 0 and other.next_id == 0
+    other.add(index.codes[:2])
+    assert other.ids.tolist() == [0, 1]
