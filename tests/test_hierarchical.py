@@ -189,3 +189,35 @@ def test_assign_hierarchical_codes_gives_classes_one_code_and_matches_a_direct_s
     level1, level2 = qk.solve_hierarchical_codes(m1, m2, 2, 100.0, 0.5)
     np.testing.assert_array_equal(codes.level1.numpy(), level1.numpy()[labels.numpy()])
     np.testing.assert_array_equal(codes.level2.numpy(), level2.numpy()[labels.numpy()])
+
+
+def test_the_protocol_on_compound_tables_equals_the_reference():
+    """Ids, a removal, a merge, a round trip through bytes and an include filter on a
+    cascaded table: the loop reference over the items that remain and pass."""
+    rng = np.random.default_rng(8)
+    n, d = 120, 4
+    parents, children = rng.integers(0, d, n), np.stack([rng.permutation(d)[:2]
+                                                         for _ in range(n)])
+    emb = rng.integers(0, 3, (n, 3)).astype(np.float32)
+    ids = rng.permutation(1000)[:n]
+    table = qk.HierarchicalHashTable(d, 2).add_codes(parents[:80], children[:80], emb[:80],
+                                                     ids[:80])
+    other = qk.HierarchicalHashTable(d, 2).add_codes(parents[80:], children[80:], emb[80:],
+                                                     ids[80:])
+    table.merge_from(other)
+    gone = ids[::7]
+    assert table.remove_ids(gone) == gone.shape[0]
+    table = qk.HierarchicalHashTable.from_bytes(table.to_bytes())
+    allowed = ids[::2]
+    q1, q2 = rng.standard_normal((6, d)), rng.standard_normal((6, d))
+    q_emb = rng.integers(0, 3, (6, 3)).astype(np.float32)
+    D, I = table.search(q1, q2, q_emb, 5, include=allowed)
+    keep = np.isin(ids, allowed) & ~np.isin(ids, gone)
+    want_d, want_i, counts = ref.hierarchical_table_search(
+        parents[keep], children[keep], emb[keep], q1, q2, q_emb, 2, 5)
+    kept_ids = ids[keep]
+    np.testing.assert_array_equal(I, [[kept_ids[r] if r >= 0 else -1 for r in row]
+                                      for row in want_i])
+    np.testing.assert_array_equal(D, np.array(want_d, dtype=np.float32))
+    np.testing.assert_array_equal(table.candidate_counts, counts)
+    assert table.ids.tolist() == [i for i in ids if i not in set(gone.tolist())]
