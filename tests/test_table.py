@@ -349,7 +349,7 @@ def test_counting_sort_equals_a_stable_sort(seed, n, num_buckets, k, chunks):
         (lambda: qk.SparseHashTable(4, 1).search(np.zeros((1, 4)), np.zeros((1, 3)), 0),
          ValueError, "topk must be >= 1"),
         (lambda: qk.SparseHashTable(4, 1).search(np.zeros((1, 4)), np.zeros((1, 3)), 1,
-                                                 exclude_ids=np.zeros(2, int)), ValueError,
+                                                 exclude=np.zeros((2, 1), int)), ValueError,
          "exclude has 2 rows but there are 1 queries"),
         (lambda: qk.SparseHashTable(4, 2).add_codes(np.array([[1, 1]]), np.zeros((1, 2))),
          ValueError, "distinct"),
@@ -362,3 +362,15 @@ def test_counting_sort_equals_a_stable_sort(seed, n, num_buckets, k, chunks):
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_exclude_ids_is_a_deprecated_name_for_exclude_by_rows():
+    rng = np.random.default_rng(4)
+    table = qk.SparseHashTable(8, 2).add(rng.standard_normal((60, 8)),
+                                         rng.standard_normal((60, 3)))
+    q_act, q_emb = rng.standard_normal((4, 8)), rng.standard_normal((4, 3))
+    with pytest.warns(DeprecationWarning, match="exclude_ids is deprecated"):
+        old = table.search(q_act, q_emb, 5, exclude_ids=np.arange(4))
+    new = table.search(q_act, q_emb, 5, exclude=np.arange(4)[:, None])
+    for a, b in zip(old, new, strict=True):
+        np.testing.assert_array_equal(a, b)

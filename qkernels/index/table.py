@@ -159,7 +159,7 @@ class SparseHashTable(Index):
             return np.ascontiguousarray(self.storage.encode(emb))
         if self.storage == "float16":
             largest = float(np.abs(emb).max()) if emb.size else 0.0
-            if largest > np.finfo(np.float16).max:
+            if largest > float(np.finfo(np.float16).max):
                 raise ValueError(f"embeddings hold a value of magnitude {largest:.3g}, beyond "
                                  f"float16's {np.finfo(np.float16).max:.0f}: scale them down "
                                  "or keep them as float32")
