@@ -6,13 +6,13 @@ it: a build that rearranges arrays in place while another thread reads them corr
 for good. :class:`LazyState` gives each index one lock under which such state is built, checked
 again inside the lock (a thread that waited finds it built), and published in one assignment.
 
-Searches never take the lock once the state exists; ``add`` is not meant to run concurrently
-with searches of the same index (as with FAISS indexes).
+Searches never take the lock once the state exists. The indexes go further
+(``qkernels.index._base``): their items live in immutable snapshots, so a change may run
+while other threads search, and what a search derives is cached on the snapshot it read.
 
-Device mirrors (copies of an index's arrays on each GPU searched from) are one idiom for every
-index: :meth:`LazyState._device_mirror`, keyed by the device and by version counters (the
-index's own, bumped by :meth:`LazyState._changed` on every add, plus e.g. the quantizer's
-``codebooks_version``), never by ``id()`` of an array, which a new array may reuse.
+:meth:`LazyState._changed` bumps a version counter at every change (``Index.version``);
+:meth:`LazyState._device_mirror` keys device copies by it and by e.g. the quantizer's
+``codebooks_version``, never by ``id()`` of an array, which a new array may reuse.
 """
 
 from __future__ import annotations
