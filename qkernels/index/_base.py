@@ -65,6 +65,12 @@ class Snapshot:
     def size(self) -> int:
         return int(self.arrays["ids"].shape[0])
 
+    def ids_of(self, positions: np.ndarray) -> np.ndarray:
+        """The ids of stored positions (-1, a missing result, stays -1)."""
+        if self.size == 0:
+            return positions
+        return np.where(positions >= 0, self.arrays["ids"][np.maximum(positions, 0)], -1)
+
 
 def ids_array(ids: Any, name: str, rows: int | None = None) -> np.ndarray:
     """``ids`` as a contiguous int64 array of values in ``0..2**63-1``, or a clear error."""

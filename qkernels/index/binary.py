@@ -347,7 +347,7 @@ class BinaryIndex(Index):
         mask, excluded = self._filter(state, include, exclude, queries.shape[0])
         dist, items = _search(_words(queries), self._host_columns(state), topk, pair, mask,
                               excluded)
-        return origin.wrap(dist), origin.wrap(_as_ids(state, items))
+        return origin.wrap(dist), origin.wrap(state.ids_of(items))
 
     def _query_features(self, state: Snapshot, query_features: Any, rows: int) -> np.ndarray:
         if state.features is None:
@@ -463,10 +463,3 @@ class BinaryIndex(Index):
                   None if ids is None else ids_array(ids, "ids", arrays["codes"].shape[0]))
         index._restore_ids(arrays, index.ntotal)
         return index
-
-
-def _as_ids(state: Snapshot, items: np.ndarray) -> np.ndarray:
-    """Stored positions (-1: missing) as the items' ids."""
-    if state.size == 0:
-        return items
-    return np.where(items >= 0, state.ids[np.maximum(items, 0)], -1)

@@ -275,7 +275,7 @@ class PQIndex(Index):
                 _pq_cpu.scan_by_query(tables, state.codes, work, inner_product, dist, items,
                                       mask, excluded)
         dist, items = padded(dist, items, topk, -np.inf if inner_product else np.inf)
-        return origin.wrap(dist), origin.wrap(_as_ids(state, items))
+        return origin.wrap(dist), origin.wrap(state.ids_of(items))
 
     def _check_rerank(self, rerank: Any, topk: int, symmetric: bool) -> int | None:
         if rerank is None:
@@ -410,7 +410,7 @@ class PQIndex(Index):
                         database_chunks(num_queries, state.size), inner_product, approx, items,
                         sums, mask, excluded)
         _fastscan_cpu.adc_of(tables, state.codes, items, inner_product, adc)
-        return sums, _as_ids(state, items), approx, adc
+        return sums, state.ids_of(items), approx, adc
 
     def _fast_scan(self, state, tables, candidates, rerank, chunks, inner_product, dist, items,
                    sums, mask, excluded):
@@ -514,10 +514,3 @@ class PQIndex(Index):
         ids = index._restore_ids(arrays, codes.shape[0])
         index._state = Snapshot(codes=codes.copy(), ids=ids)
         return index
-
-
-def _as_ids(state: Snapshot, items: np.ndarray) -> np.ndarray:
-    """Stored positions (-1: missing) as the items' ids."""
-    if state.size == 0:
-        return items
-    return np.where(items >= 0, state.ids[np.maximum(items, 0)], -1)

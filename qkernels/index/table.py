@@ -517,7 +517,7 @@ class SparseHashTable(Index):
                 self._search_block(state, act[part], emb[part], work, excluded[part], mask,
                                    chunks, dist[part], items[part], counts[part],
                                    None if probes is None else probes[part])
-            ids = np.where(items >= 0, state.ids[np.maximum(items, 0)], -1)
+            ids = state.ids_of(items)
         dist, ids = padded(dist, ids, topk, -np.inf if self.metric == "ip" else np.inf)
         return dist, ids.astype(np.int64, copy=False), counts
 
