@@ -237,19 +237,25 @@ def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
     d = _data()
     codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
-    context = mp.spawn(_rank, args=(str(tmp / "init"), codebooks, str(tmp)), nprocs=WORLD,
-                       join=False)
-    deadline = time.monotonic() + 600
-    while not context.join(timeout=5):
+    return _spawned(_rank, (str(tmp / "init"), codebooks, str(tmp)), tmp, "errors", "rank",
+                    600, "the sharded processes did not finish in 10 minutes (a deadlock?)")
+
+
+def _spawned(function, args, tmp, errors_name, results_name, seconds, hang):
+    """Run ``function(rank, *args)`` on WORLD processes (failing the test after ``seconds``
+    with ``hang``); each rank's ``{results_name}{rank}.npz`` and ``{errors_name}{rank}.json``."""
+    context = mp.spawn(function, args=args, nprocs=WORLD, join=False)
+    deadline = time.monotonic() + seconds
+    while not context.join(timeout=2):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail("the sharded processes did not finish in 10 minutes (a deadlock?)")
+            pytest.fail(hang)
     results = []
     for rank in range(WORLD):
-        errors = json.loads((tmp / f"errors{rank}.json").read_text())
+        errors = json.loads((tmp / f"{errors_name}{rank}.json").read_text())
         assert "crash" not in errors, errors["crash"]
-        with np.load(tmp / f"rank{rank}.npz") as f:
+        with np.load(tmp / f"{results_name}{rank}.npz") as f:
             results.append(({key: f[key] for key in f.files}, errors))
     return results
 
@@ -449,21 +455,8 @@ def _faulty_rank(rank, init_file, out_dir):
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    context = mp.spawn(_faulty_rank, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD,
-                       join=False)
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the faulty ranks did not finish in 5 minutes (a hang)")
-    results = []
-    for rank in range(WORLD):
-        errors = json.loads((tmp / f"fault{rank}.json").read_text())
-        assert "crash" not in errors, errors["crash"]
-        with np.load(tmp / f"fault{rank}.npz") as f:
-            results.append(({key: f[key] for key in f.files}, errors))
-    return results
+    return _spawned(_faulty_rank, (str(tmp / "init"), str(tmp)), tmp, "fault", "fault", 300,
+                    "the faulty ranks did not finish in 5 minutes (a hang)")
 
 
 def test_a_rank_raising_in_its_search_is_an_error_everywhere(faults):

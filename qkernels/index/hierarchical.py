@@ -189,7 +189,8 @@ class HierarchicalHashTable(Index):
         embeddings : array_like, shape (N, dim)
             What the candidates are re-ranked by.
         ids : array_like of int, shape (N,), optional
-            Ids ``>= 0`` (default: the next ``N`` positions).
+            64-bit ids ``>= 0``, unique in the table (default: the next ``N`` of
+            ``next_id``).
 
         Returns
         -------
@@ -227,7 +228,8 @@ class HierarchicalHashTable(Index):
         embeddings : array_like, shape (N, dim)
             What the candidates are re-ranked by.
         ids : array_like of int, shape (N,), optional
-            Ids ``>= 0`` (default: the next ``N`` positions).
+            64-bit ids ``>= 0``, unique in the table (default: the next ``N`` of
+            ``next_id``).
 
         Returns
         -------

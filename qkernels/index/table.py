@@ -554,11 +554,8 @@ class SparseHashTable(Index):
             If an array does not hold numbers of the right kind.
         """
         act = self._activations(query_activations, "query_activations")
-        max_probes = to_numpy(probes, allow_device_copy=True, name="probes")
-        check_rank(max_probes, "probes", (1,), "(Q,)")
-        check_same_rows(act, "query_activations", max_probes, "probes")
         return self._count_candidates(act, include, exclude,
-                                      as_index_array(max_probes, "probes"))
+                                      _probes(probes, act))
 
     def search_probes(self, query_activations: Any, query_embeddings: Any, topk: int,
                       probes: Any, *, include: Any = None, exclude: Any = None
@@ -600,11 +597,8 @@ class SparseHashTable(Index):
             As :meth:`search`.
         """
         act, emb = self._host_queries(query_activations, query_embeddings)
-        max_probes = to_numpy(probes, allow_device_copy=True, name="probes")
-        check_rank(max_probes, "probes", (1,), "(Q,)")
-        check_same_rows(act, "query_activations", max_probes, "probes")
         return self._search_host(act, emb, check_int(topk, "topk", 1), include, exclude,
-                                 as_index_array(max_probes, "probes"))
+                                 _probes(probes, act))
 
     def _count_candidates(self, act: np.ndarray, include: Any, exclude: Any,
                           max_probes: np.ndarray) -> np.ndarray:
@@ -789,6 +783,14 @@ def _storage_of(a: dict[str, np.ndarray]) -> str | ProductQuantizer:
         raise ValueError("a table of PQ storage lacks its quantizer's codebooks")
     m, _, dsub = codebooks.shape
     return ProductQuantizer(m * dsub, m, int(nbits)).set_codebooks(codebooks)
+
+
+def _probes(probes: Any, act: np.ndarray) -> np.ndarray:
+    """``probes`` checked as one count of buckets per query of ``act``."""
+    counts = to_numpy(probes, allow_device_copy=True, name="probes")
+    check_rank(counts, "probes", (1,), "(Q,)")
+    check_same_rows(act, "query_activations", counts, "probes")
+    return as_index_array(counts, "probes")
 
 
 def _merged_exclude(exclude: Any, exclude_ids: Any) -> Any:
