@@ -34,3 +34,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def standin():
+    """cupy replaced by tests/cupy_standin.py for the test (the GPU paths' Python, with the
+    kernels under the CUDA emulation); yields its ledger of copies and launches."""
+    from tests import cupy_standin, emulation
+
+    if emulation.compiler() is None:
+        pytest.skip("the cupy stand-in runs the kernels under the CUDA emulation, which needs g++")
+    with cupy_standin.installed() as ledger:
+        yield ledger

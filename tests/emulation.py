@@ -55,7 +55,12 @@ def compiler() -> str | None:
 
 def kernels(source: str) -> list[str]:
     """The ``extern "C" __global__`` kernels of ``qkernels/cuda/<source>.cu``."""
-    return _KERNEL.findall((CUDA / f"{source}.cu").read_text())
+    return kernels_of((CUDA / f"{source}.cu").read_text())
+
+
+def kernels_of(code: str) -> list[str]:
+    """The ``extern "C" __global__`` kernels of CUDA source text."""
+    return _KERNEL.findall(code)
 
 
 def sources() -> list[str]:
