@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _gpu
 from ._arrays import origin_of, to_cupy, to_numpy
 from ._checks import check_columns, check_int, check_rank
 
@@ -20,8 +21,8 @@ def pack_bits(x: Any) -> Any:
     Parameters
     ----------
     x : array_like, shape (N, bits)
-        Real numbers or booleans; numpy array or torch tensor. ``+-inf`` are accepted (only
-        the sign is read).
+        Real numbers or booleans; numpy array, torch tensor or cupy array (GPU input is
+        packed on its device). ``+-inf`` are accepted (only the sign is read).
 
     Returns
     -------
@@ -48,16 +49,32 @@ def pack_bits(x: Any) -> Any:
     array([[5, 1]], dtype=uint8)
     """
     origin = origin_of(x, names=("x",))
-    a = to_numpy(x, allow_device_copy=True)
+    on_device = origin.is_cuda and _gpu.available()
+    a = to_cupy(x) if on_device else to_numpy(x, allow_device_copy=True)
     check_rank(a, "x", (2,), "(N, bits)")
     check_columns(a, "x", "bits")
     if a.dtype.kind not in "biuf":
         raise TypeError(f"x must hold real numbers or booleans, got dtype {a.dtype}")
-    if a.dtype.kind == "f" and a.size and np.isnan(a).any():
-        where = tuple(int(i) for i in np.argwhere(np.isnan(a))[0])
+    xp = _gpu.array_module(a) if on_device else np
+    if a.dtype.kind == "f" and a.size and bool(xp.isnan(a).any()):
+        where = tuple(int(i) for i in xp.argwhere(xp.isnan(a))[0])
         raise ValueError(f"x holds NaN at index {where}; a NaN has no sign (bit j is "
                          "x[:, j] > 0, and +-inf are accepted)")
+    if on_device:
+        return origin.wrap(pack_signs(a))
     return origin.wrap(np.packbits(a > 0, axis=1, bitorder="little"))
+
+
+def pack_signs(a: Any) -> Any:
+    """``pack_bits`` of a checked (N, bits) array on a GPU, without leaving it: each byte is
+    the sum of its eight bits times 1, 2, ..., 128 (least significant first)."""
+    xp = _gpu.array_module(a)
+    n, bits = a.shape
+    nbytes = -(-bits // 8)
+    padded = xp.zeros((n, nbytes * 8), dtype=xp.uint8)
+    padded[:, :bits] = a > 0
+    weights = xp.left_shift(xp.ones(8, dtype=xp.uint8), xp.arange(8, dtype=xp.uint8))
+    return (padded.reshape(n, nbytes, 8) * weights).sum(axis=2, dtype=xp.uint8)
 
 
 def unpack_bits(codes: Any, nbits: int) -> Any:

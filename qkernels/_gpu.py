@@ -29,7 +29,7 @@ from typing import Any
 from . import config
 
 __all__ = ["LIMITS", "array_module", "available", "block_size", "compile_options", "kernel",
-           "launch", "require"]
+           "launch", "mirrored", "require"]
 
 # per source (qkernels/cuda/<name>.cu): the -D defines it is compiled with
 LIMITS: dict[str, dict[str, int]] = {
@@ -118,3 +118,21 @@ def launch(source: str, function: str, grid: int, block: int, args: tuple[Any, .
     if grid == 0:
         return
     kernel(source, function)((grid,), (block,), args, shared_mem=shared_mem)
+
+
+def mirrored(owner: Any, sources: tuple[Any, ...], build):
+    """``build()``, the device copy of host ``sources`` on the current device, kept on
+    ``owner`` and made again only when one of ``sources`` is another object (a refit assigns
+    new arrays) or, for a torch tensor, was changed in place."""
+    import cupy
+
+    device = cupy.cuda.Device().id
+    token = tuple((id(a), getattr(a, "_version", 0)) for a in sources)
+    mirrors = owner.__dict__.setdefault("_device_mirrors", {})
+    kept = mirrors.get(device)
+    if kept is not None and kept[0] == token and all(a is b for a, b in zip(kept[1], sources,
+                                                                            strict=True)):
+        return kept[2]
+    value = build()
+    mirrors[device] = (token, sources, value)
+    return value

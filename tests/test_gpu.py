@@ -1,7 +1,12 @@
 """GPU kernels against their CPU twins (marked gpu; the whole module skips without a device).
 
-Run on a machine with an NVIDIA GPU and cupy: ``PYTHONPATH=. python3 -m pytest -m gpu``.
+Run on a machine with an NVIDIA GPU and cupy: ``PYTHONPATH=. python3 -m pytest -m gpu``
+(benchmarks/gpu_check.sh runs it with the GPU benchmarks). The shared cases of
+tests/gpu_cases.py run here with torch CUDA tensors in and out (the DLPack exchange that the
+stand-in cannot model), and again with cupy arrays.
 """
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ import torch
 
 import qkernels as qk
 from qkernels import _gpu
+from tests import gpu_cases
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,6 +35,55 @@ def cuda(a):
     return torch.from_numpy(np.ascontiguousarray(a)).cuda()
 
 
+class TorchDevice(gpu_cases.Device):
+    name = "torch"
+
+    def put(self, a):
+        return cuda(a)
+
+    def get(self, x):
+        torch.cuda.synchronize()
+        return x.cpu().numpy()
+
+    def is_device(self, x) -> bool:
+        return isinstance(x, torch.Tensor) and x.is_cuda
+
+    @contextlib.contextmanager
+    def stream(self):
+        with torch.cuda.stream(torch.cuda.Stream()) as stream:
+            yield stream
+
+
+class CupyDevice(gpu_cases.Device):
+    name = "cupy"
+
+    def put(self, a):
+        import cupy
+
+        return cupy.asarray(a)
+
+    def get(self, x):
+        import cupy
+
+        return cupy.asnumpy(x)
+
+    def is_device(self, x) -> bool:
+        import cupy
+
+        return isinstance(x, cupy.ndarray)
+
+    def stream(self):
+        import cupy
+
+        return cupy.cuda.Stream()
+
+
+@pytest.mark.parametrize("device", [TorchDevice(), CupyDevice()], ids=["torch", "cupy"])
+@pytest.mark.parametrize("name", sorted(gpu_cases.CASES))
+def test_gpu_entry_point(device, name):
+    gpu_cases.CASES[name](device)
+
+
 # ------------------------------------------------------------------ flow
 
 
@@ -46,30 +101,6 @@ def test_batched_solver_returns_the_cpu_codes(block_size, n, d, k):
     assert (np.diff(on_gpu.cpu().numpy(), axis=-1) > 0).all()
     # the kernel runs the CPU's algorithm step for step: the same codes, not only the optimum
     np.testing.assert_array_equal(on_gpu.cpu().numpy(), qk.solve_sparse_codes(scores, k, penalty))
-
-
-def test_solver_accepts_cupy_and_single_problems_and_float32():
-    import cupy
-
-    rng = np.random.default_rng(1)
-    scores = rng.standard_normal((20, 16)).astype(np.float32)
-    codes = qk.solve_sparse_codes(cupy.asarray(scores), 2, 0.5)
-    assert isinstance(codes, cupy.ndarray) and codes.shape == (20, 2)
-    cpu = qk.solve_sparse_codes(scores, 2, 0.5)
-    assert qk.sparse_code_objective(scores, codes.get(), 0.5) == pytest.approx(
-        qk.sparse_code_objective(scores, cpu, 0.5), rel=1e-9)
-
-
-def test_solver_runs_on_the_callers_stream():
-    rng = np.random.default_rng(2)
-    scores = rng.integers(-9, 10, (8, 24, 16)).astype(np.float64)
-    side = torch.cuda.Stream()
-    with torch.cuda.stream(side):
-        data = cuda(scores)
-        codes = qk.solve_sparse_codes(data, 2, 3.0)
-        values = qk.sparse_code_objective(scores, codes.cpu().numpy(), 3.0)
-    expected = qk.sparse_code_objective(scores, qk.solve_sparse_codes(scores, 2, 3.0), 3.0)
-    np.testing.assert_array_equal(values, expected)
 
 
 def test_assign_batch_codes_stays_on_the_device():
@@ -99,14 +130,6 @@ def test_hamming_equals_the_cpu(block_size, nbits):
     index = qk.BinaryIndex(nbits).add(db)
     D, I = index.search(cuda(queries), 10)
     np.testing.assert_array_equal(I.cpu().numpy(), qk.hamming_topk(queries, db, 10)[1])
-
-
-def test_hamming_pads_when_the_database_is_short():
-    db = qk.pack_bits(np.random.default_rng(3).standard_normal((5, 64)))
-    D, I = qk.hamming_topk(cuda(db[:2]), cuda(db), 8)
-    cD, cI = qk.hamming_topk(db[:2], db, 8)
-    np.testing.assert_array_equal(I.cpu().numpy(), cI)
-    np.testing.assert_array_equal(D.cpu().numpy(), cD)
 
 
 # ------------------------------------------------------------------ PQ
@@ -144,17 +167,8 @@ def test_table_probe_equals_the_cpu(block_size, k):
     for topk, exclude in ((16, None), (64, ids[queries][:, None])):
         D, I = table.search(cuda(act[queries]), cuda(emb[queries]), topk,
                             exclude=None if exclude is None else cuda(exclude))
-        gpu_counts = table.candidate_counts.copy()
+        gpu_counts = table.candidate_counts.cpu().numpy()  # on the queries' device
         cD, cI = table.search(act[queries], emb[queries], topk, exclude=exclude)
         np.testing.assert_array_equal(I.cpu().numpy(), cI)
         np.testing.assert_array_equal(D.cpu().numpy(), cD)
         np.testing.assert_array_equal(gpu_counts, table.candidate_counts)
-
-
-def test_table_probe_expands_like_the_cpu():
-    act = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    emb = np.arange(4, dtype=np.float32)[:, None]
-    table = qk.SparseHashTable(2, 1).add(act, emb)
-    _, I = table.search(cuda(np.array([[1.0, 0.5]])), cuda(np.array([[0.0]], np.float32)), 3)
-    assert I.cpu().tolist() == [[0, 1, 2]]
-    assert table.candidate_counts.tolist() == [4]

@@ -404,30 +404,10 @@ class Index(LazyState):
         if include is None and exclude is None:
             return NO_MASK, no_rows
         name = "include" if include is not None else "exclude"
-        given = to_numpy(include if include is not None else exclude, allow_device_copy=True,
-                         name=name)
-        check_rank(given, name, (1, 2) if name == "exclude" else (1,),
-                   "(n,) ids for every query" + (", or (Q, m): ids per query (-1: none)"
-                                                 if name == "exclude" else ""))
-        if given.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integer ids, got dtype {given.dtype}")
-        wanted = given.astype(np.int64, copy=False)
-        if given.dtype.kind == "u" and given.size and int(given.max()) > _INT64_MAX:
-            raise ValueError(f"{name} holds {int(given.max())}, outside int64")
-        if wanted.size and int(wanted.min()) < -1:
-            raise ValueError(f"{name} holds {int(wanted.min())}; ids are >= 0 (-1: padding)")
+        wanted = _filter_ids(to_numpy(include if include is not None else exclude,
+                                      allow_device_copy=True, name=name), name, num_queries)
         if wanted.ndim == 2:
-            if wanted.shape[0] != num_queries:
-                raise ValueError(f"exclude has {wanted.shape[0]} rows but there are "
-                                 f"{num_queries} queries")
-            positions = np.where(wanted >= 0, self._positions(state, np.maximum(wanted, 0)),
-                                 -1)
-            rows = np.sort(np.where(positions < 0, _INT64_MAX, positions), axis=1)
-            if rows.shape[1] > 1:  # an id excluded twice is one excluded item
-                rows[:, 1:][rows[:, 1:] == rows[:, :-1]] = _INT64_MAX
-                rows = np.sort(rows, axis=1)
-            rows = np.where(rows == _INT64_MAX, -1, rows)  # padding at the end of each row
-            return NO_MASK, np.ascontiguousarray(rows)
+            return NO_MASK, _excluded_rows(np, wanted, *self._sorted_ids(state))
         positions = self._positions(state, wanted[wanted >= 0])
         positions = positions[positions >= 0]
         if name == "include":
@@ -437,6 +417,20 @@ class Index(LazyState):
             mask = np.ones(state.size, dtype=np.uint8)
             mask[positions] = 0
         return mask, no_rows
+
+    def _device_exclude(self, state: Snapshot, exclude: Any, num_queries: int):
+        """:meth:`_filter`'s ``excluded`` rows of a per-query ``exclude`` given on a GPU (or
+        None), made there: the snapshot's ids are mirrored to the device once."""
+        import cupy
+
+        if exclude is None:
+            return cupy.empty((num_queries, 0), dtype=cupy.int64)
+        from .._arrays import to_cupy
+
+        wanted = _filter_ids(to_cupy(exclude), "exclude", num_queries, per_query=True)
+        order, sorted_ids = self._state_mirror(
+            state, lambda: tuple(cupy.asarray(a) for a in self._sorted_ids(state)), ("ids",))
+        return _excluded_rows(cupy, wanted, order, sorted_ids)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -586,3 +580,41 @@ class Index(LazyState):
     def _id_members(self, state: Snapshot) -> dict[str, np.ndarray]:
         return {"ids": self._ordered_ids(state), "next_id": np.array(self._next_id),
                 "default_ids": np.array(self._default_ids)}
+
+
+def _filter_ids(given: Any, name: str, num_queries: int, per_query: bool = False):
+    """A filter's ids (numpy or cupy), checked: int64, ``(n,)`` (``(Q, m)`` for ``exclude``;
+    only that with ``per_query``), every entry ``>= -1``."""
+    ranks = (2,) if per_query else (1, 2) if name == "exclude" else (1,)
+    check_rank(given, name, ranks,
+               "(Q, m): ids per query (-1: none)" if per_query else "(n,) ids for every query"
+               + (", or (Q, m): ids per query (-1: none)" if name == "exclude" else ""))
+    if given.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer ids, got dtype {given.dtype}")
+    if given.dtype.kind == "u" and given.size and int(given.max()) > _INT64_MAX:
+        raise ValueError(f"{name} holds {int(given.max())}, outside int64")
+    wanted = given.astype(np.int64, copy=False)
+    if wanted.size and int(wanted.min()) < -1:
+        raise ValueError(f"{name} holds {int(wanted.min())}; ids are >= 0 (-1: padding)")
+    if wanted.ndim == 2 and wanted.shape[0] != num_queries:
+        raise ValueError(f"exclude has {wanted.shape[0]} rows but there are {num_queries} "
+                         "queries")
+    return wanted
+
+
+def _excluded_rows(xp: Any, wanted: Any, order: Any, sorted_ids: Any):
+    """The stored positions of each query's excluded ids (``wanted``, (Q, m), -1: none),
+    ascending, each once, -1 padding at the end of each row; with numpy or cupy (``xp``)
+    over the snapshot's ``(positions ordered by id, ids in that order)``."""
+    if sorted_ids.shape[0] == 0:
+        positions = xp.full(wanted.shape, -1, dtype=xp.int64)
+    else:
+        safe = xp.maximum(wanted, 0)
+        at = xp.minimum(xp.searchsorted(sorted_ids, safe), sorted_ids.shape[0] - 1)
+        positions = xp.where((wanted >= 0) & (sorted_ids[at] == safe), order[at], -1)
+    rows = xp.sort(xp.where(positions < 0, _INT64_MAX, positions), axis=1)
+    if rows.shape[1] > 1:  # an id excluded twice is one excluded item
+        repeated = xp.zeros(rows.shape, dtype=bool)
+        repeated[:, 1:] = rows[:, 1:] == rows[:, :-1]
+        rows = xp.sort(xp.where(repeated, _INT64_MAX, rows), axis=1)
+    return xp.ascontiguousarray(xp.where(rows == _INT64_MAX, -1, rows))

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._arrays import origin_of, to_numpy
+from .. import _gpu
+from .._arrays import origin_of, to_cupy, to_numpy
 from .._checks import as_float_array, as_index_array, check_int, check_rank
 from . import _table_cpu
 from ._base import Index
@@ -18,12 +19,12 @@ from .table import MAX_BUCKETS, SparseHashTable
 __all__ = ["HierarchicalHashTable"]
 
 
-def _ranks(activations: np.ndarray) -> np.ndarray:
-    """rank[i, b]: position of bucket b when row i is sorted descending (ties: lower first)."""
-    order = np.argsort(-activations, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(activations.shape[1])[None, :], axis=1)
-    return ranks
+def _ranks(activations: Any) -> Any:
+    """rank[i, b]: position of bucket b when row i is sorted descending (ties: lower first);
+    numpy or cupy (the inverse permutation of each row's order is its argsort)."""
+    xp = np if isinstance(activations, np.ndarray) else _gpu.array_module(activations)
+    order = xp.argsort(-activations, axis=1, kind="stable")
+    return xp.argsort(order, axis=1, kind="stable")
 
 
 class HierarchicalHashTable(Index):
@@ -103,8 +104,9 @@ class HierarchicalHashTable(Index):
         return self._table.dim
 
     @property
-    def candidate_counts(self) -> np.ndarray:
-        """The candidates each query of the last search looked at: int64, shape ``(Q,)``."""
+    def candidate_counts(self) -> Any:
+        """The candidates each query of the last search looked at: int64, shape ``(Q,)`` (on
+        the queries' device after a search on a GPU)."""
         return self._table.candidate_counts
 
     @property
@@ -161,9 +163,15 @@ class HierarchicalHashTable(Index):
     merge_from.__doc__ = Index.merge_from.__doc__
     reconstruct.__doc__ = Index.reconstruct.__doc__
 
-    def _levels(self, level1: Any, level2: Any, rows: int | None, names: tuple[str, str]):
-        a1 = to_numpy(level1, allow_device_copy=True)
-        a2 = to_numpy(level2, allow_device_copy=True)
+    def _levels(self, level1: Any, level2: Any, rows: int | None, names: tuple[str, str],
+                device: bool = False):
+        """The two levels' activations, checked, as contiguous numpy arrays (cupy arrays on
+        their device with ``device``)."""
+        if device:
+            a1, a2 = to_cupy(level1), to_cupy(level2)
+        else:
+            a1 = to_numpy(level1, allow_device_copy=True)
+            a2 = to_numpy(level2, allow_device_copy=True)
         for name, a in zip(names, (a1, a2), strict=True):
             check_rank(a, name, (2,), f"(N, num_buckets = {self.num_buckets})")
             if a.shape[1] != self.num_buckets:
@@ -172,8 +180,9 @@ class HierarchicalHashTable(Index):
         if a1.shape[0] != a2.shape[0] or (rows is not None and a1.shape[0] != rows):
             raise ValueError(f"{names[0]} has {a1.shape[0]} rows and {names[1]} "
                              f"{a2.shape[0]}; they must match (and the embeddings)")
-        return (np.ascontiguousarray(as_float_array(a1, names[0])),
-                np.ascontiguousarray(as_float_array(a2, names[1])))
+        xp = _gpu.array_module(a1) if device else np
+        return (xp.ascontiguousarray(as_float_array(a1, names[0])),
+                xp.ascontiguousarray(as_float_array(a2, names[1])))
 
     def add(self, level1_activations: Any, level2_activations: Any, embeddings: Any,
             ids: Any = None) -> HierarchicalHashTable:
@@ -276,7 +285,8 @@ class HierarchicalHashTable(Index):
         query_level2 : array_like, shape (Q, num_buckets)
             The queries' level-2 activations.
         query_embeddings : array_like, shape (Q, dim)
-            The queries' embeddings.
+            The queries' embeddings. Queries on a GPU are searched there, by the compound
+            table's GPU probe (see :meth:`SparseHashTable.search`).
         topk : int
             Results per query.
         exclude_ids : array_like of int, shape (Q,) or (Q, m), optional
@@ -307,12 +317,14 @@ class HierarchicalHashTable(Index):
         origin = origin_of(query_level1, query_level2, query_embeddings,
                            names=("query_level1", "query_level2", "query_embeddings"))
         exclude_ids = _exclude_rows(exclude_ids)
+        on_device = origin.is_cuda and _gpu.available()  # the compound table's GPU probe
+        compound = self._compound(query_level1, query_level2, device=on_device)
+        embeddings = (to_cupy(query_embeddings) if on_device
+                      else to_numpy(query_embeddings, allow_device_copy=True))
         with warnings.catch_warnings():  # the deprecation is said once, above
             warnings.simplefilter("ignore", DeprecationWarning)
-            dist, items = self._table.search(
-                self._compound(query_level1, query_level2),
-                to_numpy(query_embeddings, allow_device_copy=True), topk, exclude_ids,
-                include=include, exclude=exclude)
+            dist, items = self._table.search(compound, embeddings, topk, exclude_ids,
+                                             include=include, exclude=exclude)
         return origin.wrap(dist), origin.wrap(items)
 
     def compound_activations(self, query_level1: Any, query_level2: Any) -> np.ndarray:
@@ -343,11 +355,12 @@ class HierarchicalHashTable(Index):
         """
         return self._compound(query_level1, query_level2)
 
-    def _compound(self, query_level1: Any, query_level2: Any) -> np.ndarray:
+    def _compound(self, query_level1: Any, query_level2: Any, device: bool = False) -> Any:
         """The queries' scores of the ``d * d`` compound buckets, which sort as (level-1 rank,
-        level-2 rank): exact in float32 for d * d < 2**24."""
+        level-2 rank): exact in float32 for d * d < 2**24 (on the queries' GPU with
+        ``device``)."""
         a1, a2 = self._levels(query_level1, query_level2, None, ("query_level1",
-                                                                 "query_level2"))
+                                                                 "query_level2"), device)
         d = self.num_buckets
         ranks = _ranks(a1)[:, :, None] * d + _ranks(a2)[:, None, :]
         return -(ranks.reshape(len(a1), d * d)).astype(np.float32)

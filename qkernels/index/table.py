@@ -81,9 +81,10 @@ class SparseHashTable(Index):
 
     Attributes
     ----------
-    candidate_counts : ndarray of int64, shape (Q,)
+    candidate_counts : array of int64, shape (Q,)
         The number of candidates each query of the last search looked at
-        (:func:`qkernels.metrics.search_speedup` turns them into the SUF).
+        (:func:`qkernels.metrics.search_speedup` turns them into the SUF); after a search on a
+        GPU, on the queries' device in their array type.
     dim : int or None
         The embeddings' dimension (None until the first add).
 
@@ -465,7 +466,8 @@ class SparseHashTable(Index):
         found (or every bucket is probed). ``candidate_counts`` then holds the number of
         candidates each query looked at. Queries on a GPU are searched there (``topk`` up to
         64; with ``exclude`` per query, not with ``include`` or one ``exclude`` for every
-        query) against a copy of the table made on the first such search.
+        query) against a copy of the table made on the first such search of each snapshot;
+        ``candidate_counts`` then stays on the device.
         """
         origin = origin_of(query_activations, query_embeddings,
                            names=("query_activations", "query_embeddings"))
@@ -639,15 +641,14 @@ class SparseHashTable(Index):
         emb = cupy.ascontiguousarray(as_float_array(emb, "query_embeddings",
                                                     dtype=np.float32))
         state = self._built(state)
-        exclude = self._filter(state, None, None if exclude is None else to_numpy(
-            exclude, allow_device_copy=True, name="exclude"), act.shape[0])[1]
         with torch_stream(origin):
+            excluded = self._device_exclude(state, exclude, act.shape[0])
             arrays = self._state_mirror(
                 state, lambda: tuple(cupy.asarray(a) for a in self._probe_arrays(state)))
             dist, items, counts = _table_gpu.probe(act, emb, self.k, topk, arrays[:-1],
-                                                  cupy.asarray(exclude), self.metric == "ip")
+                                                  excluded, self.metric == "ip")
             ids = cupy.where(items >= 0, arrays[-1][cupy.maximum(items, 0)], -1)
-        self.candidate_counts = cupy.asnumpy(counts)
+        self.candidate_counts = origin.wrap(counts)  # on the device: no wait for the search
         return origin.wrap(dist), origin.wrap(ids)
 
     def _probe_arrays(self, state: Snapshot) -> tuple[np.ndarray, ...]:

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._arrays import origin_of, to_numpy
-from .._bits import pack_bits
+from .. import _gpu
+from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
+from .._bits import pack_bits, pack_signs
 from .._checks import as_float_array, check_int, check_nonnegative, check_rank
 from .._io import load_npz, save_npz
 from ._h2q_loss import KINDS, quantization_loss
@@ -208,7 +209,8 @@ class HouseholderQuantizer:
         Parameters
         ----------
         x : array_like, shape (N, dim)
-            Embeddings.
+            Embeddings. GPU input (a torch CUDA tensor or a cupy array) is
+            computed on its device.
 
         Returns
         -------
@@ -223,6 +225,9 @@ class HouseholderQuantizer:
             If ``x`` does not hold real numbers.
         """
         origin = origin_of(x, names=("x",))
+        if origin.is_cuda and _gpu.available():
+            with torch_stream(origin):
+                return origin.wrap(self._rotated_on_device(x).astype(np.float32))
         with torch.no_grad():
             z = rescale(self._embeddings(x, "x")) @ self._rotation_of(self.weights).T
         return origin.wrap(z.to(torch.float32).numpy())
@@ -233,7 +238,8 @@ class HouseholderQuantizer:
         Parameters
         ----------
         x : array_like, shape (N, dim)
-            Embeddings.
+            Embeddings. GPU input (a torch CUDA tensor or a cupy array) is
+            computed on its device.
 
         Returns
         -------
@@ -247,7 +253,36 @@ class HouseholderQuantizer:
         TypeError
             If ``x`` does not hold real numbers.
         """
+        origin = origin_of(x, names=("x",))
+        if origin.is_cuda and _gpu.available():
+            with torch_stream(origin):
+                return origin.wrap(pack_signs(self._rotated_on_device(x).astype(np.float32)))
         return pack_bits(self.transform(x))
+
+    def _rotated_on_device(self, x: Any):
+        """``U x`` of GPU input on its device, in float64 (as on the CPU: the rows rescaled as
+        :func:`rescale` does); ``U`` is copied to each device once per change of the
+        weights."""
+        import cupy
+
+        xp = cupy
+        a = to_cupy(x)
+        check_rank(a, "x", (2,), f"(N, dim = {self.dim})")
+        if a.shape[1] != self.dim:
+            raise ValueError(f"x has dimension {a.shape[1]}; this quantizer has {self.dim}")
+        a = as_float_array(a, "x", dtype=np.float64)
+        weights = self.weights
+
+        def build():
+            with torch.no_grad():
+                return cupy.asarray(self._rotation_of(weights).T.contiguous().numpy())
+
+        rotation_t = _gpu.mirrored(self, (weights,), build)
+        largest = xp.abs(a).max(axis=1, keepdims=True) if a.size else a[:, :1]
+        a = a / xp.where(largest > 0, largest, 1.0)
+        norms = xp.sqrt((a * a).sum(axis=1, keepdims=True))
+        a = a * (a.shape[1] ** 0.5) / xp.where(norms > 0, norms, 1.0)
+        return a @ rotation_t
 
     # ------------------------------------------------------------------ state
 

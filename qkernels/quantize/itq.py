@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import origin_of, to_numpy
-from .._bits import pack_bits
+from .. import _gpu
+from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
+from .._bits import pack_bits, pack_signs
 from .._checks import as_float_array, check_columns, check_int, check_rank
 
 __all__ = ["ITQ"]
@@ -131,13 +132,32 @@ class ITQ:
                              f"{self.mean.shape[0]}")
         return (data - self.mean) @ self.projection
 
+    def _projected_on_device(self, x: Any):
+        """:meth:`_projected` of GPU input on its device, in float64; the mean and the
+        projection are copied to each device once per fit."""
+        if self.projection is None:
+            raise RuntimeError("this ITQ is not fitted: call fit(x) first")
+        import cupy
+
+        data = to_cupy(x)
+        check_rank(data, "x", (2,), "(N, dim)")
+        check_columns(data, "x", "dimensions")
+        if data.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"x has dimension {data.shape[1]}; ITQ was fitted on "
+                             f"{self.mean.shape[0]}")
+        data = as_float_array(data, "x", dtype=np.float64)
+        mean, projection = _gpu.mirrored(self, (self.mean, self.projection), lambda: (
+            cupy.asarray(self.mean), cupy.asarray(self.projection)))
+        return (data - mean) @ projection
+
     def transform(self, x: Any) -> Any:
         """The projection ``(x - mean) @ projection``.
 
         Parameters
         ----------
         x : array_like, shape (N, dim)
-            Vectors of the fitted dimension.
+            Vectors of the fitted dimension. GPU input (a torch CUDA tensor or a cupy array) is
+            computed on its device.
 
         Returns
         -------
@@ -154,6 +174,10 @@ class ITQ:
             If ``x`` does not hold real numbers.
         """
         origin = origin_of(x, names=("x",))
+        if origin.is_cuda and _gpu.available():
+            with torch_stream(origin):
+                return origin.wrap(as_float_array(self._projected_on_device(x),
+                                                  "the projection of x", dtype=np.float32))
         return origin.wrap(as_float_array(self._projected(x), "the projection of x",
                                           dtype=np.float32))
 
@@ -165,7 +189,8 @@ class ITQ:
         Parameters
         ----------
         x : array_like, shape (N, dim)
-            Vectors of the fitted dimension.
+            Vectors of the fitted dimension. GPU input (a torch CUDA tensor or a cupy array) is
+            computed on its device.
 
         Returns
         -------
@@ -183,4 +208,7 @@ class ITQ:
             If ``x`` does not hold real numbers.
         """
         origin = origin_of(x, names=("x",))
+        if origin.is_cuda and _gpu.available():
+            with torch_stream(origin):
+                return origin.wrap(pack_signs(self._projected_on_device(x)))
         return origin.wrap(pack_bits(self._projected(x)))
