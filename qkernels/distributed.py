@@ -961,7 +961,11 @@ def _as_tensor(x: Any, device):
         return x.to(device)
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    return torch.from_dlpack(x).to(device)  # a cupy array
+    if torch.device(device).type == "cpu":  # a cupy array for gloo: staged through the host
+        import cupy
+
+        return torch.from_numpy(cupy.asnumpy(x))
+    return torch.from_dlpack(x).to(device)  # a cupy array for nccl: shared with torch
 
 
 def _returned(t, origin):
@@ -973,4 +977,6 @@ def _returned(t, origin):
     import cupy
 
     with cupy.cuda.Device(int(origin.device.split(":")[1])):
+        if t.device.type == "cpu":  # merged on the host (gloo): one copy to the device
+            return cupy.asarray(t.numpy())
         return cupy.from_dlpack(t.to(origin.device))

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 import qkernels as qk
 from qkernels.distributed import ShardedIndex
+from tests import cupy_standin, emulation
 
 WORLD = 2
 SIZES = (110, 190)  # uneven shards
@@ -155,6 +156,17 @@ def _rank(rank, init_file, codebooks, out_dir):
             D, I = loaded.search(*args, **kwargs)
             out[f"{name}/loaded/D"], out[f"{name}/loaded/I"] = D, I
 
+        # GPU shards: cupy queries under the stand-in (the kernels emulated; gloo's exchange
+        # staged through the host)
+        if emulation.compiler() is not None:
+            with cupy_standin.installed() as ledger:
+                for name in GPU_NAMES:
+                    args, kwargs = _on_standin(*_searches(d, name, 16))
+                    D, I = ShardedIndex(shards[name]).search(*args, **kwargs)
+                    assert isinstance(D, cupy_standin.ndarray), type(D)
+                    out[f"{name}/gpu/D"], out[f"{name}/gpu/I"] = D.get(), I.get()
+                errors["gpu kernels"] = sorted({launch.function for launch in ledger.launches})
+
         # several threads of each rank searching at once: their exchanges must not interleave
         from concurrent.futures import ThreadPoolExecutor
 
@@ -229,6 +241,17 @@ def _rank(rank, init_file, codebooks, out_dir):
         with open(f"{out_dir}/errors{rank}.json", "w") as f:
             json.dump(errors, f)
         dist.destroy_process_group()
+
+
+GPU_NAMES = ("table", "hierarchical", "pq", "pq_exact", "binary")
+
+
+def _on_standin(args, kwargs):
+    """A search's arrays as cupy stand-in arrays."""
+    def put(a):
+        return cupy_standin.asarray(a) if isinstance(a, np.ndarray) else a
+
+    return [put(a) for a in args], {key: put(value) for key, value in kwargs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +345,25 @@ def test_symmetric_distance_and_torch_tensors(ranks, whole):
     for out, _ in ranks:
         np.testing.assert_array_equal(out["pq/sdc/I"], I)
         np.testing.assert_array_equal(out["pq/sdc/D"], D)
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("name", GPU_NAMES)
+def test_gpu_shards_return_what_one_index_returns(ranks, whole, name):
+    """Each rank's shard searched with cupy queries (tests/cupy_standin.py): the exact PQ scan
+    and the Hamming scan run on the device; the tables and the 4-bit fast scan, whose exact
+    merge plans probes and candidates over all shards, run on host copies; the merge is gloo's
+    on the host; the answer goes back to the queries' device and equals one index's."""
+    if emulation.compiler() is None:
+        pytest.skip("the cupy stand-in needs g++ for the CUDA emulation")
+    d, indexes = whole
+    args, kwargs = _searches(d, name, 16)
+    D, I = indexes[name].search(*args, **kwargs)
+    for out, errors in ranks:
+        np.testing.assert_array_equal(out[f"{name}/gpu/I"], I)
+        np.testing.assert_array_equal(out[f"{name}/gpu/D"], D)
+        assert errors["gpu kernels"] == ["distance_tables", "scan_by_query_u8",
+                                         "topk_by_query"]
 
 
 def test_searches_from_several_threads_at_once(ranks, whole):
