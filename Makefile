@@ -1,5 +1,7 @@
 # Two commands do everything: `make demo` and `make test`. Both create .venv on first use.
 # `make docs` builds the documentation site (warnings are errors); `make test` runs it too.
+# `make check-wheel` builds the wheel and runs the quickstart from a fresh environment (CI runs
+# it after `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.qkernels-installed
 
-.PHONY: test lint docs demo compare bench quality clean
+.PHONY: test lint docs demo compare bench quality clean check-wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +25,10 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 test: lint docs
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not packaging"
+
+check-wheel: $(STAMP)
+	$(PY) -m pytest -m packaging tests/test_wheel.py
 
 demo: $(STAMP)
 	$(PY) -m training dht --out runs/demo

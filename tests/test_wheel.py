@@ -30,6 +30,7 @@ print("installed at", where.parent)
 
 
 @pytest.mark.slow
+@pytest.mark.packaging
 def test_the_wheel_installs_into_a_fresh_environment_and_runs_the_quickstart(tmp_path):
     dist = tmp_path / "dist"
     built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
