@@ -22,3 +22,19 @@ class Hamming:
 
     def time_hamming_topk_function(self, nbits, n):
         qk.hamming_topk(self.q, self.db, 10)
+
+
+class HouseholderFit:
+    """One epoch of the H2Q fit (batch 128, the paper's) over 54,000 embeddings."""
+
+    params = ([16, 64],)
+    param_names = ["dim"]
+    timeout = 300
+
+    def setup(self, dim):
+        rng = np.random.default_rng(dim)
+        centres = rng.standard_normal((100, dim)) * 2
+        self.x = centres[rng.integers(0, 100, 60_000)] + rng.standard_normal((60_000, dim))
+
+    def time_fit_one_epoch(self, dim):
+        qk.HouseholderQuantizer(dim).fit(self.x, epochs=1)

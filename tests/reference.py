@@ -825,3 +825,60 @@ class IndexModel:
             refused = {int(i) for i in exclude}
             return [(i, p) for i, p in self.items if i not in refused]
         return list(self.items)
+
+
+def householder_rotation(weights):
+    """H_1 ... H_m, one reflection at a time: H_i = I - 2 v v^T / |v|^2, v the i-th column of
+    ``weights`` below the diagonal with a 1 on it (numpy, float64)."""
+    w = np.asarray(weights, dtype=np.float64)
+    m = w.shape[0]
+    product = np.eye(m)
+    for i in range(m):
+        v = np.zeros(m)
+        v[i] = 1.0
+        v[i + 1:] = w[i + 1:, i]
+        product = product @ (np.eye(m) - 2.0 * np.outer(v, v) / (v @ v))
+    return product
+
+
+def householder_fit_autograd(x, weights, epochs, lr, batch_size, seed, validation_fraction,
+                             kind):
+    """HouseholderQuantizer.fit written the obvious way (torch autograd through
+    torch.linalg.householder_product, torch.optim.SGD): ``(best weights, history)``; ``x``
+    already rescaled (torch float64)."""
+    import torch
+
+    from qkernels.quantize._h2q_loss import quantization_loss
+
+    def rotation(w):
+        lower = torch.tril(w, diagonal=-1)
+        tau = 2.0 / (1.0 + lower.pow(2).sum(dim=0))
+        return torch.linalg.householder_product(lower + torch.eye(w.shape[0],
+                                                                  dtype=w.dtype), tau)
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(x.shape[0], generator=generator)
+    num_val = min(x.shape[0] - 1, max(1, round(validation_fraction * x.shape[0])))
+    val, train = x[order[:num_val]], x[order[num_val:]]
+    w = weights.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([w], lr=lr)
+
+    def validation():
+        with torch.no_grad():
+            return float(quantization_loss(val @ rotation(w).T, kind))
+
+    best = (validation(), w.detach().clone())
+    history = [best[0]]
+    for _ in range(epochs):
+        permutation = torch.randperm(train.shape[0], generator=generator)
+        for start in range(0, train.shape[0], batch_size):
+            batch = train[permutation[start:start + batch_size]]
+            loss = quantization_loss(batch @ rotation(w).T, kind)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        current = validation()
+        history.append(current)
+        if current < best[0]:
+            best = (current, w.detach().clone())
+    return best[1], history

@@ -6,6 +6,9 @@ import torch
 
 import qkernels as qk
 from qkernels.losses import HouseholderQuantizationLoss
+from qkernels.quantize._h2q_loss import quantization_loss
+from qkernels.quantize.householder import rescale
+from tests import reference as ref
 
 
 def rotated_codes(seed, n=3000, m=16, classes=12, noise=0.35):
@@ -134,3 +137,49 @@ def test_itq_projection_and_errors():
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ------------------------------------------------------------------ the fit's arithmetic
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 33])
+def test_the_compact_wy_rotation_is_the_product_of_the_reflections(m):
+    from qkernels.quantize.householder import HouseholderQuantizer as H
+
+    weights = torch.from_numpy(np.random.default_rng(m).standard_normal((m, m)))
+    np.testing.assert_allclose(H._rotation_of(weights).numpy(),
+                               ref.householder_rotation(weights.numpy()), atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["l2", "l1", "bit_var", "min_entry"])
+@pytest.mark.parametrize("m", [1, 5, 24])
+def test_the_written_out_gradient_is_autograds(kind, m):
+    """Against autograd through torch.linalg.householder_product (the fit's former step)."""
+    from qkernels.quantize.householder import _loss_and_gradient
+
+    rng = np.random.default_rng(m)
+    weights = torch.from_numpy(rng.standard_normal((m, m)) * 0.5)
+    batch = torch.from_numpy(rng.standard_normal((37, m)) * 2)
+    w = weights.clone().requires_grad_(True)
+    lower = torch.tril(w, diagonal=-1)
+    rotation = torch.linalg.householder_product(lower + torch.eye(m, dtype=w.dtype),
+                                                2.0 / (1.0 + lower.pow(2).sum(dim=0)))
+    expected = quantization_loss(batch @ rotation.T, kind)
+    expected.backward()
+    loss, gradient = _loss_and_gradient(weights, batch, kind)
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-12)
+    np.testing.assert_allclose(gradient.numpy(), w.grad.numpy(), rtol=1e-9,
+                               atol=1e-12 * float(w.grad.abs().max() + 1))
+
+
+@pytest.mark.parametrize("kind", ["l2", "min_entry"])
+def test_fit_follows_the_autograd_fit_step_for_step(kind):
+    """The same split, batches and SGD steps as the obvious implementation
+    (tests/reference.py): the same validation losses and the same kept weights."""
+    x, _ = rotated_codes(3, n=700)
+    h = qk.HouseholderQuantizer(16, loss=kind).fit(x, epochs=4, seed=5, batch_size=50)
+    scaled = rescale(torch.from_numpy(x))
+    weights, history = ref.householder_fit_autograd(scaled, torch.eye(16, dtype=torch.float64),
+                                                    4, 0.1, 50, 5, 0.1, kind)
+    np.testing.assert_allclose([e["validation"] for e in h.history], history, rtol=1e-10)
+    np.testing.assert_allclose(h.weights.numpy(), weights.numpy(), atol=1e-10)

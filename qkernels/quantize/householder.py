@@ -14,7 +14,7 @@ from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
 from .._bits import pack_bits, pack_signs
 from .._checks import as_float_array, check_int, check_nonnegative, check_rank
 from .._io import load_npz, save_npz
-from ._h2q_loss import KINDS, quantization_loss
+from ._h2q_loss import KINDS, quantization_loss, quantization_loss_gradient
 
 __all__ = ["HouseholderQuantizer"]
 
@@ -29,6 +29,38 @@ def rescale(x: torch.Tensor) -> torch.Tensor:
     return x * (x.shape[1] ** 0.5) / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+def _compact_wy(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V, S)``: the reflectors (unit lower triangular) of a parameter matrix and the upper
+    triangular ``S = striu(V^T V) + diag(V^T V) / 2``, with ``H_1 ... H_m = I - V S^-1 V^T``
+    for ``H_i = I - 2 v_i v_i^T / |v_i|^2``."""
+    m = weights.shape[0]
+    eye = torch.eye(m, dtype=weights.dtype, device=weights.device)
+    vectors = torch.tril(weights, diagonal=-1) + eye
+    gram = vectors.T @ vectors
+    return vectors, torch.triu(gram, diagonal=1) + gram * (eye / 2)
+
+
+def _loss_and_gradient(weights: torch.Tensor, batch: torch.Tensor, kind: str
+                       ) -> tuple[float, torch.Tensor]:
+    """The quantization loss of ``batch @ U^T`` and its gradient with respect to the strictly
+    lower part of ``weights`` (what autograd through the reflections gives; the rest of
+    ``weights`` does not enter ``U``). With ``U = I - V X``, ``X = S^-1 V^T``:
+    ``dU = G_z^T B``; ``dV = -dU X^T + Y^T + V (dA + dA^T)`` where ``Y = S^-T (-V^T dU)``,
+    ``dS = -Y X^T`` and ``dA`` is ``dS`` on the strict upper triangle, half of it on the
+    diagonal, zero below."""
+    vectors, s = _compact_wy(weights)
+    x = torch.linalg.solve_triangular(s, vectors.T, upper=True)
+    rotation = torch.eye(weights.shape[0], dtype=weights.dtype) - vectors @ x
+    z = batch @ rotation.T
+    loss = float(quantization_loss(z, kind))
+    d_rotation = quantization_loss_gradient(z, kind).T @ batch
+    y = torch.linalg.solve_triangular(s.T, -(vectors.T @ d_rotation), upper=False)
+    d_s = -(y @ x.T)
+    d_gram = torch.triu(d_s, diagonal=1) + torch.diag(torch.diagonal(d_s)) / 2
+    d_vectors = y.T - d_rotation @ x.T + vectors @ (d_gram + d_gram.T)
+    return loss, torch.tril(d_vectors, diagonal=-1)
+
+
 class HouseholderQuantizer:
     """An orthogonal ``U = H_1 ... H_m`` learned so that each coordinate of ``U x`` is close to
     its sign.
@@ -37,13 +69,17 @@ class HouseholderQuantizer:
     quantization", 2023): ``b = sign(U x)`` is then the binary code, and since ``U`` is
     orthogonal the embedding's distances are unchanged by it.
 
-    ``U`` is built by ``torch.linalg.householder_product`` from a parameter matrix ``V``
+    ``U`` is the product of ``m`` Householder reflections given by a parameter matrix ``V``
     (m x m) in LAPACK's form: reflector ``i`` is ``I - tau_i v_i v_i^T`` with ``v_i`` the i-th
     column of ``V`` below the diagonal and a 1 on it, and ``tau_i = 2 / |v_i|^2``, so every
     factor is an exact reflection and any orthogonal matrix can be reached. ``V`` starts at
     the identity (``U = -I``, which codes like the identity: it flips every bit). Embeddings
     are rescaled to norm ``sqrt(m)`` first. Training is plain SGD on ``V`` (the paper's
     defaults: batch 128, learning rate 0.1), keeping the ``U`` of the best validation loss.
+    The product is formed in the compact WY ("UT transform") form ``U = I - V S^-1 V^T``,
+    ``S = striu(V^T V) + diag(V^T V) / 2`` (Joffrain, Low, Quintana-Orti, van de Geijn & Van
+    Zee, ACM TOMS 2006), and each step's gradient through it is written out: a few ``m x m``
+    products and two triangular solves instead of autograd through ``m`` reflections.
 
     Parameters
     ----------
@@ -96,11 +132,10 @@ class HouseholderQuantizer:
 
     @staticmethod
     def _rotation_of(weights: torch.Tensor) -> torch.Tensor:
-        lower = torch.tril(weights, diagonal=-1)
-        tau = 2.0 / (1.0 + lower.pow(2).sum(dim=0))
-        vectors = lower + torch.eye(weights.shape[0], dtype=weights.dtype,
-                                    device=weights.device)
-        return torch.linalg.householder_product(vectors, tau)
+        """``U = H_1 ... H_m`` in the compact WY form, ``I - V S^-1 V^T`` (differentiable)."""
+        vectors, s = _compact_wy(weights)
+        eye = torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)
+        return eye - vectors @ torch.linalg.solve_triangular(s, vectors.T, upper=True)
 
     @property
     def rotation(self) -> np.ndarray:
@@ -165,15 +200,11 @@ class HouseholderQuantizer:
         order = torch.randperm(x.shape[0], generator=generator)
         num_val = min(x.shape[0] - 1, max(1, round(validation_fraction * x.shape[0])))
         val, train = x[order[:num_val]], x[order[num_val:]]
-        def criterion(z):
-            return quantization_loss(z, self.loss)
-
-        weights = self.weights.clone().requires_grad_(True)
-        optimizer = torch.optim.SGD([weights], lr=lr)
+        kind = self.loss
+        weights = self.weights.detach().clone()
 
         def validation_loss() -> float:
-            with torch.no_grad():
-                return float(criterion(val @ self._rotation_of(weights).T))
+            return float(quantization_loss(val @ self._rotation_of(weights).T, kind))
 
         best = (validation_loss(), weights.detach().clone())
         self.history = [{"epoch": 0, "train": float("nan"), "validation": best[0]}]
@@ -181,17 +212,15 @@ class HouseholderQuantizer:
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(bar, desc="householder", unit="epoch")
+            bar = tqdm(bar, desc="householder", unit="epoch", disable=None)  # not in a pipe
         for epoch in bar:
-            permutation = torch.randperm(train.shape[0], generator=generator)
+            shuffled = train[torch.randperm(train.shape[0], generator=generator)]
             total, count = 0.0, 0
             for start in range(0, train.shape[0], batch_size):
-                batch = train[permutation[start : start + batch_size]]
-                loss = criterion(batch @ self._rotation_of(weights).T)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * batch.shape[0]
+                batch = shuffled[start : start + batch_size]
+                loss, gradient = _loss_and_gradient(weights, batch, kind)
+                weights.sub_(gradient, alpha=lr)  # plain SGD, as torch.optim.SGD steps
+                total += loss * batch.shape[0]
                 count += batch.shape[0]
             current = validation_loss()
             self.history.append({"epoch": epoch + 1, "train": total / count,
