@@ -360,3 +360,16 @@ def test_validation_runs_never_see_the_test_split(tmp_path):
     title = json.loads((out / "results.json").read_text())["table"]["title"]
     # 20 validation queries (5 of each class's 25), 80 database items; not the 13 test items
     assert "npz (validation)" in title and "80 database items, 20 queries" in title
+
+
+def test_progress_bars_stay_out_of_a_pipe(tmp_path):
+    """With progress on (no --quiet, no --no-progress) and the output going to a pipe, no tqdm
+    bar is drawn: the epoch summaries only."""
+    options = [o for o in QUICK if o not in ("--quiet", "--no-progress")]
+    done = subprocess.run([sys.executable, "-m", "training", "h2q", "--out", str(tmp_path),
+                           *options], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "epoch 1/1" in done.stdout + done.stderr  # the summaries are there
+    assert "\r" not in done.stderr and "it/s" not in done.stderr and "epoch/s" not in (
+        done.stderr)

@@ -281,7 +281,8 @@ class Run:
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, leave=False)
+        # disable=None: no bar where the output is not a terminal (a file, a pipe, CI logs)
+        return tqdm(iterable, total=total, desc=desc, leave=False, disable=None)
 
     # ------------------------------------------------------------------ inference
 
