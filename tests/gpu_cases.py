@@ -380,6 +380,26 @@ def case_sparse_hash_table_filtered_and_float16(dev: Device) -> None:
 
 
 @case
+def case_hash_tables_add_from_device(dev: Device) -> None:
+    """Both tables are built on the host: device input comes down once per array."""
+    act, emb, ids = _table_data(1, n=600)
+    level2 = act[:, ::-1].copy()
+    d_act, d_level2, d_emb, d_ids = (dev.put(a) for a in (act, level2, emb, ids))
+    table, cascade = qk.SparseHashTable(32, 2), qk.HierarchicalHashTable(32, 2)
+    with dev.watch(htod=0, dtoh=3, dtoh_bytes=act.nbytes + emb.nbytes + ids.nbytes):
+        table.add(d_act, d_emb, ids=d_ids)
+    with dev.watch(htod=0, dtoh=3, dtoh_bytes=act.nbytes + level2.nbytes + emb.nbytes):
+        cascade.add(d_act, d_level2, d_emb)
+    host_table = qk.SparseHashTable(32, 2).add(act, emb, ids=ids)
+    host_cascade = qk.HierarchicalHashTable(32, 2).add(act, level2, emb)
+    for got, want in ((table.search(act[:5], emb[:5], 4), host_table.search(act[:5], emb[:5], 4)),
+                      (cascade.search(act[:5], level2[:5], emb[:5], 4),
+                       host_cascade.search(act[:5], level2[:5], emb[:5], 4))):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+@case
 def case_hierarchical_hash_table(dev: Device) -> None:
     rng = np.random.default_rng(10)
     labels = rng.integers(0, 8, 3000)
