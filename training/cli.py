@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("method", choices=METHODS)
     p.add_argument("--dataset", default="digits",
-                   help="digits (default), synthetic[:S,C,D,N], cifar100:PATH or npz:PATH")
+                   help="digits (default), synthetic[:S,C,D,N], fashion-mnist[:DIR], "
+                        "glyphs[:FONTS], cifar100:PATH or npz:PATH")
     p.add_argument("--validation", type=float, default=None, metavar="FRACTION",
                    help="model selection: hold out FRACTION of each training class as the "
                         "queries and train on the rest; the test split is not used")

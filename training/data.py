@@ -11,6 +11,12 @@
                      10 classes), the four IDX gzip files in DIR (default
                      /usr/share/datasets/fashion-mnist, where Debian's package
                      ``dataset-fashion-mnist`` puts them); the standard 60,000 / 10,000 split.
+``glyphs[:FONTS]``    characters rendered in many typefaces (training/glyphs.py): 142 classes
+                     (Latin, digits, Greek and Cyrillic letters that do not look like one of
+                     them), 28x28 grey, split by rendering; FONTS ``system`` (default: the
+                     fonts under /usr/share/fonts, from Debian's font packages), ``matplotlib``
+                     (the DejaVu, STIX and Computer Modern fonts matplotlib ships: no package)
+                     or a folder. Rendered once, cached under ~/.cache/qkernels.
 ``synthetic``        hierarchical Gaussian classes (superclasses of classes), so that a label
                      hierarchy exists for mAHP; ``synthetic:S,C,D,N`` sets superclasses, classes
                      per superclass, dimension and items per class (default 5,4,32,100).
@@ -244,6 +250,7 @@ def _dense(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return inverse[: len(train)], inverse[len(train):]
 
 
+GLYPH_CACHE = Path.home() / ".cache" / "qkernels"  # the rendered glyph sets
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
               "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
@@ -296,6 +303,20 @@ def _fashion_mnist(folder: str) -> Dataset:
                    arrays["y_test"].astype(np.int64))
 
 
+def _glyphs(fonts: str) -> Dataset:
+    from .glyphs import GlyphError, GlyphSpec, load_glyphs
+
+    try:
+        arrays = load_glyphs(GlyphSpec(fonts=fonts), GLYPH_CACHE)
+    except GlyphError as error:
+        raise DatasetError(str(error)) from None
+    x, y, test = arrays["x"], arrays["y"], arrays["test"]
+    train = ~test
+    mean, std = float(x[train].mean()), float(x[train].std()) + 1e-6
+    x = (x.astype(np.float32)[:, None] - mean) / std
+    return Dataset(f"glyphs ({fonts} fonts)", x[train], y[train], x[test], y[test])
+
+
 def load_dataset(spec: str, seed: int = 0) -> Dataset:
     """Load ``spec`` (see the module docstring); raises DatasetError with the expected layout."""
     kind, _, rest = spec.partition(":")
@@ -309,9 +330,11 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
         data = _npz(rest)
     elif kind == "fashion-mnist":
         data = _fashion_mnist(rest)
+    elif kind == "glyphs":
+        data = _glyphs(rest or "system")
     else:
         raise DatasetError(f"unknown dataset {spec!r}: use digits, synthetic[:S,C,D,N], "
-                           "fashion-mnist[:DIR], cifar100:PATH or npz:PATH")
+                           "fashion-mnist[:DIR], glyphs[:FONTS], cifar100:PATH or npz:PATH")
     if len(np.unique(data.y_train)) < 2:
         raise DatasetError(f"{spec}: the training split needs at least two classes")
     return data
