@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.qkernels-installed
 
-.PHONY: test lint docs demo compare bench quality clean check-wheel
+.PHONY: test lint docs demo compare bench quality quality-quick clean check-wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +37,14 @@ demo: $(STAMP)
 compare: $(STAMP)
 	$(PY) benchmarks/compare.py all --markdown docs/performance.md
 
-# Quality: each method against its baseline on Fashion-MNIST and 100 synthetic classes, 3 seeds
-# (3-4 hours on 2 cores, resumable; needs Debian's dataset-fashion-mnist)
+# Quality: each method against its baseline on Fashion-MNIST, the glyph set and 100 synthetic
+# classes, 3 seeds (resumable; needs Debian's dataset-fashion-mnist and font packages: see
+# docs/quality.md). `make quality-quick`: the whole table on one seed, a first look.
 quality: $(STAMP)
 	$(PY) -m training.benchmark --out runs/quality --markdown docs/quality.md
+
+quality-quick: $(STAMP)
+	$(PY) -m training.benchmark --quick
 
 bench: $(STAMP)
 	$(VENV)/bin/asv machine --yes >/dev/null

@@ -5,11 +5,13 @@ test split is scored, hyper-parameters come from validation runs (``--validation
 it. Prints one markdown table of mean +- standard deviation over the seeds and writes it, with
 the raw per-seed values (quality.json) and the first seed's plots, to ``--out``.
 
-    python -m training.benchmark                       # 3 seeds: 3-4 hours on 2 cores
+    python -m training.benchmark                       # 3 seeds
+    python -m training.benchmark --quick               # the whole table on seed 0 only
     python -m training.benchmark --seeds 0 --only dqn  # one seed, one experiment
 
-Needs Debian's dataset-fashion-mnist (or --fashion DIR). The training budget is a CPU budget
-(see BUDGET), far below the papers' epochs: the comparison is between methods trained alike.
+Needs Debian's dataset-fashion-mnist (or --fashion DIR) and fonts for the glyph set (the
+packages training/glyphs.py names). The training budget is a CPU budget (see BUDGET), far
+below the papers' epochs: the comparison is between methods trained alike.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ __all__ = ["EXPERIMENTS", "main", "summarise"]
 BUDGET = ["--epochs", "4", "--batches-per-epoch", "100", "--items-per-class", "8",
           "--hash-epochs", "2"]
 SYNTHETIC = "synthetic:10,10,32,100"  # 10 superclasses x 10 classes, 32-d, 100 items per class
+# the glyph set (142 classes, more than the buckets): 4 epochs of 100 batches of 64 classes x 4
+# items (102,400 images seen), the hash stages 2 epochs each
+GLYPHS = "glyphs"
+GLYPH_BUDGET = ["--epochs", "4", "--batches-per-epoch", "100", "--hash-epochs", "2"]
 
 
 def _dht_rows(results: dict) -> dict[str, float]:
@@ -84,6 +90,12 @@ EXPERIMENTS = [
     ("cascade", "fashion", ["cascade", "--buckets", "16"], _cascade_rows),
     ("cascade-c100", SYNTHETIC, ["cascade", "--buckets", "16"], _cascade_rows),
     ("dht-c100", SYNTHETIC, ["dht", "--k", "2", "--max-k", "2", "--buckets", "32"], _dht_rows),
+    # DHT's own regime: more classes (142) than buckets
+    ("dht-glyphs-32", GLYPHS, ["dht", "--k", "2", "--max-k", "2", "--buckets", "32"],
+     _dht_rows),
+    ("dht-glyphs-64", GLYPHS, ["dht", "--k", "2", "--max-k", "2", "--buckets", "64"],
+     _dht_rows),
+    ("cascade-glyphs", GLYPHS, ["cascade", "--buckets", "16"], _cascade_rows),
     ("klhash-nokl", SYNTHETIC, ["klhash", "--kl-weight", "0"], _KL),
     ("klhash", SYNTHETIC, ["klhash"], _KL),
     ("klhash-ramp", SYNTHETIC, ["klhash", "--kl-ramp", "15"], _KL),
@@ -106,12 +118,17 @@ def summarise(per_seed: dict[str, dict[str, list[float]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.benchmark",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="default 0 1 2 (0 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="the whole table on one seed (0), written to runs/quality-quick: a "
+                        "first look, its values labelled as one seed")
     p.add_argument("--only", nargs="+", default=None, metavar="EXPERIMENT",
                    help="run only these: " + ", ".join(e[0] for e in EXPERIMENTS))
     p.add_argument("--fashion", default="", metavar="DIR",
                    help="the Fashion-MNIST folder (default: Debian's)")
-    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--out", default=None, help="default runs/quality (runs/quality-quick "
+                                               "with --quick)")
     p.add_argument("--markdown", type=Path, default=None, metavar="PATH",
                    help="also write the table to PATH (the docs' quality page, "
                         "docs/quality.md)")
@@ -119,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="run nothing: the table of the runs already finished in --out (each "
                         "row says over how many seeds)")
     args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if args.out is None:
+        args.out = "runs/quality-quick" if args.quick else "runs/quality"
     chosen = [e for e in EXPERIMENTS if args.only is None or e[0] in args.only]
     if not chosen:
         p.error(f"--only: no experiment named {args.only}")
@@ -129,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = dataset
         if dataset == "fashion":
             spec = f"fashion-mnist:{args.fashion}" if args.fashion else "fashion-mnist"
-        budget = BUDGET if dataset == "fashion" else []
+        budget = {"fashion": BUDGET, GLYPHS: GLYPH_BUDGET}.get(dataset, [])
         for seed in args.seeds:
             run_dir = out / f"{name}-seed{seed}"
             options = [*command, "--dataset", spec, "--seed", str(seed), *budget, "--quiet",
@@ -188,8 +209,11 @@ def _finished(run_dir: Path, options: list[str], read) -> dict[str, float] | Non
 
 def _write(out: Path, per_seed: dict, seeds: list[int]) -> str:
     header = (f"Quality benchmark, {time.strftime('%Y-%m-%d')}, {_cpu()}, Python "
-              f"{platform.python_version()}; seeds {seeds}. Fashion-MNIST runs: "
-              f"{' '.join(BUDGET)}; synthetic: {SYNTHETIC}, method defaults.")
+              f"{platform.python_version()}; seeds {seeds}"
+              + (" (ONE SEED: a first look; the sd column is 0 by construction)"
+                 if len(seeds) == 1 else "")
+              + f". Fashion-MNIST runs: {' '.join(BUDGET)}; glyphs: {' '.join(GLYPH_BUDGET)}; "
+              f"synthetic: {SYNTHETIC}, method defaults.")
     title = ("# The quality benchmark, every value\n\nWritten by `python -m training.benchmark"
              " --markdown docs/quality.md` (`make quality`): mean and sample standard "
              "deviation over the seeds of every value the experiments report. "
