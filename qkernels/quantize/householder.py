@@ -29,36 +29,53 @@ def rescale(x: torch.Tensor) -> torch.Tensor:
     return x * (x.shape[1] ** 0.5) / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def _compact_wy(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _compact_wy(weights: torch.Tensor, masks: _Masks | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, S)``: the reflectors (unit lower triangular) of a parameter matrix and the upper
     triangular ``S = striu(V^T V) + diag(V^T V) / 2``, with ``H_1 ... H_m = I - V S^-1 V^T``
     for ``H_i = I - 2 v_i v_i^T / |v_i|^2``."""
-    m = weights.shape[0]
-    eye = torch.eye(m, dtype=weights.dtype, device=weights.device)
-    vectors = torch.tril(weights, diagonal=-1) + eye
-    gram = vectors.T @ vectors
-    return vectors, torch.triu(gram, diagonal=1) + gram * (eye / 2)
+    masks = _Masks(weights) if masks is None else masks
+    vectors = torch.addcmul(masks.eye, weights, masks.lower)
+    return vectors, (vectors.T @ vectors) * masks.upper
 
 
-def _loss_and_gradient(weights: torch.Tensor, batch: torch.Tensor, kind: str
-                       ) -> tuple[float, torch.Tensor]:
+class _Masks:
+    """The constant matrices of one size: the identity, the strict lower triangle, and the
+    strict upper triangle with a half on the diagonal (``S`` of the Gram matrix)."""
+
+    def __init__(self, weights: torch.Tensor):
+        m = weights.shape[0]
+        options = {"dtype": weights.dtype, "device": weights.device}
+        self.eye = torch.eye(m, **options)
+        self.lower = torch.ones(m, m, **options).tril_(diagonal=-1)
+        self.upper = self.lower.T + self.eye / 2
+
+
+def _loss_and_gradient(weights: torch.Tensor, batch: torch.Tensor, kind: str,
+                       masks: _Masks | None = None) -> tuple[float, torch.Tensor]:
     """The quantization loss of ``batch @ U^T`` and its gradient with respect to the strictly
     lower part of ``weights`` (what autograd through the reflections gives; the rest of
     ``weights`` does not enter ``U``). With ``U = I - V X``, ``X = S^-1 V^T``:
     ``dU = G_z^T B``; ``dV = -dU X^T + Y^T + V (dA + dA^T)`` where ``Y = S^-T (-V^T dU)``,
     ``dS = -Y X^T`` and ``dA`` is ``dS`` on the strict upper triangle, half of it on the
     diagonal, zero below."""
-    vectors, s = _compact_wy(weights)
+    masks = _Masks(weights) if masks is None else masks
+    vectors, s = _compact_wy(weights, masks)
     x = torch.linalg.solve_triangular(s, vectors.T, upper=True)
-    rotation = torch.eye(weights.shape[0], dtype=weights.dtype) - vectors @ x
-    z = batch @ rotation.T
-    loss = float(quantization_loss(z, kind))
-    d_rotation = quantization_loss_gradient(z, kind).T @ batch
-    y = torch.linalg.solve_triangular(s.T, -(vectors.T @ d_rotation), upper=False)
-    d_s = -(y @ x.T)
-    d_gram = torch.triu(d_s, diagonal=1) + torch.diag(torch.diagonal(d_s)) / 2
-    d_vectors = y.T - d_rotation @ x.T + vectors @ (d_gram + d_gram.T)
-    return loss, torch.tril(d_vectors, diagonal=-1)
+    z = batch @ (masks.eye - vectors @ x).T
+    if kind == "l2":  # the common case, loss and gradient from one residual
+        residual = z - torch.sign(z)
+        loss = float(torch.linalg.vecdot(residual.view(-1), residual.view(-1))) / z.numel()
+        d_z = residual.mul_(2.0 / z.numel())
+    else:
+        loss = float(quantization_loss(z, kind))
+        d_z = quantization_loss_gradient(z, kind)
+    d_rotation = d_z.T @ batch
+    y = torch.linalg.solve_triangular(s.T, vectors.T @ d_rotation, upper=False).neg_()
+    d_gram = (y @ x.T).mul_(masks.upper).neg_()
+    d_vectors = torch.addmm(y.T, d_rotation, x.T, alpha=-1.0)
+    d_vectors.addmm_(vectors, d_gram + d_gram.T)
+    return loss, d_vectors.mul_(masks.lower)
 
 
 class HouseholderQuantizer:
@@ -131,11 +148,11 @@ class HouseholderQuantizer:
         return f"HouseholderQuantizer(dim={self.dim}, loss={self.loss!r})"
 
     @staticmethod
-    def _rotation_of(weights: torch.Tensor) -> torch.Tensor:
+    def _rotation_of(weights: torch.Tensor, masks: _Masks | None = None) -> torch.Tensor:
         """``U = H_1 ... H_m`` in the compact WY form, ``I - V S^-1 V^T`` (differentiable)."""
-        vectors, s = _compact_wy(weights)
-        eye = torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)
-        return eye - vectors @ torch.linalg.solve_triangular(s, vectors.T, upper=True)
+        masks = _Masks(weights) if masks is None else masks
+        vectors, s = _compact_wy(weights, masks)
+        return masks.eye - vectors @ torch.linalg.solve_triangular(s, vectors.T, upper=True)
 
     @property
     def rotation(self) -> np.ndarray:
@@ -202,9 +219,10 @@ class HouseholderQuantizer:
         val, train = x[order[:num_val]], x[order[num_val:]]
         kind = self.loss
         weights = self.weights.detach().clone()
+        masks = _Masks(weights)
 
         def validation_loss() -> float:
-            return float(quantization_loss(val @ self._rotation_of(weights).T, kind))
+            return float(quantization_loss(val @ self._rotation_of(weights, masks).T, kind))
 
         best = (validation_loss(), weights.detach().clone())
         self.history = [{"epoch": 0, "train": float("nan"), "validation": best[0]}]
@@ -218,7 +236,7 @@ class HouseholderQuantizer:
             total, count = 0.0, 0
             for start in range(0, train.shape[0], batch_size):
                 batch = shuffled[start : start + batch_size]
-                loss, gradient = _loss_and_gradient(weights, batch, kind)
+                loss, gradient = _loss_and_gradient(weights, batch, kind, masks)
                 weights.sub_(gradient, alpha=lr)  # plain SGD, as torch.optim.SGD steps
                 total += loss * batch.shape[0]
                 count += batch.shape[0]
