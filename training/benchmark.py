@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             if seed == args.seeds[0]:
                 for png in run_dir.glob("*.png"):
                     shutil.copy(png, out / f"{name}-{png.name}")
-            _write(out, per_seed, args.seeds)  # after every run
-    text = _write(out, per_seed, args.seeds)
+            _write(out, per_seed, args.seeds, args.only)  # after every run
+    text = _write(out, per_seed, args.seeds, args.only)
     if args.markdown is not None:
         args.markdown.write_text(text)
     print(text)
@@ -207,17 +207,23 @@ def _finished(run_dir: Path, options: list[str], read) -> dict[str, float] | Non
     return None
 
 
-def _write(out: Path, per_seed: dict, seeds: list[int]) -> str:
+def _write(out: Path, per_seed: dict, seeds: list[int], only: list[str] | None = None) -> str:
     header = (f"Quality benchmark, {time.strftime('%Y-%m-%d')}, {_cpu()}, Python "
               f"{platform.python_version()}; seeds {seeds}"
               + (" (ONE SEED: a first look; the sd column is 0 by construction)"
                  if len(seeds) == 1 else "")
               + f". Fashion-MNIST runs: {' '.join(BUDGET)}; glyphs: {' '.join(GLYPH_BUDGET)}; "
               f"synthetic: {SYNTHETIC}, method defaults.")
-    title = ("# The quality benchmark, every value\n\nWritten by `python -m training.benchmark"
-             " --markdown docs/quality.md` (`make quality`): mean and sample standard "
-             "deviation over the seeds of every value the experiments report. "
-             "[What the papers claim](claims.md) reads it.\n\n")
+    if only:
+        title = (f"# The quality benchmark: {', '.join(only)}\n\nWritten by `python -m "
+                 f"training.benchmark --only {' '.join(only)} --markdown PAGE`: mean and "
+                 "sample standard deviation over the seeds of every value these experiments "
+                 "report. [What the papers claim](claims.md) reads it.\n\n")
+    else:
+        title = ("# The quality benchmark, every value\n\nWritten by `python -m "
+                 "training.benchmark --markdown docs/quality.md` (`make quality`): mean and "
+                 "sample standard deviation over the seeds of every value the experiments "
+                 "report. [What the papers claim](claims.md) reads it.\n\n")
     text = title + header + "\n\n" + summarise(per_seed) + "\n"
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps(per_seed, indent=2))
