@@ -350,6 +350,22 @@ def case_sparse_hash_table(dev: Device) -> None:
 
 
 @case
+def case_sparse_hash_table_with_host_exclude_rows(dev: Device) -> None:
+    """GPU queries with ``exclude`` rows on the host: the rows go over once."""
+    act, emb, ids = _table_data(2, n=1000)
+    table = qk.SparseHashTable(32, 2).add(act, emb, ids=ids)
+    exclude = ids[:8, None]
+    d_act, d_emb = dev.put(act[:8]), dev.put(emb[:8])
+    table.search(d_act, d_emb, 4)  # the mirror
+    with dev.watch(htod=3, dtoh=4):  # the rows and the sorted ids; 4 validation scalars
+        D, I = table.search(d_act, d_emb, 4, exclude=exclude)
+    want_d, want_i = table.search(act[:8], emb[:8], 4, exclude=exclude)
+    _same(dev, D, want_d)
+    _same(dev, I, want_i)
+    assert not (dev.get(I) == ids[:8, None]).any()
+
+
+@case
 def case_sparse_hash_table_expands_like_the_cpu(dev: Device) -> None:
     act = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     emb = np.arange(4, dtype=np.float32)[:, None]

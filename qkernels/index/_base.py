@@ -425,9 +425,12 @@ class Index(LazyState):
 
         if exclude is None:
             return cupy.empty((num_queries, 0), dtype=cupy.int64)
-        from .._arrays import to_cupy
+        from .._arrays import is_cuda, to_cupy
 
-        wanted = _filter_ids(to_cupy(exclude), "exclude", num_queries, per_query=True)
+        # host rows for GPU queries are accepted: copied over once, then mapped there
+        rows = (to_cupy(exclude) if is_cuda(exclude)
+                else cupy.asarray(to_numpy(exclude, allow_device_copy=True, name="exclude")))
+        wanted = _filter_ids(rows, "exclude", num_queries, per_query=True)
         order, sorted_ids = self._state_mirror(
             state, lambda: tuple(cupy.asarray(a) for a in self._sorted_ids(state)), ("ids",))
         return _excluded_rows(cupy, wanted, order, sorted_ids)
