@@ -55,7 +55,7 @@ def pack_bits(x: Any) -> Any:
     check_columns(a, "x", "bits")
     if a.dtype.kind not in "biuf":
         raise TypeError(f"x must hold real numbers or booleans, got dtype {a.dtype}")
-    xp = _gpu.array_module(a) if on_device else np
+    xp = _gpu.array_module(a)
     if a.dtype.kind == "f" and a.size and bool(xp.isnan(a).any()):
         where = tuple(int(i) for i in xp.argwhere(xp.isnan(a))[0])
         raise ValueError(f"x holds NaN at index {where}; a NaN has no sign (bit j is "

@@ -22,7 +22,7 @@ __all__ = ["HierarchicalHashTable"]
 def _ranks(activations: Any) -> Any:
     """rank[i, b]: position of bucket b when row i is sorted descending (ties: lower first);
     numpy or cupy (the inverse permutation of each row's order is its argsort)."""
-    xp = np if isinstance(activations, np.ndarray) else _gpu.array_module(activations)
+    xp = _gpu.array_module(activations)
     order = xp.argsort(-activations, axis=1, kind="stable")
     return xp.argsort(order, axis=1, kind="stable")
 
@@ -180,7 +180,7 @@ class HierarchicalHashTable(Index):
         if a1.shape[0] != a2.shape[0] or (rows is not None and a1.shape[0] != rows):
             raise ValueError(f"{names[0]} has {a1.shape[0]} rows and {names[1]} "
                              f"{a2.shape[0]}; they must match (and the embeddings)")
-        xp = _gpu.array_module(a1) if device else np
+        xp = _gpu.array_module(a1)
         return (xp.ascontiguousarray(as_float_array(a1, names[0])),
                 xp.ascontiguousarray(as_float_array(a2, names[1])))
 

@@ -160,12 +160,17 @@ class HouseholderQuantizer:
         with torch.no_grad():
             return self._rotation_of(self.weights).to(torch.float32).numpy()
 
-    def _embeddings(self, x: Any, name: str) -> torch.Tensor:
-        a = to_numpy(x, allow_device_copy=True, name=name)
+    def _checked(self, x: Any, name: str, device: bool = False) -> Any:
+        """``x`` checked, in float64: a numpy array, or a cupy array on its GPU with
+        ``device``."""
+        a = to_cupy(x) if device else to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), f"(N, dim = {self.dim})")
         if a.shape[1] != self.dim:
             raise ValueError(f"{name} has dimension {a.shape[1]}; this quantizer has {self.dim}")
-        return torch.from_numpy(np.ascontiguousarray(as_float_array(a, name, dtype=np.float64)))
+        return as_float_array(a, name, dtype=np.float64)
+
+    def _embeddings(self, x: Any, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self._checked(x, name)))
 
     def fit(self, embeddings: Any, *, epochs: int = 150, lr: float = 0.1,
             batch_size: int = 128, seed: int = 0, validation_fraction: float = 0.1,
@@ -313,11 +318,7 @@ class HouseholderQuantizer:
         import cupy
 
         xp = cupy
-        a = to_cupy(x)
-        check_rank(a, "x", (2,), f"(N, dim = {self.dim})")
-        if a.shape[1] != self.dim:
-            raise ValueError(f"x has dimension {a.shape[1]}; this quantizer has {self.dim}")
-        a = as_float_array(a, "x", dtype=np.float64)
+        a = self._checked(x, "x", device=True)
         weights = self.weights
 
         def build():

@@ -69,8 +69,10 @@ class ITQ:
     def __repr__(self) -> str:
         return f"ITQ(nbits={self.nbits}, iterations={self.iterations})"
 
-    def _data(self, x: Any, name: str) -> np.ndarray:
-        a = to_numpy(x, allow_device_copy=True, name=name)
+    def _data(self, x: Any, name: str, device: bool = False) -> Any:
+        """``x`` checked, in float64: a numpy array, or a cupy array on its GPU with
+        ``device``."""
+        a = to_cupy(x) if device else to_numpy(x, allow_device_copy=True, name=name)
         check_rank(a, name, (2,), "(N, dim)")
         check_columns(a, name, "dimensions")
         return as_float_array(a, name, dtype=np.float64)
@@ -123,29 +125,19 @@ class ITQ:
         self.projection = pca @ rotation
         return self
 
-    def _projected(self, x: Any) -> np.ndarray:
+    def _projected(self, x: Any, device: bool = False) -> Any:
+        """``(x - mean) @ projection`` in float64; with ``device`` on the GPU of ``x``, the
+        mean and the projection copied to each device once per fit."""
         if self.projection is None:
             raise RuntimeError("this ITQ is not fitted: call fit(x) first")
-        data = self._data(x, "x")
+        data = self._data(x, "x", device)
         if data.shape[1] != self.mean.shape[0]:
             raise ValueError(f"x has dimension {data.shape[1]}; ITQ was fitted on "
                              f"{self.mean.shape[0]}")
-        return (data - self.mean) @ self.projection
-
-    def _projected_on_device(self, x: Any):
-        """:meth:`_projected` of GPU input on its device, in float64; the mean and the
-        projection are copied to each device once per fit."""
-        if self.projection is None:
-            raise RuntimeError("this ITQ is not fitted: call fit(x) first")
+        if not device:
+            return (data - self.mean) @ self.projection
         import cupy
 
-        data = to_cupy(x)
-        check_rank(data, "x", (2,), "(N, dim)")
-        check_columns(data, "x", "dimensions")
-        if data.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"x has dimension {data.shape[1]}; ITQ was fitted on "
-                             f"{self.mean.shape[0]}")
-        data = as_float_array(data, "x", dtype=np.float64)
         mean, projection = _gpu.mirrored(self, (self.mean, self.projection), lambda: (
             cupy.asarray(self.mean), cupy.asarray(self.projection)))
         return (data - mean) @ projection
@@ -176,7 +168,7 @@ class ITQ:
         origin = origin_of(x, names=("x",))
         if origin.is_cuda and _gpu.available():
             with torch_stream(origin):
-                return origin.wrap(as_float_array(self._projected_on_device(x),
+                return origin.wrap(as_float_array(self._projected(x, device=True),
                                                   "the projection of x", dtype=np.float32))
         return origin.wrap(as_float_array(self._projected(x), "the projection of x",
                                           dtype=np.float32))
@@ -210,5 +202,5 @@ class ITQ:
         origin = origin_of(x, names=("x",))
         if origin.is_cuda and _gpu.available():
             with torch_stream(origin):
-                return origin.wrap(pack_signs(self._projected_on_device(x)))
+                return origin.wrap(pack_signs(self._projected(x, device=True)))
         return origin.wrap(pack_bits(self._projected(x)))
