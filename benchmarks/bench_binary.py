@@ -4,6 +4,8 @@ import numpy as np
 
 import qkernels as qk
 
+from .common import gaussian_classes
+
 
 class Hamming:
     params = ([64, 128], [1_000_000])
@@ -32,9 +34,7 @@ class HouseholderFit:
     timeout = 300
 
     def setup(self, dim):
-        rng = np.random.default_rng(dim)
-        centres = rng.standard_normal((100, dim)) * 2
-        self.x = centres[rng.integers(0, 100, 60_000)] + rng.standard_normal((60_000, dim))
+        self.x = gaussian_classes(60_000, dim, seed=dim, num_classes=100)
 
     def time_fit_one_epoch(self, dim):
         qk.HouseholderQuantizer(dim).fit(self.x, epochs=1)

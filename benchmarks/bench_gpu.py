@@ -15,7 +15,7 @@ import numpy as np
 
 import qkernels as qk
 
-from .common import clustered_codes_data, dht_scores
+from .common import clustered_codes_data, dht_scores, gaussian_classes
 
 SCALE = 1.0  # database sizes are multiplied by it
 
@@ -41,12 +41,6 @@ def _synchronize():
 
 def _size(n: int) -> int:
     return max(8, int(n * SCALE))
-
-
-def _embeddings(n: int, dim: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((1000, dim)).astype(np.float32) * 2
-    return centres[rng.integers(0, 1000, n)] + rng.standard_normal((n, dim), dtype=np.float32)
 
 
 class GPUSolver:
@@ -94,10 +88,10 @@ class GPUBinaryIndex:
 class GPUPQ:
     def setup(self):
         _require_gpu()
-        x = _embeddings(_size(1_000_000), 64, seed=2)
+        x = gaussian_classes(_size(1_000_000), 64, seed=2)
         pq = qk.ProductQuantizer(64, 8, 8, iterations=5).train(x[:65_536])
         self.index = qk.PQIndex(pq).add(x)
-        self.q = _device(_embeddings(_size(1000), 64, seed=3))
+        self.q = _device(gaussian_classes(_size(1000), 64, seed=3))
         self.index.search(self.q[:2], 10)
 
     def time_search(self):
@@ -129,7 +123,7 @@ class GPUHierarchical:
         labels = rng.integers(0, 2000, n + queries)
         level1 = rng.standard_normal((2000, d))[labels] * 3 + rng.standard_normal((len(labels), d))
         level2 = rng.standard_normal((2000, d))[labels] * 3 + rng.standard_normal((len(labels), d))
-        emb = _embeddings(len(labels), 64, seed=6)
+        emb = gaussian_classes(len(labels), 64, seed=6)
         self.table = qk.HierarchicalHashTable(d, 2).add(level1[:n], level2[:n], emb[:n])
         self.q = [_device(a[n:]) for a in (level1, level2, emb)]
         self.table.search(*(a[:2] for a in self.q), 16)
@@ -142,7 +136,7 @@ class GPUHierarchical:
 class GPUEncode:
     def setup(self):
         _require_gpu()
-        x = _embeddings(_size(1_000_000), 64, seed=7)
+        x = gaussian_classes(_size(1_000_000), 64, seed=7)
         self.itq = qk.ITQ(64, iterations=5).fit(x[:20_000])
         self.h2q = qk.HouseholderQuantizer(64).fit(x[:20_000], epochs=1)
         self.x = _device(x)

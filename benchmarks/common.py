@@ -131,3 +131,16 @@ def hierarchical_codes_data(n: int, d: int, *, dim: int = 64, num_classes: int =
         level1 = boost1[labels] + rng.standard_normal((m, d), dtype=np.float32)
         level2 = boost2[labels] + rng.standard_normal((m, d), dtype=np.float32)
         yield labels, level1, level2, embeddings
+
+
+def gaussian_classes(n: int, dim: int, seed: int, num_classes: int = 1000) -> np.ndarray:
+    """``n`` float32 points around ``num_classes`` Gaussian centres (scale 2, unit noise),
+    generated 100,000 at a time."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_classes, dim)).astype(np.float32) * 2
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        out[start : start + m] = centers[rng.integers(0, num_classes, m)]
+        out[start : start + m] += rng.standard_normal((m, dim), dtype=np.float32)
+    return out

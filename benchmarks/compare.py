@@ -43,6 +43,7 @@ from benchmarks.common import (
     SCORE_SCALE,
     clustered_codes_data,
     dht_scores,
+    gaussian_classes,
     hierarchical_codes_data,
     ortools_level2,
     ortools_sparse_codes,
@@ -239,17 +240,6 @@ def table(args: argparse.Namespace) -> None:
     print_table(["k", "top-k select s", "table build s"], build_rows)
 
 
-def _gaussian_classes(n: int, dim: int, seed: int, num_classes: int = 1000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((num_classes, dim)).astype(np.float32) * 2
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        out[start : start + m] = centers[rng.integers(0, num_classes, m)]
-        out[start : start + m] += rng.standard_normal((m, dim), dtype=np.float32)
-    return out
-
-
 @suite
 def pq(args: argparse.Namespace) -> None:
     """PQIndex against faiss IndexPQ with the same codebooks and codes."""
@@ -258,7 +248,7 @@ def pq(args: argparse.Namespace) -> None:
     n, dim, num_queries, topk, m, nbits = args.table_size, 64, 1000, 10, 8, 8
     print(f"### pq: PQIndex vs faiss {faiss.__version__} IndexPQ, N = {n:,}, {dim}-d, M = {m}, "
           f"{nbits} bits, {num_queries} queries, top-{topk}\n")
-    data = _gaussian_classes(n + num_queries, dim, seed=5)
+    data = gaussian_classes(n + num_queries, dim, seed=5)
     xb, xq = data[:n], data[n:]
     start = time.perf_counter()
     quantizer = qk.ProductQuantizer(dim, m, nbits, seed=0).train(xb[:65_536])
@@ -357,7 +347,7 @@ def binary(args: argparse.Namespace) -> None:
           f"{num_queries} queries, top-{topk}\n")
     rows = []
     for nbits in (64, 128):
-        data = _gaussian_classes(n + num_queries, nbits, seed=nbits)
+        data = gaussian_classes(n + num_queries, nbits, seed=nbits)
         codes = qk.pack_bits(data)
         db, queries = codes[:n], codes[n:]
         ours = qk.BinaryIndex(nbits).add(db)
@@ -460,7 +450,7 @@ def _sharded_rank(rank: int, init_file: str, args: argparse.Namespace, out: str)
     try:
         cases = {}
         # PQ, 64-d, M = 8 x 8 bits, top-10
-        data = _gaussian_classes(n + num_queries, 64, seed=5)
+        data = gaussian_classes(n + num_queries, 64, seed=5)
         quantizer = qk.ProductQuantizer(64, 8, 8, seed=0).train(data[:65_536])
         codes = quantizer.encode(data[:n])
         pq_q = data[n:]
@@ -537,8 +527,8 @@ def compressed(args: argparse.Namespace) -> None:
     print(f"### compressed: SparseHashTable storages vs faiss {faiss.__version__} IndexIVFPQ "
           f"over the same lists, N = {n:,}, {dim}-d, {nlist} buckets, k = 1, "
           f"{num_queries} queries, top-{topk}\n")
-    x = _gaussian_classes(n, dim, seed=21)
-    xq = _gaussian_classes(num_queries, dim, seed=22)
+    x = gaussian_classes(n, dim, seed=21)
+    xq = gaussian_classes(num_queries, dim, seed=22)
     coarse = faiss.Kmeans(dim, nlist, niter=10, seed=1)
     coarse.train(x[: 50 * nlist])
     quantizer = faiss.IndexFlatL2(dim)
@@ -616,8 +606,8 @@ def lifecycle(args: argparse.Namespace) -> None:
           "next search then rebuilds its bucket lists (counting sorts). A filter is applied "
           "inside the scans: include = 10% of the ids, exclude = 10% of them.\n")
     rng = np.random.default_rng(11)
-    x = _gaussian_classes(n, dim, seed=12)
-    xq = _gaussian_classes(num_queries, dim, seed=13)
+    x = gaussian_classes(n, dim, seed=12)
+    xq = gaussian_classes(num_queries, dim, seed=13)
     act = x[:, :32] @ rng.standard_normal((32, 256)).astype(np.float32)
     q_act = xq[:, :32] @ rng.standard_normal((32, 256)).astype(np.float32)
     pq8 = qk.ProductQuantizer(dim, 8, 8).train(x[:65_536])
@@ -766,8 +756,8 @@ def gpu(args: argparse.Namespace) -> None:
                      "same objective" if same else "OBJECTIVE DIFFERS"])
 
     n, dim, num_queries, topk = 10_000_000, 64, 1000, 16
-    xb = torch.from_numpy(_gaussian_classes(n, dim, seed=11)).cuda()
-    xq = torch.from_numpy(_gaussian_classes(num_queries, dim, seed=12)).cuda()
+    xb = torch.from_numpy(gaussian_classes(n, dim, seed=11)).cuda()
+    xq = torch.from_numpy(gaussian_classes(num_queries, dim, seed=12)).cuda()
     norms = (xb * xb).sum(1)
 
     def exhaustive():
