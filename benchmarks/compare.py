@@ -12,6 +12,10 @@ drifting machine load hits all of them alike, and reports medians. Only ratios f
 worth comparing: machines are noisy. Every row also checks that ours returns what the peer
 returns (the same optimum, the same ids), and says so in the table.
 
+The scan suites (table, pq, binary) first measure the machine's limits (benchmarks/roofline.py:
+read bandwidth, clock, look-ups a cycle) and give every scan a roofline table: what fraction of
+the limit nearest to it the scan reaches.
+
 OpenMP threads (faiss, torch) are told to sleep as soon as a parallel region ends
 (OMP_WAIT_POLICY=PASSIVE, unless set otherwise): by default they spin for a while and would
 take the cores from whichever contestant runs next, which skews short runs most.
@@ -48,6 +52,8 @@ from benchmarks.common import (
     ortools_level2,
     ortools_sparse_codes,
 )
+from benchmarks.roofline import COLUMNS as ROOF_COLUMNS
+from benchmarks.roofline import Roofline
 from qkernels.index import _table_cpu
 
 SUITES: dict[str, Callable[[argparse.Namespace], None]] = {}
@@ -83,6 +89,57 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+_ROOF: list[Roofline] = []
+
+
+def roofline() -> Roofline:
+    """The machine's limits, measured once per run (benchmarks/roofline.py); printed the first
+    time a suite asks for them."""
+    if not _ROOF:
+        _ROOF.append(Roofline.measure())
+        print("### roofline: this machine's limits\n")
+        print(_ROOF[0].describe() + "\n")
+        print("Each scan below has a roofline table: the bytes of codes (or embeddings) its "
+              "queries read per second, that as a fraction of the read bandwidth measured over "
+              "a buffer the size of the scan's data (where that data lives: a million short "
+              "codes stay in the last-level cache), and the cycles per item and query on all "
+              "threads. Its nearest limit is memory (the fraction of that bandwidth) or, for "
+              "the 8-bit PQ scan, look-ups (the measured look-ups a cycle over the look-ups an "
+              "item needs, against the cycles it takes); below a third of both, the loop's own "
+              "instructions (the heap, the arithmetic) bind. A fraction above 1 means the "
+              "kernel reads less than every byte every query (it reuses what is in "
+              "registers).\n")
+    return _ROOF[0]
+
+
+def bound(fractions: dict[str, float]) -> str:
+    """Which limit a scan is nearest to, and how near: ``{"memory": 0.4, "look-ups": 0.8}``
+    -> "look-ups (0.80)"; below a third of every limit, the loop's own instructions bind."""
+    name = max(fractions, key=fractions.get)
+    if fractions[name] < 1 / 3:
+        return f"instructions (nearest: {name} {fractions[name]:.2f})"
+    return f"{name} ({fractions[name]:.2f})"
+
+
+def roof_row(name: str, seconds: float, items: float, queries: int, bytes_per_item: float,
+             data_bytes: int, lookups_per_item: float | None = None) -> list[str]:
+    """One row of a roofline table: the scan's read rate against the bandwidth at its data's
+    size, cycles per item and query (all threads), and the limit it is nearest to."""
+    roof = roofline()
+    bandwidth = roof.at_size(data_bytes)
+    columns = roof.columns(seconds, items, queries, bytes_per_item, bandwidth)
+    rate = items * queries * bytes_per_item / seconds
+    cycles = seconds * roof.clock * roof.threads / (items * queries)
+    fractions = {"memory": rate / bandwidth}
+    if lookups_per_item:
+        fractions["look-ups"] = lookups_per_item / roof.lookups / cycles
+    return [name, f"{data_bytes / 2**20:,.0f} MiB, {bandwidth / 1e9:.0f} GB/s", *columns,
+            bound(fractions)]
+
+
+ROOF_HEADER = ["scan", "data, bandwidth at its size", *ROOF_COLUMNS, "nearest limit"]
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -196,7 +253,7 @@ def table(args: argparse.Namespace) -> None:
         build_rows.append([str(k), f"{select_seconds:.2f}", f"{build_seconds:.2f}"])
     del act
 
-    rows = []
+    rows, roof_rows = [], []
     for k, index in indexes.items():
         contestants = {
             "ours": lambda index=index: index.search(xq_act, xq, topk),
@@ -231,10 +288,20 @@ def table(args: argparse.Namespace) -> None:
         else:
             row.append("")
         rows.append(row)
+        # the candidates' embeddings, which a query reads from buckets scattered over them
+        per_query = float(np.mean(index.candidate_counts))
+        roof_rows.append(roof_row(f"qkernels, k = {k}", medians["ours"], per_query,
+                                  num_queries, dim * 4, emb.nbytes))
+        if ivf is not None:
+            roof_rows.append(roof_row("faiss IVFFlat, k = 1", medians["ivf"], per_query,
+                                      num_queries, dim * 4, emb.nbytes))
     table_header = ["k", "SUF", "recall@16 vs exhaustive", "ours q/s", "torch q/s",
                     "faiss Flat q/s", "speed-up over best scan", "target SUF/2",
                     "faiss IVFFlat, same lists"]
     print_table(table_header, rows)
+    print("Roofline: a query reads its candidates' float32 embeddings (items = candidates a "
+          "query).\n")
+    print_table(ROOF_HEADER, roof_rows)
     print(f"Build of {n:,} items (seconds): top-k selection of the activations, then "
           "the table (sort by codes, CSR by counting sort; includes copying the embeddings):\n")
     print_table(["k", "top-k select s", "table build s"], build_rows)
@@ -281,6 +348,11 @@ def pq(args: argparse.Namespace) -> None:
          f"{medians['faiss'] / medians['fastscan']:.2f}x", ""],
     ]
     print_table(["index", "q/s", "vs IndexPQ", "results"], rows)
+    print(f"Roofline: every query reads the {n:,} codes of {m} bytes, {m} table look-ups an "
+          "item.\n")
+    print_table(ROOF_HEADER, [
+        roof_row(name, medians[key], n, num_queries, m, n * m, lookups_per_item=m)
+        for name, key in (("qkernels PQIndex (ADC)", "ours"), ("faiss IndexPQ", "faiss"))])
     print(f"Training the quantizer on 65,536 points: {train_seconds:.1f} s (k-means++ and 25 "
           "Lloyd iterations per subspace, first call includes compilation).\n")
     _fastscan(args, xb, xq, fastscan)
@@ -335,6 +407,12 @@ def _fastscan(args: argparse.Namespace, xb: np.ndarray, xq: np.ndarray, peer) ->
          f"{num_queries / exact_s:,.0f}", f"{medians['faiss'] / exact_s:.2f}x", recall(Ie), ""],
     ]
     print_table(["index", "q/s", "vs FastScan", "recall@10", "results"], rows)
+    print(f"Roofline: every query reads the {n:,} codes of {m // 2} bytes (look-ups are "
+          "in-register shuffles).\n")
+    print_table(ROOF_HEADER, [
+        roof_row(name, medians[key], n, num_queries, m / 2, n * m // 2)
+        for name, key in (("qkernels fast scan, rerank=0", "plain"),
+                          ("faiss IndexPQFastScan", "faiss"))])
 
 
 @suite
@@ -345,7 +423,7 @@ def binary(args: argparse.Namespace) -> None:
     n, num_queries, topk = args.table_size, 1000, 10
     print(f"### binary: hamming_topk vs faiss {faiss.__version__} IndexBinaryFlat, N = {n:,}, "
           f"{num_queries} queries, top-{topk}\n")
-    rows = []
+    rows, roof_rows = [], []
     for nbits in (64, 128):
         data = gaussian_classes(n + num_queries, nbits, seed=nbits)
         codes = qk.pack_bits(data)
@@ -365,8 +443,13 @@ def binary(args: argparse.Namespace) -> None:
                      f"{medians['faiss'] / medians['ours']:.2f}x",
                      "identical" if np.array_equal(D, Df) else "DIFFER",
                      f"{(I == If).mean():.3f}"])
+        roof_rows += [roof_row(f"{name}, {nbits} bits", medians[key], n, num_queries,
+                               nbits // 8, n * nbits // 8)
+                      for name, key in (("qkernels", "ours"), ("faiss", "faiss"))]
     print_table(["bits", "ours q/s", "faiss q/s", "speed-up", "distances",
                  "ids equal (ties may order differently)"], rows)
+    print("Roofline: every query reads every code.\n")
+    print_table(ROOF_HEADER, roof_rows)
 
 
 @suite
@@ -842,6 +925,8 @@ def main() -> None:
     print(f"qkernels {qk.__version__} on {machine()}, {datetime.date.today().isoformat()}\n")
     page = None if args.markdown is None else _Page(args.markdown, sys.argv[1:])
     with contextlib.redirect_stdout(page) if page else contextlib.nullcontext():
+        if args.suite in ("all", "table", "pq", "binary"):
+            roofline()  # measured first, on a machine no suite has loaded yet
         for name, run in SUITES.items():
             if args.suite in (name, "all"):
                 run(args)
