@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["EXPERIMENTS", "main", "summarise"]
+__all__ = ["EXPERIMENTS", "experiment_options", "main", "run_experiment", "summarise"]
 
 # the CPU budget of every Fashion-MNIST run: 4 epochs of 100 batches of 10 classes x 8 items
 # (32,000 images seen), the hash stages 2 epochs each
@@ -147,28 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[str, dict[str, list[float]]] = {}
     for name, dataset, command, read in chosen:
-        spec = dataset
-        if dataset == "fashion":
-            spec = f"fashion-mnist:{args.fashion}" if args.fashion else "fashion-mnist"
-        budget = {"fashion": BUDGET, GLYPHS: GLYPH_BUDGET}.get(dataset, [])
         for seed in args.seeds:
             run_dir = out / f"{name}-seed{seed}"
-            options = [*command, "--dataset", spec, "--seed", str(seed), *budget, "--quiet",
-                       "--no-progress", "--out", str(run_dir)]
-            values = _finished(run_dir, options, read)
+            options = experiment_options(dataset, command, seed, run_dir, args.fashion)
             t0 = time.time()
+            values = _finished(run_dir, options, read)
             if values is None and args.summarise:
                 continue
             if values is None:
-                done = subprocess.run([sys.executable, "-m", "training", *options],
-                                      capture_output=True, text=True)
-                if done.returncode:
-                    print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
-                    print(f"{name} seed {seed}: failed (python -m training "
-                          f"{' '.join(options)})", file=sys.stderr)
-                    return done.returncode
-                (run_dir / "command.json").write_text(json.dumps(options))
-                values = read(json.loads((run_dir / "results.json").read_text()))
+                values = run_experiment(options, run_dir, read)
+                if values is None:
+                    print(f"{name} seed {seed}: failed", file=sys.stderr)
+                    return 1
             for key, value in values.items():
                 per_seed.setdefault(name, {}).setdefault(key, []).append(float(value))
             print(f"{name} seed {seed}: {time.time() - t0:.0f} s", flush=True)  # 0: reused
@@ -181,6 +171,36 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(text)
     print(text)
     return 0
+
+
+def experiment_options(dataset: str, command: list[str], seed: int, run_dir: Path,
+                       fashion: str = "", extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``python -m training`` options of one experiment's run: its method and arguments,
+    the dataset with its training budget, ``extra`` (a hyper-parameter being tried,
+    ``--validation``), the seed, quiet, into ``run_dir``."""
+    spec = dataset
+    if dataset == "fashion":
+        spec = f"fashion-mnist:{fashion}" if fashion else "fashion-mnist"
+    budget = {"fashion": BUDGET, GLYPHS: GLYPH_BUDGET}.get(dataset, [])
+    return [*command, *extra, "--dataset", spec, "--seed", str(seed), *budget, "--quiet",
+            "--no-progress", "--out", str(run_dir)]
+
+
+def run_experiment(options: list[str], run_dir: Path, read) -> dict[str, float] | None:
+    """Train and score one run (``python -m training OPTIONS`` in a child process) and return
+    what ``read`` takes from its results, or None after printing why it failed; an earlier
+    run of exactly these options in ``run_dir`` is reused."""
+    values = _finished(run_dir, options, read)
+    if values is not None:
+        return values
+    done = subprocess.run([sys.executable, "-m", "training", *options], capture_output=True,
+                          text=True)
+    if done.returncode:
+        print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
+        print(f"failed: python -m training {' '.join(options)}", file=sys.stderr)
+        return None
+    (run_dir / "command.json").write_text(json.dumps(options))
+    return read(json.loads((run_dir / "results.json").read_text()))
 
 
 def _cpu() -> str:
