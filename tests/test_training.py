@@ -91,8 +91,7 @@ def test_quality_benchmark_summary(tmp_path):
     assert json.loads((tmp_path / "quality.json").read_text()) == {"klhash-nokl": values}
 
 
-def test_selection_picks_by_the_claims_criterion_on_a_validation_split(tmp_path, monkeypatch,
-                                                                         capsys):
+def test_selection_picks_by_the_claims_criterion_on_a_validation_split(tmp_path, monkeypatch):
     """training.selection: every combination of the grid runs with --validation, and the DHT
     criterion picks the largest SUF ratio to VQ among settings within 0.005 of VQ's P@4 (a
     faster setting outside the tolerance loses)."""
@@ -123,10 +122,19 @@ def test_selection_picks_by_the_claims_criterion_on_a_validation_split(tmp_path,
     assert "| no |" in rows["`--penalty 0.3 --hash-margin 3`"]  # 1.3x but P@4 0.01 below
     assert "| 1.2000 |" in rows["`--penalty 0.3 --hash-margin 1` **chosen**"]
     assert "| 1.1145 |" in rows["`--penalty 1 --hash-margin 3`"]  # sqrt(1.15 x 1.08)
-    # the experiment's own options cannot be in the grid
-    with pytest.raises(SystemExit):
-        selection.main(["dht-glyphs-64", "--grid", "buckets=32,64"])
-    assert "--buckets: the experiment sets it already" in capsys.readouterr().err
+    # the cascade: its SUF@1 over the flat table's, within 1 point of the flat P@1
+    cascade = {"cascade SUF@1 / flat SUF@1": 6.0, "cascade P@1": 0.80, "flat DHT P@1": 0.8126}
+    assert selection.score("cascade-glyphs", cascade, 0.005) == (
+        False, pytest.approx(-0.0126), "SUF@1 6.00x flat, P@1 -0.0126")
+    cascade["cascade P@1"] = 0.8034
+    assert selection.score("cascade-glyphs", cascade, 0.005)[:2] == (True, 6.0)
+    # the grid's values replace the experiment's own
+    seen.clear()
+    assert selection.main(["dht-glyphs-64", "--grid", "buckets=16,32", "penalty=1",
+                           "hash-margin=1", "--out", str(tmp_path)]) == 0
+    for options, buckets in zip(seen, ("16", "32"), strict=True):
+        assert options.count("--buckets") == options.count("--penalty") == 1
+        assert options[options.index("--buckets") + 1] == buckets
 
 
 def test_npairs_variant_and_resume(tmp_path):
