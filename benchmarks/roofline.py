@@ -9,8 +9,9 @@ read (a roofline: Williams, Waterman and Patterson, CACM 2009).
   the L3 of a server CPU).
 - **Clock**: a chain of dependent rotate-and-xor steps, one cycle each on every x86-64 core
   (two a step), timed on one thread; the clock the core runs at under load, not the nominal one.
-- **Look-ups**: independent loads at data-dependent addresses in an L1-resident table (the PQ
-  scan's inner work: ``table[m, code]``), per cycle and core.
+- **Look-ups**: float32 table entries at data-dependent addresses in L1-resident tables, each
+  added to one of eight running sums (the PQ scan's inner work, ``table[m, code]``, without
+  its heap), per cycle and core.
 
 ``Roofline.columns`` turns one scan's time into the columns compare.py prints: the bytes of codes
 (or embeddings) read per second, that as a fraction of the bandwidth at the data's size, and
@@ -67,25 +68,46 @@ def _rotate_xor_chain(x, steps):
 
 
 @nb.njit(cache=True)
-def _row_sum(table, row):
-    """A row's eight entries ``table[m, row[m]]``, summed as a tree (no chain of additions)."""
-    return (((table[0, row[0]] + table[1, row[1]]) + (table[2, row[2]] + table[3, row[3]]))
-            + ((table[4, row[4]] + table[5, row[5]]) + (table[6, row[6]] + table[7, row[7]])))
-
-
-@nb.njit(cache=True)
-def _lookups(table, codes, rounds):
-    """``rounds`` passes over ``codes`` (uint8, (n, 8), n a multiple of 4), four rows at a time
-    into four sums: each look-up a code byte and its table entry, nothing waiting on an
-    addition, as in the PQ scan's inner loop without its heap."""
-    t0 = t1 = t2 = t3 = np.float32(0)
+def _lookups(tables, words, rounds):
+    """``rounds`` passes over ``words`` (uint64, (n,), n a multiple of 4: the 8-bit codes of 8
+    subspaces, lowest byte first), each code looked up in both of two flat tables
+    (``tables[t, m * 256 + code]``): four items and two tables at a time, eight sums in
+    flight, as the PQ scan's inner loop without its heap."""
+    low = np.uint64(255)
+    fa = tables[0]
+    fb = tables[1]
+    total = np.float32(0)
     for _ in range(rounds):
-        for i in range(0, codes.shape[0], 4):
-            t0 += _row_sum(table, codes[i])
-            t1 += _row_sum(table, codes[i + 1])
-            t2 += _row_sum(table, codes[i + 2])
-            t3 += _row_sum(table, codes[i + 3])
-    return t0 + t1 + t2 + t3
+        for i in range(0, words.shape[0], 4):
+            w0 = words[i]
+            w1 = words[i + 1]
+            w2 = words[i + 2]
+            w3 = words[i + 3]
+            a0 = fa[w0 & low]
+            a1 = fa[w1 & low]
+            a2 = fa[w2 & low]
+            a3 = fa[w3 & low]
+            b0 = fb[w0 & low]
+            b1 = fb[w1 & low]
+            b2 = fb[w2 & low]
+            b3 = fb[w3 & low]
+            for b in range(1, 8):
+                shift = np.uint64(8 * b)
+                row = np.uint64(256 * b)
+                c0 = ((w0 >> shift) & low) + row
+                c1 = ((w1 >> shift) & low) + row
+                c2 = ((w2 >> shift) & low) + row
+                c3 = ((w3 >> shift) & low) + row
+                a0 += fa[c0]
+                a1 += fa[c1]
+                a2 += fa[c2]
+                a3 += fa[c3]
+                b0 += fb[c0]
+                b1 += fb[c1]
+                b2 += fb[c2]
+                b3 += fb[c3]
+            total += ((a0 + a1) + (a2 + a3)) + ((b0 + b1) + (b2 + b3))
+    return total
 
 
 def _best(fn, repeat: int) -> float:
@@ -119,14 +141,15 @@ def clock_hz(steps: int = 200_000_000) -> float:
 
 
 def lookups_per_cycle(clock: float) -> float:
-    """Independent table look-ups one core completes per cycle (8 subspaces x 256 float32
-    entries, 8 KiB: L1-resident; 128 KiB of codes, L2-resident)."""
+    """Table look-ups one core completes per cycle, each a float32 entry at a data-dependent
+    address added to a sum (two tables of 8 subspaces x 256 entries, 16 KiB: L1-resident;
+    128 KiB of codes, L2-resident)."""
     rng = np.random.default_rng(0)
-    table = rng.random((8, 256), dtype=np.float32)
-    codes = rng.integers(0, 256, size=(16_384, 8), dtype=np.uint8)
+    tables = rng.random((2, 8 * 256), dtype=np.float32)
+    words = rng.integers(0, 2**63, size=16_384, dtype=np.uint64)
     rounds = 100
-    seconds = _best(lambda: _lookups(table, codes, rounds), 3)
-    return codes.size * rounds / (seconds * clock)
+    seconds = _best(lambda: _lookups(tables, words, rounds), 3)
+    return 2 * 8 * words.size * rounds / (seconds * clock)
 
 
 @dataclass(frozen=True)
