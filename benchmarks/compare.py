@@ -266,7 +266,10 @@ def table(args: argparse.Namespace) -> None:
             quantizer.add(np.zeros((num_buckets, dim), dtype=np.float32))
             ivf = faiss.IndexIVFFlat(quantizer, dim, num_buckets)
             ivf.is_trained = True
-            add_preassigned(ivf, emb, first_buckets, ids=np.arange(n, dtype=np.int64))
+            # the ids held in a name: add_preassigned rebinds its argument to a bare pointer,
+            # so a temporary array would be freed before faiss reads it (garbage ids)
+            ivf_ids = np.arange(n, dtype=np.int64)
+            add_preassigned(ivf, emb, first_buckets, ids=ivf_ids)
             ivf.nprobe = 1
             assign = np.argmax(xq_act, axis=1)[:, None].astype(np.int64)
             contestants["ivf"] = lambda ivf=ivf, assign=assign: search_preassigned(
