@@ -54,6 +54,43 @@ def test_8bit_codes_read_as_words_equal_the_reference(seed, m, n, num_queries, t
     np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.sampled_from([8, 16]), n=st.integers(1, 70),
+       num_queries=st.sampled_from([2, 3, 17, 20, 33]), topk=st.integers(1, 12),
+       metric=st.sampled_from(["l2", "ip"]), how=st.sampled_from(["exclude", "include"]))
+def test_8bit_word_scan_of_query_pairs_with_filters_equals_the_reference(
+        seed, m, n, num_queries, topk, metric, how):
+    """Two queries go through the scan together, in parallel over queries (more than
+    ``SPLIT_DATABASE_MAX_QUERIES``) and over chunks of the database (fewer), odd counts among
+    them, with filters: each query's excluded rows differ in length, so the two queries of a
+    pair fill their heaps at different items."""
+    rng = np.random.default_rng(seed)
+    codebooks = rng.integers(-2, 3, (m, 256, 1)).astype(np.float32)  # small integers: ties
+    pq = qk.ProductQuantizer(m, m, 8).set_codebooks(codebooks)
+    codes = rng.integers(0, 256, (n, m), dtype=np.uint8)
+    q = rng.integers(-2, 3, (num_queries, m)).astype(np.float32)
+    index = qk.PQIndex(pq, metric=metric).add_codes(codes)
+    rD, rI = ref.pq_search(q, codes, codebooks, n, metric)
+    if how == "exclude":
+        exclude = np.full((num_queries, n), -1, dtype=np.int64)
+        allowed = []
+        for row in range(num_queries):
+            dropped = rng.choice(n, size=rng.integers(0, n + 1), replace=False)
+            exclude[row, :len(dropped)] = dropped
+            allowed.append(set(range(n)) - set(dropped.tolist()))
+        D, I = index.search(q, topk, exclude=exclude)
+    else:
+        include = rng.choice(n, size=rng.integers(0, n + 1), replace=False)
+        allowed = [set(include.tolist())] * num_queries
+        D, I = index.search(q, topk, include=include)
+    missing = -np.inf if metric == "ip" else np.inf
+    for row in range(num_queries):
+        kept = [(d, i) for d, i in zip(rD[row], rI[row], strict=True) if i in allowed[row]]
+        kept = (kept + [(missing, -1)] * topk)[:topk]
+        np.testing.assert_array_equal(I[row], [i for _, i in kept])
+        np.testing.assert_array_equal(D[row], np.array([d for d, _ in kept], dtype=np.float32))
+
+
 @given(st.integers(0, 2**32 - 1), st.sampled_from([(8, 2), (8, 4), (12, 3), (5, 5), (6, 1)]),
        st.integers(1, 4))
 def test_encode_decode_and_search_equal_the_reference(seed, shape, nbits):

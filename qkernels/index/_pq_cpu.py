@@ -197,6 +197,118 @@ def _scan_range_words(table, words, start, stop, hd, hi, size, mask, excluded):
 
 
 @nb.njit(cache=True, nogil=True)
+def _fill_words(table, words, start, stop, hd, hi, size, mask, excluded):
+    """The first part of ``_scan_range_words``: items from ``start`` pushed while the heap has
+    room; returns (the new size, the first item not offered)."""
+    topk = hd.shape[0]
+    i = start
+    while i < stop and size < topk:
+        if passes(mask, excluded, i):
+            push(hd, hi, size, _adc_words(table, words[i]), i)
+            size += 1
+        i += 1
+    return size, i
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_pair_words(ta, tb, words, start, stop, hda, hia, hdb, hib, mask, exa, exb):
+    """``_scan_range_words`` for two queries at once (tables ``ta``, ``tb``; heaps ``hda``,
+    ``hdb``, empty; excluded rows ``exa``, ``exb``; 8-bit codes, so 256 entries a subspace):
+    each code byte is taken out of its word
+    once for both queries, and each look-up is one load and one addition, so one core keeps
+    twice the additions in flight (the scan is bound by look-ups: see the roofline in
+    benchmarks/compare.py). Each query's sums are taken in subspace order and offered to its
+    heap in item order, so each query's result is ``_scan_range_words``'s. Returns the two
+    sizes."""
+    sa, ia = _fill_words(ta, words, start, stop, hda, hia, 0, mask, exa)
+    sb, ib = _fill_words(tb, words, start, stop, hdb, hib, 0, mask, exb)
+    i = max(ia, ib)
+    # the query that filled its heap first catches up alone, in item order
+    sa = _scan_range_words(ta, words, ia, i, hda, hia, sa, mask, exa)
+    sb = _scan_range_words(tb, words, ib, i, hdb, hib, sb, mask, exb)
+    num_words = words.shape[1]
+    low = np.uint64(255)
+    # the tables flat, 256 entries a subspace: entry (m, c) at m * 256 + c, an address whose
+    # m part is a constant of the unrolled loop (with the tables' row stride, which is only
+    # known at run time, the 16 row addresses do not fit in registers)
+    fa = ta.reshape(-1)
+    fb = tb.reshape(-1)
+    while i + 4 <= stop:
+        w0 = words[i + 0, 0]
+        w1 = words[i + 1, 0]
+        w2 = words[i + 2, 0]
+        w3 = words[i + 3, 0]
+        c0 = w0 & low
+        c1 = w1 & low
+        c2 = w2 & low
+        c3 = w3 & low
+        a0 = fa[c0]
+        a1 = fa[c1]
+        a2 = fa[c2]
+        a3 = fa[c3]
+        b0 = fb[c0]
+        b1 = fb[c1]
+        b2 = fb[c2]
+        b3 = fb[c3]
+        for b in range(1, 8):  # a loop of constant length: unrolled, constant shifts
+            shift = np.uint64(8 * b)
+            row = np.uint64(256 * b)
+            c0 = ((w0 >> shift) & low) + row
+            c1 = ((w1 >> shift) & low) + row
+            c2 = ((w2 >> shift) & low) + row
+            c3 = ((w3 >> shift) & low) + row
+            a0 += fa[c0]
+            a1 += fa[c1]
+            a2 += fa[c2]
+            a3 += fa[c3]
+            b0 += fb[c0]
+            b1 += fb[c1]
+            b2 += fb[c2]
+            b3 += fb[c3]
+        for w in range(1, num_words):
+            w0 = words[i + 0, w]
+            w1 = words[i + 1, w]
+            w2 = words[i + 2, w]
+            w3 = words[i + 3, w]
+            for b in range(8):
+                shift = np.uint64(8 * b)
+                row = np.uint64(256 * (8 * w + b))
+                c0 = ((w0 >> shift) & low) + row
+                c1 = ((w1 >> shift) & low) + row
+                c2 = ((w2 >> shift) & low) + row
+                c3 = ((w3 >> shift) & low) + row
+                a0 += fa[c0]
+                a1 += fa[c1]
+                a2 += fa[c2]
+                a3 += fa[c3]
+                b0 += fb[c0]
+                b1 += fb[c1]
+                b2 += fb[c2]
+                b3 += fb[c3]
+        if a0 < hda[0] and passes(mask, exa, i + 0):  # an equal distance loses
+            sift_down(hda, hia, sa, a0, i + 0)
+        if a1 < hda[0] and passes(mask, exa, i + 1):
+            sift_down(hda, hia, sa, a1, i + 1)
+        if a2 < hda[0] and passes(mask, exa, i + 2):
+            sift_down(hda, hia, sa, a2, i + 2)
+        if a3 < hda[0] and passes(mask, exa, i + 3):
+            sift_down(hda, hia, sa, a3, i + 3)
+        if b0 < hdb[0] and passes(mask, exb, i + 0):
+            sift_down(hdb, hib, sb, b0, i + 0)
+        if b1 < hdb[0] and passes(mask, exb, i + 1):
+            sift_down(hdb, hib, sb, b1, i + 1)
+        if b2 < hdb[0] and passes(mask, exb, i + 2):
+            sift_down(hdb, hib, sb, b2, i + 2)
+        if b3 < hdb[0] and passes(mask, exb, i + 3):
+            sift_down(hdb, hib, sb, b3, i + 3)
+        i += 4
+    if i < stop:
+        sa = _scan_range_words(ta, words, i, stop, hda, hia, sa, mask, exa)
+        sb = _scan_range_words(tb, words, i, stop, hdb, hib, sb, mask, exb)
+    return sa, sb
+
+
+@nb.njit(cache=True, nogil=True)
 def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
     """Write a heap's entries ascending by (distance, item), then padding."""
     drain_sorted(hd, hi, size, out_dist, out_item)
@@ -258,19 +370,42 @@ def _scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, 
 
 @parallel_kernel
 def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
-    for q in nb.prange(tables.shape[0]):
+    """Every query over every item, in parallel over queries: two at a time through
+    ``_scan_pair_words`` for codes held as words, one at a time otherwise."""
+    num_queries = tables.shape[0]
+    pairs = codes.itemsize == 8 and tables.shape[2] == 256  # words (_as_words) of 8-bit codes
+    step = 2 if pairs else 1
+    for p in nb.prange((num_queries + step - 1) // step):
+        q = p * step
         hd = np.empty(topk, dtype=np.float32)
         hi = np.empty(topk, dtype=np.int64)
-        size = scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0, mask, excluded[q])
+        if pairs and q + 1 < num_queries:
+            hd2 = np.empty(topk, dtype=np.float32)
+            hi2 = np.empty(topk, dtype=np.int64)
+            size, size2 = _scan_pair_words(tables[q], tables[q + 1], codes, 0, codes.shape[0],
+                                           hd, hi, hd2, hi2, mask, excluded[q],
+                                           excluded[q + 1])
+            _sorted_out(hd2, hi2, size2, inner_product, out_dist[q + 1], out_item[q + 1])
+        else:
+            size = scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0, mask,
+                              excluded[q])
         _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
 
 
 @nb.njit(cache=True, nogil=True)
 def _chunk(args, start, stop, hd, hi, hs):
-    """Items ``start..stop-1`` for every query."""
+    """Items ``start..stop-1`` for every query (two at a time, as ``_scan_by_query``)."""
     tables, codes, mask, excluded = args[0], args[1], args[5], args[6]
-    for q in range(tables.shape[0]):
-        hs[q] = scan_range(tables[q], codes, start, stop, hd[q], hi[q], 0, mask, excluded[q])
+    num_queries = tables.shape[0]
+    q = 0
+    if codes.itemsize == 8 and tables.shape[2] == 256:
+        while q + 1 < num_queries:
+            hs[q], hs[q + 1] = _scan_pair_words(tables[q], tables[q + 1], codes, start, stop,
+                                                hd[q], hi[q], hd[q + 1], hi[q + 1], mask,
+                                                excluded[q], excluded[q + 1])
+            q += 2
+    for r in range(q, num_queries):
+        hs[r] = scan_range(tables[r], codes, start, stop, hd[r], hi[r], 0, mask, excluded[r])
 
 
 @nb.njit(cache=True, nogil=True)
