@@ -53,7 +53,7 @@ from benchmarks.common import (
     ortools_sparse_codes,
 )
 from benchmarks.roofline import COLUMNS as ROOF_COLUMNS
-from benchmarks.roofline import Roofline
+from benchmarks.roofline import Roofline, read_rate
 from qkernels.index import _table_cpu
 
 SUITES: dict[str, Callable[[argparse.Namespace], None]] = {}
@@ -95,8 +95,8 @@ _ROOF: list[Roofline] = []
 
 
 def roofline() -> Roofline:
-    """The machine's limits, measured once per run (benchmarks/roofline.py); printed the first
-    time a suite asks for them."""
+    """The machine's limits, measured once per run (benchmarks/roofline.py) and printed when
+    first measured (main measures them before the scan suites run)."""
     if not _ROOF:
         _ROOF.append(Roofline.measure())
         print("### roofline: this machine's limits\n")
@@ -130,10 +130,9 @@ def roof_row(name: str, seconds: float, items: float, queries: int, bytes_per_it
     roof = roofline()
     bandwidth = roof.at_size(data_bytes)
     columns = roof.columns(seconds, items, queries, bytes_per_item, bandwidth)
-    rate = items * queries * bytes_per_item / seconds
-    cycles = seconds * roof.clock * roof.threads / (items * queries)
-    fractions = {"memory": rate / bandwidth}
+    fractions = {"memory": read_rate(seconds, items, queries, bytes_per_item) / bandwidth}
     if lookups_per_item:
+        cycles = roof.cycles(seconds, items, queries)
         fractions["look-ups"] = lookups_per_item / roof.lookups / cycles
     return [name, f"{data_bytes / 2**20:,.0f} MiB, {bandwidth / 1e9:.0f} GB/s", *columns,
             bound(fractions)]

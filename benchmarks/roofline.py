@@ -181,13 +181,22 @@ class Roofline:
             self._sizes[nbytes] = read_bandwidth(nbytes, self.threads)
         return self._sizes[nbytes]
 
-    def columns(self, seconds: float, items: int, queries: int, bytes_per_item: float,
+    def cycles(self, seconds: float, items: float, queries: int) -> float:
+        """Cycles per item and query, on all threads."""
+        return seconds * self.clock * self.threads / (items * queries)
+
+    def columns(self, seconds: float, items: float, queries: int, bytes_per_item: float,
                 bandwidth: float) -> list[str]:
         """GB/s of data read (each query reading every item's bytes once), that as a
         fraction of ``bandwidth``, and cycles per item and query on all threads."""
-        rate = items * queries * bytes_per_item / seconds
-        cycles = seconds * self.clock * self.threads / (items * queries)
-        return [f"{rate / 1e9:.1f}", f"{rate / bandwidth:.2f}", f"{cycles:.2f}"]
+        rate = read_rate(seconds, items, queries, bytes_per_item)
+        return [f"{rate / 1e9:.1f}", f"{rate / bandwidth:.2f}",
+                f"{self.cycles(seconds, items, queries):.2f}"]
+
+
+def read_rate(seconds: float, items: float, queries: int, bytes_per_item: float) -> float:
+    """Bytes per second a scan reads when every query reads every item's bytes once."""
+    return items * queries * bytes_per_item / seconds
 
 
 COLUMNS = ["GB/s read", "of bandwidth at size", "cycles / item-query"]
