@@ -128,6 +128,10 @@ def test_selection_picks_by_the_claims_criterion_on_a_validation_split(tmp_path,
         False, pytest.approx(-0.0126), "SUF@1 6.00x flat, P@1 -0.0126")
     cascade["cascade P@1"] = 0.8034
     assert selection.score("cascade-glyphs", cascade, 0.005)[:2] == (True, 6.0)
+    # other experiments: the value named, and a clear error for one it does not report
+    assert selection.score("klhash", {"mAHP": 0.9}, 0.005, "mAHP") == (True, 0.9, "mAHP 0.9000")
+    with pytest.raises(KeyError, match="the experiment reports mAHP"):
+        selection.score("klhash", {"mAHP": 0.9}, 0.005, "mAP")
     # the grid's values replace the experiment's own
     seen.clear()
     assert selection.main(["dht-glyphs-64", "--grid", "buckets=16,32", "penalty=1",
