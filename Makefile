@@ -27,9 +27,13 @@ docs: $(STAMP)
 # hypothesis' example budget: `ci` (40 a property) keeps `make test` inside 15 minutes on 2 cores;
 # `make test HYPOTHESIS_PROFILE=dev` (100) or `thorough` (2000) explores more
 HYPOTHESIS_PROFILE ?= ci
+# pytest-xdist workers, each taking whole files (module fixtures run once); most of a cold run is
+# Numba compiling, one core a process. `make test WORKERS=0` runs in this process.
+WORKERS ?= 2
 
 test: lint docs
-	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "not packaging"
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "not packaging" \
+		-n $(WORKERS) --dist loadfile
 
 check-wheel: $(STAMP)
 	$(PY) -m pytest -m packaging tests/test_wheel.py
