@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qkernels as qk
+from qkernels.index import binary
 from tests import reference as ref
 
 faiss = pytest.importorskip("faiss")
@@ -22,12 +23,16 @@ def codes(rng, n, nbits, classes=None):
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(1, 300), st.integers(0, 80),
-       st.integers(1, 20), st.integers(1, 40), st.booleans())
-def test_hamming_topk_equals_the_reference(seed, nbits, n, num_queries, topk, clustered):
+       st.integers(1, 20), st.integers(1, 40), st.booleans(), st.sampled_from([1, 7, 32, 1024]))
+def test_hamming_topk_equals_the_reference(seed, nbits, n, num_queries, topk, clustered, block):
+    """Also with small blocks of the scan (the library's is 1024 items), so that the skip of a
+    block whose minimum cannot enter the heap, and partial last blocks, are exercised."""
     rng = np.random.default_rng(seed)
     db = codes(rng, n, nbits, 3 if clustered else None)
     queries = codes(rng, num_queries, nbits, 3 if clustered else None)
-    D, I = qk.hamming_topk(queries, db, topk)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(binary, "_BLOCK", block)
+        D, I = qk.hamming_topk(queries, db, topk)
     rD, rI = ref.hamming_search(queries, db, topk)
     np.testing.assert_array_equal(D, rD)
     np.testing.assert_array_equal(I, rI)
