@@ -56,14 +56,14 @@ def test_8bit_codes_read_as_words_equal_the_reference(seed, m, n, num_queries, t
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), m=st.sampled_from([8, 16]), n=st.integers(1, 70),
-       num_queries=st.sampled_from([2, 3, 17, 20, 33]), topk=st.integers(1, 12),
+       num_queries=st.sampled_from([2, 3, 4, 5, 17, 20, 33]), topk=st.integers(1, 12),
        metric=st.sampled_from(["l2", "ip"]), how=st.sampled_from(["exclude", "include"]))
-def test_8bit_word_scan_of_query_pairs_with_filters_equals_the_reference(
+def test_8bit_word_scan_of_query_groups_with_filters_equals_the_reference(
         seed, m, n, num_queries, topk, metric, how):
-    """Two queries go through the scan together, in parallel over queries (more than
-    ``SPLIT_DATABASE_MAX_QUERIES``) and over chunks of the database (fewer), odd counts among
-    them, with filters: each query's excluded rows differ in length, so the two queries of a
-    pair fill their heaps at different items."""
+    """Three queries (a last two: a pair) go through the scan together, in parallel over
+    queries (more than ``SPLIT_DATABASE_MAX_QUERIES``) and over chunks of the database (fewer),
+    with every remainder of three among the counts, and with filters: each query's excluded
+    rows differ in length, so the queries of a group fill their heaps at different items."""
     rng = np.random.default_rng(seed)
     codebooks = rng.integers(-2, 3, (m, 256, 1)).astype(np.float32)  # small integers: ties
     pq = qk.ProductQuantizer(m, m, 8).set_codebooks(codebooks)

@@ -305,6 +305,123 @@ def _scan_pair_words(ta, tb, words, start, stop, hda, hia, hdb, hib, mask, exa, 
 
 
 @nb.njit(cache=True, nogil=True)
+def _scan_triple_words(ta, tb, tc, words, start, stop, hda, hia, hdb, hib, hdc, hic, mask, exa,
+                       exb, exc):
+    """``_scan_pair_words`` for three queries at once: each code byte taken out of its word
+    once for three look-ups, so the integer work per look-up falls from 1.5 to 1 operation
+    (1.18x the look-ups a cycle of the pair's loop, measured without heaps on a 2-core EPYC;
+    four queries at once ran at the speed of three). Returns the three sizes."""
+    sa, ia = _fill_words(ta, words, start, stop, hda, hia, 0, mask, exa)
+    sb, ib = _fill_words(tb, words, start, stop, hdb, hib, 0, mask, exb)
+    sc, ic = _fill_words(tc, words, start, stop, hdc, hic, 0, mask, exc)
+    i = max(ia, ib, ic)
+    # the queries that filled their heaps first catch up alone, in item order
+    sa = _scan_range_words(ta, words, ia, i, hda, hia, sa, mask, exa)
+    sb = _scan_range_words(tb, words, ib, i, hdb, hib, sb, mask, exb)
+    sc = _scan_range_words(tc, words, ic, i, hdc, hic, sc, mask, exc)
+    num_words = words.shape[1]
+    low = np.uint64(255)
+    fa = ta.reshape(-1)  # flat, as in _scan_pair_words
+    fb = tb.reshape(-1)
+    fc = tc.reshape(-1)
+    while i + 4 <= stop:
+        w0 = words[i + 0, 0]
+        w1 = words[i + 1, 0]
+        w2 = words[i + 2, 0]
+        w3 = words[i + 3, 0]
+        c0 = w0 & low
+        c1 = w1 & low
+        c2 = w2 & low
+        c3 = w3 & low
+        a0 = fa[c0]
+        a1 = fa[c1]
+        a2 = fa[c2]
+        a3 = fa[c3]
+        b0 = fb[c0]
+        b1 = fb[c1]
+        b2 = fb[c2]
+        b3 = fb[c3]
+        d0 = fc[c0]
+        d1 = fc[c1]
+        d2 = fc[c2]
+        d3 = fc[c3]
+        for b in range(1, 8):  # a loop of constant length: unrolled, constant shifts
+            shift = np.uint64(8 * b)
+            row = np.uint64(256 * b)
+            c0 = ((w0 >> shift) & low) + row
+            c1 = ((w1 >> shift) & low) + row
+            c2 = ((w2 >> shift) & low) + row
+            c3 = ((w3 >> shift) & low) + row
+            a0 += fa[c0]
+            a1 += fa[c1]
+            a2 += fa[c2]
+            a3 += fa[c3]
+            b0 += fb[c0]
+            b1 += fb[c1]
+            b2 += fb[c2]
+            b3 += fb[c3]
+            d0 += fc[c0]
+            d1 += fc[c1]
+            d2 += fc[c2]
+            d3 += fc[c3]
+        for w in range(1, num_words):
+            w0 = words[i + 0, w]
+            w1 = words[i + 1, w]
+            w2 = words[i + 2, w]
+            w3 = words[i + 3, w]
+            for b in range(8):
+                shift = np.uint64(8 * b)
+                row = np.uint64(256 * (8 * w + b))
+                c0 = ((w0 >> shift) & low) + row
+                c1 = ((w1 >> shift) & low) + row
+                c2 = ((w2 >> shift) & low) + row
+                c3 = ((w3 >> shift) & low) + row
+                a0 += fa[c0]
+                a1 += fa[c1]
+                a2 += fa[c2]
+                a3 += fa[c3]
+                b0 += fb[c0]
+                b1 += fb[c1]
+                b2 += fb[c2]
+                b3 += fb[c3]
+                d0 += fc[c0]
+                d1 += fc[c1]
+                d2 += fc[c2]
+                d3 += fc[c3]
+        # the twelve offers written out, as in _scan_pair_words
+        if a0 < hda[0] and passes(mask, exa, i + 0):  # an equal distance loses
+            sift_down(hda, hia, sa, a0, i + 0)
+        if a1 < hda[0] and passes(mask, exa, i + 1):
+            sift_down(hda, hia, sa, a1, i + 1)
+        if a2 < hda[0] and passes(mask, exa, i + 2):
+            sift_down(hda, hia, sa, a2, i + 2)
+        if a3 < hda[0] and passes(mask, exa, i + 3):
+            sift_down(hda, hia, sa, a3, i + 3)
+        if b0 < hdb[0] and passes(mask, exb, i + 0):
+            sift_down(hdb, hib, sb, b0, i + 0)
+        if b1 < hdb[0] and passes(mask, exb, i + 1):
+            sift_down(hdb, hib, sb, b1, i + 1)
+        if b2 < hdb[0] and passes(mask, exb, i + 2):
+            sift_down(hdb, hib, sb, b2, i + 2)
+        if b3 < hdb[0] and passes(mask, exb, i + 3):
+            sift_down(hdb, hib, sb, b3, i + 3)
+        if d0 < hdc[0] and passes(mask, exc, i + 0):
+            sift_down(hdc, hic, sc, d0, i + 0)
+        if d1 < hdc[0] and passes(mask, exc, i + 1):
+            sift_down(hdc, hic, sc, d1, i + 1)
+        if d2 < hdc[0] and passes(mask, exc, i + 2):
+            sift_down(hdc, hic, sc, d2, i + 2)
+        if d3 < hdc[0] and passes(mask, exc, i + 3):
+            sift_down(hdc, hic, sc, d3, i + 3)
+        i += 4
+    if i < stop:
+        sa = _scan_range_words(ta, words, i, stop, hda, hia, sa, mask, exa)
+        sb = _scan_range_words(tb, words, i, stop, hdb, hib, sb, mask, exb)
+        sc = _scan_range_words(tc, words, i, stop, hdc, hic, sc, mask, exc)
+    return sa, sb, sc
+
+
+@nb.njit(cache=True, nogil=True)
 def _sorted_out(hd, hi, size, inner_product, out_dist, out_item):
     """Write a heap's entries ascending by (distance, item), then padding."""
     drain_sorted(hd, hi, size, out_dist, out_item)
@@ -366,36 +483,48 @@ def _scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, 
 
 @parallel_kernel
 def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
-    """Every query over every item, in parallel over queries: two at a time through
-    ``_scan_pair_words`` for codes held as words, one at a time otherwise."""
+    """Every query over every item, in parallel over queries: three at a time through
+    ``_scan_triple_words`` for codes held as words (a last two through ``_scan_pair_words``),
+    one at a time otherwise."""
     num_queries = tables.shape[0]
-    pairs = codes.itemsize == 8 and tables.shape[2] == 256  # words (_as_words) of 8-bit codes
-    step = 2 if pairs else 1
+    words = codes.itemsize == 8 and tables.shape[2] == 256  # words (_as_words) of 8-bit codes
+    step = 3 if words else 1
     for p in nb.prange((num_queries + step - 1) // step):
         q = p * step
-        hd = np.empty(topk, dtype=np.float32)
-        hi = np.empty(topk, dtype=np.int64)
-        if pairs and q + 1 < num_queries:
-            hd2 = np.empty(topk, dtype=np.float32)
-            hi2 = np.empty(topk, dtype=np.int64)
-            size, size2 = _scan_pair_words(tables[q], tables[q + 1], codes, 0, codes.shape[0],
-                                           hd, hi, hd2, hi2, mask, excluded[q],
-                                           excluded[q + 1])
-            _sorted_out(hd2, hi2, size2, inner_product, out_dist[q + 1], out_item[q + 1])
+        count = min(step, num_queries - q)
+        hd = np.empty((count, topk), dtype=np.float32)
+        hi = np.empty((count, topk), dtype=np.int64)
+        size = np.zeros(count, dtype=np.int64)
+        if count == 3:
+            size[0], size[1], size[2] = _scan_triple_words(
+                tables[q], tables[q + 1], tables[q + 2], codes, 0, codes.shape[0], hd[0], hi[0],
+                hd[1], hi[1], hd[2], hi[2], mask, excluded[q], excluded[q + 1], excluded[q + 2])
+        elif count == 2:
+            size[0], size[1] = _scan_pair_words(tables[q], tables[q + 1], codes, 0,
+                                                codes.shape[0], hd[0], hi[0], hd[1], hi[1],
+                                                mask, excluded[q], excluded[q + 1])
         else:
-            size = scan_range(tables[q], codes, 0, codes.shape[0], hd, hi, 0, mask,
-                              excluded[q])
-        _sorted_out(hd, hi, size, inner_product, out_dist[q], out_item[q])
+            size[0] = scan_range(tables[q], codes, 0, codes.shape[0], hd[0], hi[0], 0, mask,
+                                 excluded[q])
+        for r in range(count):
+            _sorted_out(hd[r], hi[r], size[r], inner_product, out_dist[q + r], out_item[q + r])
 
 
 @nb.njit(cache=True, nogil=True)
 def _chunk(args, start, stop, hd, hi, hs):
-    """Items ``start..stop-1`` for every query (two at a time, as ``_scan_by_query``)."""
+    """Items ``start..stop-1`` for every query (three at a time, then two, as
+    ``_scan_by_query``)."""
     tables, codes, mask, excluded = args[0], args[1], args[5], args[6]
     num_queries = tables.shape[0]
     q = 0
     if codes.itemsize == 8 and tables.shape[2] == 256:
-        while q + 1 < num_queries:
+        while q + 2 < num_queries:
+            hs[q], hs[q + 1], hs[q + 2] = _scan_triple_words(
+                tables[q], tables[q + 1], tables[q + 2], codes, start, stop, hd[q], hi[q],
+                hd[q + 1], hi[q + 1], hd[q + 2], hi[q + 2], mask, excluded[q], excluded[q + 1],
+                excluded[q + 2])
+            q += 3
+        if q + 1 < num_queries:
             hs[q], hs[q + 1] = _scan_pair_words(tables[q], tables[q + 1], codes, start, stop,
                                                 hd[q], hi[q], hd[q + 1], hi[q + 1], mask,
                                                 excluded[q], excluded[q + 1])
