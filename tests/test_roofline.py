@@ -27,10 +27,10 @@ def test_the_clock_chain_is_the_rotate_and_xor_it_times():
 
 def test_the_lookup_loop_sums_every_entry_of_every_row():
     rng = np.random.default_rng(1)
-    tables = rng.integers(0, 8, size=(2, 8 * 256)).astype(np.float32)  # exact float sums
+    tables = rng.integers(0, 8, size=(3, 8 * 256)).astype(np.float32)  # exact float sums
     words = rng.integers(0, 2**63, size=64, dtype=np.uint64)
     codes = words.view(np.uint8).reshape(64, 8)  # lowest byte first, on a little-endian host
-    expected = sum(tables[t, m * 256 + int(codes[i, m])] for t in range(2) for i in range(64)
+    expected = sum(tables[t, m * 256 + int(codes[i, m])] for t in range(3) for i in range(64)
                    for m in range(8)) * 3
     assert roofline._lookups(tables, words, 3) == expected
 
