@@ -185,7 +185,7 @@ def test_simd_block_equals_the_scalar_block_and_the_reference(seed, pairs, start
             np.testing.assert_array_equal(out, want)
         assert got["simd"] == got["scalar"] == sum(1 << v for v in range(32)
                                                    if want[v] < threshold)
-    # GROUP queries at once (2 with AVX2, 4 with AVX-512), each with its own tables and
+    # GROUP queries at once (3 with AVX2, 4 with AVX-512), each with its own tables and
     # threshold
     group_size = _fastscan_cpu.GROUP
     luts = np.stack([lut] + [rng.integers(0, 256, pairs * 32, dtype=np.uint8)
@@ -235,10 +235,10 @@ for pairs in (1, 2, 3, 5, 8):
         mask = _call_block(_fastscan_cpu.block_simd, packed, 7, luts[0], threshold, out)
         assert (out == want[0]).all(), pairs
         assert mask == sum(1 << v for v in range(32) if want[0][v] < threshold)
-        assert _fastscan_cpu.GROUP == 2
-        outs = np.zeros((2, 32), dtype=np.uint16)
-        _call_group(_fastscan_cpu.group_simd, packed, 7, luts, np.array([threshold, 65535]),
-                    outs, np.zeros(2, dtype=np.int64))
+        assert _fastscan_cpu.GROUP == 3
+        outs = np.zeros((3, 32), dtype=np.uint16)
+        _call_group(_fastscan_cpu.group_simd, packed, 7, luts,
+                    np.array([threshold, 65535, 0]), outs, np.zeros(3, dtype=np.int64))
         assert (outs == want).all(), pairs
 print("ok")
 """

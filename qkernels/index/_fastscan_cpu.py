@@ -23,9 +23,10 @@ Each block's sums are made by ``block_simd`` (AVX2; two pairs per 512-bit shuffl
 has AVX-512BW) or ``block_scalar`` (the same arithmetic, one byte at a time), as the kernels'
 ``simd`` argument says; where the CPU has no AVX2 the AVX2 code is never compiled. Many
 queries go ``GROUP`` at a time (``group_simd`` / ``group_scalar``): each block's codes are
-loaded and split into nibbles once for all of them. Two with AVX2 (measured 1.3x one at a
-time; four were slower, their 16 accumulators do not fit the 16 AVX2 registers), four with
-AVX-512's 32 registers (0.78x the time of two at 1M codes, where the scan is memory-bound).
+loaded and split into nibbles once for all of them. Three with AVX2 (two measured 1.3x one at
+a time, three 1.05-1.09x two against faiss in the same runs; four were slower, their 16
+accumulators do not fit the 16 AVX2 registers), four with AVX-512's 32 registers (0.78x the
+time of two at 1M codes, where the scan is memory-bound).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .._parallel import parallel_kernel
 from .._simd import (
     FASTSCAN_BLOCK,
     fastscan_block,
-    fastscan_group2,
+    fastscan_group3,
     fastscan_group4,
     has_avx2,
     has_avx512bw,
@@ -132,9 +133,9 @@ def block_scalar(packed, start, lut, threshold, out):
     return mask
 
 
-# queries per pass of scan_by_query: 2 with AVX2 (four spill its 16 registers), 4 with AVX-512
-GROUP = 4 if has_avx512bw() else 2
-_GROUP_KERNEL = fastscan_group4 if GROUP == 4 else fastscan_group2
+# queries per pass of scan_by_query: 3 with AVX2 (four spill its 16 registers), 4 with AVX-512
+GROUP = 4 if has_avx512bw() else 3
+_GROUP_KERNEL = fastscan_group4 if GROUP == 4 else fastscan_group3
 
 
 @nb.njit(cache=True, nogil=True)
