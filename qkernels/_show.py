@@ -57,7 +57,7 @@ def _simd() -> dict[str, Any]:
     elif found["avx512bw"]:
         fastscan = "AVX-512BW (two sub-quantizer pairs per 512-bit shuffle, four queries a pass)"
     elif found["avx2"]:
-        fastscan = "AVX2 (256-bit byte shuffles, two queries a pass)"
+        fastscan = "AVX2 (256-bit byte shuffles, three queries a pass)"
     else:
         fastscan = "scalar (the target has no AVX2)"
     width = "AVX-512" if found["avx512bw"] else "AVX2" if found["avx2"] else "SSE"
