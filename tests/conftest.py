@@ -1,5 +1,12 @@
 import os
 
+# Numba and torch both run on OpenMP, whose threads spin while they wait for work. With pytest-xdist
+# (`make test` runs two workers on two cores) the spinning threads of one process take the cores
+# the other needs: a training test ran 4x slower beside a second copy of itself than with
+# passive waiting. Read once, when the OpenMP runtime loads, so set before numba or torch is
+# imported; a value already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 from hypothesis import HealthCheck, settings
 
