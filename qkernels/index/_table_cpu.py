@@ -26,7 +26,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .._heap import offer3
+from .._heap import drain_sorted3, offer3
 from .._parallel import parallel_kernel
 from .._simd import dot_f32, prefetch, sq_l2_f32
 from ._pq_cpu import _adc
@@ -106,8 +106,9 @@ def counting_sort(codes, num_buckets, num_chunks):
 
 @parallel_kernel
 def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, mask, num_chunks,
-                probe_count, candidates):
-    """Pass 1: how many buckets each query probes.
+                probe_count, candidates, first):
+    """Pass 1: how many buckets each query probes, and its ``k`` best into ``first[q]``, best
+    first (left as they are for a skipped query).
 
     A query probes its ``k`` best buckets and, while it has fewer than ``topk`` candidates, its
     next-ranked ones, never more than ``max_probes[q]`` (0: the query is skipped). Candidates
@@ -138,9 +139,10 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
                 continue
             stamp = 2 * (q - c * step) + 1
             largest = 0
-            for _ in range(k):
+            for t in range(k):
                 r = _next_best(query_act[q], used, stamp)
                 used[r] = stamp
+                first[q, t] = r
                 largest = max(largest, offsets[r + 1] - offsets[r])
             num_excluded = 0
             for e in range(exclude.shape[1]):
@@ -194,12 +196,24 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
 
 
 @parallel_kernel
-def fill_probes(query_act, probe_offsets, probe_list):
-    """Pass 2: the probed buckets of each query, best first, into ``probe_list`` (CSR)."""
+def fill_probes(query_act, probe_offsets, first, probe_list):
+    """Pass 2: the probed buckets of each query, best first, into ``probe_list`` (CSR). The
+    first ``k`` of each come from ``first`` (the ``(Q, k)`` buckets that ``plan_probes`` chose;
+    empty when it did not run), and only a query that probes more ranks its activations
+    again."""
     num_queries, num_buckets = query_act.shape
+    known = first.shape[1] if first.shape[0] != 0 else 0
     for q in nb.prange(num_queries):
+        start, end = probe_offsets[q], probe_offsets[q + 1]
+        copied = min(known, end - start)
+        for t in range(copied):
+            probe_list[start + t] = first[q, t]
+        if start + copied == end:
+            continue
         used = np.zeros(num_buckets, dtype=np.int8)
-        for t in range(probe_offsets[q], probe_offsets[q + 1]):
+        for t in range(copied):
+            used[first[q, t]] = 1
+        for t in range(start + copied, end):
             r = _next_best(query_act[q], used, 1)
             used[r] = 1
             probe_list[t] = r
@@ -355,31 +369,42 @@ def _rerank_distance(query, tables, q, row, inner_product):
 
 
 @parallel_kernel
-def merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, out_dist, out_item):
-    """Pass 5: each query's best ``topk`` over the chunks' heaps, by (distance, row)."""
+def merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, ids, num_groups,
+                out_dist, out_id):
+    """Pass 5: each query's best ``topk`` over the chunks' heaps, by (distance, row), offered
+    to one more heap and drained in order; written as distances (inner products for
+    ``inner_product``) and ids (``ids[item]``; -1 and the worst distance where missing).
+    Parallel over ``num_groups`` groups of queries, each with its own heap."""
     num_chunks, num_queries, topk = heap_dist.shape
-    for q in nb.prange(num_queries):
-        total = 0
-        for c in range(num_chunks):
-            total += heap_size[c, q]
-        dists = np.empty(total, dtype=np.float32)
-        keys = np.empty(total, dtype=np.int64)
-        found = np.empty(total, dtype=np.int64)
-        t = 0
-        for c in range(num_chunks):
-            for i in range(heap_size[c, q]):
-                dists[t] = heap_dist[c, q, i]
-                found[t] = heap_item[c, q, i]
-                keys[t] = heap_row[c, q, i]
-                t += 1
-        # by row, then stably by distance: the order (distance, row)
-        by_row = np.argsort(keys, kind="mergesort")
-        order = by_row[np.argsort(dists[by_row], kind="mergesort")]
-        for i in range(topk):
-            if i < total:
-                d = dists[order[i]]
-                out_dist[q, i] = -d if inner_product else d
-                out_item[q, i] = found[order[i]]
+    step = (num_queries + num_groups - 1) // num_groups if num_queries else 1
+    for g in nb.prange(num_groups):
+        md = np.empty((1, topk), dtype=np.float32)
+        mr = np.empty((1, topk), dtype=np.int64)
+        mi = np.empty((1, topk), dtype=np.int64)
+        ms = np.zeros(1, dtype=np.int64)
+        for q in range(g * step, min(num_queries, (g + 1) * step)):
+            filled = 0
+            only = 0
+            for c in range(num_chunks):
+                if heap_size[c, q]:
+                    filled += 1
+                    only = c
+            if filled == 1:  # the query's buckets all fell in one chunk: its heap is the result
+                size = heap_size[only, q]
+                drain_sorted3(heap_dist[only], heap_row[only], heap_item[only], q, size,
+                              out_dist[q], out_id[q])
             else:
+                ms[0] = 0
+                for c in range(num_chunks):
+                    for i in range(heap_size[c, q]):
+                        offer3(md, mr, mi, ms, 0, heap_dist[c, q, i], heap_row[c, q, i],
+                               heap_item[c, q, i])
+                size = ms[0]
+                drain_sorted3(md, mr, mi, 0, size, out_dist[q], out_id[q])
+            for i in range(size):
+                if inner_product:
+                    out_dist[q, i] = -out_dist[q, i]
+                out_id[q, i] = ids[out_id[q, i]]
+            for i in range(size, topk):
                 out_dist[q, i] = -_INF32 if inner_product else _INF32
-                out_item[q, i] = -1
+                out_id[q, i] = -1

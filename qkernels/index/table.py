@@ -505,11 +505,11 @@ class SparseHashTable(Index):
         topk, work = check_topk(topk, state.size, num_queries)
         mask, excluded = self._filter(state, include, exclude, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
-        items = np.full((num_queries, work), -1, dtype=np.int64)
+        ids = np.empty((num_queries, work), dtype=np.int64)
         counts = np.zeros(num_queries, dtype=np.int64)
-        ids = items
         if state.size == 0:
             dist.fill(-np.inf if self.metric == "ip" else np.inf)
+            ids.fill(-1)
         elif num_queries:
             # bound the per-chunk heaps (chunks x queries x topk entries, 20 bytes each) to ~80 MB
             chunks = _chunks(self.num_buckets)
@@ -517,9 +517,8 @@ class SparseHashTable(Index):
             for start in range(0, num_queries, block):
                 part = slice(start, min(num_queries, start + block))
                 self._search_block(state, act[part], emb[part], work, excluded[part], mask,
-                                   chunks, dist[part], items[part], counts[part],
+                                   chunks, dist[part], ids[part], counts[part],
                                    None if probes is None else probes[part])
-            ids = state.ids_of(items)
         dist, ids = padded(dist, ids, topk, -np.inf if self.metric == "ip" else np.inf)
         return dist, ids.astype(np.int64, copy=False), counts
 
@@ -616,7 +615,7 @@ class SparseHashTable(Index):
         _table_cpu.plan_probes(act, self.k, np.iinfo(np.int64).max,
                                np.ascontiguousarray(max_probes, dtype=np.int64), state.offsets,
                                state.items, state.codes, excluded, mask, _chunks(num_queries),
-                               probe_count, counts)
+                               probe_count, counts, np.empty((num_queries, self.k), np.int64))
         return counts
 
     def _search_on_device(self, origin, query_activations, query_embeddings, topk: int,
@@ -660,24 +659,26 @@ class SparseHashTable(Index):
         return (state.offsets, state.items, state.codes.astype(np.int64), state.emb, rows,
                 item_of_row, state.ids)
 
-    def _search_block(self, state, act, emb, topk, excluded, mask, chunks, dist, items, counts,
+    def _search_block(self, state, act, emb, topk, excluded, mask, chunks, dist, ids, counts,
                       probes=None):
-        """The passes of a search (see _table_cpu) for one block of queries."""
+        """The passes of a search (see _table_cpu) for one block of queries, into ``dist``
+        and ``ids``."""
         num_queries = act.shape[0]
         excluded = np.ascontiguousarray(excluded)
+        first = np.empty((num_queries if probes is None else 0, self.k), dtype=np.int64)
         if probes is None:
             probe_count = np.empty(num_queries, dtype=np.int64)
             _table_cpu.plan_probes(act, self.k, topk,
                                    np.full(num_queries, self.num_buckets, dtype=np.int64),
                                    state.offsets, state.items, state.codes, excluded, mask,
                                    _chunks(num_queries), probe_count,
-                                   np.empty(num_queries, dtype=np.int64))
+                                   np.empty(num_queries, dtype=np.int64), first)
         else:
             probe_count = np.ascontiguousarray(probes, dtype=np.int64)
         probe_offsets = np.zeros(num_queries + 1, dtype=np.int64)
         np.cumsum(probe_count, out=probe_offsets[1:])
         probe_list = np.empty(probe_offsets[-1], dtype=np.int64)
-        _table_cpu.fill_probes(act, probe_offsets, probe_list)
+        _table_cpu.fill_probes(act, probe_offsets, first, probe_list)
         bucket_offsets, who, where = _table_cpu.invert_probes(probe_offsets, probe_list,
                                                               self.num_buckets)
         # chunks of consecutive buckets with about equal work (items x probing queries)
@@ -700,8 +701,8 @@ class SparseHashTable(Index):
                                 probe_offsets, probe_list, bucket_offsets, who, where,
                                 inner_product, heap_dist, heap_row, heap_item, heap_size, found)
         counts[:] = found.sum(axis=0)
-        _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, dist,
-                               items)
+        _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product,
+                               state.ids, _chunks(num_queries), dist, ids)
 
     # ------------------------------------------------------------------ files
 
