@@ -47,16 +47,36 @@ def _next_best(values, used, stamp):
     return best
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _best_k(values, out):
+    """``out``: the ``len(out)`` largest ``values`` (at most ``len(values)``), best first,
+    lowest index on ties; what ``len(out)`` calls of ``_next_best`` give, in one pass."""
+    k = out.shape[0]
+    if k == 0:
+        return
+    for r in range(k):  # the first k, by insertion
+        t = r
+        while t > 0 and values[r] > values[out[t - 1]]:
+            out[t] = out[t - 1]
+            t -= 1
+        out[t] = r
+    worst = values[out[k - 1]]
+    for r in range(k, values.shape[0]):
+        v = values[r]
+        if v > worst:  # an equal value keeps the lower index ahead of it
+            t = k - 1
+            while t > 0 and v > values[out[t - 1]]:
+                out[t] = out[t - 1]
+                t -= 1
+            out[t] = r
+            worst = values[out[k - 1]]
+
+
 @parallel_kernel
 def topk_rows(values, k, out):
     """``out[i]``: the ``k`` largest entries of row ``i``, best first (lowest index on ties)."""
-    n, d = values.shape
-    for i in nb.prange(n):
-        used = np.zeros(d, dtype=np.int8)
-        for t in range(k):
-            r = _next_best(values[i], used, 1)
-            used[r] = 1
-            out[i, t] = r
+    for i in nb.prange(values.shape[0]):
+        _best_k(values[i], out[i, :k])
 
 
 @parallel_kernel
@@ -137,12 +157,10 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
                 probe_count[q] = 0
                 candidates[q] = 0
                 continue
-            stamp = 2 * (q - c * step) + 1
+            _best_k(query_act[q], first[q])
             largest = 0
             for t in range(k):
-                r = _next_best(query_act[q], used, stamp)
-                used[r] = stamp
-                first[q, t] = r
+                r = first[q, t]
                 largest = max(largest, offsets[r + 1] - offsets[r])
             num_excluded = 0
             for e in range(exclude.shape[1]):
@@ -151,7 +169,7 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
             candidates[q] = -1
             if not masked and largest - num_excluded >= topk:
                 continue
-            stamp += 1  # count exactly, from the first bucket again
+            stamp = q - c * step + 1  # count exactly, from the first bucket again
             count = 0
             probed = 0
             while probed < cap and (probed < k or count < topk):
