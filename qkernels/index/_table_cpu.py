@@ -7,12 +7,13 @@ The CSR (``offsets``, ``items``) lists, for each bucket, the positions of its it
 order: ``N * k`` int32 ids in all.
 
 Search, in passes over a block of queries: (1) ``plan_probes`` decides how many buckets each
-query probes (its k best, more only while it has fewer than topk candidates); (2)
-``fill_probes`` lists them; (3) ``invert_probes`` turns that into, per bucket, the queries that
-probe it; (4) ``scan_buckets`` walks the probed buckets, reading each item's row once for all the
-queries that probe its bucket (the rows are what costs: memory traffic, not arithmetic, bounds
-a probe), and keeps a top-K heap per query and chunk of buckets; (5) ``merge_heaps`` merges the
-chunks' heaps. Parallel over chunks of buckets in (4), over queries elsewhere.
+query probes (its k best, more only while it has fewer than topk candidates), keeping the k
+best; (2) ``fill_probes`` lists them (ranking the activations again only for a query that
+probes more); (3) ``invert_probes`` turns that into, per bucket, the queries that probe it; (4)
+``scan_buckets`` walks the probed buckets, reading each item's row once for all the queries that
+probe its bucket (the rows are what costs: memory traffic, not arithmetic, bounds a probe), and
+keeps a top-K heap per query and chunk of buckets; (5) ``merge_heaps`` merges the chunks' heaps
+and writes distances and ids. Parallel over chunks of buckets in (4), over queries elsewhere.
 
 Distances. Squared L2 and inner products come from qkernels._simd: float32 in eight fixed
 lanes, one SIMD register, in an order fixed by construction. Results are the same on every run,
