@@ -302,10 +302,16 @@ import numpy as np
 from tests import emulation
 # every thread adds to one int without an atomic or a barrier between the writes (a race
 # between barriers can hide behind the happens-before edges of the barrier's mutex when the
-# threads happen to run one after another, so the check would be flaky)
+# threads happen to run one after another, so the check would be flaky). The threads first
+# wait at an atomic gate until all have started: on a loaded machine a thread could otherwise
+# end before the next one is created, and the launcher's own synchronisation (the thread's
+# exit, the creation of the next) would order the two writes. After the gate nothing does.
 lib = emulation.custom_library("""
     extern "C" __global__ void racy(int* out) {
+        atomicAdd(out + 1, 1);
+        while (atomicAdd(out + 1, 0) < (int)blockDim.x) {
+        }
         out[0] += 1;
     }""", ["racy"], sanitize="thread")
-emulation.launch_library(lib, "racy", 1, 32, (np.zeros(1, np.int32),))
+emulation.launch_library(lib, "racy", 1, 32, (np.zeros(2, np.int32),))
 '''
