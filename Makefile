@@ -12,12 +12,10 @@ STAMP := $(VENV)/.qkernels-installed
 
 .PHONY: test lint docs demo compare bench quality quality-quick clean check-wheel
 
-# --no-compile: Python compiles the modules that are imported when they first are, instead of
-# pip compiling every file of torch and the rest up front (torch alone: 36 s -> 21 s)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --no-compile "$(TORCH_PIN)"
-	$(PY) -m pip install --no-compile -e ".[test,train,bench,docs]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[test,train,bench,docs]"
 	touch $@
 
 lint: $(STAMP)
