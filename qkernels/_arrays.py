@@ -28,6 +28,7 @@ __all__ = [
     "is_cuda",
     "native",
     "origin_of",
+    "read_only",
     "to_cupy",
     "to_numpy",
     "torch_stream",
@@ -176,6 +177,15 @@ def native(x: np.ndarray) -> np.ndarray:
     if x.dtype.fields is not None or x.dtype.subdtype is not None:
         raise TypeError(f"structured dtype {x.dtype} is not accepted; pass a plain array")
     return x.astype(x.dtype.newbyteorder("="), order="K")
+
+
+def read_only(x: np.ndarray) -> np.ndarray:
+    """A read-only view of ``x``. Numba compiles a kernel once per signature, and an array's
+    writability is part of it: the kernels are given views of one kind, so a caller's writable
+    array and an index's read-only snapshot share one compiled kernel (about 10-30 s each)."""
+    view = x.view()
+    view.flags.writeable = False
+    return view
 
 
 def to_numpy(x: Any, *, allow_device_copy: bool = False, name: str = "input") -> np.ndarray:

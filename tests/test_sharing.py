@@ -202,6 +202,10 @@ def test_indexes_copy_and_pickle_with_their_own_lock(tmp_path):
         for clone in (copy.deepcopy(index), pickle.loads(pickle.dumps(index))):
             inner = getattr(index, "_table", index)  # a HierarchicalHashTable's own table
             assert getattr(clone, "_table", clone)._lock is not inner._lock, name
+            # a copy's snapshot is read-only as the original's (each kernel compiled once)
+            arrays = getattr(clone, "_table", clone)._state.arrays
+            assert not [key for key, a in arrays.items()
+                        if isinstance(a, np.ndarray) and a.flags.writeable], name
             np.testing.assert_array_equal(search(clone)[1], expected[1], err_msg=name)
 
 

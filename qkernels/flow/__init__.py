@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _gpu
-from .._arrays import HOST, origin_of, to_cupy, to_numpy, torch_stream
+from .._arrays import HOST, origin_of, read_only, to_cupy, to_numpy, torch_stream
 from .._checks import (
     as_float_array,
     as_index_array,
@@ -69,8 +69,9 @@ def _increments(n: int, penalty: Any, bucket_costs: Any, name: str = "penalty") 
             f"{c} ({incr[c]}) is smaller than entry {c - 1} ({incr[c - 1]})"
         )
     if incr.shape[0] == 0:
-        return np.zeros(1)
-    return np.ascontiguousarray(incr[:length])
+        incr = np.zeros(1)
+    # read-only, as the penalty's schedule: one compiled solver for both (``read_only``)
+    return read_only(np.ascontiguousarray(incr[:length]))
 
 
 def solve_sparse_codes(

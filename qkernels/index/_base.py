@@ -35,6 +35,12 @@ __all__ = ["Index", "Snapshot"]
 _INT64_MAX = np.iinfo(np.int64).max
 
 
+def _read_only(arrays: dict[str, np.ndarray | None]) -> None:
+    for a in arrays.values():
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+
+
 class Snapshot:
     """An index's items at one moment: read-only arrays (``ids`` and the index's own), plus
     ``cache``, what searches derived from them (built once, under the index's lock)."""
@@ -42,9 +48,7 @@ class Snapshot:
     __slots__ = ("arrays", "cache")
 
     def __init__(self, **arrays: np.ndarray | None):
-        for a in arrays.values():
-            if isinstance(a, np.ndarray):
-                a.setflags(write=False)
+        _read_only(arrays)
         self.arrays = arrays
         self.cache: dict[Any, Any] = {}
 
@@ -58,6 +62,7 @@ class Snapshot:
         return {"arrays": self.arrays}  # what was derived (device mirrors) is made again
 
     def __setstate__(self, state: dict) -> None:
+        _read_only(state["arrays"])  # unpickled arrays come back writable
         object.__setattr__(self, "arrays", state["arrays"])
         object.__setattr__(self, "cache", {})
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import _gpu
-from .._arrays import origin_of, to_numpy, torch_stream
+from .._arrays import origin_of, read_only, to_numpy, torch_stream
 from .._bits import pack_bits, packed, unpack_bits
 from .._checks import (
     as_float_array,
@@ -79,13 +79,15 @@ def _search(query_words: np.ndarray, db_columns: np.ndarray, topk: int,
 
 def _select(query_words, db_columns, topk, tiebreak, mask, excluded):
     num_queries = query_words.shape[0]
+    # the codes read-only whoever made them (an index's snapshot or hamming_topk's caller)
+    query_words, db_columns = read_only(query_words), read_only(db_columns)
     dist = np.empty((num_queries, topk), dtype=np.int32)
     items = np.empty((num_queries, topk), dtype=np.int64)
     if num_queries == 0:
         return dist, items
     if tiebreak is not None:
-        _hamming_cpu.topk_tiebreak(query_words, db_columns, tiebreak[0], tiebreak[1], topk,
-                                   dist, items, mask, excluded)
+        _hamming_cpu.topk_tiebreak(query_words, db_columns, read_only(tiebreak[0]),
+                                   read_only(tiebreak[1]), topk, dist, items, mask, excluded)
         return dist, items
     chunks = database_chunks(num_queries, db_columns.shape[1])
     if chunks:
