@@ -15,6 +15,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .._arrays import read_only
 from .._filter import passes
 from .._heap import by_database, drain_sorted, push, sift_down
 from .._parallel import parallel_kernel
@@ -450,13 +451,61 @@ def _scan_range_overload(table, codes, start, stop, hd, hi, size, mask, excluded
     return impl
 
 
+@nb.njit(cache=True, nogil=True)
+def _one_at_a_time(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded):
+    for q in range(first, last):
+        hs[q - base] = scan_range(tables[q], codes, start, stop, hd[q - base], hi[q - base], 0,
+                                  mask, excluded[q])
+
+
+@nb.njit(cache=True, nogil=True)
+def _grouped(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded):
+    q = first
+    if tables.shape[2] == 256:
+        while q + 2 < last:
+            r = q - base
+            hs[r], hs[r + 1], hs[r + 2] = _scan_triple_words(
+                tables[q], tables[q + 1], tables[q + 2], codes, start, stop, hd[r], hi[r],
+                hd[r + 1], hi[r + 1], hd[r + 2], hi[r + 2], mask, excluded[q], excluded[q + 1],
+                excluded[q + 2])
+            q += 3
+        if q + 1 < last:
+            r = q - base
+            hs[r], hs[r + 1] = _scan_pair_words(tables[q], tables[q + 1], codes, start, stop,
+                                                hd[r], hi[r], hd[r + 1], hi[r + 1], mask,
+                                                excluded[q], excluded[q + 1])
+            q += 2
+    _one_at_a_time(tables, codes, q, last, start, stop, hd, hi, hs, base, mask, excluded)
+
+
+def scan_queries(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded):
+    """Items ``start..stop-1`` for queries ``first..last-1``, query ``q`` into the heap
+    ``hd[q - base]``, ``hi[q - base]`` of ``hs[q - base]`` entries: for words of 8-bit codes,
+    three queries at a time (``_scan_triple_words``), then two, each word read once for all of
+    them; else one at a time (``scan_range``). Chosen, like ``scan_range``, by the codes' type
+    when Numba compiles the caller: kernels of other codes never compile the three- and
+    two-query scans (about 20 s of compilation a signature)."""
+    scan = _grouped if codes.dtype == np.uint64 else _one_at_a_time
+    scan(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded)
+
+
+@overload(scan_queries, inline="always")
+def _scan_queries_overload(tables, codes, first, last, start, stop, hd, hi, hs, base, mask,
+                           excluded):
+    scan = _grouped if codes.dtype == types.uint64 else _one_at_a_time
+
+    def impl(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded):
+        scan(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded)
+    return impl
+
+
 def _as_words(codes):
     """8-bit codes of a multiple of 8 sub-quantizers as uint64 words (``_scan_range_words``),
-    others as they are (``_scan_range``)."""
+    others as they are (``_scan_range``); a read-only view either way (``read_only``)."""
     if (codes.dtype == np.uint8 and codes.shape[1] % 8 == 0 and codes.flags.c_contiguous
             and sys.byteorder == "little"):  # byte 0 of a word is the first code
-        return codes.view(np.uint64)
-    return codes
+        return read_only(codes.view(np.uint64))
+    return read_only(codes)
 
 
 def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
@@ -495,17 +544,8 @@ def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask,
         hd = np.empty((count, topk), dtype=np.float32)
         hi = np.empty((count, topk), dtype=np.int64)
         size = np.zeros(count, dtype=np.int64)
-        if count == 3:
-            size[0], size[1], size[2] = _scan_triple_words(
-                tables[q], tables[q + 1], tables[q + 2], codes, 0, codes.shape[0], hd[0], hi[0],
-                hd[1], hi[1], hd[2], hi[2], mask, excluded[q], excluded[q + 1], excluded[q + 2])
-        elif count == 2:
-            size[0], size[1] = _scan_pair_words(tables[q], tables[q + 1], codes, 0,
-                                                codes.shape[0], hd[0], hi[0], hd[1], hi[1],
-                                                mask, excluded[q], excluded[q + 1])
-        else:
-            size[0] = scan_range(tables[q], codes, 0, codes.shape[0], hd[0], hi[0], 0, mask,
-                                 excluded[q])
+        scan_queries(tables, codes, q, q + count, 0, codes.shape[0], hd, hi, size, q, mask,
+                     excluded)
         for r in range(count):
             _sorted_out(hd[r], hi[r], size[r], inner_product, out_dist[q + r], out_item[q + r])
 
@@ -515,22 +555,7 @@ def _chunk(args, start, stop, hd, hi, hs):
     """Items ``start..stop-1`` for every query (three at a time, then two, as
     ``_scan_by_query``)."""
     tables, codes, mask, excluded = args[0], args[1], args[5], args[6]
-    num_queries = tables.shape[0]
-    q = 0
-    if codes.itemsize == 8 and tables.shape[2] == 256:
-        while q + 2 < num_queries:
-            hs[q], hs[q + 1], hs[q + 2] = _scan_triple_words(
-                tables[q], tables[q + 1], tables[q + 2], codes, start, stop, hd[q], hi[q],
-                hd[q + 1], hi[q + 1], hd[q + 2], hi[q + 2], mask, excluded[q], excluded[q + 1],
-                excluded[q + 2])
-            q += 3
-        if q + 1 < num_queries:
-            hs[q], hs[q + 1] = _scan_pair_words(tables[q], tables[q + 1], codes, start, stop,
-                                                hd[q], hi[q], hd[q + 1], hi[q + 1], mask,
-                                                excluded[q], excluded[q + 1])
-            q += 2
-    for r in range(q, num_queries):
-        hs[r] = scan_range(tables[r], codes, start, stop, hd[r], hi[r], 0, mask, excluded[r])
+    scan_queries(tables, codes, 0, tables.shape[0], start, stop, hd, hi, hs, 0, mask, excluded)
 
 
 @nb.njit(cache=True, nogil=True)
