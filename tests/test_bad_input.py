@@ -16,7 +16,9 @@ For each entry point hypothesis picks one argument and one mutation of it:
 
 from __future__ import annotations
 
+import functools
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,23 +42,32 @@ def _rng():
 
 _RNG = _rng()
 _X = _RNG.standard_normal((300, 8)).astype(np.float32)
-_PQ = qk.ProductQuantizer(8, 2, 4).train(_X)
 _CODES = qk.pack_bits(_X)
-_TABLE = qk.SparseHashTable(8, 2).add(_X, _X)
-_HIER = qk.HierarchicalHashTable(8, 2).add(_X, _X[::-1].copy(), _X)
-_PQINDEX = qk.PQIndex(_PQ).add(_X)
-_BINARY = qk.BinaryIndex(8).add(_CODES, _X)
-_ITQ = qk.ITQ(4).fit(_X)
-_H2Q = qk.HouseholderQuantizer(8).fit(_X, epochs=1)
 _LABELS = np.arange(300) % 5
 _SCORES = _RNG.standard_normal((2, 6, 8))
 _S2 = _RNG.standard_normal((6, 8))
+_PQ_CODES = _RNG.integers(0, 16, (30, 2)).astype(np.uint8)
+_SPARSE_CODES = np.stack([np.arange(6) % 8, (np.arange(6) + 3) % 8], 1)
+
+
+@functools.cache
+def _fitted() -> SimpleNamespace:
+    """The trained and filled objects that entries call, made on first use rather than at
+    import: pytest-xdist imports this file in every worker, and each would compile their
+    kernels at the same moment."""
+    pq = qk.ProductQuantizer(8, 2, 4).train(_X)
+    return SimpleNamespace(
+        pq=pq, table=qk.SparseHashTable(8, 2).add(_X, _X),
+        hier=qk.HierarchicalHashTable(8, 2).add(_X, _X[::-1].copy(), _X),
+        pq_index=qk.PQIndex(pq).add(_X), binary=qk.BinaryIndex(8).add(_CODES, _X),
+        itq=qk.ITQ(4).fit(_X), h2q=qk.HouseholderQuantizer(8).fit(_X, epochs=1))
+
 
 # name -> (clean arguments, call, whether the arguments are torch tensors)
 ENTRIES = {
     "solve_sparse_codes": ([_SCORES[0]], lambda s: qk.solve_sparse_codes(s, 2), False),
     "solve_sparse_codes-batched": ([_SCORES], lambda s: qk.solve_sparse_codes(s, 2), False),
-    "sparse_code_objective": ([_SCORES[0], qk.solve_sparse_codes(_SCORES[0], 2)],
+    "sparse_code_objective": ([_SCORES[0], _SPARSE_CODES],
                               qk.sparse_code_objective, False),
     "solve_hierarchical_codes": ([_SCORES[0], _S2],
                                  lambda a, b: qk.solve_hierarchical_codes(a, b, 2), False),
@@ -64,19 +75,19 @@ ENTRIES = {
                             lambda a, e: qk.SparseHashTable(8, 2).add(a, e).search(
                                 _X[:5], _X[:5], 4), False),
     "SparseHashTable.search": ([_X[:20], _X[:20], np.arange(20)[:, None]],
-                               lambda a, e, x: _TABLE.search(a, e, 5, exclude=x), False),
+                               lambda a, e, x: _fitted().table.search(a, e, 5, exclude=x), False),
     "SparseHashTable.add_codes": ([np.stack([np.arange(40) % 8, (np.arange(40) + 3) % 8], 1),
                                    _X[:40]],
                                   lambda c, e: qk.SparseHashTable(8, 2).add_codes(c, e).search(
                                       _X[:5], _X[:5], 4), False),
     "HierarchicalHashTable.search": ([_X[:10], _X[:10], _X[:10]],
-                                     lambda a, b, e: _HIER.search(a, b, e, 5), False),
+                                     lambda a, b, e: _fitted().hier.search(a, b, e, 5), False),
     "ProductQuantizer.train": ([_X], lambda x: qk.ProductQuantizer(8, 2, 4).train(x).codebooks,
                                False),
-    "ProductQuantizer.encode": ([_X[:30]], _PQ.encode, False),
-    "ProductQuantizer.decode": ([_PQ.encode(_X[:30])], _PQ.decode, False),
-    "PQIndex.add": ([_X[:50]], lambda x: qk.PQIndex(_PQ).add(x).search(_X[:4], 3), False),
-    "PQIndex.search": ([_X[:20]], lambda q: _PQINDEX.search(q, 5), False),
+    "ProductQuantizer.encode": ([_X[:30]], lambda x: _fitted().pq.encode(x), False),
+    "ProductQuantizer.decode": ([_PQ_CODES], lambda c: _fitted().pq.decode(c), False),
+    "PQIndex.add": ([_X[:50]], lambda x: qk.PQIndex(_fitted().pq).add(x).search(_X[:4], 3), False),
+    "PQIndex.search": ([_X[:20]], lambda q: _fitted().pq_index.search(q, 5), False),
     "pack_bits": ([_X[:20]], qk.pack_bits, False),
     "unpack_bits": ([_CODES[:20]], lambda c: qk.unpack_bits(c, 8), False),
     "hamming_topk": ([_CODES[:10], _CODES], lambda q, d: qk.hamming_topk(q, d, 5), False),
@@ -85,10 +96,12 @@ ENTRIES = {
                                                              tiebreak=(qf, df)), False),
     "BinaryIndex.add": ([_CODES[:40], _X[:40]],
                         lambda c, f: qk.BinaryIndex(8).add(c, f).search(_CODES[:3], 3), False),
-    "BinaryIndex.search": ([_CODES[:10], _X[:10]], lambda c, f: _BINARY.search(c, 5, f), False),
+    "BinaryIndex.search": ([_CODES[:10], _X[:10]],
+                           lambda c, f: _fitted().binary.search(c, 5, f), False),
     "ITQ.fit": ([_X], lambda x: qk.ITQ(4).fit(x).encode(_X[:5]), False),
-    "ITQ.encode": ([_X[:20]], _ITQ.encode, False),
-    "HouseholderQuantizer.encode": ([_X[:20]], _H2Q.encode, False),
+    "ITQ.encode": ([_X[:20]], lambda x: _fitted().itq.encode(x), False),
+    "HouseholderQuantizer.encode": ([_X[:20]], lambda x: _fitted().h2q.encode(x),
+                                    False),
     "metrics.precision_at_k": ([np.arange(40).reshape(10, 4), _LABELS, _LABELS[:10]],
                                lambda i, d, q: qk.metrics.precision_at_k(i, d, q, 4), False),
     "metrics.map_at_k": ([np.arange(40).reshape(10, 4), _LABELS, _LABELS[:10]],
@@ -104,7 +117,7 @@ ENTRIES = {
     "NPairsLoss": ([torch.from_numpy(_X[:10]), torch.from_numpy(_X[10:20]),
                     torch.from_numpy(_LABELS[:10])], losses.NPairsLoss(), True),
     "DQNLoss": ([torch.from_numpy(_X[:20]), torch.from_numpy(_LABELS[:20])],
-                lambda z, y: losses.DQNLoss()(z, y, _PQ), True),
+                lambda z, y: losses.DQNLoss()(z, y, _fitted().pq), True),
     "BinaryKLLoss": ([torch.from_numpy(_X[:20])],
                      lambda x: losses.BinaryKLLoss()(x, torch.Generator().manual_seed(0)), True),
     "RelativeDistanceLoss": ([torch.from_numpy(_X[:20]), torch.from_numpy(_LABELS[:20]),
@@ -200,14 +213,14 @@ EMPTY = {
     ("HouseholderQuantizer.encode", 0, 0): _rows_cut,
     ("HouseholderQuantizationLoss", 0, 0): lambda clean: torch.zeros_like(clean),
     # a table's exclude of shape (Q, 0): nothing excluded
-    ("SparseHashTable.search", 2, 1): lambda clean: _TABLE.search(_X[:20], _X[:20], 5),
+    ("SparseHashTable.search", 2, 1): lambda clean: _fitted().table.search(_X[:20], _X[:20], 5),
 }
 # one axis more is a batch of one problem where batches are accepted; refused elsewhere
 EXTRA_AXIS = {("solve_sparse_codes", 0): lambda clean: clean[None]}
 # one axis fewer is refused, except where it is another documented form: a table's exclude of
 # shape (Q,) is one array of ids excluded for every query
 FEWER_AXES = {("SparseHashTable.search", 2):
-              lambda: _TABLE.search(_X[:20], _X[:20], 5, exclude=np.arange(20))}
+              lambda: _fitted().table.search(_X[:20], _X[:20], 5, exclude=np.arange(20))}
 
 
 def _swapped(x: np.ndarray) -> np.ndarray:
@@ -402,12 +415,12 @@ SCALARS = {
     "SparseHashTable num_buckets": (lambda v: qk.SparseHashTable(v, 1), ("int", 1, 2**31 - 1)),
     "SparseHashTable k": (lambda v: qk.SparseHashTable(8, v), ("int", 1, 8)),
     # topk: refused where (queries x topk) results would not fit in memory
-    "SparseHashTable.search topk": (lambda v: _TABLE.search(_X[:3], _X[:3], v),
+    "SparseHashTable.search topk": (lambda v: _fitted().table.search(_X[:3], _X[:3], v),
                                     ("int", 1, 10**9)),
     # compound buckets d * d exact in float32
     "HierarchicalHashTable num_buckets": (lambda v: qk.HierarchicalHashTable(v, 1),
                                           ("int", 1, 46340)),
-    "PQIndex.search topk": (lambda v: _PQINDEX.search(_X[:3], v), ("int", 1, 10**9)),
+    "PQIndex.search topk": (lambda v: _fitted().pq_index.search(_X[:3], v), ("int", 1, 10**9)),
     "ProductQuantizer nbits": (lambda v: qk.ProductQuantizer(8, 2, v), ("int", 1, 16)),
     "ProductQuantizer num_subspaces": (lambda v: qk.ProductQuantizer(8, v, 4), ("int", 1, 8)),
     "hamming_topk topk": (lambda v: qk.hamming_topk(_CODES[:3], _CODES, v), ("int", 1, 10**9)),
