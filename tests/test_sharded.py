@@ -119,14 +119,17 @@ def _own_queries(name: str) -> tuple[slice, slice]:
     return slice(0, 5), slice(5, 21)
 
 
-def _rank(rank, init_file, codebooks, out_dir):
+def _rank(rank, init_file, codebooks, out_dir, world=WORLD):
+    """One rank of the scenarios. ``world=1``: a single process runs every search a rank runs
+    (not the refusals, which need two ranks), so that the kernels it compiles are in Numba's and
+    the emulation's caches before the two ranks start; else both would compile them at once."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
     out: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
     try:
         d = _data()
-        shards = _indexes(d, _part(rank), codebooks)
+        shards = _indexes(d, _part(rank) if world > 1 else slice(None), codebooks)
         for name, shard in shards.items():
             index = ShardedIndex(shard)
             for topk in TOPKS:
@@ -176,6 +179,8 @@ def _rank(rank, init_file, codebooks, out_dir):
             found = list(pool.map(lambda _: threaded.search(*args, **kwargs), range(4)))
         out["threads/D"] = np.stack([D for D, _ in found])
         out["threads/I"] = np.stack([I for _, I in found])
+        if world == 1:
+            return
 
         # refusals: each must be an error on both ranks, never a hang
         table = shards["table"]
@@ -260,14 +265,19 @@ def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
     d = _data()
     codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
+    warm = tmp / "one rank"
+    warm.mkdir()
+    one = _spawned(_rank, (str(warm / "init"), codebooks, str(warm), 1), warm, "errors", "rank",
+                   600, "the one-rank run did not finish in 10 minutes (a deadlock?)", world=1)
+    assert set(one[0][0]) >= {f"{name}/{topk}/I" for name in NAMES for topk in TOPKS}
     return _spawned(_rank, (str(tmp / "init"), codebooks, str(tmp)), tmp, "errors", "rank",
                     600, "the sharded processes did not finish in 10 minutes (a deadlock?)")
 
 
-def _spawned(function, args, tmp, errors_name, results_name, seconds, hang):
-    """Run ``function(rank, *args)`` on WORLD processes (failing the test after ``seconds``
+def _spawned(function, args, tmp, errors_name, results_name, seconds, hang, world=WORLD):
+    """Run ``function(rank, *args)`` on ``world`` processes (failing the test after ``seconds``
     with ``hang``); each rank's ``{results_name}{rank}.npz`` and ``{errors_name}{rank}.json``."""
-    context = mp.spawn(function, args=args, nprocs=WORLD, join=False)
+    context = mp.spawn(function, args=args, nprocs=world, join=False)
     deadline = time.monotonic() + seconds
     while not context.join(timeout=2):
         if time.monotonic() > deadline:
@@ -275,7 +285,7 @@ def _spawned(function, args, tmp, errors_name, results_name, seconds, hang):
                 process.kill()
             pytest.fail(hang)
     results = []
-    for rank in range(WORLD):
+    for rank in range(world):
         errors = json.loads((tmp / f"{errors_name}{rank}.json").read_text())
         assert "crash" not in errors, errors["crash"]
         with np.load(tmp / f"{results_name}{rank}.npz") as f:
