@@ -5,7 +5,8 @@ Numba compiles for ``NUMBA_CPU_NAME`` (else the host's name) with ``NUMBA_CPU_FE
 the host's features); a kernel that asks LLVM for an instruction the target lacks aborts the
 process ("LLVM ERROR: Do not know how to split", exit 134), and one that takes the scalar path
 where the target has AVX2 is exact but slow. Each case runs in a fresh process (both variables
-are read when Numba starts) and checks the path chosen and the answer against the exact scan.
+are read when Numba starts) and checks the path chosen and the answer against the exact search
+of tests/reference.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from llvmlite import binding
@@ -31,13 +33,17 @@ pq = qk.ProductQuantizer(16, 8, 4).set_codebooks(
 codes = rng.integers(0, 16, (300, 8), dtype=np.uint8)
 q = rng.standard_normal((5, 16)).astype(np.float32)
 fast = qk.PQIndex(pq).add_codes(codes).search(q, 4, rerank=300)
-exact = qk.PQIndex(pq, fast_scan=False).add_codes(codes).search(q, 4)
+# the exact answer from the loops of tests/reference.py (the exact scan would add a kernel to
+# compile for each target)
+from tests import reference
+exact = [np.asarray(a) for a in reference.pq_search(q, codes, np.asarray(pq.codebooks), 4)]
 print(json.dumps({"features": _simd.target_features(), "avx2": bool(_fastscan_cpu._AVX2),
                   "group": _fastscan_cpu.GROUP,
                   "same": bool((fast[1] == exact[1]).all() and (fast[0] == exact[0]).all()),
                   "show_config": qk.show_config(mode="dicts")["simd"]["4-bit PQ fast scan"]}))
 """
 
+ROOT = Path(__file__).resolve().parents[1]
 HOST = binding.get_host_cpu_features()
 HOST_AVX2 = bool(HOST.get("avx2", False))
 
@@ -47,7 +53,7 @@ def _run(env: dict[str, str], cache) -> dict:
                    if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
     environment.update(env, NUMBA_CACHE_DIR=str(cache))
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          timeout=600, env=environment)
+                          timeout=600, env=environment, cwd=ROOT)
     assert done.returncode == 0, f"exit {done.returncode} under {env}:\n{done.stderr[-2000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 

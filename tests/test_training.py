@@ -71,11 +71,14 @@ def test_kl_ramp_rises_linearly_then_holds(tmp_path):
     assert main(args) == 0
 
 
-def test_quality_benchmark_summary(tmp_path):
-    """training.benchmark: one experiment, one seed, end to end on the synthetic data, and the
-    summary's mean and sample deviation."""
+def test_quality_benchmark_summary(tmp_path, monkeypatch):
+    """training.benchmark: one experiment, one seed, end to end on the synthetic data (one short
+    epoch), and the summary's mean and sample deviation."""
     from training import benchmark
 
+    name, data, options, read = next(e for e in benchmark.EXPERIMENTS if e[0] == "klhash-nokl")
+    monkeypatch.setattr(benchmark, "EXPERIMENTS", [
+        (name, data, [*options, "--epochs", "1", "--batches-per-epoch", "2"], read)])
     table = benchmark.summarise({"x": {"mAP": [0.5, 0.7]}})
     assert "| x | mAP | 0.6000 | 0.1414 | 2 |" in table
     assert benchmark.main(["--seeds", "0", "--only", "klhash-nokl", "--out", str(tmp_path)]) == 0
