@@ -1,7 +1,7 @@
 # Two commands do everything: `make demo` and `make test`. Both create .venv on first use.
 # `make docs` builds the documentation site (warnings are errors); `make test` runs it too.
-# `make check-wheel` builds the wheel and runs the quickstart from a fresh environment (CI runs
-# it after `make test`).
+# `make check-wheel` builds the wheel and runs the quickstart from a fresh environment, and
+# `make test-slow` runs the long tests that `make test` leaves out (CI runs both after it).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.qkernels-installed
 
-.PHONY: test lint docs demo compare bench quality quality-quick clean check-wheel
+.PHONY: test test-slow lint docs demo compare bench quality quality-quick clean check-wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,13 @@ HYPOTHESIS_PROFILE ?= ci
 WORKERS ?= 2
 
 test: lint docs
-	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "not packaging" \
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "not packaging and not slow" \
+		-n $(WORKERS) --dist loadfile
+
+# the long checks that `make test` leaves out (tests marked slow: the demo's claim on digits,
+# the CUDA kernels under ThreadSanitizer); CI runs them after `make test`
+test-slow: $(STAMP)
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "slow and not packaging" \
 		-n $(WORKERS) --dist loadfile
 
 check-wheel: $(STAMP)
