@@ -30,16 +30,15 @@ HYPOTHESIS_PROFILE ?= ci
 # pytest-xdist workers, each taking whole files (module fixtures run once); most of a cold run is
 # Numba compiling, one core a process. `make test WORKERS=0` runs in this process.
 WORKERS ?= 2
+PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -n $(WORKERS) --dist loadfile
 
 test: lint docs
-	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "not packaging and not slow" \
-		-n $(WORKERS) --dist loadfile
+	$(PYTEST) -m "not packaging and not slow"
 
 # the long checks that `make test` leaves out (tests marked slow: the demo's claim on digits,
 # the CUDA kernels under ThreadSanitizer); CI runs them after `make test`
 test-slow: $(STAMP)
-	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -m "slow and not packaging" \
-		-n $(WORKERS) --dist loadfile
+	$(PYTEST) -m "slow and not packaging"
 
 check-wheel: $(STAMP)
 	$(PY) -m pytest -m packaging tests/test_wheel.py
