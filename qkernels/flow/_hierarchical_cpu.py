@@ -48,7 +48,7 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
-from ._flat_cpu import _remove, first_at, least, sink_flows, solve_with_potentials
+from ._flat_cpu import _remove, first_at, least, sink_flows, solve_with_potentials, sort_rows
 
 _INF = np.inf
 _UNTOUCHED, _LABELLED, _SETTLED = 0, 1, 2
@@ -328,8 +328,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
             psink = update_potentials(target_dist, ntouched, psink)
             augment(source, target)
 
-    for i in range(n):
-        codes[i, :k].sort()
+    sort_rows(codes, k)
 
 
 @parallel_kernel
