@@ -54,16 +54,17 @@ def test_8bit_codes_read_as_words_equal_the_reference(seed, m, n, num_queries, t
     np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), m=st.sampled_from([8, 16]), n=st.integers(1, 70),
-       num_queries=st.sampled_from([2, 3, 4, 5, 17, 20, 33]), topk=st.integers(1, 12),
-       metric=st.sampled_from(["l2", "ip"]), how=st.sampled_from(["exclude", "include"]))
+       num_queries=st.sampled_from([2, 3, 5, 8, 9, 16, 17, 20, 33, 40]),
+       topk=st.integers(1, 12), metric=st.sampled_from(["l2", "ip"]),
+       how=st.sampled_from(["exclude", "include"]))
 def test_8bit_word_scan_of_query_groups_with_filters_equals_the_reference(
         seed, m, n, num_queries, topk, metric, how):
-    """Three queries (a last two: a pair) go through the scan together, in parallel over
-    queries (more than ``SPLIT_DATABASE_MAX_QUERIES``) and over chunks of the database (fewer),
-    with every remainder of three among the counts, and with filters: each query's excluded
-    rows differ in length, so the queries of a group fill their heaps at different items."""
+    """Queries go through the scan together in vector lanes (sixteen, or eight), in parallel
+    over queries (more than ``SPLIT_DATABASE_MAX_QUERIES``) and over chunks of the database
+    (fewer), with filters: each query's excluded rows differ in length, so the queries of a
+    group fill their heaps at different items."""
     rng = np.random.default_rng(seed)
     codebooks = rng.integers(-2, 3, (m, 256, 1)).astype(np.float32)  # small integers: ties
     pq = qk.ProductQuantizer(m, m, 8).set_codebooks(codebooks)
@@ -89,6 +90,26 @@ def test_8bit_word_scan_of_query_groups_with_filters_equals_the_reference(
         kept = (kept + [(missing, -1)] * topk)[:topk]
         np.testing.assert_array_equal(I[row], [i for _, i in kept])
         np.testing.assert_array_equal(D[row], np.array([d for d, _ in kept], dtype=np.float32))
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["by-database", "by-query"])
+def test_every_count_of_queries_in_lanes_equals_the_reference(monkeypatch, split):
+    """1 to 40 queries, split over the database or over queries: groups of sixteen and of
+    eight lanes, full and part-filled, a last query alone, and an odd number of items (the
+    lane scan takes two items a step, the last one alone)."""
+    if not split:
+        monkeypatch.setattr(qk.config, "SPLIT_DATABASE_MAX_QUERIES", 0)
+    rng = np.random.default_rng(7)
+    m, n, topk = 16, 301, 9
+    codebooks = rng.integers(-2, 3, (m, 256, 1)).astype(np.float32)  # small integers: ties
+    codes = rng.integers(0, 256, (n, m), dtype=np.uint8)
+    q = rng.integers(-2, 3, (40, m)).astype(np.float32)
+    index = qk.PQIndex(qk.ProductQuantizer(m, m, 8).set_codebooks(codebooks)).add_codes(codes)
+    rD, rI = ref.pq_search(q, codes, codebooks, topk, "l2")
+    for count in range(1, 41):
+        D, I = index.search(q[:count], topk)
+        np.testing.assert_array_equal(I, rI[:count], err_msg=f"{count} queries")
+        np.testing.assert_array_equal(D, np.array(rD[:count], dtype=np.float32))
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([(8, 2), (8, 4), (12, 3), (5, 5), (6, 1)]),

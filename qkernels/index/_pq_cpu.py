@@ -19,7 +19,7 @@ from .._arrays import read_only
 from .._filter import passes
 from .._heap import by_database, drain_sorted, push, sift_down
 from .._parallel import parallel_kernel
-from .._simd import dot_f32, sq_l2_f32
+from .._simd import adc_lanes, dot_f32, sq_l2_f32
 
 _INF32 = np.float32(np.inf)
 
@@ -206,220 +206,80 @@ def _scan_range_words(table, words, start, stop, hd, hi, size, mask, excluded):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_pair_words(ta, tb, words, start, stop, hda, hia, hdb, hib, mask, exa, exb):
-    """``_scan_range_words`` for two queries at once (tables ``ta``, ``tb``; heaps ``hda``,
-    ``hdb``, empty; excluded rows ``exa``, ``exb``; 8-bit codes, so 256 entries a subspace):
-    each code byte is taken out of its word
-    once for both queries, and each look-up is one load and one addition, so one core keeps
-    twice the additions in flight (the scan is bound by look-ups: see the roofline in
-    benchmarks/compare.py). Each query's sums are taken in subspace order and offered to its
-    heap in item order, so each query's result is ``_scan_range_words``'s. Returns the two
-    sizes."""
-    sa, ia = _fill_words(ta, words, start, stop, hda, hia, 0, mask, exa)
-    sb, ib = _fill_words(tb, words, start, stop, hdb, hib, 0, mask, exb)
-    i = max(ia, ib)
-    # the query that filled its heap first catches up alone, in item order
-    sa = _scan_range_words(ta, words, ia, i, hda, hia, sa, mask, exa)
-    sb = _scan_range_words(tb, words, ib, i, hdb, hib, sb, mask, exb)
-    num_words = words.shape[1]
-    low = np.uint64(255)
-    # the tables flat, 256 entries a subspace: entry (m, c) at m * 256 + c, an address whose
-    # m part is a constant of the unrolled loop (with the tables' row stride, which is only
-    # known at run time, the 16 row addresses do not fit in registers)
-    fa = ta.reshape(-1)
-    fb = tb.reshape(-1)
-    while i + 4 <= stop:
-        w0 = words[i + 0, 0]
-        w1 = words[i + 1, 0]
-        w2 = words[i + 2, 0]
-        w3 = words[i + 3, 0]
-        c0 = w0 & low
-        c1 = w1 & low
-        c2 = w2 & low
-        c3 = w3 & low
-        a0 = fa[c0]
-        a1 = fa[c1]
-        a2 = fa[c2]
-        a3 = fa[c3]
-        b0 = fb[c0]
-        b1 = fb[c1]
-        b2 = fb[c2]
-        b3 = fb[c3]
-        for b in range(1, 8):  # a loop of constant length: unrolled, constant shifts
-            shift = np.uint64(8 * b)
-            row = np.uint64(256 * b)
-            c0 = ((w0 >> shift) & low) + row
-            c1 = ((w1 >> shift) & low) + row
-            c2 = ((w2 >> shift) & low) + row
-            c3 = ((w3 >> shift) & low) + row
-            a0 += fa[c0]
-            a1 += fa[c1]
-            a2 += fa[c2]
-            a3 += fa[c3]
-            b0 += fb[c0]
-            b1 += fb[c1]
-            b2 += fb[c2]
-            b3 += fb[c3]
-        for w in range(1, num_words):
-            w0 = words[i + 0, w]
-            w1 = words[i + 1, w]
-            w2 = words[i + 2, w]
-            w3 = words[i + 3, w]
-            for b in range(8):
-                shift = np.uint64(8 * b)
-                row = np.uint64(256 * (8 * w + b))
-                c0 = ((w0 >> shift) & low) + row
-                c1 = ((w1 >> shift) & low) + row
-                c2 = ((w2 >> shift) & low) + row
-                c3 = ((w3 >> shift) & low) + row
-                a0 += fa[c0]
-                a1 += fa[c1]
-                a2 += fa[c2]
-                a3 += fa[c3]
-                b0 += fb[c0]
-                b1 += fb[c1]
-                b2 += fb[c2]
-                b3 += fb[c3]
-        # the offers written out, as in _scan_range_words: the same eight through a helper
-        # function, even one Numba inlines, ran the scan at half the speed (measured)
-        if a0 < hda[0] and passes(mask, exa, i + 0):  # an equal distance loses
-            sift_down(hda, hia, sa, a0, i + 0)
-        if a1 < hda[0] and passes(mask, exa, i + 1):
-            sift_down(hda, hia, sa, a1, i + 1)
-        if a2 < hda[0] and passes(mask, exa, i + 2):
-            sift_down(hda, hia, sa, a2, i + 2)
-        if a3 < hda[0] and passes(mask, exa, i + 3):
-            sift_down(hda, hia, sa, a3, i + 3)
-        if b0 < hdb[0] and passes(mask, exb, i + 0):
-            sift_down(hdb, hib, sb, b0, i + 0)
-        if b1 < hdb[0] and passes(mask, exb, i + 1):
-            sift_down(hdb, hib, sb, b1, i + 1)
-        if b2 < hdb[0] and passes(mask, exb, i + 2):
-            sift_down(hdb, hib, sb, b2, i + 2)
-        if b3 < hdb[0] and passes(mask, exb, i + 3):
-            sift_down(hdb, hib, sb, b3, i + 3)
-        i += 4
-    if i < stop:
-        sa = _scan_range_words(ta, words, i, stop, hda, hia, sa, mask, exa)
-        sb = _scan_range_words(tb, words, i, stop, hdb, hib, sb, mask, exb)
-    return sa, sb
+def _lane_tables(tables, first, count, lanes):
+    """The tables of queries ``first..first+count-1`` interleaved for ``adc_lanes``: entry
+    ``(m, c)`` of lane ``l`` at ``(m * 256 + c) * lanes + l``; lanes beyond ``count`` repeat
+    the last query (their sums are never offered)."""
+    num_subspaces = tables.shape[1]
+    size = num_subspaces * 256 * lanes
+    block = np.empty(size + 16, dtype=np.float32)
+    skip = (-block.ctypes.data) % 64 // 4  # cache-line aligned: no entry spans two lines
+    out = block[skip:skip + size]
+    for m in range(num_subspaces):
+        for c in range(256):
+            at = (m * 256 + c) * lanes
+            for lane in range(lanes):
+                out[at + lane] = tables[first + min(lane, count - 1), m, c]
+    return out
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_triple_words(ta, tb, tc, words, start, stop, hda, hia, hdb, hib, hdc, hic, mask, exa,
-                       exb, exc):
-    """``_scan_pair_words`` for three queries at once: each code byte taken out of its word
-    once for three look-ups, so the integer work per look-up falls from 1.5 to 1 operation
-    (1.18x the look-ups a cycle of the pair's loop, measured without heaps on a 2-core EPYC;
-    four queries at once ran at the speed of three). Returns the three sizes."""
-    sa, ia = _fill_words(ta, words, start, stop, hda, hia, 0, mask, exa)
-    sb, ib = _fill_words(tb, words, start, stop, hdb, hib, 0, mask, exb)
-    sc, ic = _fill_words(tc, words, start, stop, hdc, hic, 0, mask, exc)
-    i = max(ia, ib, ic)
-    # the queries that filled their heaps first catch up alone, in item order
-    sa = _scan_range_words(ta, words, ia, i, hda, hia, sa, mask, exa)
-    sb = _scan_range_words(tb, words, ib, i, hdb, hib, sb, mask, exb)
-    sc = _scan_range_words(tc, words, ic, i, hdc, hic, sc, mask, exc)
-    num_words = words.shape[1]
-    low = np.uint64(255)
-    fa = ta.reshape(-1)  # flat, as in _scan_pair_words
-    fb = tb.reshape(-1)
-    fc = tc.reshape(-1)
-    while i + 4 <= stop:
-        w0 = words[i + 0, 0]
-        w1 = words[i + 1, 0]
-        w2 = words[i + 2, 0]
-        w3 = words[i + 3, 0]
-        c0 = w0 & low
-        c1 = w1 & low
-        c2 = w2 & low
-        c3 = w3 & low
-        a0 = fa[c0]
-        a1 = fa[c1]
-        a2 = fa[c2]
-        a3 = fa[c3]
-        b0 = fb[c0]
-        b1 = fb[c1]
-        b2 = fb[c2]
-        b3 = fb[c3]
-        d0 = fc[c0]
-        d1 = fc[c1]
-        d2 = fc[c2]
-        d3 = fc[c3]
-        for b in range(1, 8):  # a loop of constant length: unrolled, constant shifts
-            shift = np.uint64(8 * b)
-            row = np.uint64(256 * b)
-            c0 = ((w0 >> shift) & low) + row
-            c1 = ((w1 >> shift) & low) + row
-            c2 = ((w2 >> shift) & low) + row
-            c3 = ((w3 >> shift) & low) + row
-            a0 += fa[c0]
-            a1 += fa[c1]
-            a2 += fa[c2]
-            a3 += fa[c3]
-            b0 += fb[c0]
-            b1 += fb[c1]
-            b2 += fb[c2]
-            b3 += fb[c3]
-            d0 += fc[c0]
-            d1 += fc[c1]
-            d2 += fc[c2]
-            d3 += fc[c3]
-        for w in range(1, num_words):
-            w0 = words[i + 0, w]
-            w1 = words[i + 1, w]
-            w2 = words[i + 2, w]
-            w3 = words[i + 3, w]
-            for b in range(8):
-                shift = np.uint64(8 * b)
-                row = np.uint64(256 * (8 * w + b))
-                c0 = ((w0 >> shift) & low) + row
-                c1 = ((w1 >> shift) & low) + row
-                c2 = ((w2 >> shift) & low) + row
-                c3 = ((w3 >> shift) & low) + row
-                a0 += fa[c0]
-                a1 += fa[c1]
-                a2 += fa[c2]
-                a3 += fa[c3]
-                b0 += fb[c0]
-                b1 += fb[c1]
-                b2 += fb[c2]
-                b3 += fb[c3]
-                d0 += fc[c0]
-                d1 += fc[c1]
-                d2 += fc[c2]
-                d3 += fc[c3]
-        # the twelve offers written out, as in _scan_pair_words
-        if a0 < hda[0] and passes(mask, exa, i + 0):  # an equal distance loses
-            sift_down(hda, hia, sa, a0, i + 0)
-        if a1 < hda[0] and passes(mask, exa, i + 1):
-            sift_down(hda, hia, sa, a1, i + 1)
-        if a2 < hda[0] and passes(mask, exa, i + 2):
-            sift_down(hda, hia, sa, a2, i + 2)
-        if a3 < hda[0] and passes(mask, exa, i + 3):
-            sift_down(hda, hia, sa, a3, i + 3)
-        if b0 < hdb[0] and passes(mask, exb, i + 0):
-            sift_down(hdb, hib, sb, b0, i + 0)
-        if b1 < hdb[0] and passes(mask, exb, i + 1):
-            sift_down(hdb, hib, sb, b1, i + 1)
-        if b2 < hdb[0] and passes(mask, exb, i + 2):
-            sift_down(hdb, hib, sb, b2, i + 2)
-        if b3 < hdb[0] and passes(mask, exb, i + 3):
-            sift_down(hdb, hib, sb, b3, i + 3)
-        if d0 < hdc[0] and passes(mask, exc, i + 0):
-            sift_down(hdc, hic, sc, d0, i + 0)
-        if d1 < hdc[0] and passes(mask, exc, i + 1):
-            sift_down(hdc, hic, sc, d1, i + 1)
-        if d2 < hdc[0] and passes(mask, exc, i + 2):
-            sift_down(hdc, hic, sc, d2, i + 2)
-        if d3 < hdc[0] and passes(mask, exc, i + 3):
-            sift_down(hdc, hic, sc, d3, i + 3)
-        i += 4
-    if i < stop:
-        sa = _scan_range_words(ta, words, i, stop, hda, hia, sa, mask, exa)
-        sb = _scan_range_words(tb, words, i, stop, hdb, hib, sb, mask, exb)
-        sc = _scan_range_words(tc, words, i, stop, hdc, hic, sc, mask, exc)
-    return sa, sb, sc
+def _scan_lanes(tables, words, first, count, start, stop, hd, hi, hs, base, mask, excluded,
+                lanes):
+    """``_scan_range_words`` for ``count <= lanes`` queries at once (8-bit codes read as
+    words; ``lanes`` 8 or 16, a compile-time constant): query ``q`` into the heap of row
+    ``q - base``. Each item's word is read once and its distances to all the queries come
+    out of one vector sum per subspace (``adc_lanes``, their tables interleaved), each lane
+    the float32 sum of the one-query scan; each query's heap is offered its items in item
+    order, so each result is ``_scan_range_words``'s. On a 2-core AMD EPYC (AVX2), 1M codes of
+    M = 8, by query: sixteen lanes 5x the speed of three queries a pass without vectors, eight
+    lanes 3x (interleaved runs)."""
+    nb.literally(lanes)
+    # each query fills its heap alone, then those that filled first catch up, in item order
+    ends = np.empty(count, dtype=np.int64)
+    reach = start
+    for lane in range(count):
+        q = first + lane
+        r = q - base
+        hs[r], ends[lane] = _fill_words(tables[q], words, start, stop, hd[r], hi[r], hs[r],
+                                        mask, excluded[q])
+        reach = max(reach, ends[lane])
+    for lane in range(count):
+        q = first + lane
+        r = q - base
+        hs[r] = _scan_range_words(tables[q], words, ends[lane], reach, hd[r], hi[r], hs[r],
+                                  mask, excluded[q])
+    if reach >= stop:
+        return
+    # every heap is full: thresholds are the roots; lanes beyond count never pass (-inf)
+    flat = _lane_tables(tables, first, count, lanes)
+    thresholds = np.full(lanes, -_INF32)
+    sums = np.empty(2 * lanes, dtype=np.float32)
+    for lane in range(count):
+        thresholds[lane] = hd[first + lane - base, 0]
+    i = reach
+    while i + 1 < stop:
+        below = adc_lanes(flat, words, i, thresholds, sums, lanes)
+        if below != 0:
+            # each query offered item i, then i + 1 (whose bit was set by the threshold
+            # before item i's offer: checked again); an equal distance loses
+            for half in range(2):
+                for lane in range(count):
+                    if (below >> (half * lanes + lane)) & 1:
+                        q = first + lane
+                        r = q - base
+                        dist = sums[half * lanes + lane]
+                        if dist < hd[r, 0] and passes(mask, excluded[q], i + half):
+                            sift_down(hd[r], hi[r], hs[r], dist, i + half)
+                            thresholds[lane] = hd[r, 0]
+        i += 2
+    if i < stop:  # an odd last item, one query at a time
+        for lane in range(count):
+            q = first + lane
+            r = q - base
+            dist = _adc_words(tables[q], words[i])
+            if dist < hd[r, 0] and passes(mask, excluded[q], i):
+                sift_down(hd[r], hi[r], hs[r], dist, i)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -462,29 +322,26 @@ def _one_at_a_time(tables, codes, first, last, start, stop, hd, hi, hs, base, ma
 def _grouped(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded):
     q = first
     if tables.shape[2] == 256:
-        while q + 2 < last:
-            r = q - base
-            hs[r], hs[r + 1], hs[r + 2] = _scan_triple_words(
-                tables[q], tables[q + 1], tables[q + 2], codes, start, stop, hd[r], hi[r],
-                hd[r + 1], hi[r + 1], hd[r + 2], hi[r + 2], mask, excluded[q], excluded[q + 1],
-                excluded[q + 2])
-            q += 3
-        if q + 1 < last:
-            r = q - base
-            hs[r], hs[r + 1] = _scan_pair_words(tables[q], tables[q + 1], codes, start, stop,
-                                                hd[r], hi[r], hd[r + 1], hi[r + 1], mask,
-                                                excluded[q], excluded[q + 1])
-            q += 2
+        while last - q > 8:
+            count = min(16, last - q)
+            _scan_lanes(tables, codes, q, count, start, stop, hd, hi, hs, base, mask, excluded,
+                        16)
+            q += count
+        if last - q > 1:
+            _scan_lanes(tables, codes, q, last - q, start, stop, hd, hi, hs, base, mask,
+                        excluded, 8)
+            q = last
     _one_at_a_time(tables, codes, q, last, start, stop, hd, hi, hs, base, mask, excluded)
 
 
 def scan_queries(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded):
     """Items ``start..stop-1`` for queries ``first..last-1``, query ``q`` into the heap
     ``hd[q - base]``, ``hi[q - base]`` of ``hs[q - base]`` entries: for words of 8-bit codes,
-    three queries at a time (``_scan_triple_words``), then two, each word read once for all of
-    them; else one at a time (``scan_range``). Chosen, like ``scan_range``, by the codes' type
-    when Numba compiles the caller: kernels of other codes never compile the three- and
-    two-query scans (about 20 s of compilation a signature)."""
+    up to sixteen queries at a time in vector lanes (``_scan_lanes``: nine or more in
+    sixteen lanes, two to eight in eight, a last one alone; a pass of eight lanes costs
+    about 1.4 one-query passes, of sixteen about 2); else one at a time (``scan_range``). Chosen, like
+    ``scan_range``, by the codes' type when Numba compiles the caller: kernels of other codes
+    never compile the lane scans."""
     scan = _grouped if codes.dtype == np.uint64 else _one_at_a_time
     scan(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded)
 
@@ -511,8 +368,14 @@ def _as_words(codes):
 def scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
     """Look-up-table scan of every item for every query, in parallel over queries; the filter
     (``mask``, ``excluded`` with one row per query) as ``qkernels._filter`` says."""
-    _scan_by_query(tables, _as_words(codes), topk, inner_product, out_dist, out_item, mask,
-                   excluded)
+    words = _as_words(codes)
+    step = 1
+    if words.itemsize == 8 and tables.shape[2] == 256:  # words of 8-bit codes: lanes
+        # sixteen queries a group, or eight or three where sixteen would leave threads idle
+        threads = nb.get_num_threads()
+        num_queries = tables.shape[0]
+        step = 16 if num_queries >= 16 * threads else 8 if num_queries >= 8 * threads else 3
+    _scan_by_query(tables, words, topk, inner_product, out_dist, out_item, mask, excluded, step)
 
 
 def scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, out_item, mask,
@@ -531,13 +394,11 @@ def _scan_by_database(tables, codes, topk, num_chunks, inner_product, out_dist, 
 
 
 @parallel_kernel
-def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded):
-    """Every query over every item, in parallel over queries: three at a time through
-    ``_scan_triple_words`` for codes held as words (a last two through ``_scan_pair_words``),
-    one at a time otherwise."""
+def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask, excluded,
+                   step):
+    """Every query over every item, in parallel over groups of ``step`` queries (each group
+    through ``scan_queries``: in vector lanes for codes held as words)."""
     num_queries = tables.shape[0]
-    words = codes.itemsize == 8 and tables.shape[2] == 256  # words (_as_words) of 8-bit codes
-    step = 3 if words else 1
     for p in nb.prange((num_queries + step - 1) // step):
         q = p * step
         count = min(step, num_queries - q)
@@ -552,8 +413,7 @@ def _scan_by_query(tables, codes, topk, inner_product, out_dist, out_item, mask,
 
 @nb.njit(cache=True, nogil=True)
 def _chunk(args, start, stop, hd, hi, hs):
-    """Items ``start..stop-1`` for every query (three at a time, then two, as
-    ``_scan_by_query``)."""
+    """Items ``start..stop-1`` for every query (in lanes, as ``_scan_by_query``)."""
     tables, codes, mask, excluded = args[0], args[1], args[5], args[6]
     scan_queries(tables, codes, 0, tables.shape[0], start, stop, hd, hi, hs, 0, mask, excluded)
 
