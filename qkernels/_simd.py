@@ -1,7 +1,7 @@
 """Small LLVM intrinsics for Numba kernels: float32 distances in eight fixed lanes, popcount,
-two items' 8-bit PQ distances to many queries at once (``adc_lanes``), and the 4-bit fast
-scan's byte-shuffle blocks (AVX2, and AVX-512BW where the CPU has it; see the end of the
-module).
+two items' 8-bit PQ or Hamming distances to many queries at once (``adc_lanes``,
+``hamming_lanes``), and the 4-bit fast scan's byte-shuffle blocks (AVX2, and AVX-512BW where
+the CPU has it; see the end of the module).
 
 Numba does not vectorise a float reduction unless it may reorder the sum (fastmath), and then
 the order depends on the compiler and the CPU. These intrinsics emit the vector code directly
@@ -22,8 +22,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["adc_lanes", "dot_f32", "fastscan_block", "fastscan_group3", "fastscan_group4",
-           "has_avx2", "has_avx512bw", "numba_target", "popcount64", "prefetch", "sq_l2_f32",
-           "target_features"]
+           "hamming_lanes", "has_avx2", "has_avx512bw", "numba_target", "popcount64", "prefetch",
+           "sq_l2_f32", "target_features"]
 
 _LANES = 8
 
@@ -138,6 +138,90 @@ def prefetch(typingctx, array):
 # --------------------------------------------------- 4-bit fast scan (AVX2, AVX-512BW)
 
 
+def _lane_sums(width, columns):
+    """The codegen of ``adc_lanes`` and ``hamming_lanes``: two items' sums over their code
+    bytes of table entries held ``width`` to a vector (float32 sums compared as floats, uint8
+    ones as unsigned integers); the items' words in rows ``(N, W)``, or in columns ``(W, N)``
+    (``columns``)."""
+
+    def codegen(context, builder, signature, args):
+        table_type = signature.args[0]
+        tables_, words_, thresholds_, sums_ = [
+            context.make_array(t)(context, builder, a)
+            for t, a in zip(signature.args, args, strict=True) if isinstance(t, types.Array)]
+        floats = table_type.dtype == types.float32
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(ir.FloatType() if floats else ir.IntType(8), width)
+        rows, cols = cgutils.unpack_tuple(builder, words_.shape, 2)
+        item = context.cast(builder, args[2], signature.args[2], types.int64)
+        num_words = rows if columns else cols
+        entries = builder.bitcast(tables_.data, vec.as_pointer())
+
+        def word_of(j, w):
+            """Word ``w`` of item ``item + j``."""
+            at = builder.add(item, ir.Constant(i64, j))
+            if columns:
+                at = builder.add(builder.mul(w, cols), at)
+            else:
+                at = builder.add(builder.mul(at, cols), w)
+            return builder.load(builder.gep(words_.data, [at]))
+
+        def entry(word, byte, offset):
+            """The vector of position ``offset + byte``'s entries for the code in ``byte``."""
+            code = builder.and_(builder.lshr(word, ir.Constant(i64, 8 * byte)),
+                                ir.Constant(i64, 255))
+            at = builder.add(code, builder.add(offset, ir.Constant(i64, 256 * byte)))
+            return builder.load(builder.gep(entries, [at]), align=1)
+
+        def add(a, b):
+            return builder.fadd(a, b) if floats else builder.add(a, b)
+
+        zero = ir.Constant(i64, 0)
+        found = [word_of(j, zero) for j in range(2)]
+        totals = [entry(word, 0, zero) for word in found]
+        for byte in range(1, 8):
+            totals = [add(t, entry(word, byte, zero))
+                      for t, word in zip(totals, found, strict=True)]
+        slots = [cgutils.alloca_once_value(builder, t) for t in totals]
+        with cgutils.for_range(builder, builder.sub(num_words, ir.Constant(i64, 1))) as loop:
+            w = builder.add(loop.index, ir.Constant(i64, 1))
+            found = [word_of(j, w) for j in range(2)]
+            offset = builder.mul(w, ir.Constant(i64, 8 * 256))
+            totals = [builder.load(slot) for slot in slots]
+            for byte in range(8):
+                totals = [add(t, entry(word, byte, offset))
+                          for t, word in zip(totals, found, strict=True)]
+            for slot, t in zip(slots, totals, strict=True):
+                builder.store(t, slot)
+        limit = builder.load(builder.bitcast(thresholds_.data, vec.as_pointer()), align=1)
+        below = zero
+        for j, slot in enumerate(slots):
+            total = builder.load(slot)
+            out = builder.gep(sums_.data, [ir.Constant(i64, j * width)])
+            builder.store(total, builder.bitcast(out, vec.as_pointer()), align=1)
+            if floats:
+                flags = builder.fcmp_ordered("<", total, limit)
+            else:
+                flags = builder.icmp_unsigned("<", total, limit)
+            bits = builder.bitcast(flags, ir.IntType(width))
+            below = builder.or_(below, builder.shl(builder.zext(bits, i64),
+                                                   ir.Constant(i64, j * width)))
+        return below
+
+    return codegen
+
+
+def _check_lanes(name, lanes, allowed, item, arrays):
+    if not isinstance(lanes, types.IntegerLiteral) or lanes.literal_value not in allowed:
+        raise TypeError(f"{name} takes a literal lane count in {allowed}, got {lanes}")
+    for a, ndim, dtype in arrays:
+        if not (isinstance(a, types.Array) and a.ndim == ndim and a.dtype == dtype
+                and a.layout == "C"):
+            raise TypeError(f"{name}: expected a contiguous {ndim}-d {dtype} array, got {a}")
+    if not isinstance(item, types.Integer):
+        raise TypeError(f"{name} takes an integer item, got {item}")
+
+
 @intrinsic(prefer_literal=True)
 def adc_lanes(typingctx, tables, words, item, thresholds, sums, lanes):
     """Two items' 8-bit PQ distances to ``lanes`` queries at once, one query in each float32
@@ -154,65 +238,30 @@ def adc_lanes(typingctx, tables, words, item, thresholds, sums, lanes):
     ``lanes`` is a compile-time constant: 8 or 16 (one or two AVX2 registers, one AVX-512
     register). Two items a call because each sum is a chain of dependent additions: two
     chains side by side ran 1.7x the items a cycle of one (16 lanes, AMD EPYC with AVX2)."""
-    if not isinstance(lanes, types.IntegerLiteral) or lanes.literal_value not in (8, 16):
-        raise TypeError(f"adc_lanes takes a literal lane count of 8 or 16, got {lanes}")
-    for a, ndim, dtype in [(tables, 1, types.float32), (words, 2, types.uint64),
-                           (thresholds, 1, types.float32), (sums, 1, types.float32)]:
-        if not (isinstance(a, types.Array) and a.ndim == ndim and a.dtype == dtype
-                and a.layout == "C"):
-            raise TypeError(f"adc_lanes: expected a contiguous {ndim}-d {dtype} array, got {a}")
-    if not isinstance(item, types.Integer):
-        raise TypeError(f"adc_lanes takes an integer item, got {item}")
-    width = lanes.literal_value
+    _check_lanes("adc_lanes", lanes, (8, 16), item,
+                 [(tables, 1, types.float32), (words, 2, types.uint64),
+                  (thresholds, 1, types.float32), (sums, 1, types.float32)])
+    return (types.int64(tables, words, item, thresholds, sums, lanes),
+            _lane_sums(lanes.literal_value, columns=False))
 
-    def codegen(context, builder, signature, args):
-        tables_, words_, thresholds_, sums_ = [
-            context.make_array(t)(context, builder, a)
-            for t, a in zip(signature.args, args, strict=True) if isinstance(t, types.Array)]
-        i64 = ir.IntType(64)
-        vec = ir.VectorType(ir.FloatType(), width)
-        num_words = cgutils.unpack_tuple(builder, words_.shape, 2)[1]
-        at_item = context.cast(builder, args[2], item, types.int64)
-        first = builder.gep(words_.data, [builder.mul(at_item, num_words)])
-        rows = [first, builder.gep(first, [num_words])]
-        entries = builder.bitcast(tables_.data, vec.as_pointer())
 
-        def entry(word, byte, offset):
-            """The vector of subspace ``offset + byte``'s entries for the code in ``byte``."""
-            code = builder.and_(builder.lshr(word, ir.Constant(i64, 8 * byte)),
-                                ir.Constant(i64, 255))
-            at = builder.add(code, builder.add(offset, ir.Constant(i64, 256 * byte)))
-            return builder.load(builder.gep(entries, [at]), align=4)
+@intrinsic(prefer_literal=True)
+def hamming_lanes(typingctx, tables, columns, item, thresholds, sums, lanes):
+    """Two items' Hamming distances to ``lanes`` queries at once, one query in each uint8
+    lane of a vector (unchecked): ``adc_lanes`` with a table per code byte.
 
-        zero = ir.Constant(i64, 0)
-        found = [builder.load(row) for row in rows]
-        totals = [entry(word, 0, zero) for word in found]
-        for byte in range(1, 8):
-            totals = [builder.fadd(t, entry(word, byte, zero))
-                      for t, word in zip(totals, found, strict=True)]
-        slots = [cgutils.alloca_once_value(builder, t) for t in totals]
-        with cgutils.for_range(builder, builder.sub(num_words, ir.Constant(i64, 1))) as loop:
-            w = builder.add(loop.index, ir.Constant(i64, 1))
-            found = [builder.load(builder.gep(row, [w])) for row in rows]
-            offset = builder.mul(w, ir.Constant(i64, 8 * 256))
-            totals = [builder.load(slot) for slot in slots]
-            for byte in range(8):
-                totals = [builder.fadd(t, entry(word, byte, offset))
-                          for t, word in zip(totals, found, strict=True)]
-            for slot, t in zip(slots, totals, strict=True):
-                builder.store(t, slot)
-        limit = builder.load(builder.bitcast(thresholds_.data, vec.as_pointer()), align=4)
-        below = zero
-        for j, slot in enumerate(slots):
-            total = builder.load(slot)
-            out = builder.gep(sums_.data, [ir.Constant(i64, j * width)])
-            builder.store(total, builder.bitcast(out, vec.as_pointer()), align=4)
-            bits = builder.bitcast(builder.fcmp_ordered("<", total, limit), ir.IntType(width))
-            below = builder.or_(below, builder.shl(builder.zext(bits, i64),
-                                                   ir.Constant(i64, j * width)))
-        return below
-
-    return types.int64(tables, words, item, thresholds, sums, lanes), codegen
+    ``columns[w, item]`` and ``columns[w, item + 1]`` hold word ``w`` of the items' codes (the
+    Hamming scan's ``(words, N)`` layout); ``tables`` holds, for code byte ``p`` (byte ``p %
+    8`` of word ``p // 8``) and byte value ``c``, lane ``l``'s ``popcount(c ^ query byte p)``
+    at ``(p * 256 + c) * lanes + l``. The sums are exact while they stay below 256: codes of
+    at most three words. Writes them to ``sums[j * lanes:(j + 1) * lanes]`` and returns the
+    int64 bit mask of those below ``thresholds[:lanes]`` (bit ``j * lanes + l``). ``lanes``
+    is 32: one AVX2 register."""
+    _check_lanes("hamming_lanes", lanes, (32,), item,
+                 [(tables, 1, types.uint8), (columns, 2, types.uint64),
+                  (thresholds, 1, types.uint8), (sums, 1, types.uint8)])
+    return (types.int64(tables, columns, item, thresholds, sums, lanes),
+            _lane_sums(lanes.literal_value, columns=True))
 
 
 # What the fast-scan kernels need: a 256-bit integer add is one ``vpaddb`` on a ymm register

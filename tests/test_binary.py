@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkernels as qk
-from qkernels.index import binary
+from qkernels.index import _hamming_cpu, binary
 from tests import reference as ref
 
 faiss = pytest.importorskip("faiss")
@@ -37,6 +37,43 @@ def test_hamming_topk_equals_the_reference(seed, nbits, n, num_queries, topk, cl
     np.testing.assert_array_equal(D, rD)
     np.testing.assert_array_equal(I, rI)
     assert D.dtype == np.int32 and I.dtype == np.int64
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nbits=st.sampled_from([8, 64, 100, 128, 192, 256]),
+       n=st.integers(1, 150), num_queries=st.sampled_from([19, 20, 32, 33, 52]),
+       topk=st.integers(1, 12), clustered=st.booleans(), filtered=st.booleans())
+def test_queries_in_lanes_equal_the_reference(seed, nbits, n, num_queries, topk, clustered,
+                                              filtered):
+    """Groups of 32 queries: those of 20 or more and codes of at most three words go through
+    the lane scan (two items a step, an odd last one alone; a part-filled group), the others
+    (19 queries, 256 bits) through the block scan; with a filter, each query's excluded rows
+    differ, so its heap fills at its own item."""
+    rng = np.random.default_rng(seed)
+    db = codes(rng, n, nbits, 3 if clustered else None)
+    queries = codes(rng, num_queries, nbits, 3 if clustered else None)
+    rD, rI = ref.hamming_search(queries, db, n)
+    mask = binary.NO_MASK
+    excluded = np.empty((num_queries, 0), dtype=np.int64)
+    allowed = [set(range(n))] * num_queries
+    if filtered:
+        mask = (rng.random(n) < 0.8).astype(np.uint8)
+        excluded = np.full((num_queries, n), -1, dtype=np.int64)
+        allowed = []
+        for q in range(num_queries):
+            dropped = np.sort(rng.choice(n, size=rng.integers(0, n + 1), replace=False))
+            excluded[q, :len(dropped)] = dropped
+            allowed.append({i for i in range(n) if mask[i]} - set(dropped.tolist()))
+    work = min(topk, n)
+    D = np.empty((num_queries, work), dtype=np.int32)
+    I = np.empty((num_queries, work), dtype=np.int64)
+    _hamming_cpu.topk_by_query(binary._words(queries), binary._word_columns(db), work,
+                               binary._BLOCK, _hamming_cpu.LANES, D, I, mask, excluded)
+    for q in range(num_queries):
+        kept = [(d, i) for d, i in zip(rD[q], rI[q], strict=True) if i in allowed[q]]
+        kept = (kept + [(np.iinfo(np.int32).max, -1)] * work)[:work]
+        np.testing.assert_array_equal(I[q], [i for _, i in kept])
+        np.testing.assert_array_equal(D[q], [d for d, _ in kept])
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([8, 12, 64, 100, 128]), st.integers(1, 60),

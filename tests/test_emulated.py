@@ -115,7 +115,7 @@ def test_hamming_topk_is_the_cpus(emulated, num_queries, n, nbits, topk):
     work = min(topk, n)
     want_d = np.empty((num_queries, work), dtype=np.int32)
     want_i = np.empty((num_queries, work), dtype=np.int64)
-    _hamming_cpu.topk_by_query(_words(queries), _word_columns(db), work, 1024, want_d, want_i,
+    _hamming_cpu.topk_by_query(_words(queries), _word_columns(db), work, 1024, 8, want_d, want_i,
                                NO_MASK, np.empty((num_queries, 0), dtype=np.int64))
     np.testing.assert_array_equal(D[:, :work], want_d)
     np.testing.assert_array_equal(I[:, :work], want_i)

@@ -16,10 +16,14 @@ import numpy as np
 from .._filter import passes
 from .._heap import by_database, drain_sorted, drain_sorted3, offer3, push, sift_down
 from .._parallel import parallel_kernel
-from .._simd import popcount64, sq_l2_f32
+from .._simd import hamming_lanes, popcount64, sq_l2_f32
 
 _MISSING = np.iinfo(np.int32).max
 _NO_DISTANCE = np.int64(1) << 62  # above every distance: the start of a minimum
+
+LANES = 32  # queries a pass of the lane scan: one AVX2 register of uint8 distances
+LANE_WORDS = 3  # uint8 distances are exact up to three words (192 bits)
+LANE_QUERIES = 20  # the fewest queries a lane pass takes: below, one pass a query is faster
 
 
 @nb.njit(cache=True, nogil=True)
@@ -93,6 +97,89 @@ def _scan(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs, mask, excluded
 
 
 @nb.njit(cache=True, nogil=True)
+def _lane_tables(queries, first, count):
+    """``hamming_lanes``' tables for queries ``first..first+count-1``: for code byte ``p``
+    and value ``c``, lane ``l``'s ``popcount(c ^ byte p of query first + l)`` at ``(p * 256
+    + c) * LANES + l`` (lanes beyond ``count`` 0), cache-line aligned."""
+    words = queries.shape[1]
+    size = words * 8 * 256 * LANES
+    block = np.zeros(size + 64, dtype=np.uint8)
+    skip = (-block.ctypes.data) % 64
+    out = block[skip:skip + size]
+    for lane in range(count):
+        for w in range(words):
+            word = queries[first + lane, w]
+            for b in range(8):
+                byte = (word >> np.uint64(8 * b)) & np.uint64(255)
+                at = (w * 8 + b) * 256
+                for c in range(256):
+                    out[(at + c) * LANES + lane] = popcount64(np.uint64(c) ^ byte)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill(queries, db_t, q, start, stop, hd, hi, hs, h, mask, excluded):
+    """Push the items from ``start`` that pass the filter into query ``q``'s heap (row
+    ``h``) while it has room; returns the first item not looked at."""
+    topk = hd.shape[1]
+    words = db_t.shape[0]
+    i = start
+    while i < stop and hs[h] < topk:
+        if passes(mask, excluded[q], i):
+            d = 0
+            for w in range(words):
+                d += popcount64(db_t[w, i] ^ queries[q, w])
+            push(hd[h], hi[h], hs[h], d, i)
+            hs[h] += 1
+        i += 1
+    return i
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_lanes(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs, mask, excluded):
+    """``_scan`` for up to ``LANES`` queries at once, codes of at most ``LANE_WORDS`` words:
+    each item's words are read once and its distances to all the queries come out of one
+    vector sum per code byte (``hamming_lanes``: a table of byte popcounts per query), then
+    each query's heap is offered its items in item order, so each result is ``_scan``'s. On
+    a 2-core AMD EPYC (AVX2), 256 queries over 1M codes: 1.7-1.9x ``_scan`` at 128 bits, 2.2x
+    at 64 (interleaved runs); below about 18 queries a pass it is slower."""
+    count = q1 - q0
+    # each query fills its heap alone, then those that filled first catch up, in item order
+    ends = np.empty(count, dtype=np.int64)
+    reach = start
+    for h in range(count):
+        ends[h] = _fill(queries, db_t, q0 + h, start, stop, hd, hi, hs, h, mask, excluded)
+        reach = max(reach, ends[h])
+    for h in range(count):
+        _scan(queries, db_t, ends[h], reach, q0 + h, q0 + h + 1, buffer, hd[h:h + 1],
+              hi[h:h + 1], hs[h:h + 1], mask, excluded)
+    if reach >= stop:
+        return
+    # every heap is full: thresholds are the roots; lanes beyond count never pass (< 0)
+    flat = _lane_tables(queries, q0, count)
+    thresholds = np.zeros(LANES, dtype=np.uint8)
+    for h in range(count):
+        thresholds[h] = hd[h, 0]
+    sums = np.empty(2 * LANES, dtype=np.uint8)
+    i = reach
+    while i + 1 < stop:
+        below = hamming_lanes(flat, db_t, i, thresholds, sums, 32)
+        if below != 0:
+            # each query offered item i, then i + 1 (whose bit was set by the threshold
+            # before item i's offer: checked again); an equal distance loses
+            for half in range(2):
+                for h in range(count):
+                    if (below >> (half * LANES + h)) & 1:
+                        d = np.int64(sums[half * LANES + h])
+                        if d < hd[h, 0] and passes(mask, excluded[q0 + h], i + half):
+                            sift_down(hd[h], hi[h], hs[h], d, i + half)
+                            thresholds[h] = hd[h, 0]
+        i += 2
+    if i < stop:  # an odd last item
+        _scan(queries, db_t, i, stop, q0, q1, buffer, hd, hi, hs, mask, excluded)
+
+
+@nb.njit(cache=True, nogil=True)
 def _write_sorted(hd, hi, size, out_dist, out_item):
     drain_sorted(hd, hi, size, out_dist, out_item)
     for t in range(size, out_dist.shape[0]):
@@ -101,12 +188,14 @@ def _write_sorted(hd, hi, size, out_dist, out_item):
 
 
 @parallel_kernel
-def topk_by_query(queries, db_t, topk, block, out_dist, out_item, mask, excluded):
-    """Exact top-K by Hamming distance; parallel over groups of queries. ``db_t`` holds the
+def topk_by_query(queries, db_t, topk, block, group, out_dist, out_item, mask, excluded):
+    """Exact top-K by Hamming distance; parallel over groups of ``group`` queries (at most
+    ``LANES``), each scanned in lanes (``_scan_lanes``) where it has ``LANE_QUERIES`` or more
+    and the codes have at most ``LANE_WORDS`` words, else by ``_scan``. ``db_t`` holds the
     codes as words, ``(words, N)``; the filter as ``_scan``'s."""
     num_queries = queries.shape[0]
     n = db_t.shape[1]
-    group = 8
+    lanes = db_t.shape[0] <= LANE_WORDS
     num_groups = (num_queries + group - 1) // group
     for g in nb.prange(num_groups):
         q0 = g * group
@@ -115,7 +204,10 @@ def topk_by_query(queries, db_t, topk, block, out_dist, out_item, mask, excluded
         hd = np.empty((q1 - q0, topk), dtype=np.int64)
         hi = np.empty((q1 - q0, topk), dtype=np.int64)
         hs = np.zeros(q1 - q0, dtype=np.int64)
-        _scan(queries, db_t, 0, n, q0, q1, buffer, hd, hi, hs, mask, excluded)
+        if lanes and q1 - q0 >= LANE_QUERIES:
+            _scan_lanes(queries, db_t, 0, n, q0, q1, buffer, hd, hi, hs, mask, excluded)
+        else:
+            _scan(queries, db_t, 0, n, q0, q1, buffer, hd, hi, hs, mask, excluded)
         for q in range(q0, q1):
             _write_sorted(hd[q - q0], hi[q - q0], hs[q - q0], out_dist[q], out_item[q])
 

@@ -339,9 +339,9 @@ def scan_queries(tables, codes, first, last, start, stop, hd, hi, hs, base, mask
     ``hd[q - base]``, ``hi[q - base]`` of ``hs[q - base]`` entries: for words of 8-bit codes,
     up to sixteen queries at a time in vector lanes (``_scan_lanes``: nine or more in
     sixteen lanes, two to eight in eight, a last one alone; a pass of eight lanes costs
-    about 1.4 one-query passes, of sixteen about 2); else one at a time (``scan_range``). Chosen, like
-    ``scan_range``, by the codes' type when Numba compiles the caller: kernels of other codes
-    never compile the lane scans."""
+    about 1.4 one-query passes, of sixteen about 2); else one at a time (``scan_range``).
+    Chosen, like ``scan_range``, by the codes' type when Numba compiles the caller: kernels
+    of other codes never compile the lane scans."""
     scan = _grouped if codes.dtype == np.uint64 else _one_at_a_time
     scan(tables, codes, first, last, start, stop, hd, hi, hs, base, mask, excluded)
 

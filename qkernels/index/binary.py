@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numba
 import numpy as np
 
 from .. import _gpu
@@ -94,8 +95,12 @@ def _select(query_words, db_columns, topk, tiebreak, mask, excluded):
         _hamming_cpu.topk_by_database(query_words, db_columns, topk, _BLOCK, chunks, dist,
                                       items, mask, excluded)
     else:
-        _hamming_cpu.topk_by_query(query_words, db_columns, topk, _BLOCK, dist, items, mask,
-                                   excluded)
+        # groups of LANES queries scanned in vector lanes where that leaves no thread idle
+        lanes = (db_columns.shape[0] <= _hamming_cpu.LANE_WORDS
+                 and num_queries >= _hamming_cpu.LANES * numba.get_num_threads())
+        group = _hamming_cpu.LANES if lanes else 8
+        _hamming_cpu.topk_by_query(query_words, db_columns, topk, _BLOCK, group, dist, items,
+                                   mask, excluded)
     return dist, items
 
 
