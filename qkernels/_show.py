@@ -61,14 +61,19 @@ def _simd() -> dict[str, Any]:
     else:
         fastscan = "scalar (the target has no AVX2)"
     width = "AVX-512" if found["avx512bw"] else "AVX2" if found["avx2"] else "SSE"
+    registers = {"AVX-512": "one 512-bit", "AVX2": "two 256-bit", "SSE": "four 128-bit"}[width]
     return {
         "numba target": f"{name}, chosen by {why}",
         "host CPU features": ", ".join(seen) or "none of sse4.2, popcnt, avx2, avx512*",
         "4-bit PQ fast scan": fastscan,
         "float32 distances (tables, re-ranking)": f"8 fixed lanes, {width} instructions",
+        "8-bit PQ scan": (f"up to 16 queries a pass in float32 lanes ({registers} "
+                          "registers a vector), one query alone"),
         "Hamming popcount": ("POPCNT instruction" if found["popcnt"]
                              else "software (the target has no POPCNT)"),
-        "flow solvers, 8-bit PQ scan": "scalar code, vectorised by LLVM where it can",
+        "Hamming scan of many queries": ("32 queries a pass in the uint8 lanes of a vector "
+                                         "(codes of up to 192 bits)"),
+        "flow solvers": "scalar code, vectorised by LLVM where it can",
     }
 
 
