@@ -23,7 +23,7 @@ _NO_DISTANCE = np.int64(1) << 62  # above every distance: the start of a minimum
 
 LANES = 32  # queries a pass of the lane scan: one AVX2 register of uint8 distances
 LANE_WORDS = 3  # uint8 distances are exact up to three words (192 bits)
-LANE_QUERIES = 20  # the fewest queries a lane pass takes: below, one pass a query is faster
+LANE_QUERIES = 20  # the fewest queries a lane pass takes: below, the block scan is faster
 
 
 @nb.njit(cache=True, nogil=True)
@@ -141,8 +141,9 @@ def _scan_lanes(queries, db_t, start, stop, q0, q1, buffer, hd, hi, hs, mask, ex
     each item's words are read once and its distances to all the queries come out of one
     vector sum per code byte (``hamming_lanes``: a table of byte popcounts per query), then
     each query's heap is offered its items in item order, so each result is ``_scan``'s. On
-    a 2-core AMD EPYC (AVX2), 256 queries over 1M codes: 1.7-1.9x ``_scan`` at 128 bits, 2.2x
-    at 64 (interleaved runs); below about 18 queries a pass it is slower."""
+    a 2-core AMD EPYC (AVX2), 1000 queries over 1M codes: 1.9x ``_scan`` at 128 bits, 2.2x at
+    64 (interleaved runs). A pass costs the same for any number of queries: on one thread at
+    128 bits, 16 queries ran 0.83x ``_scan``, 20 1.06x, 32 1.60x (hence ``LANE_QUERIES``)."""
     count = q1 - q0
     # each query fills its heap alone, then those that filled first catch up, in item order
     ends = np.empty(count, dtype=np.int64)
