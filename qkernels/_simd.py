@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import functools
 
+import numba as nb
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["adc_lanes", "dot_f32", "fastscan_block", "fastscan_group3", "fastscan_group4",
-           "hamming_lanes", "has_avx2", "has_avx512bw", "numba_target", "popcount64", "prefetch",
-           "sq_l2_f32", "target_features"]
+           "hamming_lanes", "has_avx2", "has_avx512bw", "line_aligned", "numba_target",
+           "popcount64", "prefetch", "sq_l2_f32", "target_features"]
 
 _LANES = 8
 
@@ -135,7 +136,16 @@ def prefetch(typingctx, array):
     return types.none(array), codegen
 
 
-# --------------------------------------------------- 4-bit fast scan (AVX2, AVX-512BW)
+# ------------------------------------ many queries in vector lanes (8-bit PQ, Hamming)
+
+
+@nb.njit(cache=True, nogil=True)
+def line_aligned(block, size):
+    """The first ``size`` entries of ``block`` from its first 64-byte boundary (``block``
+    holds at least ``64 / itemsize`` entries more): lane tables whose entries never span
+    two cache lines."""
+    skip = (-block.ctypes.data) % 64 // block.itemsize
+    return block[skip:skip + size]
 
 
 def _lane_sums(width, columns):
@@ -262,6 +272,9 @@ def hamming_lanes(typingctx, tables, columns, item, thresholds, sums, lanes):
                   (thresholds, 1, types.uint8), (sums, 1, types.uint8)])
     return (types.int64(tables, columns, item, thresholds, sums, lanes),
             _lane_sums(lanes.literal_value, columns=True))
+
+
+# --------------------------------------------------- 4-bit fast scan (AVX2, AVX-512BW)
 
 
 # What the fast-scan kernels need: a 256-bit integer add is one ``vpaddb`` on a ymm register

@@ -16,7 +16,7 @@ import numpy as np
 from .._filter import passes
 from .._heap import by_database, drain_sorted, drain_sorted3, offer3, push, sift_down
 from .._parallel import parallel_kernel
-from .._simd import hamming_lanes, popcount64, sq_l2_f32
+from .._simd import hamming_lanes, line_aligned, popcount64, sq_l2_f32
 
 _MISSING = np.iinfo(np.int32).max
 _NO_DISTANCE = np.int64(1) << 62  # above every distance: the start of a minimum
@@ -103,9 +103,7 @@ def _lane_tables(queries, first, count):
     + c) * LANES + l`` (lanes beyond ``count`` 0), cache-line aligned."""
     words = queries.shape[1]
     size = words * 8 * 256 * LANES
-    block = np.zeros(size + 64, dtype=np.uint8)
-    skip = (-block.ctypes.data) % 64
-    out = block[skip:skip + size]
+    out = line_aligned(np.zeros(size + 64, dtype=np.uint8), size)
     for lane in range(count):
         for w in range(words):
             word = queries[first + lane, w]

@@ -19,7 +19,7 @@ from .._arrays import read_only
 from .._filter import passes
 from .._heap import by_database, drain_sorted, push, sift_down
 from .._parallel import parallel_kernel
-from .._simd import adc_lanes, dot_f32, sq_l2_f32
+from .._simd import adc_lanes, dot_f32, line_aligned, sq_l2_f32
 
 _INF32 = np.float32(np.inf)
 
@@ -212,9 +212,7 @@ def _lane_tables(tables, first, count, lanes):
     the last query (their sums are never offered)."""
     num_subspaces = tables.shape[1]
     size = num_subspaces * 256 * lanes
-    block = np.empty(size + 16, dtype=np.float32)
-    skip = (-block.ctypes.data) % 64 // 4  # cache-line aligned: no entry spans two lines
-    out = block[skip:skip + size]
+    out = line_aligned(np.empty(size + 16, dtype=np.float32), size)
     for m in range(num_subspaces):
         for c in range(256):
             at = (m * 256 + c) * lanes
