@@ -146,6 +146,21 @@ def sparse_code_objective(scores, codes, incr):
     return total
 
 
+def relax_class(scores, j, assigned, pb, label, pred, base, floor):
+    """One Dijkstra step of the flow solver: class ``j`` (at ``floor``, with ``base = floor +
+    its potential``) offers every bucket it is not in ``max(base - scores[j][b] - pb[b],
+    floor)`` (the clamp as Numba's ``max(x, floor)``: ``floor`` only where ``floor > x``),
+    which replaces the bucket's label (and ``j`` its pred) where strictly lower. Returns the
+    new labels and preds."""
+    label, pred = list(label), list(pred)
+    for b in range(len(scores[j])):
+        cost = (base - scores[j][b]) - pb[b]
+        cand = floor if floor > cost else cost
+        if cand < label[b] and not assigned[j][b]:
+            label[b], pred[b] = cand, j
+    return label, pred
+
+
 def sparse_codes_brute_force(scores, k, incr):
     """The optimum by trying every assignment (tiny instances only)."""
     import itertools

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qkernels as qk
+from qkernels import _simd
 from tests import reference as ref
 
 
@@ -188,6 +189,46 @@ def test_objective_matches_the_loop_reference(seed, b, n, d):
                                              _incr(n, penalty))
         assert values[i] == pytest.approx(expected, abs=1e-9)
         assert qk.sparse_code_objective(scores[i], codes[i], penalty) == pytest.approx(expected)
+
+
+@numba.njit
+def _relax_into(scores, j, assigned, pb, label, pred, base, floor):
+    label_out = np.full(label.shape[0], -1.0)
+    pred_out = np.full(pred.shape[0], -1)
+    _simd.relax_into(scores, j, assigned, pb, label, pred, label_out, pred_out, base, floor)
+    return label_out, pred_out
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(1, 21),
+       st.sampled_from(["ties", "float", "signed zeros"]))
+def test_relaxation_equals_the_scalar_loop_to_the_bit(seed, n, d, values):
+    """The solver's vector relaxation (four buckets a step, the rest one by one) against the
+    scalar loop: the same labels, bit for bit, and preds, with ties, the clamp at ``floor``
+    acting, assigned arcs, unlabelled (inf) buckets and signed zeros; nothing past ``d``."""
+    rng = np.random.default_rng(seed)
+    if values == "ties":
+        draw = lambda *shape: rng.integers(-2, 3, shape).astype(np.float64)  # noqa: E731
+    elif values == "float":
+        draw = lambda *shape: rng.standard_normal(shape) * 10  # noqa: E731
+    else:
+        draw = lambda *shape: rng.choice([-0.0, 0.0, 1.0, -1.0], shape)  # noqa: E731
+    scores, pb = draw(n, d), draw(d)
+    label = np.abs(draw(d + 3))
+    label[rng.random(d + 3) < 0.3] = np.inf
+    pred = rng.integers(-1, n, d + 3)
+    assigned = rng.random((n, d)) < 0.3
+    j = int(rng.integers(n))
+    floor = float(np.abs(draw(1))[0])
+    base = floor + float(draw(1)[0])
+    if values == "signed zeros":  # -0.0 in the base and at the floor too
+        floor, base = (float(x) for x in draw(2))
+    got_label, got_pred = _relax_into(scores, j, assigned, pb, label, pred, base, floor)
+    want_label, want_pred = ref.relax_class(scores.tolist(), j, assigned.tolist(), pb.tolist(),
+                                            label[:d].tolist(), pred[:d].tolist(), base, floor)
+    np.testing.assert_array_equal(got_label[:d].view(np.int64),
+                                  np.array(want_label).view(np.int64))
+    np.testing.assert_array_equal(got_pred[:d], want_pred)
+    assert (got_label[d:] == -1.0).all() and (got_pred[d:] == -1).all()
 
 
 def test_penalty_zero_gives_each_class_its_top_k():

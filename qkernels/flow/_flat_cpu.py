@@ -29,11 +29,14 @@ The search is dense, in the manner of Jonker & Volgenant's assignment solver: la
 by a vectorised minimum over the labels' bit patterns (non-negative doubles order like their
 int64 bits; reduced costs are clamped at zero, so no label is ``-0.0``). A class is not
 selected itself: when a settled bucket improves a class's label, the class relaxes all its
-``d`` buckets at once in one tight loop over contiguous rows. A class whose label
-is already no nearer than some labelled deficit bucket is skipped (nothing it reaches can come
-first), and a deficit bucket among the nearest nodes ends the search at once (ties are common
-with integer scores). The dense relaxation costs most at large d (d = 2048), and the greedy
-start helps least where the penalty is tiny beside the scores (many units left to move).
+``d`` buckets at once, four a step (``_simd.relax_into``), from one buffer of labels into a
+second, which becomes the current one (written in place, the loop became masked stores, which
+AMD's Zen cores run as microcode: the whole solve ran 2.1-2.4x slower at d = 512). A class
+whose label is already no nearer than some labelled deficit bucket is skipped (nothing it
+reaches can come first), and a deficit bucket among the nearest nodes ends the search at
+once (ties are common with integer scores). The dense relaxation costs most at large d (d =
+2048), and the greedy start helps least where the penalty is tiny beside the scores (many
+units left to move).
 
 The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation ``search``,
 ``update_potentials``, ``augment``; see ``solve_with_potentials``). The per-augmentation
@@ -54,6 +57,7 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
+from .._simd import relax_into
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
@@ -188,17 +192,19 @@ def solve_one(scores, k, incr, codes):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def nearest(key_bits, deficit, size):
-    """The least key of ``key_bits[:size]`` and the least key of a deficit node (``key_bits
-    | deficit``: ``deficit`` is 0 for a deficit node, inf's bits for others), as int64 bit
-    patterns: one branch-free pass that the compiler vectorises. (Non-negative doubles order
-    like their bits; no key is -0.0, reduced costs being clamped at zero.) Reads only, so
-    that inlining it costs no reference counting."""
-    near = key_bits[0]
-    bound = key_bits[0] | deficit[0]
+def nearest(label_bits, done, deficit, size):
+    """The least key of the first ``size`` nodes and the least key of a deficit node, as
+    int64 bit patterns, where a node's key is its label's bits ``| done`` (``done`` is inf's
+    bits for a settled node, else 0) and a deficit node's ``| deficit`` (0 for a deficit
+    node, inf's bits for others): one branch-free pass that the compiler vectorises.
+    (Non-negative doubles order like their bits; no label is -0.0, reduced costs being
+    clamped at zero.) Reads only, so that inlining it costs no reference counting."""
+    near = label_bits[0] | done[0]
+    bound = near | deficit[0]
     for u in range(1, size):
-        near = min(near, key_bits[u])
-        bound = min(bound, key_bits[u] | deficit[u])
+        key = label_bits[u] | done[u]
+        near = min(near, key)
+        bound = min(bound, key | deficit[u])
     return near, bound
 
 
@@ -210,6 +216,22 @@ def least(key_bits, size):
     for u in range(1, size):
         near = min(near, key_bits[u])
     return near
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def first_key(label_bits, done, value):
+    """``first_at`` for keys ``label_bits | done`` (see ``nearest``)."""
+    node = 0
+    while True:
+        hit = False
+        for u in range(node, node + 8):
+            hit |= (label_bits[u] | done[u]) == value
+        if hit:
+            break
+        node += 8
+    while (label_bits[node] | done[node]) != value:
+        node += 1
+    return node
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -274,10 +296,16 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         deficit[r] = 0 if count[r] < f[r] else _INF_BITS
     deficit[sink] = _INF_BITS
 
-    label = np.empty(d + 1)  # buckets and the sink
-    key = np.full((d + 8) // 8 * 8, _INF)  # label while not settled, inf once settled; padded
-    key_bits = key.view(np.int64)
-    pred = np.empty(d + 1, dtype=np.int64)  # a bucket's class (-1: the sink); the sink's bucket
+    # The labels of the buckets and the sink (padded to a multiple of eight for first_key),
+    # and the preds (a bucket's class, -1 for the sink; the sink's bucket), in two buffers:
+    # relax_class reads one and writes the other (see _simd.relax_into); cur[0] is the one
+    # that holds them.
+    size = (d + 8) // 8 * 8
+    labels = np.full((2, size), _INF)
+    label_bits = labels.view(np.int64)
+    preds = np.zeros((2, size), dtype=np.int64)
+    cur = np.zeros(1, dtype=np.int64)
+    done = np.zeros(size, dtype=np.int64)  # inf's bits for a settled node, else 0
     label_c = np.empty(n)
     pred_c = np.empty(n, dtype=np.int64)  # the bucket a class leaves
     scratch = np.empty(1)
@@ -291,43 +319,44 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     def relax_from_sink(dist, psink):
         """The sink, settled at ``dist``, takes one unit less from any bucket: all ``d``
         arcs in one loop (``if`` statements, not conditional expressions: see the module
-        docstring).
-        # modifies: label, key, pred of the buckets it improves
-        Keeps: key[r] = label[r] for every unsettled labelled bucket (a settled bucket is
-        never improved: its label is at most dist)."""
+        docstring). In place: it runs at most once a search.
+        # modifies: labels, preds (of the buckets it improves, in the current buffer)
+        Keeps: a settled bucket is never improved (its label is at most dist)."""
+        c = cur[0]
         base = dist + psink
         for r in range(d):
             cand = max(base + back[r] - pb[r], dist)
-            if cand < label[r]:
-                label[r] = cand
-                key[r] = cand
-                pred[r] = -1
+            if cand < labels[c, r]:
+                labels[c, r] = cand
+                preds[c, r] = -1
 
     def relax_class(j, from_dist):
-        """Class ``j``, labelled ``from_dist``, joins a bucket it is not in: all ``d`` arcs in
-        one loop.
-        # modifies: label, key, pred of the buckets it improves
+        """Class ``j``, labelled ``from_dist``, joins a bucket it is not in: all ``d`` arcs,
+        from the current buffer into the other, which becomes the current one (the sink's
+        entries copied).
+        # modifies: labels, preds, cur
         Keeps: as relax_from_sink."""
-        base = from_dist + pc[j]
-        for b in range(d):
-            cand = max(base - scores[j, b] - pb[b], from_dist)
-            if cand < label[b] and not assigned[j, b]:
-                label[b] = cand
-                key[b] = cand
-                pred[b] = j
+        c = cur[0]
+        o = 1 - c
+        relax_into(scores, j, assigned, pb, labels[c], preds[c], labels[o], preds[o],
+                   from_dist + pc[j], from_dist)
+        labels[o, sink] = labels[c, sink]
+        preds[o, sink] = preds[c, sink]
+        cur[0] = o
 
     def search(source, psink):
         """Dijkstra from excess bucket ``source`` to the nearest deficit bucket; returns it.
-        # modifies: label, key, pred, label_c, pred_c (the search's state)
+        # modifies: labels, preds, cur, done, label_c, pred_c (the search's state)
         Keeps: a settled node's label is its distance; label_c[j] is the least label
         offered to class j so far."""
-        label[:] = _INF
-        key[:] = _INF
+        c = cur[0]
+        labels[c, :] = _INF
+        done[:] = 0
         label_c[:] = _INF
-        label[source] = 0.0
-        key[source] = 0.0
+        labels[c, source] = 0.0
         while True:
-            near, bound_bits = nearest(key_bits, deficit, d + 1)
+            c = cur[0]
+            near, bound_bits = nearest(label_bits[c], done, deficit, d + 1)
             if near >= _INF_BITS:
                 raise RuntimeError("flow solver: no augmenting path (please report this)")
             # The early exit. Safe: nodes settle in label order, so a deficit bucket at the
@@ -336,14 +365,14 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             # determinism).
             if bound_bits <= near:
                 target = 0
-                while (key_bits[target] | deficit[target]) != bound_bits:
+                while (label_bits[c, target] | done[target] | deficit[target]) != bound_bits:
                     target += 1
                 return target
             scratch_bits[0] = bound_bits
             bound = scratch[0]
-            node = first_at(key_bits, near)
-            dist = key[node]
-            key[node] = _INF
+            node = first_key(label_bits[c], done, near)
+            dist = labels[c, node]
+            done[node] = _INF_BITS
 
             if node == sink:  # one unit less from some bucket to the sink
                 relax_from_sink(dist, psink)
@@ -352,10 +381,9 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             # a bucket (not a deficit one): one unit more to the sink, or a class leaves
             r = node
             cand = max(dist + fwd[r] + pb[r] - psink, dist)
-            if cand < label[sink]:
-                label[sink] = cand
-                key[sink] = cand
-                pred[sink] = r
+            if cand < labels[c, sink]:
+                labels[c, sink] = cand
+                preds[c, sink] = r
             for t in range(count[r]):
                 j = occ[r, t]
                 from_dist = max(dist + scores[j, r] + pb[r] - pc[j], dist)
@@ -378,12 +406,13 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         Keeps: every residual arc has a reduced cost >= 0. Skipping the others is exact:
         min(dist, D) - D = 0 for them (and for unlabelled ones, at inf), including classes
         left out by the bound skip (labels >= D)."""
-        reach = label[target]
+        c = cur[0]
+        reach = labels[c, target]
         for r in range(d):
-            if label[r] < reach:
-                pb[r] -= reach - label[r]
-        if label[sink] < reach:
-            psink -= reach - label[sink]
+            if labels[c, r] < reach:
+                pb[r] -= reach - labels[c, r]
+        if labels[c, sink] < reach:
+            psink -= reach - labels[c, sink]
         for j in range(n):
             if label_c[j] < reach:
                 pc[j] -= reach - label_c[j]
@@ -396,13 +425,14 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         # modifies: codes, assigned, occ, count, f, fwd, back, deficit (the target's)
         Keeps: occ[r, :count[r]] lists bucket r's classes; fwd/back are the sink arcs'
         costs at f."""
+        c = cur[0]
         r = target
         while r != source:
-            j = pred[r]
+            j = preds[c, r]
             if j < 0:
                 f[r] -= 1
                 _sink_costs(incr, f, r, fwd, back)
-                r = pred[sink]
+                r = preds[c, sink]
                 f[r] += 1
                 _sink_costs(incr, f, r, fwd, back)
                 continue
