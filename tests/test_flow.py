@@ -313,6 +313,7 @@ def test_empty_problems_return_empty_codes():
         (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 1, -1.0), ValueError,
          "penalty must be a finite number >= 0"),
         (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 1, float("nan")), ValueError, "penalty"),
+        (lambda: qk.solve_sparse_codes(np.zeros((2, 3)), 1, float("inf")), ValueError, "penalty"),
         (lambda: qk.solve_sparse_codes(np.zeros(3), 1), ValueError,
          r"scores must have shape \(n, d\) or batched \(B, n, d\), got shape \(3,\)"),
         (lambda: qk.solve_sparse_codes(np.zeros((1, 2, 3, 4)), 1), ValueError, "scores must have"),

@@ -152,6 +152,15 @@ def solve_sparse_codes(
     """
     from . import _flat_cpu
 
+    if (type(scores) is np.ndarray and scores.ndim == 2 and scores.dtype == np.float64
+            and scores.flags.carray and type(k) is int and type(penalty) is float
+            and bucket_costs is None):
+        # the common call from a host loop in one dispatch (the kernel checks the arguments
+        # and the scores; anything it does not accept takes the checked path below, which
+        # says what is wrong)
+        codes = _flat_cpu.solve_linear(scores, k, penalty)
+        if codes.shape[1]:
+            return codes
     if (type(scores) is np.ndarray and scores.dtype == np.float64 and scores.ndim in (2, 3)
             and scores.flags.c_contiguous and scores.flags.aligned):
         # the common call from a host loop: nothing to convert, and the kernel checks that the

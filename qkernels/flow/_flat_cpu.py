@@ -252,6 +252,24 @@ def first_at(key_bits, value):
 
 
 @nb.njit(cache=True, nogil=True)
+def solve_linear(scores, k, penalty):
+    """``solve_one`` for the common call from a host loop, in one dispatch: the penalty's
+    schedule ``penalty * c`` built and the codes allocated here (on a cold cache each numpy
+    call from Python costs 5-25 us, as much as a small solve). Returns the ``(n, k)`` codes, or
+    a ``(0, 0)`` array where the arguments need the checked path: ``k`` outside ``1..d``, a
+    penalty that is negative or not finite, NaN or Inf in ``scores``."""
+    n, d = scores.shape
+    if not (1 <= k <= d and 0.0 <= penalty < _INF and all_finite(scores)):
+        return np.empty((0, 0), dtype=np.int64)
+    incr = np.empty(max(n, 1))
+    for c in range(incr.shape[0]):
+        incr[c] = penalty * np.float64(c)
+    codes = np.empty((n, k), dtype=np.int64)
+    solve_with_potentials(scores, k, incr, codes, np.empty(d), np.empty(n))
+    return codes
+
+
+@nb.njit(cache=True, nogil=True)
 def solve_with_potentials(scores, k, incr, codes, pb, pc):
     """``solve_one`` that also leaves optimal potentials: ``pb`` (d,) of the buckets, ``pc``
     (n,) of the classes; returns the sink's. Every residual arc of the optimum has a reduced
