@@ -23,22 +23,28 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["adc_lanes", "dot_f32", "fastscan_block", "fastscan_group3", "fastscan_group4",
-           "hamming_lanes", "has_avx2", "has_avx512bw", "line_aligned", "numba_target",
-           "popcount64", "prefetch", "relax_into", "sq_l2_f32", "target_features"]
+__all__ = ["adc_lanes", "dot_f32", "dot_f32_pair", "fastscan_block", "fastscan_group3",
+           "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw", "line_aligned",
+           "numba_target", "popcount64", "prefetch", "relax_into", "sq_l2_f32",
+           "sq_l2_f32_pair", "target_features"]
 
 _LANES = 8
 
 
 def _lanes_codegen(kind: str):
+    """The codegen of ``sq_l2_f32``, ``dot_f32`` and their two-row forms: one query against
+    one row, or against two rows with the two sums' dependent additions side by side (each
+    row's lanes and sum tree as for one row, so each result is the same to the bit)."""
+
     def codegen(context, builder, signature, args):
-        query_type, row_type = signature.args
-        query = context.make_array(query_type)(context, builder, args[0])
-        row = context.make_array(row_type)(context, builder, args[1])
+        query = context.make_array(signature.args[0])(context, builder, args[0])
+        rows = [context.make_array(t)(context, builder, a)
+                for t, a in zip(signature.args[1:], args[1:], strict=True)]
         n = cgutils.unpack_tuple(builder, query.shape, 1)[0]
         f32 = ir.FloatType()
         vec = ir.VectorType(f32, _LANES)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * _LANES))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * _LANES))
+                for _ in rows]
         blocks = builder.udiv(n, ir.Constant(n.type, _LANES))
 
         def term(a, b):
@@ -51,27 +57,34 @@ def _lanes_codegen(kind: str):
             start = builder.mul(loop.index, ir.Constant(n.type, _LANES))
             qv = builder.load(builder.bitcast(builder.gep(query.data, [start]),
                                               vec.as_pointer()), align=4)
-            rv = builder.load(builder.bitcast(builder.gep(row.data, [start]),
-                                              vec.as_pointer()), align=4)
-            builder.store(builder.fadd(builder.load(acc), term(qv, rv)), acc)
+            for row, acc in zip(rows, accs, strict=True):
+                rv = builder.load(builder.bitcast(builder.gep(row.data, [start]),
+                                                  vec.as_pointer()), align=4)
+                builder.store(builder.fadd(builder.load(acc), term(qv, rv)), acc)
 
         main = builder.mul(blocks, ir.Constant(n.type, _LANES))
         tail = builder.sub(n, main)
         with cgutils.for_range(builder, tail) as loop:
             j = builder.add(main, loop.index)
             qs = builder.load(builder.gep(query.data, [j]))
-            rs = builder.load(builder.gep(row.data, [j]))
-            lanes = builder.load(acc)
             lane = builder.trunc(loop.index, ir.IntType(32))
-            updated = builder.fadd(builder.extract_element(lanes, lane), term(qs, rs))
-            builder.store(builder.insert_element(lanes, updated, lane), acc)
+            for row, acc in zip(rows, accs, strict=True):
+                rs = builder.load(builder.gep(row.data, [j]))
+                lanes = builder.load(acc)
+                updated = builder.fadd(builder.extract_element(lanes, lane), term(qs, rs))
+                builder.store(builder.insert_element(lanes, updated, lane), acc)
 
-        lanes = builder.load(acc)
-        part = [builder.extract_element(lanes, ir.Constant(ir.IntType(32), i))
-                for i in range(_LANES)]
-        low = builder.fadd(builder.fadd(part[0], part[1]), builder.fadd(part[2], part[3]))
-        high = builder.fadd(builder.fadd(part[4], part[5]), builder.fadd(part[6], part[7]))
-        return builder.fadd(low, high)
+        sums = []
+        for acc in accs:
+            lanes = builder.load(acc)
+            part = [builder.extract_element(lanes, ir.Constant(ir.IntType(32), i))
+                    for i in range(_LANES)]
+            low = builder.fadd(builder.fadd(part[0], part[1]), builder.fadd(part[2], part[3]))
+            high = builder.fadd(builder.fadd(part[4], part[5]), builder.fadd(part[6], part[7]))
+            sums.append(builder.fadd(low, high))
+        if len(sums) == 1:
+            return sums[0]
+        return context.make_tuple(builder, signature.return_type, sums)
 
     return codegen
 
@@ -95,6 +108,24 @@ def dot_f32(typingctx, query, row):
     """Inner product of two contiguous float32 vectors of equal length (unchecked)."""
     _check(query, row)
     return types.float32(query, row), _lanes_codegen("ip")
+
+
+@intrinsic
+def sq_l2_f32_pair(typingctx, query, row_a, row_b):
+    """``(sq_l2_f32(query, row_a), sq_l2_f32(query, row_b))``, to the bit, in one pass: the
+    two sums' chains of dependent additions side by side (unchecked)."""
+    _check(query, row_a)
+    _check(query, row_b)
+    return types.UniTuple(types.float32, 2)(query, row_a, row_b), _lanes_codegen("l2")
+
+
+@intrinsic
+def dot_f32_pair(typingctx, query, row_a, row_b):
+    """``(dot_f32(query, row_a), dot_f32(query, row_b))``, to the bit, in one pass
+    (unchecked)."""
+    _check(query, row_a)
+    _check(query, row_b)
+    return types.UniTuple(types.float32, 2)(query, row_a, row_b), _lanes_codegen("ip")
 
 
 @intrinsic

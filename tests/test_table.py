@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qkernels as qk
+from qkernels import _simd
 from qkernels.index import _table_cpu
 from tests import reference as ref
 
@@ -24,6 +25,27 @@ def clustered(rng, n, num_buckets, dim, num_classes=6, integer_activations=False
     if integer_activations:  # ties everywhere
         activations = np.round(activations)
     return activations, embeddings
+
+
+@numba.njit
+def _distances(query, row_a, row_b):
+    return (_simd.sq_l2_f32_pair(query, row_a, row_b), _simd.sq_l2_f32(query, row_a),
+            _simd.sq_l2_f32(query, row_b), _simd.dot_f32_pair(query, row_a, row_b),
+            _simd.dot_f32(query, row_a), _simd.dot_f32(query, row_b))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 70))
+def test_two_row_distances_equal_one_row_ones_to_the_bit(seed, dim):
+    """The scan's two-item distances (two chains side by side) against one-item ones and the
+    lane arithmetic of the reference, bit for bit, for every length (the tails included)."""
+    rng = np.random.default_rng(seed)
+    query, row_a, row_b = (rng.standard_normal(dim).astype(np.float32) * 10 for _ in range(3))
+    l2_pair, l2_a, l2_b, ip_pair, ip_a, ip_b = _distances(query, row_a, row_b)
+    bits = lambda *x: np.array(x, dtype=np.float32).view(np.int32).tolist()  # noqa: E731
+    assert bits(*l2_pair) == bits(l2_a, l2_b) == bits(ref.lane_distance(query, row_a, False),
+                                                      ref.lane_distance(query, row_b, False))
+    assert bits(*ip_pair) == bits(ip_a, ip_b) == bits(-ref.lane_distance(query, row_a, True),
+                                                      -ref.lane_distance(query, row_b, True))
 
 
 def reference_codes(activations, k):

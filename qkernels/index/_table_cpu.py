@@ -29,7 +29,7 @@ from numba.extending import overload
 
 from .._heap import drain_sorted3, offer3
 from .._parallel import parallel_kernel
-from .._simd import dot_f32, prefetch, sq_l2_f32
+from .._simd import dot_f32, dot_f32_pair, prefetch, sq_l2_f32, sq_l2_f32_pair
 from ._pq_cpu import _adc
 
 # rows of the embedding matrix are prefetched this many candidates ahead
@@ -275,7 +275,10 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
     before this one, and the excluded items get the bits of the queries excluding them. An
     item then skips, with one OR per bucket of its code, the queries that met it in an earlier
     bucket (so each (query, item) pair is looked at once overall) and those excluding it.
-    Items that ``mask`` refuses (where it is not empty) are no candidates of any query.
+    Items that ``mask`` refuses (where it is not empty) are no candidates of any query. Items
+    are read two at a time: a query's distances to both are computed in one pass (two chains
+    of dependent additions side by side, each sum the same to the bit) and offered in item
+    order, so every heap evolves exactly as one item at a time.
 
     ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits
     with ``tables`` the float32 value of every bit pattern, or PQ codes with ``tables`` the
@@ -293,7 +296,8 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
         earlier = np.zeros(num_buckets, dtype=np.uint64)
         excluded_items = np.empty(64 * max(m, 1), dtype=np.int64)
         excluded_bits = np.empty(64 * max(m, 1), dtype=np.uint64)
-        buffer = np.empty(emb.shape[1], dtype=np.float32)  # a float16 row, widened
+        buffer_a = np.empty(emb.shape[1], dtype=np.float32)  # float16 rows, widened
+        buffer_b = np.empty(emb.shape[1], dtype=np.float32)
         for r in range(chunk_starts[c], chunk_starts[c + 1]):
             end = offsets[r + 1]
             for g0 in range(bucket_offsets[r], bucket_offsets[r + 1], 64):
@@ -310,40 +314,75 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                             excluded_items[num_excluded] = exclude[who[u], e]
                             excluded_bits[num_excluded] = bit
                             num_excluded += 1
-                for p in range(offsets[r], end):
-                    if p + _AHEAD < end:
-                        ahead = items[p + _AHEAD]
+                # two items at a time: their distances to a query are two chains of
+                # dependent additions side by side (offered in item order, as one by one)
+                for p in range(offsets[r], end, 2):
+                    for t in range(p + _AHEAD, min(p + _AHEAD + 2, end)):
+                        ahead = items[t]
                         prefetch(emb[ahead])
                         if k > 1:
                             prefetch(codes[ahead])
-                    item = items[p]
-                    if mask.shape[0] != 0 and mask[item] == 0:
+                    item_a = items[p]
+                    live_a = _live(item_a, everyone, mask, k, codes, earlier, excluded_items,
+                                   excluded_bits, num_excluded)
+                    item_b = item_a
+                    live_b = np.uint64(0)
+                    if p + 1 < end:
+                        item_b = items[p + 1]
+                        live_b = _live(item_b, everyone, mask, k, codes, earlier,
+                                       excluded_items, excluded_bits, num_excluded)
+                    if (live_a | live_b) == 0:
                         continue
-                    skip = np.uint64(0)
-                    if k > 1:
-                        for t in range(k):
-                            skip |= earlier[codes[item, t]]
-                    for e in range(num_excluded):
-                        if excluded_items[e] == item:
-                            skip |= excluded_bits[e]
-                    live = everyone & ~skip
-                    if live == 0:
-                        continue
-                    row = stored_row(emb, item, buffer, tables)
+                    row_a = stored_row(emb, item_a, buffer_a, tables)
+                    row_b = stored_row(emb, item_b, buffer_b, tables)
                     for u in range(g0, g1):
-                        if not (live >> np.uint64(u - g0)) & np.uint64(1):
+                        a_on = (live_a >> np.uint64(u - g0)) & np.uint64(1) != 0
+                        b_on = (live_b >> np.uint64(u - g0)) & np.uint64(1) != 0
+                        if not (a_on or b_on):
                             continue
                         q = who[u]
-                        found[c, q] += 1
-                        dist = rerank_distance(query_emb[q], tables, q, row, inner_product)
-                        # most candidates lose to a full heap's root: decide that inline
-                        if hs[q] == topk and dist > hd[q, 0]:
-                            continue
-                        offer3(hd, hr, hi, hs, q, dist, rows[item], item)  # by (distance, row)
+                        if a_on and b_on:
+                            dist_a, dist_b = rerank_pair(query_emb[q], tables, q, row_a, row_b,
+                                                         inner_product)
+                        elif a_on:
+                            dist_a = rerank_distance(query_emb[q], tables, q, row_a,
+                                                     inner_product)
+                            dist_b = dist_a
+                        else:
+                            dist_b = rerank_distance(query_emb[q], tables, q, row_b,
+                                                     inner_product)
+                            dist_a = dist_b
+                        # most candidates lose to a full heap's root: decide that inline;
+                        # ranked by (distance, row)
+                        if a_on:
+                            found[c, q] += 1
+                            if not (hs[q] == topk and dist_a > hd[q, 0]):
+                                offer3(hd, hr, hi, hs, q, dist_a, rows[item_a], item_a)
+                        if b_on:
+                            found[c, q] += 1
+                            if not (hs[q] == topk and dist_b > hd[q, 0]):
+                                offer3(hd, hr, hi, hs, q, dist_b, rows[item_b], item_b)
                 for u in range(g0, g1):  # clear the marks of this group
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
                         earlier[probe_list[base + v]] = 0
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _live(item, everyone, mask, k, codes, earlier, excluded_items, excluded_bits, num_excluded):
+    """The bits of the group's queries (``everyone``) for which ``item`` is a candidate: none
+    if ``mask`` refuses it, less those that met it in an earlier bucket and those excluding
+    it. Reads only (inlined: no reference counting)."""
+    if mask.shape[0] != 0 and mask[item] == 0:
+        return np.uint64(0)
+    skip = np.uint64(0)
+    if k > 1:
+        for t in range(k):
+            skip |= earlier[codes[item, t]]
+    for e in range(num_excluded):
+        if excluded_items[e] == item:
+            skip |= excluded_bits[e]
+    return everyone & ~skip
 
 
 def stored_row(vectors, item, buffer, tables):
@@ -384,6 +423,26 @@ def _rerank_distance(query, tables, q, row, inner_product):
         if inner_product:
             return -dot_f32(query, row)
         return sq_l2_f32(query, row)
+    return lanes
+
+
+def rerank_pair(query, tables, q, row_a, row_b, inner_product):
+    """``(rerank_distance(... row_a ...), rerank_distance(... row_b ...))``, to the bit: float
+    rows in one pass of the two-row ``qkernels._simd`` forms, PQ codes one after the other."""
+    return sq_l2_f32_pair(query, row_a, row_b)
+
+
+@overload(rerank_pair, inline="always")
+def _rerank_pair(query, tables, q, row_a, row_b, inner_product):
+    if isinstance(row_a.dtype, types.Integer):  # PQ codes; tables (Q, M, K)
+        return lambda query, tables, q, row_a, row_b, inner_product: (_adc(tables[q], row_a),
+                                                                      _adc(tables[q], row_b))
+
+    def lanes(query, tables, q, row_a, row_b, inner_product):
+        if inner_product:
+            dot_a, dot_b = dot_f32_pair(query, row_a, row_b)
+            return -dot_a, -dot_b
+        return sq_l2_f32_pair(query, row_a, row_b)
     return lanes
 
 
