@@ -317,11 +317,14 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                 # two items at a time: their distances to a query are two chains of
                 # dependent additions side by side (offered in item order, as one by one)
                 for p in range(offsets[r], end, 2):
-                    for t in range(p + _AHEAD, min(p + _AHEAD + 2, end)):
-                        ahead = items[t]
-                        prefetch(emb[ahead])
+                    if p + _AHEAD + 1 < end:
+                        ahead_a = items[p + _AHEAD]
+                        ahead_b = items[p + _AHEAD + 1]
+                        prefetch(emb[ahead_a])
+                        prefetch(emb[ahead_b])
                         if k > 1:
-                            prefetch(codes[ahead])
+                            prefetch(codes[ahead_a])
+                            prefetch(codes[ahead_b])
                     item_a = items[p]
                     live_a = _live(item_a, everyone, mask, k, codes, earlier, excluded_items,
                                    excluded_bits, num_excluded)
@@ -341,17 +344,11 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                         if not (a_on or b_on):
                             continue
                         q = who[u]
-                        if a_on and b_on:
-                            dist_a, dist_b = rerank_pair(query_emb[q], tables, q, row_a, row_b,
-                                                         inner_product)
-                        elif a_on:
-                            dist_a = rerank_distance(query_emb[q], tables, q, row_a,
-                                                     inner_product)
-                            dist_b = dist_a
-                        else:
-                            dist_b = rerank_distance(query_emb[q], tables, q, row_b,
-                                                     inner_product)
-                            dist_a = dist_b
+                        # one call site (the distance code is inlined once): where only one
+                        # item is a candidate, both rows are its row and one sum is unused
+                        dist_a, dist_b = rerank_pair(query_emb[q], tables, q,
+                                                     row_a if a_on else row_b,
+                                                     row_b if b_on else row_a, inner_product)
                         # most candidates lose to a full heap's root: decide that inline;
                         # ranked by (distance, row)
                         if a_on:
