@@ -29,7 +29,7 @@ from numba.extending import overload
 
 from .._heap import drain_sorted3, offer3
 from .._parallel import parallel_kernel
-from .._simd import dot_f32, dot_f32_pair, prefetch, sq_l2_f32, sq_l2_f32_pair
+from .._simd import dot_f32_pair, prefetch, sq_l2_f32_pair
 from ._pq_cpu import _adc
 
 # rows of the embedding matrix are prefetched this many candidates ahead
@@ -282,7 +282,7 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
 
     ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits
     with ``tables`` the float32 value of every bit pattern, or PQ codes with ``tables`` the
-    queries' ``(Q, M, K)`` distance tables (``stored_row``, ``rerank_distance``).
+    queries' ``(Q, M, K)`` distance tables (``stored_row``, ``rerank_pair``).
     """
     num_chunks = chunk_starts.shape[0] - 1
     num_buckets = offsets.shape[0] - 1
@@ -403,29 +403,13 @@ def _stored_row(vectors, item, buffer, tables):
     return lambda vectors, item, buffer, tables: vectors[item]
 
 
-def rerank_distance(query, tables, q, row, inner_product):
-    """The re-ranking distance of a stored row to query ``q`` (smaller is better): float rows
-    by ``qkernels._simd`` (squared L2, or minus the inner product) to ``query``, PQ codes by
-    asymmetric distance, the sum of ``tables[q]``'s entries in subspace order (minus the inner
-    products where the tables hold them)."""
-    return sq_l2_f32(query, row)
-
-
-@overload(rerank_distance, inline="always")
-def _rerank_distance(query, tables, q, row, inner_product):
-    if isinstance(row.dtype, types.Integer):  # PQ codes; tables (Q, M, K)
-        return lambda query, tables, q, row, inner_product: _adc(tables[q], row)
-
-    def lanes(query, tables, q, row, inner_product):
-        if inner_product:
-            return -dot_f32(query, row)
-        return sq_l2_f32(query, row)
-    return lanes
-
-
 def rerank_pair(query, tables, q, row_a, row_b, inner_product):
-    """``(rerank_distance(... row_a ...), rerank_distance(... row_b ...))``, to the bit: float
-    rows in one pass of the two-row ``qkernels._simd`` forms, PQ codes one after the other."""
+    """The re-ranking distances of two stored rows to query ``q`` (smaller is better): float
+    rows by ``qkernels._simd`` (squared L2, or minus the inner product) to ``query``, the two
+    sums side by side in one pass (``sq_l2_f32_pair``, ``dot_f32_pair``: each the same to the
+    bit as one row alone); PQ codes by asymmetric distance, the sum of ``tables[q]``'s entries
+    in subspace order (minus the inner products where the tables hold them), one after the
+    other."""
     return sq_l2_f32_pair(query, row_a, row_b)
 
 
