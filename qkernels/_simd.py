@@ -253,13 +253,18 @@ def _lane_sums(width, columns):
     return codegen
 
 
-def _check_lanes(name, lanes, allowed, item, arrays):
-    if not isinstance(lanes, types.IntegerLiteral) or lanes.literal_value not in allowed:
-        raise TypeError(f"{name} takes a literal lane count in {allowed}, got {lanes}")
+def _check_arrays(name, arrays):
+    """Each ``(type, ndim, dtype)``: a C-contiguous array of that rank and element type."""
     for a, ndim, dtype in arrays:
         if not (isinstance(a, types.Array) and a.ndim == ndim and a.dtype == dtype
                 and a.layout == "C"):
             raise TypeError(f"{name}: expected a contiguous {ndim}-d {dtype} array, got {a}")
+
+
+def _check_lanes(name, lanes, allowed, item, arrays):
+    if not isinstance(lanes, types.IntegerLiteral) or lanes.literal_value not in allowed:
+        raise TypeError(f"{name} takes a literal lane count in {allowed}, got {lanes}")
+    _check_arrays(name, arrays)
     if not isinstance(item, types.Integer):
         raise TypeError(f"{name} takes an integer item, got {item}")
 
@@ -376,13 +381,10 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
     microcode: that loop ran 1.4 ns a bucket, this one with separate buffers 0.6-0.7 ns (AMD
     EPYC with AVX2). So the solver keeps its labels in two buffers and relaxes from one into
     the other. Entries at ``d`` and beyond are not touched."""
-    arrays = [(scores, 2, types.float64), (assigned, 2, types.boolean), (pb, 1, types.float64),
-              (label_in, 1, types.float64), (pred_in, 1, types.int64),
-              (label_out, 1, types.float64), (pred_out, 1, types.int64)]
-    for a, ndim, dtype in arrays:
-        if not (isinstance(a, types.Array) and a.ndim == ndim and a.dtype == dtype
-                and a.layout == "C"):
-            raise TypeError(f"relax_into: expected a contiguous {ndim}-d {dtype} array, got {a}")
+    _check_arrays("relax_into", [
+        (scores, 2, types.float64), (assigned, 2, types.boolean), (pb, 1, types.float64),
+        (label_in, 1, types.float64), (pred_in, 1, types.int64), (label_out, 1, types.float64),
+        (pred_out, 1, types.int64)])
     if not isinstance(j, types.Integer) or not all(isinstance(x, types.Float)
                                                    for x in (base, floor)):
         raise TypeError("relax_into takes an integer class and float base and floor")

@@ -219,8 +219,10 @@ def least(key_bits, size):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def first_key(label_bits, done, value):
-    """``first_at`` for keys ``label_bits | done`` (see ``nearest``)."""
+def first_at(label_bits, done, value):
+    """The first node whose key ``label_bits | done`` (see ``nearest``; ``done`` all zeros
+    where the labels are the keys) has the bits ``value`` (one exists): eight keys at a time,
+    then one by one (both arrays are padded to a multiple of eight)."""
     node = 0
     while True:
         hit = False
@@ -230,23 +232,6 @@ def first_key(label_bits, done, value):
             break
         node += 8
     while (label_bits[node] | done[node]) != value:
-        node += 1
-    return node
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def first_at(key_bits, value):
-    """The first node whose key has the bits ``value`` (one exists): eight keys at a time,
-    then one by one (``key_bits`` is padded to a multiple of eight)."""
-    node = 0
-    while True:
-        hit = False
-        for u in range(node, node + 8):
-            hit |= key_bits[u] == value
-        if hit:
-            break
-        node += 8
-    while key_bits[node] != value:
         node += 1
     return node
 
@@ -314,7 +299,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         deficit[r] = 0 if count[r] < f[r] else _INF_BITS
     deficit[sink] = _INF_BITS
 
-    # The labels of the buckets and the sink (padded to a multiple of eight for first_key),
+    # The labels of the buckets and the sink (padded to a multiple of eight for first_at),
     # and the preds (a bucket's class, -1 for the sink; the sink's bucket), in two buffers:
     # relax_class reads one and writes the other (see _simd.relax_into); cur[0] is the one
     # that holds them.
@@ -388,7 +373,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                 return target
             scratch_bits[0] = bound_bits
             bound = scratch[0]
-            node = first_key(label_bits[c], done, near)
+            node = first_at(label_bits[c], done, near)
             dist = labels[c, node]
             done[node] = _INF_BITS
 

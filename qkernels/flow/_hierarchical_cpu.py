@@ -152,6 +152,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     label = np.full(num_nodes, _INF)
     key = np.full((num_nodes + 8) // 8 * 8, _INF)  # label while not settled, inf once settled
     key_bits = key.view(np.int64)  # (padded to a multiple of 8 for first_at)
+    no_mask = np.zeros(key.shape[0], dtype=np.int64)  # first_at's settled mask: the keys say it
     pred = np.empty(num_nodes, dtype=np.int64)  # class, child or sink that labelled the node
     via = np.empty(n, dtype=np.int64)  # for a class labelled by a sibling: the child swapped
     state = np.zeros(num_nodes, dtype=np.int8)
@@ -194,7 +195,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
         target = -1
         while True:
             # the unsettled node of least key, the first on ties (the flat solver's selection)
-            node = first_at(key_bits, least(key_bits, num_nodes))
+            node = first_at(key_bits, no_mask, least(key_bits, num_nodes))
             dist = key[node]
             # The early exit. Safe: the nearest labelled deficit child is no farther than
             # every unsettled node, so nothing settled later gives it a shorter path (labels
