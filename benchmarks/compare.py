@@ -370,7 +370,8 @@ def _fastscan(args: argparse.Namespace, xb: np.ndarray, xq: np.ndarray, peer) ->
 
     n, dim = xb.shape
     num_queries, topk, m = len(xq), 10, peer.pq.M
-    kernel = ("AVX-512" if qk._simd.has_avx512bw() else "AVX2") if qk._simd.has_avx2() else "scalar"
+    kernel = ("AVX-512 VBMI/VNNI" if qk._simd.has_byte_dots() else "AVX-512BW"
+              if qk._simd.has_avx512bw() else "AVX2" if qk._simd.has_avx2() else "scalar")
     print(f"#### pq 4-bit: PQIndex fast scan vs faiss IndexPQFastScan, N = {n:,}, {dim}-d, "
           f"M = {m}, 4 bits, {num_queries} queries, top-{topk}, {faiss.omp_get_max_threads()} "
           f"threads, {kernel} kernel\n")
@@ -982,8 +983,8 @@ def _simd_summary() -> str:
 
     name, _ = _simd.numba_target()
     features = _simd.target_features()
-    kind = ("AVX-512BW" if features["avx512bw"] else "AVX2" if features["avx2"]
-            else "no AVX2")
+    kind = ("AVX-512 with VBMI and VNNI" if _simd.has_byte_dots() else "AVX-512BW"
+            if features["avx512bw"] else "AVX2" if features["avx2"] else "no AVX2")
     return f"{name} ({kind})"
 
 

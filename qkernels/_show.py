@@ -44,7 +44,8 @@ def _simd() -> dict[str, Any]:
     found = _simd.target_features()
     # what LLVM sees on this host (the target may differ when the variables are set)
     host = binding.get_host_cpu_features()
-    seen = [f for f in ("sse4.2", "popcnt", "avx2", "avx512f", "avx512bw", "avx512vpopcntdq")
+    seen = [f for f in ("sse4.2", "popcnt", "avx2", "avx512f", "avx512bw", "avx512vbmi",
+                        "avx512vnni", "avx512vpopcntdq")
             if host.get(f, False)]
     if numba_config.CPU_NAME:
         why = f"NUMBA_CPU_NAME={numba_config.CPU_NAME}"
@@ -54,6 +55,9 @@ def _simd() -> dict[str, Any]:
         why += f", NUMBA_CPU_FEATURES={numba_config.CPU_FEATURES or '(empty)'}"
     if not config.FASTSCAN_SIMD:
         fastscan = "scalar (qk.config.FASTSCAN_SIMD is False)"
+    elif _simd.has_byte_dots():
+        fastscan = ("AVX-512 VBMI and VNNI (four sub-quantizers per 512-bit look-up, summed by "
+                    "byte dot products; four queries a pass)")
     elif found["avx512bw"]:
         fastscan = "AVX-512BW (two sub-quantizer pairs per 512-bit shuffle, four queries a pass)"
     elif found["avx2"]:

@@ -392,15 +392,18 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
                        pred_out, types.float64, types.float64), _relax_codegen)
 
 
-# --------------------------------------------------- 4-bit fast scan (AVX2, AVX-512BW)
+# ------------------------------ 4-bit fast scan (AVX2, AVX-512BW, AVX-512 VBMI and VNNI)
 
 
 # What the fast-scan kernels need: a 256-bit integer add is one ``vpaddb`` on a ymm register
 # only with AVX2, a 512-bit one on a zmm register only with AVX-512BW (``min-legal-vector-width``
-# lets LLVM use zmm registers on CPUs that prefer 256-bit vectors); and what the Hamming scan
-# runs on: ``llvm.ctpop`` is one ``popcnt`` only with POPCNT. Compiled by the target
-# machine Numba compiles for, these two functions say what it will accept, without ever asking
-# it for an instruction it cannot select (which aborts the process).
+# lets LLVM use zmm registers on CPUs that prefer 256-bit vectors); a byte shuffle across the
+# whole zmm register is one ``vpermb`` only with AVX-512 VBMI, and a sum of four byte products
+# into each 32-bit lane one ``vpdpbusd`` on zmm only with AVX-512 VNNI (the 256-bit AVX-VNNI form
+# does not count); and what the Hamming scan runs on: ``llvm.ctpop`` is one ``popcnt`` only with
+# POPCNT. Compiled by the target machine Numba compiles for, these functions say what it will
+# accept, without ever asking it for an instruction it cannot select (which aborts the
+# process): they are plain IR that LLVM lowers to those instructions where it may.
 _PROBE_IR = """
 define <32 x i8> @probe_avx2(<32 x i8> %a, <32 x i8> %b) #0 {
   %c = add <32 x i8> %a, %b
@@ -410,15 +413,33 @@ define <64 x i8> @probe_avx512bw(<64 x i8> %a, <64 x i8> %b) #0 {
   %c = add <64 x i8> %a, %b
   ret <64 x i8> %c
 }
+define <64 x i8> @probe_avx512vbmi(<64 x i8> %a) #0 {
+  %c = shufflevector <64 x i8> %a, <64 x i8> poison, <64 x i32> <ORDER>
+  ret <64 x i8> %c
+}
+define i32 @probe_avx512vnni(<64 x i8> %a, <64 x i8> %b) #0 {
+  %za = zext <64 x i8> %a to <64 x i32>
+  %sb = sext <64 x i8> %b to <64 x i32>
+  %m = mul <64 x i32> %za, %sb
+  %c = call i32 @llvm.vector.reduce.add.v64i32(<64 x i32> %m)
+  ret i32 %c
+}
 define i64 @probe_popcnt(i64 %a) {
   %c = call i64 @llvm.ctpop.i64(i64 %a)
   ret i64 %c
 }
+declare i32 @llvm.vector.reduce.add.v64i32(<64 x i32>)
 declare i64 @llvm.ctpop.i64(i64)
 attributes #0 = { "min-legal-vector-width"="512" }
 """
+# the byte order of a quad of the fast-scan layout that ``_byte_dot_sums`` shuffles into (byte
+# 4 i + t from byte 16 t + i); the VBMI probe shuffles the same way
+QUAD_ORDER = [16 * (j % 4) + j // 4 for j in range(64)]
+_PROBE_IR = _PROBE_IR.replace("ORDER", ", ".join(f"i32 {j}" for j in QUAD_ORDER))
 # feature -> (instruction, operand) that its probe compiles to only where the target has it
-_PROBE = {"avx2": ("vpaddb", "%ymm"), "avx512bw": ("vpaddb", "%zmm"), "popcnt": ("popcnt", "")}
+_PROBE = {"avx2": ("vpaddb", "%ymm"), "avx512bw": ("vpaddb", "%zmm"),
+          "avx512vbmi": ("vpermb", "%zmm"), "avx512vnni": ("vpdpbusd", "%zmm"),
+          "popcnt": ("popcnt", "")}
 
 
 def numba_target() -> tuple[str, str]:
@@ -436,13 +457,13 @@ def numba_target() -> tuple[str, str]:
 
 @functools.cache
 def target_features() -> dict[str, bool]:
-    """``{"avx2": ..., "avx512bw": ..., "popcnt": ...}``: whether the CPU Numba compiles for
-    (``numba_target``) has each, asked once per process of LLVM itself (both variables are
-    fixed when Numba starts). A feature string may name some features and leave the rest to the
-    CPU name's defaults, and turning one off turns off those that imply it; rather than repeat
-    LLVM's rules, the probe functions above are compiled for that exact target and their
-    assembly read. Anything that fails here answers False: the scalar kernels compile
-    everywhere."""
+    """``{"avx2": ..., "avx512bw": ..., "avx512vbmi": ..., "avx512vnni": ..., "popcnt": ...}``:
+    whether the CPU Numba compiles for (``numba_target``) has each, asked once per process of
+    LLVM itself (both variables are fixed when Numba starts). A feature string may name some
+    features and leave the rest to the CPU name's defaults, and turning one off turns off those
+    that imply it; rather than repeat LLVM's rules, the probe functions above are compiled for
+    that exact target and their assembly read. Anything that fails here answers False: the
+    scalar kernels compile everywhere."""
     from llvmlite import binding
 
     try:
@@ -476,6 +497,14 @@ def has_avx512bw() -> bool:
     return target_features()["avx512bw"]
 
 
+def has_byte_dots() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512BW, VBMI and VNNI: the fast-scan kernels
+    then look up four sub-quantizers per ``vpermb`` and add each vector's four entries into a
+    32-bit lane by one ``vpdpbusd``."""
+    found = target_features()
+    return found["avx512bw"] and found["avx512vbmi"] and found["avx512vnni"]
+
+
 FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout
 
 
@@ -485,42 +514,103 @@ _V16I32 = ir.VectorType(ir.IntType(32), 16)
 
 
 def _accumulate(builder, codes_data, start, tables, pairs):
-    """The four uint16 accumulators of a block for each query whose uint8 tables start at
-    ``tables[q]`` (i8 pointers), over ``pairs`` pairs of sub-quantizers. Per half of the block
-    (vectors 0-15 by the low nibbles, 16-31 by the high ones) the sums of the even bytes plus
-    256 x the odd ones (wrapping) and the sums of the odd bytes: two adds and a shift per
-    shuffle instead of widening every byte.
+    """The 32 uint16 sums of a block, in vector order, for each query whose uint8 tables start
+    at ``tables[q]`` (i8 pointers), over ``pairs`` pairs of sub-quantizers. Per half of the
+    block (vectors 0-15 by the low nibbles, 16-31 by the high ones) four accumulators: the sums
+    of the even bytes plus 256 x the odd ones (wrapping) and the sums of the odd bytes, two adds
+    and a shift per shuffle instead of widening every byte (``_block_sums`` separates them).
 
     Where the CPU has AVX-512BW (decided when the kernel is compiled; Numba's cache is per CPU)
     two pairs go per 512-bit shuffle (their 64 code bytes and 64 table bytes are contiguous, and
-    ``vpshufb`` works per 128-bit lane as the 256-bit one does), the two 256-bit halves of each
-    accumulator are added, and an odd last pair goes through the 256-bit loop."""
+    ``vpshufb`` works per 128-bit lane as the 256-bit one does), an odd last pair through the
+    256-bit loop into the low halves of the same accumulators, and ``_wide_block_sums`` reduces
+    the four 512-bit accumulators at their full width. Where it also has VBMI and VNNI,
+    ``_byte_dot_sums`` instead."""
     i64 = ir.IntType(64)
-    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16I16, [0] * 16))
+    if has_byte_dots():
+        return _byte_dot_sums(builder, codes_data, start, tables, pairs)
+    if not has_avx512bw():
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16I16, [0] * 16))
+                 for _ in range(4)] for _ in tables]
+        _shuffle_loop(builder, codes_data, start, tables, ir.Constant(i64, 0), pairs, 32, accs,
+                      16)
+        return [_block_sums(builder, [builder.load(a) for a in query]) for query in accs]
+    wide = builder.udiv(pairs, ir.Constant(i64, 2))
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V32I16, [0] * 32))
              for _ in range(4)] for _ in tables]
-    done = ir.Constant(i64, 0)
-    if has_avx512bw():
-        wide = builder.udiv(pairs, ir.Constant(i64, 2))
-        wide_accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V32I16, [0] * 32))
-                      for _ in range(4)] for _ in tables]
-        _shuffle_loop(builder, codes_data, start, tables, ir.Constant(i64, 0), wide, 64,
-                      wide_accs)
-        for query, wide_query in zip(accs, wide_accs, strict=True):
-            for acc, wide_acc in zip(query, wide_query, strict=True):
-                v = builder.load(wide_acc)
-                low = builder.shuffle_vector(v, v, ir.Constant(_V16I32, list(range(16))))
-                high = builder.shuffle_vector(v, v, ir.Constant(_V16I32, list(range(16, 32))))
-                builder.store(builder.add(low, high), acc)
-        done = builder.mul(wide, ir.Constant(i64, 64))
-        pairs = builder.sub(pairs, builder.mul(wide, ir.Constant(i64, 2)))
-    _shuffle_loop(builder, codes_data, start, tables, done, pairs, 32, accs)
-    return [[builder.load(a) for a in query] for query in accs]
+    _shuffle_loop(builder, codes_data, start, tables, ir.Constant(i64, 0), wide, 64, accs, 32)
+    _shuffle_loop(builder, codes_data, start, tables, builder.mul(wide, ir.Constant(i64, 64)),
+                  builder.sub(pairs, builder.mul(wide, ir.Constant(i64, 2))), 32, accs, 32)
+    return [_wide_block_sums(builder, [builder.load(a) for a in query]) for query in accs]
 
 
-def _shuffle_loop(builder, codes_data, start, tables, first, count, width, accs):
+def _byte_dot_sums(builder, codes_data, start, tables, pairs):
+    """``_accumulate`` by whole-register byte look-ups (AVX-512 VBMI and VNNI): four
+    sub-quantizers (a quad: two pairs, 64 code bytes and 64 table bytes) per step. The quad's
+    bytes are shuffled once (``QUAD_ORDER``) so that byte ``4 i + t`` holds sub-quantizer
+    ``4 s + t``'s codes of vectors ``i`` (low nibble) and ``16 + i`` (high nibble); each nibble
+    plus ``16 t`` indexes the quad's 64 table bytes (``vpermb``), and ``vpdpbusd`` with a
+    multiplier of 1 adds each vector's four entries into its 32-bit lane. Two accumulators a
+    query (vectors 0-15 and 16-31), no per-block reduction but their low halves. An odd last
+    pair is a quad whose second pair has codes and tables of zeros."""
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    v64i8 = ir.VectorType(i8, 64)
+    v32i8 = ir.VectorType(i8, 32)
+    v16i32 = ir.VectorType(i32, 16)
+    permb = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v64i8, [v64i8, v64i8]), "llvm.x86.avx512.permvar.qi.512")
+    dot = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]),
+        "llvm.x86.avx512.vpdpbusd.512")
+    order = ir.Constant(ir.VectorType(i32, 64), QUAD_ORDER)
+    nibble = ir.Constant(v64i8, [0x0F] * 64)
+    four = ir.Constant(v64i8, [4] * 64)
+    offsets = ir.Constant(v64i8, [16 * (j % 4) for j in range(64)])
+    ones = ir.Constant(v16i32, [0x01010101] * 16)
+    widen = ir.Constant(ir.VectorType(i32, 64), list(range(64)))
+    zeros = ir.Constant(v32i8, [0] * 32)
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16i32, [0] * 16))
+             for _ in range(2)] for _ in tables]
+
+    def step(packed, load_table):
+        packed = builder.shuffle_vector(packed, packed, order)
+        indexes = (builder.or_(builder.and_(packed, nibble), offsets),
+                   builder.or_(builder.and_(builder.lshr(packed, four), nibble), offsets))
+        for q, base in enumerate(tables):
+            table = load_table(base)
+            for half, index in enumerate(indexes):
+                looked = builder.bitcast(builder.call(permb, [table, index]), v16i32)
+                acc = accs[q][half]
+                builder.store(builder.call(dot, [builder.load(acc), looked, ones]), acc)
+
+    def load(pointer, vector):
+        return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=1)
+
+    quads = builder.udiv(pairs, ir.Constant(i64, 2))
+    with cgutils.for_range(builder, quads) as loop:
+        offset = builder.mul(loop.index, ir.Constant(i64, 64))
+        step(load(builder.gep(codes_data, [builder.add(start, offset)]), v64i8),
+             lambda base: load(builder.gep(base, [offset]), v64i8))
+    offset = builder.mul(quads, ir.Constant(i64, 64))
+    odd = builder.icmp_unsigned("!=", builder.mul(quads, ir.Constant(i64, 2)), pairs)
+    with builder.if_then(odd, likely=False):
+        def half_quad(pointer):
+            return builder.shuffle_vector(load(pointer, v32i8), zeros, widen)
+        step(half_quad(builder.gep(codes_data, [builder.add(start, offset)])),
+             lambda base: half_quad(builder.gep(base, [offset])))
+    # the sums (below 65536) are the low halves of the 32-bit lanes
+    low = ir.Constant(ir.VectorType(i32, 32), list(range(0, 64, 2)))
+    v32i16 = ir.VectorType(i16, 32)
+    return [builder.shuffle_vector(builder.bitcast(builder.load(first), v32i16),
+                                   builder.bitcast(builder.load(second), v32i16), low)
+            for first, second in accs]
+
+
+def _shuffle_loop(builder, codes_data, start, tables, first, count, width, accs, lanes):
     """``count`` steps of ``width`` bytes (32: one pair, ``vpshufb`` on 256 bits; 64: two pairs,
-    on 512 bits) from byte ``first`` of the block's codes and tables, added into ``accs``."""
-    i8, i64 = ir.IntType(8), ir.IntType(64)
+    on 512 bits) from byte ``first`` of the block's codes and tables, added into ``accs``
+    of ``lanes`` uint16 (a 256-bit step into 32 lanes goes to their low half)."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     bytes_ = ir.VectorType(i8, width)
     words = ir.VectorType(ir.IntType(16), width // 2)
     name = "llvm.x86.avx2.pshuf.b" if width == 32 else "llvm.x86.avx512.pshuf.b.512"
@@ -529,6 +619,14 @@ def _shuffle_loop(builder, codes_data, start, tables, first, count, width, accs)
     nibble = ir.Constant(bytes_, [0x0F] * width)
     four = ir.Constant(bytes_, [4] * width)
     eight = ir.Constant(words, [8] * (width // 2))
+    widen = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
+    zeros = ir.Constant(words, [0] * (width // 2))
+
+    def add_to(acc, value):
+        if lanes != width // 2:  # zero-extended into the low half
+            value = builder.shuffle_vector(value, zeros, widen)
+        builder.store(builder.add(builder.load(acc), value), acc)
+
     with cgutils.for_range(builder, count) as loop:
         offset = builder.add(first, builder.mul(loop.index, ir.Constant(i64, width)))
         packed = builder.load(builder.bitcast(
@@ -540,13 +638,12 @@ def _shuffle_loop(builder, codes_data, start, tables, first, count, width, accs)
                                                  bytes_.as_pointer()), align=1)
             for half, index in enumerate(indexes):
                 looked = builder.bitcast(builder.call(pshufb, [table, index]), words)
-                both, odd = accs[q][2 * half], accs[q][2 * half + 1]
-                builder.store(builder.add(builder.load(both), looked), both)
-                builder.store(builder.add(builder.load(odd), builder.lshr(looked, eight)), odd)
+                add_to(accs[q][2 * half], looked)
+                add_to(accs[q][2 * half + 1], builder.lshr(looked, eight))
 
 
 def _block_sums(builder, accs):
-    """The 32 uint16 sums of a block, in vector order, from its four accumulators."""
+    """The 32 uint16 sums of a block, in vector order, from its four 256-bit accumulators."""
     i32 = ir.IntType(32)
     eight = ir.Constant(ir.VectorType(ir.IntType(16), 16), [8] * 16)
 
@@ -566,6 +663,40 @@ def _block_sums(builder, accs):
                                              ir.Constant(ir.VectorType(i32, 16), order)))
     return builder.shuffle_vector(halves[0], halves[1],
                                   ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+
+
+def _wide_block_sums(builder, accs):
+    """``_block_sums`` of four 512-bit accumulators (pair ``2s`` in the low 256 bits, ``2s + 1``
+    in the high ones) without narrowing them first. Each 128-bit chunk holds 8 lanes to add to
+    the same chunk of the three others (the two sub-quantizers of a pair, the two pairs): two
+    rounds of chunk shuffles and adds sum them for all four accumulators at once, and the last
+    round's shuffles put the 32 sums in vector order."""
+    i32 = ir.IntType(32)
+    eight = ir.Constant(_V32I16, [8] * 32)
+
+    def pick(a, b, picks):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, len(picks)),
+                                                         picks))
+
+    def chunks(*which):  # lanes of chunks ``which`` of (a, b): b's chunk c is chunk 4 + c
+        return [8 * c + j for c in which for j in range(8)]
+
+    parts = []  # even bytes then odd bytes, low nibbles (vectors 0-15) then high ones (16-31)
+    for half in range(2):
+        odd = accs[2 * half + 1]
+        parts += [builder.sub(accs[2 * half], builder.shl(odd, eight)), odd]
+    # per part, chunks 0 + 2 and 1 + 3 (the two pairs); two parts per vector
+    folded = [builder.add(pick(a, b, chunks(0, 1, 4, 5)), pick(a, b, chunks(2, 3, 6, 7)))
+              for a, b in (parts[:2], parts[2:])]
+    # folded[h] = [even c0, even c1, odd c0, odd c1] of half h: lane j of chunk 0 + chunk 1
+    # is the sum of vector 16 h + 2 j (even) or 16 h + 2 j + 1 (odd); pick them in that order
+    low, high = [], []
+    for v in range(32):
+        h, j, parity = v // 16, (v % 16) // 2, v % 2
+        at = 32 * h + 16 * parity + j
+        low.append(at)
+        high.append(at + 8)
+    return builder.add(pick(folded[0], folded[1], low), pick(folded[0], folded[1], high))
 
 
 def _store_below(builder, dist, out_ptr, threshold):
@@ -609,8 +740,8 @@ def fastscan_block(typingctx, codes, start, lut, threshold, out):
         codes_, lut_, out_ = arrays
         stride = cgutils.unpack_tuple(builder, lut_.shape, 1)[0]
         pairs = builder.udiv(stride, ir.Constant(stride.type, 32))
-        accs = _accumulate(builder, codes_.data, args[1], [lut_.data], pairs)[0]
-        return _store_below(builder, _block_sums(builder, accs), out_.data, args[3])
+        sums = _accumulate(builder, codes_.data, args[1], [lut_.data], pairs)[0]
+        return _store_below(builder, sums, out_.data, args[3])
 
     return types.int64(codes, start, lut, threshold, out), codegen
 
@@ -640,10 +771,10 @@ def _fastscan_group(count):
             tables = [builder.gep(luts_.data, [builder.mul(ir.Constant(i64, q), stride)])
                       for q in range(count)]
             union = ir.Constant(i64, 0)
-            for q, accs in enumerate(_accumulate(builder, codes_.data, args[1], tables, pairs)):
+            for q, sums in enumerate(_accumulate(builder, codes_.data, args[1], tables, pairs)):
                 at = ir.Constant(i64, q)
                 row = builder.gep(out_.data, [builder.mul(at, ir.Constant(i64, 32))])
-                mask = _store_below(builder, _block_sums(builder, accs), row,
+                mask = _store_below(builder, sums, row,
                                     builder.load(builder.gep(thr_.data, [at])))
                 builder.store(mask, builder.gep(masks_.data, [at]))
                 union = builder.or_(union, mask)

@@ -215,18 +215,21 @@ def _call_group(group, packed, start, luts, thresholds, out, masks):
     return group(packed, start, luts, thresholds, out, masks)
 
 
-_AVX2_ONLY = """
+_OTHER_TARGET = """
+import sys
 import numpy as np
 from qkernels import _simd
 from qkernels.index import _fastscan_cpu
 from tests import reference as ref
 from tests.test_fastscan import _call_block, _call_group
-assert _simd.has_avx2() and not _simd.has_avx512bw()
+avx512, group = sys.argv[1] == "avx512bw", int(sys.argv[2])
+assert _simd.has_avx2() and _simd.has_avx512bw() == avx512 and not _simd.has_byte_dots()
+assert _fastscan_cpu.GROUP == group
 rng = np.random.default_rng(0)
 for pairs in (1, 2, 3, 5, 8):
     for extreme in (False, True):
         packed = rng.integers(0, 256, 7 + pairs * 32, dtype=np.uint8)
-        luts = rng.integers(0, 256, (_fastscan_cpu.GROUP, pairs * 32), dtype=np.uint8)
+        luts = rng.integers(0, 256, (group, pairs * 32), dtype=np.uint8)
         if extreme:
             luts[0] = 255
         want = [ref.fastscan_block(packed, 7, lut) for lut in luts]
@@ -235,28 +238,37 @@ for pairs in (1, 2, 3, 5, 8):
         mask = _call_block(_fastscan_cpu.block_simd, packed, 7, luts[0], threshold, out)
         assert (out == want[0]).all(), pairs
         assert mask == sum(1 << v for v in range(32) if want[0][v] < threshold)
-        assert _fastscan_cpu.GROUP == 3
-        outs = np.zeros((3, 32), dtype=np.uint16)
-        _call_group(_fastscan_cpu.group_simd, packed, 7, luts,
-                    np.array([threshold, 65535, 0]), outs, np.zeros(3, dtype=np.int64))
+        outs = np.zeros((group, 32), dtype=np.uint16)
+        thresholds = np.array([threshold, 65535, 0, 1][:group])
+        masks = np.zeros(group, dtype=np.int64)
+        _call_group(_fastscan_cpu.group_simd, packed, 7, luts, thresholds, outs, masks)
         assert (outs == want).all(), pairs
+        assert masks.tolist() == [sum(1 << v for v in range(32) if w[v] < t)
+                                  for w, t in zip(want, thresholds)]
 print("ok")
 """
 
 
-@needs_avx2
-def test_avx2_kernels_without_avx512_equal_the_reference(tmp_path):
-    """Where the CPU has AVX-512BW the kernels shuffle two pairs at a time, and the tests
-    above check that path; a child process compiling for Haswell (AVX2, no AVX-512) checks the
-    256-bit one on the same machine."""
+@pytest.mark.parametrize(("name", "features", "needs", "group"), [
+    ("haswell", "+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+popcnt,+sse4.2", "avx2", 3),
+    ("skylake-avx512", "", "avx512bw", 4),
+])
+def test_kernels_of_other_cpus_equal_the_reference(tmp_path, name, features, needs, group):
+    """The fast scan has three vector paths, chosen when it is compiled: 256-bit shuffles
+    (AVX2), two pairs per 512-bit shuffle (AVX-512BW), and whole-register look-ups with byte
+    dot products (AVX-512 VBMI and VNNI). The tests above check the host's path; a child
+    process compiling for Haswell (AVX2 only) or Skylake-X (AVX-512BW without VBMI and VNNI)
+    checks the others on any host that can run them."""
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
-               NUMBA_CPU_FEATURES="+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+popcnt,+sse4.2")
-    done = subprocess.run([sys.executable, "-c", _AVX2_ONLY], capture_output=True, text=True,
-                          env=env, timeout=600)
+    if not _simd.target_features()[needs]:
+        pytest.skip(f"the CPU has no {needs}")
+    env = dict(os.environ, NUMBA_CPU_NAME=name, NUMBA_CACHE_DIR=str(tmp_path),
+               NUMBA_CPU_FEATURES=features)
+    done = subprocess.run([sys.executable, "-c", _OTHER_TARGET, needs, str(group)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 

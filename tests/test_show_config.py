@@ -29,7 +29,8 @@ def test_the_report_has_every_section_and_this_process_values():
 def test_the_fast_scan_line_follows_the_target_and_the_tunable(monkeypatch):
     features = _simd.target_features()
     line = qk.show_config(mode="dicts")["simd"]["4-bit PQ fast scan"]
-    expected = ("AVX-512BW" if features["avx512bw"] else "AVX2" if features["avx2"]
+    expected = ("AVX-512 VBMI and VNNI" if _simd.has_byte_dots()
+                else "AVX-512BW" if features["avx512bw"] else "AVX2" if features["avx2"]
                 else "scalar (the target has no AVX2)")
     assert line.startswith(expected), line
     monkeypatch.setattr(qk.config, "FASTSCAN_SIMD", False)

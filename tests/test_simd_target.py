@@ -62,7 +62,8 @@ def _run(env: dict[str, str], cache) -> dict:
 def test_features_without_avx_on_a_host_with_avx2_take_the_scalar_path(tmp_path):
     result = _run({"NUMBA_CPU_FEATURES": "+sse4.2,+popcnt,-avx,-avx2,-avx512f,-avx512bw"},
                   tmp_path)
-    assert result == {"features": {"avx2": False, "avx512bw": False, "popcnt": True},
+    assert result == {"features": {"avx2": False, "avx512bw": False, "avx512vbmi": False,
+                                   "avx512vnni": False, "popcnt": True},
                       "avx2": False, "group": 3, "same": True,
                       "show_config": "scalar (the target has no AVX2)"}
 
@@ -71,10 +72,10 @@ def test_features_without_avx_on_a_host_with_avx2_take_the_scalar_path(tmp_path)
 def test_a_cpu_name_alone_keeps_the_host_features(tmp_path):
     result = _run({"NUMBA_CPU_NAME": "haswell"}, tmp_path)
     # Numba pairs the name with the host's full feature string
-    assert result["features"] == {"avx2": True, "popcnt": True,
-                                  "avx512bw": bool(HOST.get("avx512bw", False))}
+    assert result["features"] == {"avx2": True, "popcnt": True, **{
+        f: bool(HOST.get(f, False)) for f in ("avx512bw", "avx512vbmi", "avx512vnni")}}
     assert result["avx2"] is True
-    assert result["show_config"].startswith(("AVX2", "AVX-512BW"))
+    assert result["show_config"].startswith(("AVX2", "AVX-512BW", "AVX-512 VBMI"))
     assert result["same"] is True
 
 
@@ -99,7 +100,8 @@ def test_generic_takes_the_scalar_path(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     # generic x86-64 has no POPCNT either: LLVM expands ctpop
-    assert result["features"] == {"avx2": False, "avx512bw": False, "popcnt": False}
+    assert result["features"] == {"avx2": False, "avx512bw": False, "avx512vbmi": False,
+                                  "avx512vnni": False, "popcnt": False}
     assert result["show_config"]["4-bit PQ fast scan"] == "scalar (the target has no AVX2)"
     assert result["show_config"]["Hamming popcount"] == "software (the target has no POPCNT)"
     assert result["show_config"]["numba target"].startswith(
@@ -111,6 +113,5 @@ def test_without_variables_the_host_features_are_used():
 
     if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
         pytest.skip("this process was started with a Numba CPU variable")
-    assert _simd.target_features() == {"avx2": HOST_AVX2,
-                                       "avx512bw": bool(HOST.get("avx512bw", False)),
-                                       "popcnt": bool(HOST.get("popcnt", False))}
+    assert _simd.target_features() == {"avx2": HOST_AVX2, **{
+        f: bool(HOST.get(f, False)) for f in ("avx512bw", "avx512vbmi", "avx512vnni", "popcnt")}}
