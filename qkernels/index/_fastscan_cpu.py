@@ -220,6 +220,10 @@ def _group_loop(group, packed, luts, n, hd, hi, sizes, out, allowed, excluded):
         if group(packed, b * stride, luts, thresholds, out, masks) == 0:
             continue
         for q in range(count):
+            # the views of query q's rows cost reference counting: only where it has items
+            # below its threshold (1.3x the whole scan with 40 kept items when taken for all)
+            if masks[q] == 0:
+                continue
             sizes[q] = _offer_block(masks[q], b, n, out[q], hd[q], hi[q], sizes[q], allowed,
                                     excluded[q])
             if sizes[q] == room:
