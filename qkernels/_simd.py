@@ -510,7 +510,6 @@ FASTSCAN_BLOCK = 32  # database vectors per block of the fast-scan layout
 
 _V16I16 = ir.VectorType(ir.IntType(16), 16)
 _V32I16 = ir.VectorType(ir.IntType(16), 32)
-_V16I32 = ir.VectorType(ir.IntType(32), 16)
 
 
 def _accumulate(builder, codes_data, start, tables, pairs):
