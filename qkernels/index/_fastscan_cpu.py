@@ -21,8 +21,8 @@ repeats all of it with plain loops.
 
 Each block's sums are made by ``block_simd`` (AVX2; two pairs per 512-bit shuffle where the CPU
 has AVX-512BW; where it also has VBMI and VNNI, four sub-quantizers per 512-bit look-up and
-their entries added by byte dot products: 1.9x the 512-bit shuffles' speed at M = 16 on an
-Intel Xeon) or ``block_scalar`` (the same arithmetic, one byte at a time), as the kernels'
+their entries added by byte dot products: 1.7x the speed of the 512-bit shuffles at M = 16
+on an Intel Xeon) or ``block_scalar`` (the same arithmetic, one byte at a time), as the kernels'
 ``simd`` argument says; where the CPU has no AVX2 the AVX2 code is never compiled. Many
 queries go ``GROUP`` at a time (``group_simd`` / ``group_scalar``): each block's codes are
 loaded and split into nibbles once for all of them. Three with AVX2 (two measured 1.3x one at
