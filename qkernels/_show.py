@@ -65,22 +65,24 @@ def _simd() -> dict[str, Any]:
     else:
         fastscan = "scalar (the target has no AVX2)"
     width = "AVX-512" if found["avx512bw"] else "AVX2" if found["avx2"] else "SSE"
-    registers = {"AVX-512": "one 512-bit", "AVX2": "two 256-bit", "SSE": "four 128-bit"}[width]
+    # eight float64 or int64 lanes, sixteen float32 ones
+    registers = {"AVX-512": "one 512-bit register", "AVX2": "two 256-bit registers",
+                 "SSE": "four 128-bit registers"}[width]
     return {
         "numba target": f"{name}, chosen by {why}",
         "host CPU features": ", ".join(seen) or "none of sse4.2, popcnt, avx2, avx512*",
         "4-bit PQ fast scan": fastscan,
         "float32 distances (tables, re-ranking)": (f"8 fixed lanes, {width} instructions; "
                                                    "the table scan two items a pass"),
-        "8-bit PQ scan": (f"up to 16 queries a pass in float32 lanes ({registers} "
-                          "registers a vector), one query alone"),
+        "8-bit PQ scan": (f"up to 16 queries a pass in float32 lanes ({registers} a "
+                          "vector), one query alone"),
         "Hamming popcount": ("POPCNT instruction" if found["popcnt"]
                              else "software (the target has no POPCNT)"),
         "Hamming scan of many queries": ("32 queries a pass in the uint8 lanes of a vector "
                                          "(codes of up to 192 bits)"),
-        "flow solvers": ("a class's arcs relaxed four buckets a step in float64 lanes "
-                         f"({'two 128-bit registers' if width == 'SSE' else 'one register'}), "
-                         "the rest scalar code vectorised by LLVM where it can"),
+        "flow solvers": (f"a class's arcs relaxed eight buckets a step and the nearest node "
+                         f"found eight labels a step, in 64-bit lanes ({registers}); the rest "
+                         "scalar code vectorised by LLVM where it can"),
     }
 
 

@@ -24,9 +24,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["adc_lanes", "dot_f32", "dot_f32_pair", "fastscan_block", "fastscan_group3",
-           "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw", "line_aligned",
-           "numba_target", "popcount64", "prefetch", "relax_into", "sq_l2_f32",
-           "sq_l2_f32_pair", "target_features"]
+           "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw", "least_node",
+           "line_aligned", "nearest_node", "numba_target", "popcount64", "prefetch",
+           "relax_into", "sq_l2_f32", "sq_l2_f32_pair", "target_features"]
 
 _LANES = 8
 
@@ -313,7 +313,7 @@ def hamming_lanes(typingctx, tables, columns, item, thresholds, sums, lanes):
 
 # ------------------------------------------------------ the flow solver's relaxation
 
-_RELAX_WIDTH = 4  # float64 lanes a step: one AVX2 register
+_RELAX_WIDTH = 8  # float64 lanes a step: one AVX-512 register, two AVX2 ones
 
 
 def _relax_codegen(context, builder, signature, args):
@@ -375,10 +375,11 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
     not ``assigned[j, b]``: ``label_out[b] = cand``, ``pred_out[b] = j``; elsewhere
     ``label_out[b] = label_in[b]``, ``pred_out[b] = pred_in[b]``.
 
-    The same float64 operations, in the same order, as the scalar loop; four buckets a step
-    with a select and a plain store. Written in place (``label_out is label_in``), LLVM turns
-    the select of the old value into a masked store, which AMD's Zen cores execute as
-    microcode: that loop ran 1.4 ns a bucket, this one with separate buffers 0.6-0.7 ns (AMD
+    The same float64 operations, in the same order, as the scalar loop; eight buckets a step
+    with a select and a plain store (eight against four: 1.10-1.14x the whole solve at d = 512
+    with AVX-512, no change with AVX2 code). Written in place (``label_out is label_in``),
+    LLVM turns the select of the old value into a masked store, which AMD's Zen cores execute
+    as microcode: that loop ran 1.4 ns a bucket, this one with separate buffers 0.6-0.7 ns (AMD
     EPYC with AVX2). So the solver keeps its labels in two buffers and relaxes from one into
     the other. Entries at ``d`` and beyond are not touched."""
     _check_arrays("relax_into", [
@@ -391,6 +392,103 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
     return (types.void(scores, types.int64, assigned, pb, label_in, pred_in, label_out,
                        pred_out, types.float64, types.float64), _relax_codegen)
 
+
+
+_KEY_LANES = 8  # int64 keys a step of ``nearest_node``: one AVX-512 register, two AVX2 ones
+
+
+def _nearest_codegen(context, builder, signature, args):
+    """The codegen of ``nearest_node`` (three arrays) and ``least_node`` (one): per lane the
+    least key, the step where it was first seen and (with a deficit mask) the least deficit
+    key; then the lanes reduced."""
+    arrays = [context.make_array(t)(context, builder, a)
+              for t, a in zip(signature.args[:-1], args[:-1], strict=True)]
+    size = args[-1]
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(i64, _KEY_LANES)
+
+    def splat(value):
+        one = builder.insert_element(ir.Constant(vec, ir.Undefined), value,
+                                     ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), _KEY_LANES),
+                                                  [0] * _KEY_LANES))
+
+    def load(array, start):
+        return builder.load(builder.bitcast(builder.gep(array.data, [start]), vec.as_pointer()),
+                            align=8)
+
+    def lesser(acc, value):
+        """Keep the lesser of each lane of ``acc`` and ``value``; returns the lanes where
+        ``value`` was strictly less."""
+        old = builder.load(acc)
+        lower = builder.icmp_signed("<", value, old)
+        builder.store(builder.select(lower, value, old), acc)
+        return lower
+
+    above = ir.Constant(vec, [0x7FF0000000000000 + 1] * _KEY_LANES)  # above any key (inf)
+    least = cgutils.alloca_once_value(builder, above)
+    step_of = cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _KEY_LANES))
+    least_deficit = cgutils.alloca_once_value(builder, above)
+    steps = builder.udiv(size, ir.Constant(i64, _KEY_LANES))
+    with cgutils.for_range(builder, steps) as loop:
+        start = builder.mul(loop.index, ir.Constant(i64, _KEY_LANES))
+        key = load(arrays[0], start)
+        if len(arrays) == 3:
+            key = builder.or_(key, load(arrays[1], start))
+            lesser(least_deficit, builder.or_(key, load(arrays[2], start)))
+        # strict: a lane keeps the step of its first least key
+        lower = lesser(least, key)
+        builder.store(builder.select(lower, splat(loop.index), builder.load(step_of)), step_of)
+
+    def reduce(name, value):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [vec]),
+                                            f"llvm.vector.reduce.{name}.v{_KEY_LANES}i64")
+        return builder.call(fn, [value])
+
+    lanes = builder.load(least)
+    near = reduce("smin", lanes)
+    # the node: the least index (step * lanes + lane) among the lanes that hold the least key
+    index = builder.add(builder.mul(builder.load(step_of),
+                                    ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
+                        ir.Constant(vec, list(range(_KEY_LANES))))
+    node = reduce("umin", builder.select(builder.icmp_signed("==", lanes, splat(near)), index,
+                                         ir.Constant(vec, [-1] * _KEY_LANES)))
+    out = [near, node]
+    if len(arrays) == 3:
+        out.append(reduce("smin", builder.load(least_deficit)))
+    return context.make_tuple(builder, signature.return_type, out)
+
+
+@intrinsic
+def nearest_node(typingctx, label_bits, done, deficit, size):
+    """The flow solver's selection (unchecked): over the first ``size`` nodes (a multiple of
+    eight; all three arrays at least that long), where a node's key is ``label_bits | done``,
+    returns ``(near, node, bound)``: the least key, the first node that holds it, and the
+    least ``key | deficit``. Keys are int64 bit patterns of non-negative doubles, which order
+    like the doubles; ``done`` is inf's bits for a settled node (else 0), ``deficit`` 0 for a
+    deficit node (else inf's bits).
+
+    One pass, eight keys a step: per lane the least key and the step that first held it (a
+    strict comparison), then the lanes reduced. It replaced a minimum followed by a search for
+    the first node that held it, whose data-dependent exit the branch predictor misses on
+    every new problem."""
+    _check_arrays("nearest_node", [(label_bits, 1, types.int64), (done, 1, types.int64),
+                                   (deficit, 1, types.int64)])
+    if not isinstance(size, types.Integer):
+        raise TypeError("nearest_node takes an integer size")
+    return (types.UniTuple(types.int64, 3)(label_bits, done, deficit, types.int64),
+            _nearest_codegen)
+
+
+@intrinsic
+def least_node(typingctx, key_bits, size):
+    """``nearest_node`` of keys without masks (unchecked): ``(near, node)``, the least of the
+    first ``size`` keys (a multiple of eight) and the first node that holds it."""
+    _check_arrays("least_node", [(key_bits, 1, types.int64)])
+    if not isinstance(size, types.Integer):
+        raise TypeError("least_node takes an integer size")
+    return types.UniTuple(types.int64, 2)(key_bits, types.int64), _nearest_codegen
 
 # ------------------------------ 4-bit fast scan (AVX2, AVX-512BW, AVX-512 VBMI and VNNI)
 

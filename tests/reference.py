@@ -161,6 +161,21 @@ def relax_class(scores, j, assigned, pb, label, pred, base, floor):
     return label, pred
 
 
+def top_k(row, k):
+    """The indices of the ``k`` largest entries of ``row``, largest first, the lower index
+    first on ties (``-0.0`` ties with ``0.0``): the flow solver's greedy start."""
+    return sorted(range(len(row)), key=lambda r: (-row[r], r))[:k]
+
+
+def nearest_node(label_bits, done, deficit):
+    """The flow solver's selection over int64 keys ``label_bits | done``: ``(the least key,
+    the first node holding it, the least key | deficit)``."""
+    keys = [int(a) | int(b) for a, b in zip(label_bits, done, strict=True)]
+    near = min(keys)
+    return near, keys.index(near), min(key | int(f) for key, f in zip(keys, deficit,
+                                                                        strict=True))
+
+
 def sparse_codes_brute_force(scores, k, incr):
     """The optimum by trying every assignment (tiny instances only)."""
     import itertools

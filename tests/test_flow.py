@@ -202,7 +202,7 @@ def _relax_into(scores, j, assigned, pb, label, pred, base, floor):
 @given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(1, 21),
        st.sampled_from(["ties", "float", "signed zeros"]))
 def test_relaxation_equals_the_scalar_loop_to_the_bit(seed, n, d, values):
-    """The solver's vector relaxation (four buckets a step, the rest one by one) against the
+    """The solver's vector relaxation (eight buckets a step, the rest one by one) against the
     scalar loop: the same labels, bit for bit, and preds, with ties, the clamp at ``floor``
     acting, assigned arcs, unlabelled (inf) buckets and signed zeros; nothing past ``d``."""
     rng = np.random.default_rng(seed)
@@ -229,6 +229,62 @@ def test_relaxation_equals_the_scalar_loop_to_the_bit(seed, n, d, values):
                                   np.array(want_label).view(np.int64))
     np.testing.assert_array_equal(got_pred[:d], want_pred)
     assert (got_label[d:] == -1.0).all() and (got_pred[d:] == -1).all()
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 8),
+       st.sampled_from(["ties", "float", "signed zeros"]))
+def test_greedy_top_k_equals_the_sorted_reference(seed, d, k, values):
+    """The greedy start's k vectorised maxima (integer keys of the doubles) against a sort:
+    largest first, lower index first on ties, -0.0 tied with 0.0, huge and tiny magnitudes
+    of both signs."""
+    from qkernels.flow import _flat_cpu
+
+    k = min(k, d)
+    rng = np.random.default_rng(seed)
+    if values == "ties":
+        row = rng.integers(-2, 3, d).astype(np.float64)
+    elif values == "float":
+        row = rng.standard_normal(d) * 10.0 ** rng.integers(-300, 300, d)
+    else:
+        row = rng.choice([-0.0, 0.0, 1.0, -1.0, 5e-324, -5e-324], d)
+    out = np.full(k, -1)
+    keys = np.empty((d + 7) // 8 * 8, dtype=np.int64)
+    last = _flat_cpu.top_k_small(row.view(np.int64), k, out, keys)
+    want = ref.top_k(row.tolist(), k)
+    np.testing.assert_array_equal(out, want)
+    assert last == want[-1]
+
+
+@numba.njit
+def _nearest_node(label_bits, done, deficit, size):
+    return _simd.nearest_node(label_bits, done, deficit, size)
+
+
+@numba.njit
+def _least_node(key_bits, size):
+    return _simd.least_node(key_bits, size)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 9), st.sampled_from(["ties", "float"]))
+def test_nearest_node_equals_the_reference(seed, steps, values):
+    """The solver's one-pass selection (eight keys a step) against min and index: the least
+    key, the first node holding it (ties within and across lanes), the least deficit key;
+    settled and unlabelled (inf) nodes."""
+    rng = np.random.default_rng(seed)
+    size = 8 * steps
+    if values == "ties":
+        labels = rng.choice([0.0, 1.0, 2.0, np.inf], size)
+    else:
+        labels = np.abs(rng.standard_normal(size))
+        labels[rng.random(size) < 0.3] = np.inf
+    inf_bits = np.array([np.inf]).view(np.int64)[0]
+    label_bits = labels.view(np.int64)
+    done = np.where(rng.random(size) < 0.4, inf_bits, 0)
+    deficit = np.where(rng.random(size) < 0.3, 0, inf_bits)
+    got = _nearest_node(label_bits, done, deficit, size)
+    assert got == ref.nearest_node(label_bits, done, deficit)
+    assert _least_node(label_bits, size) == ref.nearest_node(
+        label_bits, np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64))[:2]
 
 
 def test_penalty_zero_gives_each_class_its_top_k():

@@ -25,11 +25,12 @@ The start is the greedy answer, which is nearly optimal when the penalty dominat
   another), so the bucket loads of the optimum need not be those of the start.
 
 The search is dense, in the manner of Jonker & Volgenant's assignment solver: labels of the
-``d`` buckets and the sink live in one flat array. The next node is the minimum label, found
-by a vectorised minimum over the labels' bit patterns (non-negative doubles order like their
-int64 bits; reduced costs are clamped at zero, so no label is ``-0.0``). A class is not
-selected itself: when a settled bucket improves a class's label, the class relaxes all its
-``d`` buckets at once, four a step (``_simd.relax_into``), from one buffer of labels into a
+``d`` buckets and the sink live in one flat array. The next node is the minimum label, the
+first on ties, found in one vectorised pass over the labels' bit patterns
+(``_simd.nearest_node``: non-negative doubles order like their int64 bits; reduced costs are
+clamped at zero, so no label is ``-0.0``). A class is not selected itself: when a settled
+bucket improves a class's label, the class relaxes all its ``d`` buckets at once, eight a
+step (``_simd.relax_into``), from one buffer of labels into a
 second, which becomes the current one (written in place, the loop became masked stores, which
 AMD's Zen cores run as microcode: the whole solve ran 2.1-2.4x slower at d = 512). A class
 whose label is already no nearer than some labelled deficit bucket is skipped (nothing it
@@ -43,7 +44,8 @@ The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation `
 phases are closures: Numba inlines them with no call and no reference counting. Two Numba
 costs shaped how they are written (both measured): a module-level helper that takes arrays
 and writes them or returns a value pays reference counting on every call (15-34x slower in
-a relax loop), so only read-only helpers (``nearest``, ``first_at``) are module-level; and a
+a relax loop), so only read-only helpers (``first_at``) and ones Numba inlines
+(``top_k_small``, ``sort_rows``) are module-level; and a
 conditional expression (``a if c else b``) inside a closure made the relax loops 15-30x
 slower than the same loop written with ``if`` statements and ``max``.
 
@@ -57,7 +59,7 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
-from .._simd import relax_into
+from .._simd import nearest_node, relax_into
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
@@ -101,6 +103,40 @@ def _top_k(row, k, out, top):
         top[t] = value
         out[t] = r
     return top[k - 1]
+
+
+# up to this k the greedy start takes each class's k best buckets by k vectorised maxima
+_SMALL_K = 8
+_LEAST = np.int64(-0x7FFFFFFFFFFFFFFF - 1)
+_MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def top_k_small(bits, k, out, keys):
+    """``_top_k`` for ``k <= _SMALL_K`` of the finite doubles whose bit patterns are ``bits``
+    (d,): writes the ``k`` largest entries' indices into ``out``, largest first, lower index
+    first on ties, and returns the ``k``-th one's index. ``keys`` is scratch of ``d`` rounded
+    up to a multiple of eight.
+
+    The doubles become int64 keys in the same order (a negative double's magnitude bits
+    flipped; ``-0.0``'s key made ``+0.0``'s, as the two compare equal), then ``k`` times: the
+    largest key by a vectorised maximum, its first index, that key masked. The same choice as
+    the insertion, without its data-dependent branches, which the branch predictor misses on
+    every new row (the insertion took about a fifth of a crowded 64 x 64 solve)."""
+    d = bits.shape[0]
+    for r in range(d):
+        b = bits[r]
+        key = b ^ ((b >> 63) & _MAGNITUDE)
+        keys[r] = key + (key == -1)
+    keys[d:] = _LEAST
+    for t in range(k):
+        most = keys[0]
+        for r in range(1, d):
+            most = max(most, keys[r])
+        r = first_at(keys, most)
+        keys[r] = _LEAST
+        out[t] = r
+    return out[k - 1]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -192,46 +228,18 @@ def solve_one(scores, k, incr, codes):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def nearest(label_bits, done, deficit, size):
-    """The least key of the first ``size`` nodes and the least key of a deficit node, as
-    int64 bit patterns, where a node's key is its label's bits ``| done`` (``done`` is inf's
-    bits for a settled node, else 0) and a deficit node's ``| deficit`` (0 for a deficit
-    node, inf's bits for others): one branch-free pass that the compiler vectorises.
-    (Non-negative doubles order like their bits; no label is -0.0, reduced costs being
-    clamped at zero.) Reads only, so that inlining it costs no reference counting."""
-    near = label_bits[0] | done[0]
-    bound = near | deficit[0]
-    for u in range(1, size):
-        key = label_bits[u] | done[u]
-        near = min(near, key)
-        bound = min(bound, key | deficit[u])
-    return near, bound
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def least(key_bits, size):
-    """The least key of ``key_bits[:size]`` as an int64 bit pattern (``nearest`` without the
-    deficit nodes): the level-2 solver's selection."""
-    near = key_bits[0]
-    for u in range(1, size):
-        near = min(near, key_bits[u])
-    return near
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def first_at(label_bits, done, value):
-    """The first node whose key ``label_bits | done`` (see ``nearest``; ``done`` all zeros
-    where the labels are the keys) has the bits ``value`` (one exists): eight keys at a time,
-    then one by one (both arrays are padded to a multiple of eight)."""
+def first_at(key_bits, value):
+    """The first index whose key has the bits ``value`` (one exists): eight keys at a time,
+    then one by one (the keys are padded to a multiple of eight)."""
     node = 0
     while True:
         hit = False
         for u in range(node, node + 8):
-            hit |= (label_bits[u] | done[u]) == value
+            hit |= key_bits[u] == value
         if hit:
             break
         node += 8
-    while (label_bits[node] | done[node]) != value:
+    while key_bits[node] != value:
         node += 1
     return node
 
@@ -270,6 +278,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         return incr[0]
     sink = d  # node ids: bucket r -> r, the sink -> d
 
+    score_bits = scores.view(np.int64)
     assigned = np.zeros((n, d), dtype=np.bool_)
     count = np.zeros(d, dtype=np.int64)  # classes in each bucket
     occ = np.empty((d, n), dtype=np.int64)  # occ[r, :count[r]]: the classes in bucket r
@@ -280,9 +289,15 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         reduced cost >= 0. (A closure like the other phases, so that no array is passed.)
         # modifies: codes, pb, pc, assigned, count, occ (all written here)"""
         pb[:] = 0.0
-        top = np.empty(k)
+        if k > _SMALL_K:
+            top = np.empty(k)
+            for j in range(n):
+                pc[j] = _top_k(scores[j], k, codes[j], top)
+        else:
+            keys = np.empty((d + 7) // 8 * 8, dtype=np.int64)
+            for j in range(n):
+                pc[j] = scores[j, top_k_small(score_bits[j], k, codes[j], keys)]
         for j in range(n):
-            pc[j] = _top_k(scores[j], k, codes[j], top)
             for t in range(k):
                 r = codes[j, t]
                 assigned[j, r] = True
@@ -293,17 +308,17 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     psink, f = sink_flows(incr, count, n * k)
     fwd = np.empty(d)
     back = np.empty(d)
-    deficit = np.empty(d + 1, dtype=np.int64)  # 0 for a deficit bucket, inf's bits otherwise
+    # the labels of the buckets and the sink and their masks are padded to a multiple of
+    # eight for nearest_node
+    size = (d + 8) // 8 * 8
+    deficit = np.full(size, _INF_BITS)  # 0 for a deficit bucket, inf's bits otherwise
     for r in range(d):
         _sink_costs(incr, f, r, fwd, back)
         deficit[r] = 0 if count[r] < f[r] else _INF_BITS
-    deficit[sink] = _INF_BITS
 
-    # The labels of the buckets and the sink (padded to a multiple of eight for first_at),
-    # and the preds (a bucket's class, -1 for the sink; the sink's bucket), in two buffers:
-    # relax_class reads one and writes the other (see _simd.relax_into); cur[0] is the one
-    # that holds them.
-    size = (d + 8) // 8 * 8
+    # The labels of the buckets and the sink, and the preds (a bucket's class, -1 for the
+    # sink; the sink's bucket), in two buffers: relax_class reads one and writes the other (see
+    # _simd.relax_into); cur[0] is the one that holds them.
     labels = np.full((2, size), _INF)
     label_bits = labels.view(np.int64)
     preds = np.zeros((2, size), dtype=np.int64)
@@ -359,7 +374,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         labels[c, source] = 0.0
         while True:
             c = cur[0]
-            near, bound_bits = nearest(label_bits[c], done, deficit, d + 1)
+            near, node, bound_bits = nearest_node(label_bits[c], done, deficit, size)
             if near >= _INF_BITS:
                 raise RuntimeError("flow solver: no augmenting path (please report this)")
             # The early exit. Safe: nodes settle in label order, so a deficit bucket at the
@@ -373,7 +388,6 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                 return target
             scratch_bits[0] = bound_bits
             bound = scratch[0]
-            node = first_at(label_bits[c], done, near)
             dist = labels[c, node]
             done[node] = _INF_BITS
 

@@ -32,8 +32,8 @@ bucket potentials are those of the family's group nodes, every child's potential
 every arc up to the children has a reduced cost >= 0. The children's sink flows are then
 chosen around ``p(sink) = glob[n k // d]`` as in the flat solver, and Dijkstra runs from each
 child with an excess to the nearest child with a deficit (which wins ties). The next node is
-chosen as in the flat solver (``_flat_cpu.least`` and ``first_at``: one vectorised minimum over
-the keys' bit patterns, the lowest id on ties); potentials move on the nodes nearer than the
+chosen as in the flat solver (``_simd.least_node``: one vectorised pass over the keys' bit
+patterns, the lowest id on ties); potentials move on the nodes nearer than the
 target only; float64 arithmetic with reduced costs clamped at zero; integer-valued costs give
 the exact optimum.
 
@@ -48,7 +48,8 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
-from ._flat_cpu import _remove, first_at, least, sink_flows, solve_with_potentials, sort_rows
+from .._simd import least_node
+from ._flat_cpu import _remove, sink_flows, solve_with_potentials, sort_rows
 
 _INF = np.inf
 _UNTOUCHED, _LABELLED, _SETTLED = 0, 1, 2
@@ -151,8 +152,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
     num_nodes = n + d + 1
     label = np.full(num_nodes, _INF)
     key = np.full((num_nodes + 8) // 8 * 8, _INF)  # label while not settled, inf once settled
-    key_bits = key.view(np.int64)  # (padded to a multiple of 8 for first_at)
-    no_mask = np.zeros(key.shape[0], dtype=np.int64)  # first_at's settled mask: the keys say it
+    key_bits = key.view(np.int64)  # (padded to a multiple of 8 for least_node)
     pred = np.empty(num_nodes, dtype=np.int64)  # class, child or sink that labelled the node
     via = np.empty(n, dtype=np.int64)  # for a class labelled by a sibling: the child swapped
     state = np.zeros(num_nodes, dtype=np.int8)
@@ -195,7 +195,7 @@ def solve_level2(scores, parents, k, sib, glob, codes):
         target = -1
         while True:
             # the unsettled node of least key, the first on ties (the flat solver's selection)
-            node = first_at(key_bits, no_mask, least(key_bits, num_nodes))
+            node = least_node(key_bits, key_bits.shape[0])[1]
             dist = key[node]
             # The early exit. Safe: the nearest labelled deficit child is no farther than
             # every unsettled node, so nothing settled later gives it a shorter path (labels
