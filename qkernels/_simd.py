@@ -426,7 +426,7 @@ def _nearest_codegen(context, builder, signature, args):
         builder.store(builder.select(lower, value, old), acc)
         return lower
 
-    above = ir.Constant(vec, [0x7FF0000000000000 + 1] * _KEY_LANES)  # above any key (inf)
+    above = ir.Constant(vec, [2**63 - 1] * _KEY_LANES)  # no key is above it
     least = cgutils.alloca_once_value(builder, above)
     step_of = cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _KEY_LANES))
     least_deficit = cgutils.alloca_once_value(builder, above)
@@ -484,7 +484,8 @@ def nearest_node(typingctx, label_bits, done, deficit, size):
 @intrinsic
 def least_node(typingctx, key_bits, size):
     """``nearest_node`` of keys without masks (unchecked): ``(near, node)``, the least of the
-    first ``size`` keys (a multiple of eight) and the first node that holds it."""
+    first ``size`` int64 keys (a multiple of eight; any values) and the first node that holds
+    it."""
     _check_arrays("least_node", [(key_bits, 1, types.int64)])
     if not isinstance(size, types.Integer):
         raise TypeError("least_node takes an integer size")

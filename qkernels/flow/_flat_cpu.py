@@ -44,10 +44,9 @@ The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation `
 phases are closures: Numba inlines them with no call and no reference counting. Two Numba
 costs shaped how they are written (both measured): a module-level helper that takes arrays
 and writes them or returns a value pays reference counting on every call (15-34x slower in
-a relax loop), so only read-only helpers (``first_at``) and ones Numba inlines
-(``top_k_small``, ``sort_rows``) are module-level; and a
-conditional expression (``a if c else b``) inside a closure made the relax loops 15-30x
-slower than the same loop written with ``if`` statements and ``max``.
+a relax loop), so only helpers Numba inlines (``top_k_small``, ``sort_rows``) are
+module-level; and a conditional expression (``a if c else b``) inside a closure made the
+relax loops 15-30x slower than the same loop written with ``if`` statements and ``max``.
 
 All arithmetic is in float64; reduced costs that rounding pushes below zero are clamped to
 zero. With integer-valued costs every quantity stays an integer, so the optimum is exact.
@@ -59,7 +58,7 @@ import numba as nb
 import numpy as np
 
 from .._parallel import parallel_kernel
-from .._simd import nearest_node, relax_into
+from .._simd import least_node, nearest_node, relax_into
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
@@ -107,7 +106,6 @@ def _top_k(row, k, out, top):
 
 # up to this k the greedy start takes each class's k best buckets by k vectorised maxima
 _SMALL_K = 8
-_LEAST = np.int64(-0x7FFFFFFFFFFFFFFF - 1)
 _MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
 
 
@@ -118,23 +116,21 @@ def top_k_small(bits, k, out, keys):
     first on ties, and returns the ``k``-th one's index. ``keys`` is scratch of ``d`` rounded
     up to a multiple of eight.
 
-    The doubles become int64 keys in the same order (a negative double's magnitude bits
-    flipped; ``-0.0``'s key made ``+0.0``'s, as the two compare equal), then ``k`` times: the
-    largest key by a vectorised maximum, its first index, that key masked. The same choice as
-    the insertion, without its data-dependent branches, which the branch predictor misses on
-    every new row (the insertion took about a fifth of a crowded 64 x 64 solve)."""
+    The doubles become int64 keys in the reverse order (a negative double's magnitude bits
+    flipped, ``-0.0``'s key made ``+0.0``'s, as the two compare equal; then all bits
+    flipped), then ``k`` times: the least key and its first index in one vectorised pass
+    (``_simd.least_node``), that key masked. The same choice as the insertion, without its
+    data-dependent branches, which the branch predictor misses on every new row (the
+    insertion took about a fifth of a crowded 64 x 64 solve)."""
     d = bits.shape[0]
     for r in range(d):
         b = bits[r]
         key = b ^ ((b >> 63) & _MAGNITUDE)
-        keys[r] = key + (key == -1)
-    keys[d:] = _LEAST
+        keys[r] = ~(key + (key == -1))
+    keys[d:] = _MAGNITUDE
     for t in range(k):
-        most = keys[0]
-        for r in range(1, d):
-            most = max(most, keys[r])
-        r = first_at(keys, most)
-        keys[r] = _LEAST
+        r = least_node(keys, keys.shape[0])[1]
+        keys[r] = _MAGNITUDE
         out[t] = r
     return out[k - 1]
 
@@ -225,23 +221,6 @@ def solve_one(scores, k, incr, codes):
     n, d = scores.shape
     solve_with_potentials(scores, k, incr, codes, np.empty(d), np.empty(n))
     return True
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def first_at(key_bits, value):
-    """The first index whose key has the bits ``value`` (one exists): eight keys at a time,
-    then one by one (the keys are padded to a multiple of eight)."""
-    node = 0
-    while True:
-        hit = False
-        for u in range(node, node + 8):
-            hit |= key_bits[u] == value
-        if hit:
-            break
-        node += 8
-    while key_bits[node] != value:
-        node += 1
-    return node
 
 
 @nb.njit(cache=True, nogil=True)
