@@ -285,6 +285,11 @@ def test_nearest_node_equals_the_reference(seed, steps, values):
     assert got == ref.nearest_node(label_bits, done, deficit)
     assert _least_node(label_bits, size) == ref.nearest_node(
         label_bits, np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64))[:2]
+    # least_node takes any int64 keys (the greedy start's are complements of score keys),
+    # the largest included
+    for choices in ([-(2**63), -1, 0, 2**62, 2**63 - 2, 2**63 - 1], [2**63 - 2, 2**63 - 1]):
+        keys = rng.choice(np.array(choices), size)
+        assert _least_node(keys, size) == (keys.min(), int(np.argmin(keys)))
 
 
 def test_penalty_zero_gives_each_class_its_top_k():
