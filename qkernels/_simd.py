@@ -393,7 +393,6 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
                        pred_out, types.float64, types.float64), _relax_codegen)
 
 
-
 _KEY_LANES = 8  # int64 keys a step of ``nearest_node``: one AVX-512 register, two AVX2 ones
 
 
@@ -490,6 +489,7 @@ def least_node(typingctx, key_bits, size):
     if not isinstance(size, types.Integer):
         raise TypeError("least_node takes an integer size")
     return types.UniTuple(types.int64, 2)(key_bits, types.int64), _nearest_codegen
+
 
 # ------------------------------ 4-bit fast scan (AVX2, AVX-512BW, AVX-512 VBMI and VNNI)
 

@@ -29,15 +29,14 @@ The search is dense, in the manner of Jonker & Volgenant's assignment solver: la
 first on ties, found in one vectorised pass over the labels' bit patterns
 (``_simd.nearest_node``: non-negative doubles order like their int64 bits; reduced costs are
 clamped at zero, so no label is ``-0.0``). A class is not selected itself: when a settled
-bucket improves a class's label, the class relaxes all its ``d`` buckets at once, eight a
-step (``_simd.relax_into``), from one buffer of labels into a
-second, which becomes the current one (written in place, the loop became masked stores, which
-AMD's Zen cores run as microcode: the whole solve ran 2.1-2.4x slower at d = 512). A class
-whose label is already no nearer than some labelled deficit bucket is skipped (nothing it
-reaches can come first), and a deficit bucket among the nearest nodes ends the search at
-once (ties are common with integer scores). The dense relaxation costs most at large d (d =
-2048), and the greedy start helps least where the penalty is tiny beside the scores (many
-units left to move).
+bucket improves a class's label, the class relaxes all its ``d`` buckets at once, eight a step
+(``_simd.relax_into``), from one buffer of labels into a second, which becomes the current one
+(written in place, the loop became masked stores, which AMD's Zen cores run as microcode: the
+whole solve ran 2.1-2.4x slower at d = 512). A class whose label is already no nearer than some
+labelled deficit bucket is skipped (nothing it reaches can come first), and a deficit bucket
+among the nearest nodes ends the search at once (ties are common with integer scores). The
+dense relaxation costs most at large d (d = 2048), and the greedy start helps least where the
+penalty is tiny beside the scores (many units left to move).
 
 The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation ``search``,
 ``update_potentials``, ``augment``; see ``solve_with_potentials``). The per-augmentation

@@ -33,9 +33,9 @@ every arc up to the children has a reduced cost >= 0. The children's sink flows 
 chosen around ``p(sink) = glob[n k // d]`` as in the flat solver, and Dijkstra runs from each
 child with an excess to the nearest child with a deficit (which wins ties). The next node is
 chosen as in the flat solver (``_simd.least_node``: one vectorised pass over the keys' bit
-patterns, the lowest id on ties); potentials move on the nodes nearer than the
-target only; float64 arithmetic with reduced costs clamped at zero; integer-valued costs give
-the exact optimum.
+patterns, the lowest id on ties); potentials move on the nodes nearer than the target only;
+float64 arithmetic with reduced costs clamped at zero; integer-valued costs give the exact
+optimum.
 
 The selection scans all ``n + d + 1`` keys per settled node. Against the block minima it
 replaced (the same nodes, the same codes) it measured 0.83-0.90x the time at n = 64, 0.90-0.99x
