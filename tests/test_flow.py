@@ -237,7 +237,7 @@ def test_greedy_top_k_equals_the_sorted_reference(seed, d, k, values):
     """The greedy start's k vectorised maxima (integer keys of the doubles) against a sort:
     largest first, lower index first on ties, -0.0 tied with 0.0, huge and tiny magnitudes
     of both signs."""
-    from qkernels.flow import _flat_cpu
+    from qkernels import _heap
 
     k = min(k, d)
     rng = np.random.default_rng(seed)
@@ -249,7 +249,7 @@ def test_greedy_top_k_equals_the_sorted_reference(seed, d, k, values):
         row = rng.choice([-0.0, 0.0, 1.0, -1.0, 5e-324, -5e-324], d)
     out = np.full(k, -1)
     keys = np.empty((d + 7) // 8 * 8, dtype=np.int64)
-    last = _flat_cpu.top_k_small(row.view(np.int64), k, out, keys)
+    last = _heap.top_k_small(row.view(np.int64), k, out, keys)
     want = ref.top_k(row.tolist(), k)
     np.testing.assert_array_equal(out, want)
     assert last == want[-1]

@@ -64,6 +64,26 @@ def assert_same(table, db_act, db_emb, db_ids, q_act, q_emb, topk, exclude=None)
     return D, I
 
 
+@given(st.integers(0, 2**32 - 1), st.integers(0, 30), st.integers(1, 40), st.integers(1, 12),
+       st.sampled_from([np.float32, np.float64]), st.sampled_from(["ties", "float", "zeros"]))
+def test_bucket_choice_equals_the_sorted_reference(seed, rows, d, k, dtype, values):
+    """The buckets an item or a query takes (vectorised maxima up to k = 8, an insertion
+    beyond): largest first, lower index first on ties, -0.0 tied with 0.0, both float types."""
+    k = min(k, d)
+    rng = np.random.default_rng(seed)
+    if values == "ties":
+        act = rng.integers(-2, 3, (rows, d))
+    elif values == "float":
+        act = rng.standard_normal((rows, d)) * 10.0 ** rng.integers(-30, 30, (rows, d))
+    else:  # ReLU outputs: zeros of both signs, and the smallest subnormals
+        act = rng.choice([0.0, -0.0, 1.0, 1e-45, -1e-45], (rows, d))
+    act = act.astype(dtype)
+    out = np.full((rows, k), -1)
+    _table_cpu.topk_rows(act, k, out)
+    for i in range(rows):
+        assert out[i].tolist() == ref.top_k(act[i].tolist(), k)
+
+
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(0, 120),

@@ -43,7 +43,7 @@ The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation `
 phases are closures: Numba inlines them with no call and no reference counting. Two Numba
 costs shaped how they are written (both measured): a module-level helper that takes arrays
 and writes them or returns a value pays reference counting on every call (15-34x slower in
-a relax loop), so only helpers Numba inlines (``top_k_small``, ``sort_rows``) are
+a relax loop), so only helpers Numba inlines (``sort_rows``, ``_heap.top_k_small``) are
 module-level; and a conditional expression (``a if c else b``) inside a closure made the
 relax loops 15-30x slower than the same loop written with ``if`` statements and ``max``.
 
@@ -56,8 +56,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._heap import SMALL_K, top_k_small
 from .._parallel import parallel_kernel
-from .._simd import least_node, nearest_node, relax_into
+from .._simd import nearest_node, relax_into
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
@@ -101,37 +102,6 @@ def _top_k(row, k, out, top):
         top[t] = value
         out[t] = r
     return top[k - 1]
-
-
-# up to this k the greedy start takes each class's k best buckets by k vectorised maxima
-_SMALL_K = 8
-_MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def top_k_small(bits, k, out, keys):
-    """``_top_k`` for ``k <= _SMALL_K`` of the finite doubles whose bit patterns are ``bits``
-    (d,): writes the ``k`` largest entries' indices into ``out``, largest first, lower index
-    first on ties, and returns the ``k``-th one's index. ``keys`` is scratch of ``d`` rounded
-    up to a multiple of eight.
-
-    The doubles become int64 keys in the reverse order (a negative double's magnitude bits
-    flipped, ``-0.0``'s key made ``+0.0``'s, as the two compare equal; then all bits
-    flipped), then ``k`` times: the least key and its first index in one vectorised pass
-    (``_simd.least_node``), that key masked. The same choice as the insertion, without its
-    data-dependent branches, which the branch predictor misses on every new row (the
-    insertion took about a fifth of a crowded 64 x 64 solve)."""
-    d = bits.shape[0]
-    for r in range(d):
-        b = bits[r]
-        key = b ^ ((b >> 63) & _MAGNITUDE)
-        keys[r] = ~(key + (key == -1))
-    keys[d:] = _MAGNITUDE
-    for t in range(k):
-        r = least_node(keys, keys.shape[0])[1]
-        keys[r] = _MAGNITUDE
-        out[t] = r
-    return out[k - 1]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -267,7 +237,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         reduced cost >= 0. (A closure like the other phases, so that no array is passed.)
         # modifies: codes, pb, pc, assigned, count, occ (all written here)"""
         pb[:] = 0.0
-        if k > _SMALL_K:
+        if k > SMALL_K:
             top = np.empty(k)
             for j in range(n):
                 pc[j] = _top_k(scores[j], k, codes[j], top)

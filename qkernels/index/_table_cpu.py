@@ -27,7 +27,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .._heap import drain_sorted3, offer3
+from .._heap import SMALL_K, drain_sorted3, offer3, top_k_small
 from .._parallel import parallel_kernel
 from .._simd import dot_f32_pair, prefetch, sq_l2_f32_pair
 from ._pq_cpu import _adc
@@ -49,11 +49,19 @@ def _next_best(values, used, stamp):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _best_k(values, out):
+def _best_k(values, out, wide, keys):
     """``out``: the ``len(out)`` largest ``values`` (at most ``len(values)``), best first,
-    lowest index on ties; what ``len(out)`` calls of ``_next_best`` give, in one pass."""
+    lowest index on ties; what ``len(out)`` calls of ``_next_best`` give. Up to ``SMALL_K``
+    of them by ``top_k_small`` on the values widened into ``wide`` (float64 scratch of
+    ``len(values)``; ``keys``: int64 scratch of that rounded up to a multiple of eight),
+    beyond by an insertion in one pass."""
     k = out.shape[0]
     if k == 0:
+        return
+    if k <= SMALL_K:
+        for r in range(values.shape[0]):
+            wide[r] = values[r]
+        top_k_small(wide.view(np.int64), k, out, keys)
         return
     for r in range(k):  # the first k, by insertion
         t = r
@@ -75,9 +83,16 @@ def _best_k(values, out):
 
 @parallel_kernel
 def topk_rows(values, k, out):
-    """``out[i]``: the ``k`` largest entries of row ``i``, best first (lowest index on ties)."""
-    for i in nb.prange(values.shape[0]):
-        _best_k(values[i], out[i, :k])
+    """``out[i]``: the ``k`` largest entries of row ``i``, best first (lowest index on ties).
+    In 64 chunks of rows, each with its own scratch."""
+    rows, d = values.shape
+    num_chunks = min(rows, 64)
+    step = (rows + num_chunks - 1) // num_chunks if rows else 1
+    for c in nb.prange(num_chunks):
+        wide = np.empty(d)
+        keys = np.empty((d + 7) // 8 * 8, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            _best_k(values[i], out[i, :k], wide, keys)
 
 
 @parallel_kernel
@@ -152,13 +167,15 @@ def plan_probes(query_act, k, topk, max_probes, offsets, items, codes, exclude, 
         seen = np.zeros((n + 7) // 8 if dedupe else 1, dtype=np.uint8)
         used = np.zeros(num_buckets, dtype=np.int32)
         probed_list = np.empty(num_buckets, dtype=np.int64)
+        wide = np.empty(num_buckets)
+        keys = np.empty((num_buckets + 7) // 8 * 8, dtype=np.int64)
         for q in range(c * step, min(num_queries, (c + 1) * step)):
             cap = min(max_probes[q], num_buckets)
             if cap == 0:
                 probe_count[q] = 0
                 candidates[q] = 0
                 continue
-            _best_k(query_act[q], first[q])
+            _best_k(query_act[q], first[q], wide, keys)
             largest = 0
             for t in range(k):
                 r = first[q, t]
