@@ -253,6 +253,14 @@ def _lane_sums(width, columns):
     return codegen
 
 
+def _splat(builder, value, lanes):
+    """``value`` in each of ``lanes`` lanes of a vector (inserted once, then broadcast)."""
+    i32 = ir.IntType(32)
+    one = builder.insert_element(ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined),
+                                 value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+
+
 def _check_arrays(name, arrays):
     """Each ``(type, ndim, dtype)``: a C-contiguous array of that rank and element type."""
     for a, ndim, dtype in arrays:
@@ -331,12 +339,7 @@ def _relax_codegen(context, builder, signature, args):
             return scalar if width == 1 else ir.VectorType(scalar, width)
 
         def splat(value):
-            if width == 1:
-                return value
-            out = ir.Constant(vector(value.type), ir.Undefined)
-            for t in range(width):
-                out = builder.insert_element(out, value, ir.Constant(ir.IntType(32), t))
-            return out
+            return value if width == 1 else _splat(builder, value, width)
 
         def at(array, index, element):
             return builder.bitcast(builder.gep(array.data, [index]), vector(element).as_pointer())
@@ -406,13 +409,6 @@ def _nearest_codegen(context, builder, signature, args):
     i64 = ir.IntType(64)
     vec = ir.VectorType(i64, _KEY_LANES)
 
-    def splat(value):
-        one = builder.insert_element(ir.Constant(vec, ir.Undefined), value,
-                                     ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), _KEY_LANES),
-                                                  [0] * _KEY_LANES))
-
     def load(array, start):
         return builder.load(builder.bitcast(builder.gep(array.data, [start]), vec.as_pointer()),
                             align=8)
@@ -438,7 +434,8 @@ def _nearest_codegen(context, builder, signature, args):
             lesser(least_deficit, builder.or_(key, load(arrays[2], start)))
         # strict: a lane keeps the step of its first least key
         lower = lesser(least, key)
-        builder.store(builder.select(lower, splat(loop.index), builder.load(step_of)), step_of)
+        step = _splat(builder, loop.index, _KEY_LANES)
+        builder.store(builder.select(lower, step, builder.load(step_of)), step_of)
 
     def reduce(name, value):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [vec]),
@@ -451,8 +448,8 @@ def _nearest_codegen(context, builder, signature, args):
     index = builder.add(builder.mul(builder.load(step_of),
                                     ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
                         ir.Constant(vec, list(range(_KEY_LANES))))
-    node = reduce("umin", builder.select(builder.icmp_signed("==", lanes, splat(near)), index,
-                                         ir.Constant(vec, [-1] * _KEY_LANES)))
+    holds = builder.icmp_signed("==", lanes, _splat(builder, near, _KEY_LANES))
+    node = reduce("umin", builder.select(holds, index, ir.Constant(vec, [-1] * _KEY_LANES)))
     out = [near, node]
     if len(arrays) == 3:
         out.append(reduce("smin", builder.load(least_deficit)))
@@ -802,18 +799,9 @@ def _store_below(builder, dist, out_ptr, threshold):
     i16, i32 = ir.IntType(16), ir.IntType(32)
     v32i16 = ir.VectorType(i16, 32)
     builder.store(dist, builder.bitcast(out_ptr, v32i16.as_pointer()), align=2)
-    limit = builder.insert_element(ir.Constant(v32i16, ir.Undefined),
-                                   builder.trunc(threshold, i16), ir.Constant(i32, 0))
-    limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(i32, 32), [0] * 32))
+    limit = _splat(builder, builder.trunc(threshold, i16), 32)
     below = builder.bitcast(builder.icmp_unsigned("<", dist, limit), i32)
     return builder.zext(below, ir.IntType(64))
-
-
-def _check_fastscan(name, arrays):
-    for a, ndim, dtype in arrays:
-        if not (isinstance(a, types.Array) and a.ndim == ndim and a.dtype == dtype
-                and a.layout == "C"):
-            raise TypeError(f"{name}: expected a contiguous {ndim}-d {dtype} array, got {a}")
 
 
 @intrinsic
@@ -827,7 +815,7 @@ def fastscan_block(typingctx, codes, start, lut, threshold, out):
     sums to ``out[:32]`` (exact while they stay below 65536: at most 257 uint8 entries) and
     returns the int64 bit mask of the vectors whose sum is below ``threshold`` (0..65535).
     """
-    _check_fastscan("fastscan_block", [(codes, 1, types.uint8), (lut, 1, types.uint8),
+    _check_arrays("fastscan_block", [(codes, 1, types.uint8), (lut, 1, types.uint8),
                                        (out, 1, types.uint16)])
     if start != types.int64 or threshold != types.int64:
         raise TypeError("fastscan_block takes an int64 start and threshold")
@@ -852,7 +840,7 @@ def _fastscan_group(count):
     name = f"fastscan_group{count}"
 
     def typer(typingctx, codes, start, luts, thresholds, out, masks):
-        _check_fastscan(name, [(codes, 1, types.uint8), (luts, 2, types.uint8),
+        _check_arrays(name, [(codes, 1, types.uint8), (luts, 2, types.uint8),
                                (thresholds, 1, types.int64), (out, 2, types.uint16),
                                (masks, 1, types.int64)])
         if start != types.int64:

@@ -79,8 +79,8 @@ def _top_k(row, k, out, top):
     """Write the ``k`` largest entries' indices of ``row`` into ``out``, largest first (lower
     index first on ties); ``top`` is scratch of length ``k``. Returns the ``k``-th largest.
 
-    Insertion into a sorted list of ``k`` (cheap for the usual k <= 4); a stable sort beyond
-    16, where insertion would cost ``k * d``."""
+    For ``k`` above ``SMALL_K`` (smaller ones take ``_heap.top_k_small``): insertion into a
+    sorted list of ``k``; a stable sort beyond 16, where insertion would cost ``k * d``."""
     if k > 16:
         order = np.argsort(-row, kind="mergesort")
         out[:] = order[:k]
