@@ -8,7 +8,7 @@ under an emulation of the CUDA model, with the launch configuration computed her
 
     flow.cu     solve_batch                         flow/_flat_cpu.py solve_batch
     hamming.cu  topk_by_query                       index/_hamming_cpu.py topk_by_query
-    table.cu    probe (passes 1-5 fused)            index/_table_cpu.py plan_probes ... merge_heaps
+    table.cu    probe (passes 1-5 fused)            index/_table_cpu.py plan_probes ... merge_ranked
     pq.cu       distance_tables                     index/_pq_cpu.py distance_tables
                 scan_by_query_u8, scan_by_query_u16 index/_pq_cpu.py scan_by_query
 

@@ -3,8 +3,9 @@ candidate needs one comparison to be turned away.
 
 Two arities, the one place for both: on (distance, item) for the PQ and Hamming scans (equal
 distances go to the lower item; ``push``, ``sift_down``, ``drain_sorted``, ``merge_chunks``),
-and on three keys compared in order for the table probe (distance, insertion row, item) and
-the Hamming tie-break (distance, feature distance, item): ``offer3``, ``drain_sorted3``.
+and on three keys compared in order for the Hamming tie-break (distance, feature distance,
+item): ``offer3``, ``drain_sorted3``. (The table probe keeps sorted rows of packed keys
+instead: ``qkernels._simd.insert_ranked``.)
 ``by_database`` is the one scan-and-merge of the scans split over chunks of the database.
 ``top_k_small`` selects a row's few largest entries without a heap, for the flow solver's
 greedy start and the hash tables' bucket choice."""

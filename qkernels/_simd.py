@@ -1,6 +1,7 @@
 """Small LLVM intrinsics for Numba kernels: float32 distances in eight fixed lanes, popcount,
 two items' 8-bit PQ or Hamming distances to many queries at once (``adc_lanes``,
-``hamming_lanes``), the flow solver's relaxation of a class's arcs (``relax_into``), and the
+``hamming_lanes``), the flow solver's relaxation of a class's arcs (``relax_into``), the
+table probe's sorted rows of (distance, row) keys (``rank_key``, ``insert_ranked``), and the
 4-bit fast scan's byte-shuffle blocks (AVX2, and AVX-512BW where the CPU has it; see the end
 of the module).
 
@@ -18,15 +19,17 @@ from __future__ import annotations
 import functools
 
 import numba as nb
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["adc_lanes", "dot_f32", "dot_f32_pair", "fastscan_block", "fastscan_group3",
-           "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw", "least_node",
-           "line_aligned", "nearest_node", "numba_target", "popcount64", "prefetch",
-           "relax_into", "sq_l2_f32", "sq_l2_f32_pair", "target_features"]
+__all__ = ["RANK_EMPTY", "adc_lanes", "dot_f32", "dot_f32_pair", "fastscan_block",
+           "fastscan_group3", "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw",
+           "insert_ranked", "least_node", "line_aligned", "nearest_node", "numba_target",
+           "popcount64", "prefetch", "rank_key", "ranked_distance", "relax_into", "sq_l2_f32",
+           "sq_l2_f32_pair", "target_features"]
 
 _LANES = 8
 
@@ -486,6 +489,114 @@ def least_node(typingctx, key_bits, size):
     if not isinstance(size, types.Integer):
         raise TypeError("least_node takes an integer size")
     return types.UniTuple(types.int64, 2)(key_bits, types.int64), _nearest_codegen
+
+
+
+# ------------------------------ sorted top-K rows of (distance, row) keys (the table probe)
+
+# a slot of a ranked row that holds no entry: above every key ``rank_key`` makes
+RANK_EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@intrinsic
+def rank_key(typingctx, dist, row):
+    """A uint64 that orders like ``(dist, row)`` for a float32 ``dist`` and a row in ``0 ..
+    2**32 - 1``: the distance's bits mapped to an unsigned integer of the same order (a
+    negative float's bits inverted, a non-negative one's sign bit set) above the row. Zero
+    counts as +0.0 and any NaN as +NaN, which ranks after +inf; no key is 0 or
+    ``RANK_EMPTY``."""
+    if dist != types.float32 or not isinstance(row, types.Integer):
+        raise TypeError("rank_key takes a float32 distance and an integer row")
+
+    def codegen(context, builder, signature, args):
+        dist, row = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        f32 = ir.FloatType()
+        dist = builder.select(builder.fcmp_ordered("==", dist, ir.Constant(f32, 0.0)),
+                              ir.Constant(f32, 0.0), dist)
+        dist = builder.select(builder.fcmp_unordered("uno", dist, dist),
+                              ir.Constant(f32, float("nan")), dist)
+        bits = builder.bitcast(dist, i32)
+        negative = builder.icmp_signed("<", bits, ir.Constant(i32, 0))
+        mapped = builder.select(negative, builder.not_(bits),
+                                builder.or_(bits, ir.Constant(i32, 0x80000000)))
+        row = context.cast(builder, row, signature.args[1], types.int64)
+        return builder.or_(builder.shl(builder.zext(mapped, i64), ir.Constant(i64, 32)),
+                           builder.and_(row, ir.Constant(i64, 0xFFFFFFFF)))
+
+    return types.uint64(dist, row), codegen
+
+
+@intrinsic
+def ranked_distance(typingctx, key):
+    """The float32 distance of a key made by ``rank_key`` (the inverse of its mapping)."""
+    if key != types.uint64:
+        raise TypeError("ranked_distance takes a uint64 key")
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        mapped = builder.trunc(builder.lshr(args[0], ir.Constant(ir.IntType(64), 32)), i32)
+        was_negative = builder.icmp_signed(">=", mapped, ir.Constant(i32, 0))
+        bits = builder.select(was_negative, builder.not_(mapped),
+                              builder.xor(mapped, ir.Constant(i32, 0x80000000)))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(key), codegen
+
+
+def _insert_codegen(context, builder, signature, args):
+    keys, items = (context.make_array(t)(context, builder, a)
+                   for t, a in zip(signature.args[:2], args[:2], strict=True))
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(i64, _KEY_LANES)
+    key = _splat(builder, args[2], _KEY_LANES)
+    item = _splat(builder, context.cast(builder, args[3], signature.args[3], types.int64),
+                  _KEY_LANES)
+    # the previous step's lanes, before they were rewritten: its last lane is the entry just
+    # before this step's first (none before the row: 0, below every key)
+    zero = ir.Constant(vec, [0] * _KEY_LANES)
+    before_keys = cgutils.alloca_once_value(builder, zero)
+    before_items = cgutils.alloca_once_value(builder, zero)
+    shifted = ir.Constant(ir.VectorType(i32, _KEY_LANES),
+                          [_KEY_LANES - 1 + j for j in range(_KEY_LANES)])
+    steps = builder.udiv(builder.extract_value(keys.shape, 0), ir.Constant(i64, _KEY_LANES))
+    with cgutils.for_range(builder, steps) as loop:
+        start = builder.mul(loop.index, ir.Constant(i64, _KEY_LANES))
+        at_keys = builder.bitcast(builder.gep(keys.data, [start]), vec.as_pointer())
+        at_items = builder.bitcast(builder.gep(items.data, [start]), vec.as_pointer())
+        old_keys = builder.load(at_keys, align=8)
+        old_items = builder.load(at_items, align=8)
+        prev_keys = builder.shuffle_vector(builder.load(before_keys), old_keys, shifted)
+        prev_items = builder.shuffle_vector(builder.load(before_items), old_items, shifted)
+        # an entry stays where it is below the key; the first one not below it becomes the
+        # key; the others take their predecessor's place
+        stays = builder.icmp_unsigned("<", old_keys, key)
+        lands = builder.icmp_unsigned("<", prev_keys, key)
+        builder.store(builder.select(stays, old_keys, builder.select(lands, key, prev_keys)),
+                      at_keys, align=8)
+        builder.store(builder.select(stays, old_items,
+                                     builder.select(lands, item, prev_items)),
+                      at_items, align=8)
+        builder.store(old_keys, before_keys)
+        builder.store(old_items, before_items)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def insert_ranked(typingctx, keys, items, key, item):
+    """Insert ``key`` (made by ``rank_key``, not already in the row) and its ``item`` into
+    a row of keys sorted ascending (unchecked): ``keys`` uint64 and ``items`` int64, both of
+    one length, a multiple of eight; the last entry falls off. Empty slots hold
+    ``RANK_EMPTY``.
+
+    Eight entries a step without a branch: an entry below the key stays, the first one not
+    below it becomes the key, the rest move up one. The table probe calls it only for a key
+    below the row's ``K``-th entry (one comparison turns most candidates away); it replaced a
+    binary heap on three keys, whose sift-downs cost more than the scan's distances."""
+    _check_arrays("insert_ranked", [(keys, 1, types.uint64), (items, 1, types.int64)])
+    if key != types.uint64 or not isinstance(item, types.Integer):
+        raise TypeError("insert_ranked takes a uint64 key and an integer item")
+    return types.none(keys, items, key, item), _insert_codegen
 
 
 # ------------------------------ 4-bit fast scan (AVX2, AVX-512BW, AVX-512 VBMI and VNNI)

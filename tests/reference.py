@@ -292,6 +292,15 @@ def lane_distance(query, row, inner_product):
     return f32(-total) if inner_product else total
 
 
+def ranked_top(entries, count):
+    """The first ``count`` of ``entries`` ``(float32 distance, row, item)`` in the table probe's
+    order: by distance, a zero of either sign as +0.0 and NaN after +inf, then by row."""
+    def order(entry):
+        d = float(entry[0])
+        return (math.isnan(d), 0.0 if d == 0 or math.isnan(d) else d, int(entry[1]))
+    return sorted(entries, key=order)[:count]
+
+
 def sparse_table_search(db_codes, db_embeddings, db_ids, query_activations, query_embeddings,
                         k, topk, metric="l2", exclude=None, distance=None):
     """The DHT table rule with plain loops. ``db_codes[i]`` lists item i's buckets (any order).

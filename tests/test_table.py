@@ -52,6 +52,52 @@ def reference_codes(activations, k):
     return [ref.ranked_buckets(row)[:k] for row in activations]
 
 
+@numba.njit
+def _ranked_row(dists, rows, items, width, topk, gated):
+    """Candidates into one ranked row as the probe does (``gated``: only those below the
+    ``topk``-th key); the keys, the items and the keys' distances."""
+    keys = np.full(width, _simd.RANK_EMPTY)
+    kept = np.full(width, -1, dtype=np.int64)
+    for i in range(dists.shape[0]):
+        key = _simd.rank_key(dists[i], rows[i])
+        if not gated or key < keys[topk - 1]:
+            _simd.insert_ranked(keys, kept, key, items[i])
+    decoded = np.empty(width, dtype=np.float32)
+    for i in range(width):
+        decoded[i] = _simd.ranked_distance(keys[i])
+    return keys, kept, decoded
+
+
+_AWKWARD = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45,
+                     3.4e38, -3.4e38, 0.5, 2.0], dtype=np.float32)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 60), st.sampled_from([8, 16, 24, 32]),
+       st.integers(1, 32), st.booleans())
+def test_ranked_rows_equal_the_sorted_reference(seed, count, width, topk, gated):
+    rng = np.random.default_rng(seed)
+    topk = min(topk, width)
+    # ties everywhere: a few awkward values (signed zeros, infinities, NaN, subnormals) and a
+    # few ordinary ones, over distinct rows as wide as 31 bits
+    pool = np.concatenate([_AWKWARD, rng.standard_normal(4).astype(np.float32)])
+    dists = pool[rng.integers(0, pool.shape[0], count)]
+    rows = rng.choice(2**31 - 1, count, replace=False).astype(np.int32)
+    items = rng.integers(0, 2**40, count)
+    keys, kept, decoded = _ranked_row(dists, rows, items, width, topk, gated)
+    # ungated, the whole row is the sorted prefix; gated, its first topk entries
+    filled = min(count, topk if gated else width)
+    entries = list(zip(dists.tolist(), rows.tolist(), items.tolist(), strict=True))
+    want = ref.ranked_top(entries, filled)
+    assert kept[:filled].tolist() == [item for _, _, item in want]
+    assert (keys[filled:topk] == _simd.RANK_EMPTY).all()
+    assert (np.diff(keys[:filled].astype(object)) > 0).all()  # distinct keys, ascending
+    for got, (d, _, _) in zip(decoded[:filled], want, strict=True):
+        if np.isnan(d):
+            assert np.isnan(got)
+        else:  # a zero comes back as +0.0, anything else to the bit
+            assert np.float32(got).tobytes() == np.float32(0.0 if d == 0 else d).tobytes()
+
+
 def assert_same(table, db_act, db_emb, db_ids, q_act, q_emb, topk, exclude=None):
     rows = None if exclude is None else (exclude[:, None] if exclude.ndim == 1 else exclude)
     D, I = table.search(q_act, q_emb, topk, exclude=rows)
@@ -105,6 +151,23 @@ def test_search_equals_the_reference(seed, n, num_buckets, dim, k, topk, metric,
 
 
 @settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), topk=st.integers(1, 40),
+       metric=st.sampled_from(["l2", "ip"]))
+def test_tied_distances_break_by_insertion_row(seed, k, topk, metric):
+    # three distinct rows, each stored many times, and a zero query (every inner product
+    # 0): ties everywhere, across the chunks of buckets the probe merges; the ids run
+    # backwards, so breaking ties by id instead of insertion row would show
+    rng = np.random.default_rng(seed)
+    n, num_buckets = 90, 24
+    db_act, _ = clustered(rng, n, num_buckets, 4)
+    db_emb = rng.integers(-2, 3, (3, 4)).astype(np.float32)[rng.integers(0, 3, n)]
+    ids = np.arange(n)[::-1] * 7
+    table = qk.SparseHashTable(num_buckets, k, metric=metric).add(db_act, db_emb, ids=ids)
+    q_act, _ = clustered(rng, 6, num_buckets, 4)
+    q_emb = np.concatenate([np.zeros((1, 4)), db_emb[:5]]).astype(np.float32)
+    assert_same(table, db_act, db_emb, ids, q_act, q_emb, topk)
+
+
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 120), k=st.integers(1, 3),
        topk=st.integers(1, 20), metric=st.sampled_from(["l2", "ip"]),
        storage=st.sampled_from(["float16", "pq"]))

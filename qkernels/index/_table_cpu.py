@@ -12,8 +12,9 @@ best; (2) ``fill_probes`` lists them (ranking the activations again only for a q
 probes more); (3) ``invert_probes`` turns that into, per bucket, the queries that probe it; (4)
 ``scan_buckets`` walks the probed buckets, reading each item's row once for all the queries that
 probe its bucket (the rows are what costs: memory traffic, not arithmetic, bounds a probe), and
-keeps a top-K heap per query and chunk of buckets; (5) ``merge_heaps`` merges the chunks' heaps
-and writes distances and ids. Parallel over chunks of buckets in (4), over queries elsewhere.
+keeps per query and chunk of buckets its best K as a sorted row of (distance, row) keys; (5)
+``merge_ranked`` merges the chunks' rows and writes distances and ids. Parallel over chunks of
+buckets in (4), over queries elsewhere.
 
 Distances. Squared L2 and inner products come from qkernels._simd: float32 in eight fixed
 lanes, one SIMD register, in an order fixed by construction. Results are the same on every run,
@@ -27,9 +28,17 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .._heap import SMALL_K, drain_sorted3, offer3, top_k_small
+from .._heap import SMALL_K, top_k_small
 from .._parallel import parallel_kernel
-from .._simd import dot_f32_pair, prefetch, sq_l2_f32_pair
+from .._simd import (
+    RANK_EMPTY,
+    dot_f32_pair,
+    insert_ranked,
+    prefetch,
+    rank_key,
+    ranked_distance,
+    sq_l2_f32_pair,
+)
 from ._pq_cpu import _adc
 
 # rows of the embedding matrix are prefetched this many candidates ahead
@@ -281,12 +290,16 @@ def invert_probes(probe_offsets, probe_list, num_buckets):
 @parallel_kernel
 def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
                  mask, probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
-                 heap_dist, heap_row, heap_item, heap_size, found):
+                 topk, ranked_keys, ranked_items, found):
     """Pass 4, bucket by bucket: every item's row is read once for all the queries that probe
     the bucket, and its distance to each of them goes into that query's top-K heap.
 
     Chunk ``c`` handles buckets ``chunk_starts[c]`` to ``chunk_starts[c + 1] - 1`` and owns
-    ``heap_*[c]``; ``found[c, q]`` counts the candidates of query ``q`` it looked at. The
+    ``ranked_keys[c]`` and ``ranked_items[c]``: per query its best ``topk`` candidates so far
+    as ``rank_key(distance, row)`` sorted ascending, and their items (a row's length is
+    ``topk`` rounded up to a multiple of eight; only the rows of queries that probe a bucket
+    of the chunk are written). ``found[c, q]`` counts the candidates of query ``q`` it looked
+    at (zero: the chunk holds nothing for it). The
     queries of a bucket are taken 64 at a time, as bits of a word: before
     the items are read, ``earlier[b]`` gets the bits of the queries that probed bucket ``b``
     before this one, and the excluded items get the bits of the queries excluding them. An
@@ -295,7 +308,8 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
     Items that ``mask`` refuses (where it is not empty) are no candidates of any query. Items
     are read two at a time: a query's distances to both are computed in one pass (two chains
     of dependent additions side by side, each sum the same to the bit) and offered in item
-    order, so every heap evolves exactly as one item at a time.
+    order. A candidate below the row's ``topk``-th key is inserted in order (``insert_ranked``:
+    eight keys a step, no branch); the others are turned away by that one comparison.
 
     ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits
     with ``tables`` the float32 value of every bit pattern, or PQ codes with ``tables`` the
@@ -303,13 +317,12 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
     """
     num_chunks = chunk_starts.shape[0] - 1
     num_buckets = offsets.shape[0] - 1
-    topk = heap_dist.shape[2]
     m = exclude.shape[1]
     for c in nb.prange(num_chunks):
-        hd = heap_dist[c]
-        hr = heap_row[c]
-        hi = heap_item[c]
-        hs = heap_size[c]
+        hk = ranked_keys[c]
+        hi = ranked_items[c]
+        for u in range(bucket_offsets[chunk_starts[c]], bucket_offsets[chunk_starts[c + 1]]):
+            hk[who[u]] = RANK_EMPTY  # the rows of the chunk's queries start empty
         earlier = np.zeros(num_buckets, dtype=np.uint64)
         excluded_items = np.empty(64 * max(m, 1), dtype=np.int64)
         excluded_bits = np.empty(64 * max(m, 1), dtype=np.uint64)
@@ -366,16 +379,18 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                         dist_a, dist_b = rerank_pair(query_emb[q], tables, q,
                                                      row_a if a_on else row_b,
                                                      row_b if b_on else row_a, inner_product)
-                        # most candidates lose to a full heap's root: decide that inline;
-                        # ranked by (distance, row)
+                        # ranked by (distance, row); most candidates are not below the
+                        # query's topk-th key
                         if a_on:
                             found[c, q] += 1
-                            if not (hs[q] == topk and dist_a > hd[q, 0]):
-                                offer3(hd, hr, hi, hs, q, dist_a, rows[item_a], item_a)
+                            key = rank_key(dist_a, rows[item_a])
+                            if key < hk[q, topk - 1]:
+                                insert_ranked(hk[q], hi[q], key, item_a)
                         if b_on:
                             found[c, q] += 1
-                            if not (hs[q] == topk and dist_b > hd[q, 0]):
-                                offer3(hd, hr, hi, hs, q, dist_b, rows[item_b], item_b)
+                            key = rank_key(dist_b, rows[item_b])
+                            if key < hk[q, topk - 1]:
+                                insert_ranked(hk[q], hi[q], key, item_b)
                 for u in range(g0, g1):  # clear the marks of this group
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
@@ -445,42 +460,38 @@ def _rerank_pair(query, tables, q, row_a, row_b, inner_product):
 
 
 @parallel_kernel
-def merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product, ids, num_groups,
-                out_dist, out_id):
-    """Pass 5: each query's best ``topk`` over the chunks' heaps, by (distance, row), offered
-    to one more heap and drained in order; written as distances (inner products for
-    ``inner_product``) and ids (``ids[item]``; -1 and the worst distance where missing).
-    Parallel over ``num_groups`` groups of queries, each with its own heap."""
-    num_chunks, num_queries, topk = heap_dist.shape
+def merge_ranked(ranked_keys, ranked_items, topk, found, inner_product, ids, num_groups,
+                 out_dist, out_id):
+    """Pass 5: each query's best ``topk`` over the chunks' ranked rows (those with
+    ``found[c, q] > 0``): the first such row, then the others' entries inserted while they are
+    below its ``topk``-th key; written as distances (inner products for ``inner_product``; a
+    zero as +0.0) and ids (``ids[item]``; -1 and the worst distance where missing). Parallel
+    over ``num_groups`` groups of queries."""
+    num_chunks, num_queries, width = ranked_keys.shape
     step = (num_queries + num_groups - 1) // num_groups if num_queries else 1
     for g in nb.prange(num_groups):
-        md = np.empty((1, topk), dtype=np.float32)
-        mr = np.empty((1, topk), dtype=np.int64)
-        mi = np.empty((1, topk), dtype=np.int64)
-        ms = np.zeros(1, dtype=np.int64)
+        merged_keys = np.empty(width, dtype=np.uint64)
+        merged_items = np.empty(width, dtype=np.int64)
         for q in range(g * step, min(num_queries, (g + 1) * step)):
-            filled = 0
-            only = 0
+            merged_keys[:] = RANK_EMPTY
             for c in range(num_chunks):
-                if heap_size[c, q]:
-                    filled += 1
-                    only = c
-            if filled == 1:  # the query's buckets all fell in one chunk: its heap is the result
-                size = heap_size[only, q]
-                drain_sorted3(heap_dist[only], heap_row[only], heap_item[only], q, size,
-                              out_dist[q], out_id[q])
-            else:
-                ms[0] = 0
-                for c in range(num_chunks):
-                    for i in range(heap_size[c, q]):
-                        offer3(md, mr, mi, ms, 0, heap_dist[c, q, i], heap_row[c, q, i],
-                               heap_item[c, q, i])
-                size = ms[0]
-                drain_sorted3(md, mr, mi, 0, size, out_dist[q], out_id[q])
-            for i in range(size):
-                if inner_product:
-                    out_dist[q, i] = -out_dist[q, i]
-                out_id[q, i] = ids[out_id[q, i]]
-            for i in range(size, topk):
-                out_dist[q, i] = -_INF32 if inner_product else _INF32
-                out_id[q, i] = -1
+                if found[c, q] == 0:
+                    continue
+                if merged_keys[0] == RANK_EMPTY:  # the first chunk with candidates: as it is
+                    merged_keys[:] = ranked_keys[c, q]
+                    merged_items[:] = ranked_items[c, q]
+                    continue
+                for i in range(topk):
+                    key = ranked_keys[c, q, i]
+                    if key >= merged_keys[topk - 1]:  # the rest of the row is no better
+                        break
+                    insert_ranked(merged_keys, merged_items, key, ranked_items[c, q, i])
+            for i in range(topk):
+                key = merged_keys[i]
+                if key == RANK_EMPTY:
+                    out_dist[q, i] = -_INF32 if inner_product else _INF32
+                    out_id[q, i] = -1
+                else:
+                    dist = ranked_distance(key)
+                    out_dist[q, i] = -dist + np.float32(0.0) if inner_product else dist
+                    out_id[q, i] = ids[merged_items[i]]

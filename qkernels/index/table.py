@@ -511,9 +511,10 @@ class SparseHashTable(Index):
             dist.fill(-np.inf if self.metric == "ip" else np.inf)
             ids.fill(-1)
         elif num_queries:
-            # bound the per-chunk heaps (chunks x queries x topk entries, 20 bytes each) to ~80 MB
+            # bound the per-chunk ranked rows (chunks x queries x topk rounded up to eight
+            # entries, 16 bytes each) to ~64 MB
             chunks = _chunks(self.num_buckets)
-            block = max(1, (1 << 22) // (chunks * work))
+            block = max(1, (1 << 22) // (chunks * (-(-work // 8) * 8)))
             for start in range(0, num_queries, block):
                 part = slice(start, min(num_queries, start + block))
                 self._search_block(state, act[part], emb[part], work, excluded[part], mask,
@@ -688,10 +689,11 @@ class SparseHashTable(Index):
         chunk_starts = np.concatenate(
             ([0], np.searchsorted(cumulative, targets, side="right"), [self.num_buckets]))
         chunk_starts = np.maximum.accumulate(chunk_starts).astype(np.int64)
-        heap_dist = np.empty((chunks, num_queries, topk), dtype=np.float32)
-        heap_row = np.empty((chunks, num_queries, topk), dtype=np.int64)
-        heap_item = np.empty((chunks, num_queries, topk), dtype=np.int64)
-        heap_size = np.zeros((chunks, num_queries), dtype=np.int64)
+        # per chunk and query: the best candidates' (distance, row) keys, sorted, and items;
+        # rows of whole 512-bit registers
+        width = -(-topk // 8) * 8
+        ranked_keys = np.empty((chunks, num_queries, width), dtype=np.uint64)
+        ranked_items = np.empty((chunks, num_queries, width), dtype=np.int64)
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
         stored = state.emb.view(np.uint16) if state.emb.dtype == np.float16 else state.emb
@@ -699,10 +701,10 @@ class SparseHashTable(Index):
                                 state.offsets, state.items, state.codes, stored, state.rows,
                                 excluded, mask,
                                 probe_offsets, probe_list, bucket_offsets, who, where,
-                                inner_product, heap_dist, heap_row, heap_item, heap_size, found)
+                                inner_product, topk, ranked_keys, ranked_items, found)
         counts[:] = found.sum(axis=0)
-        _table_cpu.merge_heaps(heap_dist, heap_row, heap_item, heap_size, inner_product,
-                               state.ids, _chunks(num_queries), dist, ids)
+        _table_cpu.merge_ranked(ranked_keys, ranked_items, topk, found, inner_product,
+                                state.ids, _chunks(num_queries), dist, ids)
 
     # ------------------------------------------------------------------ files
 
