@@ -166,10 +166,17 @@ def test_table_probe_is_the_cpus(emulated, n, num_buckets, k, topk, excluding, m
     (2, 32, 16, 2, 0.3, False),  # DHT-like float scores, small penalty: long paths
     (1, 24, 20, 17, 1.0, True),  # k > 16: the CPU's stable-sort branch of the greedy start
     (2, 40, 8, 1, 5.0, True),    # the penalty dominates: paths through the sink
+    # DHT's training regime: class means of unit vectors x 1e4, truncated, penalty 1e4; the
+    # deficit buckets raise their potentials before the searches
+    (2, 64, 64, 3, 1e4, "dht"),
 ])
 def test_flow_returns_the_cpus_codes(emulated, batch, n, d, k, penalty, integers):
     rng = np.random.default_rng(batch * 100 + n * 10 + d)
-    if integers:  # small integers: ties everywhere, exact sums
+    if integers == "dht":
+        out = rng.standard_normal((batch, n, 2, d))
+        out /= np.linalg.norm(out, axis=-1, keepdims=True)
+        scores = np.trunc(out.mean(axis=2) * 1e4)
+    elif integers:  # small integers: ties everywhere, exact sums
         scores = rng.integers(-4, 4, (batch, n, d)).astype(np.float64)
     else:
         scores = rng.standard_normal((batch, n, d))

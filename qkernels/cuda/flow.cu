@@ -3,17 +3,18 @@
 // optimum of the same objective.
 //
 // One block per problem. The greedy start (every class its k best buckets, lower index first on
-// ties; class potentials the k-th best score, bucket potentials 0), the sink's potential and
-// each bucket's flow to the sink (sink_flows), then, bucket by bucket in order, successive
-// shortest paths from an excess bucket to the nearest deficit bucket with the dense Dijkstra of
-// the CPU: labels of the d buckets and the sink, the next node the least label (lowest id on
-// ties, found by a block-wide argmin over the labels' bit patterns), the early exit when a
-// deficit bucket is among the nearest, the bound skip of classes no nearer than a labelled
-// deficit bucket, reduced costs clamped at zero, potentials moved by min(dist, D) on the nodes
-// nearer than D, and the augmentation. The parallel parts (a settled class's d arcs, the sink's
-// d arcs, the argmin, the potential update) do per element what the CPU does; the occupants of
-// a settled bucket are taken one after another, in the CPU's order, so that ties between them
-// go the same way. float64 additions and comparisons only, in the CPU's order: the same bits.
+// ties; class potentials the k-th best score, bucket potentials 0), the sink's potential and each
+// bucket's flow to the sink (sink_flows), on a crowded problem (n * k >= d) the deficit buckets'
+// price raises (attract, one thread, in the CPU's order), then, bucket by bucket in order,
+// successive shortest paths from an excess bucket to the nearest deficit bucket with the dense
+// Dijkstra of the CPU: labels of the d buckets and the sink, the next node the least label (lowest
+// id on ties, found by a block-wide argmin over the labels' bit patterns), the early exit when a
+// deficit bucket is among the nearest, the bound skip of classes no nearer than a labelled deficit
+// bucket, reduced costs clamped at zero, potentials moved by min(dist, D) on the nodes nearer than
+// D, and the augmentation. The parallel parts (a settled class's d arcs, the sink's d arcs, the
+// argmin, the potential update) do per element what the CPU does; the occupants of a settled bucket
+// are taken one after another, in the CPU's order, so that ties between them go the same way.
+// float64 additions and comparisons only, in the CPU's order: the same bits.
 //
 // Scratch per problem (global memory, laid out by the caller, qkernels/flow/_flat_gpu.py):
 //   doubles: pb[d], pc[n], label[d + 1], key[d + 1], label_c[n], fwd[d], back[d]
@@ -156,6 +157,93 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
                 if (total < units && f[r] < hi) {
                     ++f[r];
                     ++total;
+                }
+            }
+        }
+        // crowded (every bucket is to hold a class): the deficit buckets' price raises, in
+        // bucket order (attract in the CPU solver); label_c holds the gaps
+        if (units >= d) {
+            double* gap = label_c;
+            for (int r = 0; r < d; ++r) {
+                if (count[r] >= f[r]) continue;
+                const long long wanted = f[r] - count[r];
+                const double room = psink - incr[f[r] - 1] - pb[r];
+                if (!(room > 0.0)) continue;
+                for (int j = 0; j < n; ++j) {
+                    double g = pc[j] - (scores[(long long)j * d + r] + pb[r]);
+                    g = g > 0.0 ? g : 0.0;
+                    gap[j] = assigned[(long long)j * d + r] ? INF : g;
+                }
+                // the wanted-th least gap: distinct values in increasing order
+                double level = -INF;
+                long long below = 0;
+                while (below < wanted) {
+                    double low = INF;
+                    long long ties = 0;
+                    for (int j = 0; j < n; ++j) {
+                        const double g = gap[j];
+                        if (g > level) {
+                            if (g < low) {
+                                low = g;
+                                ties = 1;
+                            } else if (g == low) {
+                                ++ties;
+                            }
+                        }
+                    }
+                    level = low;
+                    if (low == INF) break;
+                    below += ties;
+                }
+                level = level < room ? level : room;
+                pb[r] += level;
+                long long joined = 0;
+                for (int at_level = 0; at_level < 2; ++at_level) {
+                    for (int j = 0; j < n; ++j) {
+                        const bool joins = at_level ? gap[j] == level : gap[j] < level;
+                        if (joined >= wanted || !joins) continue;
+                        // leave the least adjusted bucket (the highest index on ties)
+                        long long leave = codes[(long long)j * k];
+                        double low = INF;
+                        for (int s = 0; s < k; ++s) {
+                            const long long b2 = codes[(long long)j * k + s];
+                            const double a = scores[(long long)j * d + b2] + pb[b2];
+                            if (a < low || (a == low && b2 > leave)) {
+                                low = a;
+                                leave = b2;
+                            }
+                        }
+                        assigned[(long long)j * d + leave] = 0;
+                        assigned[(long long)j * d + r] = 1;
+                        for (int s = 0; s < k; ++s) {
+                            if (codes[(long long)j * k + s] == leave) {
+                                codes[(long long)j * k + s] = r;
+                                break;
+                            }
+                        }
+                        occ[(long long)r * n + count[r]] = j;
+                        ++count[r];
+                        for (long long o = 0; o < count[leave]; ++o) {  // swap-remove j
+                            if (occ[leave * n + o] == j) {
+                                occ[leave * n + o] = occ[leave * n + count[leave] - 1];
+                                break;
+                            }
+                        }
+                        --count[leave];
+                        gap[j] = INF;
+                        ++joined;
+                    }
+                }
+                // each class of r: its potential the least adjusted score of its buckets
+                for (long long o = 0; o < count[r]; ++o) {
+                    const long long j = occ[(long long)r * n + o];
+                    double low = INF;
+                    for (int s = 0; s < k; ++s) {
+                        const long long b2 = codes[j * k + s];
+                        const double a = scores[j * d + b2] + pb[b2];
+                        low = a < low ? a : low;
+                    }
+                    pc[j] = low;
                 }
             }
         }

@@ -129,7 +129,9 @@ def solve_sparse_codes(
     -----
     The solver is successive shortest paths specialised to the bipartite class-by-bucket
     network: each class starts in its top ``k`` buckets and only the excess load moves, along
-    shortest paths found by Dijkstra with potentials. It computes in float64:
+    shortest paths found by Dijkstra with potentials; where ``n * k >= d``, under-filled
+    buckets first raise their potentials until enough classes prefer them (one auction step
+    each, exact). It computes in float64:
     integer-valued scores, penalty and bucket costs (below ``2**50`` in magnitude) give the
     exact optimum; other floats are optimal up to float64 rounding in the potentials, about
     ``1e-15 * n * k * (max |scores| + max bucket cost)``. The result is deterministic: the

@@ -19,6 +19,15 @@ The start is the greedy answer, which is nearly optimal when the penalty dominat
   occupancy as the total ``n * k`` allows. A bucket holding more classes than it sends has an
   excess; one holding fewer has a deficit. For DHT-like scores with penalty 1e4 and
   ``(n, d, k) = (64, 64, 4)`` about 45 units are left to move instead of 256.
+- Where ``n * k >= d`` (every bucket is to hold a class), one pass over the deficit buckets
+  first raises each one's potential, as far as its sink flow stays optimal, until enough
+  classes prefer it (``attract``): a class joins when the raise reaches its gap ``p(class) -
+  scores - p(bucket)`` and leaves its least attractive bucket, at a reduced cost of zero; the
+  raise is the needed-th least gap (a step of the auction algorithm, Bertsekas, 1988, with
+  no epsilon, as in the augmenting row reduction of Jonker & Volgenant, 1987). Every reduced
+  cost stays ``>= 0``. At ``(64, 64, 3)`` it leaves about 40% fewer units for the searches
+  (1.4x faster on DHT-like problems); a second pass, or excess buckets lowering their
+  potentials as well, measured slower.
 - Each search is Dijkstra from an excess bucket that stops at the nearest deficit bucket;
   potentials become ``p + min(dist, D)``, which, shifted by ``-D``, changes only the nodes
   nearer than ``D``. Paths may pass the sink (one unit more from one bucket, one less from
@@ -38,8 +47,9 @@ among the nearest nodes ends the search at once (ties are common with integer sc
 dense relaxation costs most at large d (d = 2048), and the greedy start helps least where the
 penalty is tiny beside the scores (many units left to move).
 
-The code is in phases (``greedy_start``, ``sink_flows``, then per augmentation ``search``,
-``update_potentials``, ``augment``; see ``solve_with_potentials``). The per-augmentation
+The code is in phases (``greedy_start``, ``sink_flows``, ``attract`` on crowded problems, then
+per augmentation ``search``, ``update_potentials``, ``augment``; see
+``solve_with_potentials``). The per-augmentation
 phases are closures: Numba inlines them with no call and no reference counting. Two Numba
 costs shaped how they are written (both measured): a module-level helper that takes arrays
 and writes them or returns a value pays reference counting on every call (15-34x slower in
@@ -216,8 +226,9 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     (n,) of the classes; returns the sink's. Every residual arc of the optimum has a reduced
     cost ``>= 0`` with them (up to float64 rounding). The level-2 solver starts from these.
 
-    Phases: ``greedy_start`` and ``sink_flows``, then for each excess bucket ``search`` (to
-    the nearest deficit bucket), ``update_potentials`` and ``augment``. The per-augmentation
+    Phases: ``greedy_start`` and ``sink_flows``, ``attract`` for each deficit bucket of a
+    crowded problem, then for each excess bucket ``search`` (to the nearest deficit bucket),
+    ``update_potentials`` and ``augment``. The per-augmentation
     phases are closures over the solver's arrays, which Numba inlines with no call and no
     reference counting (see ``_hierarchical_cpu.solve_level2``)."""
     n, d = scores.shape
@@ -254,6 +265,85 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
 
     greedy_start()
     psink, f = sink_flows(incr, count, n * k)
+
+    def tighten(j):
+        """pc[j] = the least adjusted score ``scores[j, r] + pb[r]`` of class j's buckets
+        (so that one of them can leave at a reduced cost of zero).
+        # modifies: pc[j]"""
+        low = _INF
+        for t in range(k):
+            r = codes[j, t]
+            low = min(low, scores[j, r] + pb[r])
+        pc[j] = low
+
+    def attract(r, gap):
+        """Deficit bucket r raises its potential until ``f[r] - count[r]`` more classes
+        prefer it, as far as ``f[r]`` stays optimal on its sink arc (``pb[r] <= psink -
+        incr[f[r] - 1]``). A class joins once the raise reaches its gap, ``pc[j]`` less its
+        adjusted score of r; the raise is the ``wanted``-th least gap (counting repeats), the
+        classes below it join and those at it in index order, and each leaves its least
+        adjusted bucket (the highest index on ties), which its potential then stands at: every
+        reduced cost stays >= 0. ``gap`` is scratch of length n.
+        # modifies: pb[r], pc (r's classes), codes, assigned, occ, count"""
+        wanted = f[r] - count[r]
+        room = psink - incr[f[r] - 1] - pb[r]
+        if not room > 0.0:
+            return
+        for j in range(n):
+            gap[j] = _INF if assigned[j, r] else max(pc[j] - (scores[j, r] + pb[r]), 0.0)
+        # the wanted-th least gap: distinct values in increasing order until that many
+        level = -_INF
+        below = 0
+        while below < wanted:
+            low = _INF
+            ties = 0
+            for j in range(n):
+                g = gap[j]
+                if g > level:
+                    if g < low:
+                        low = g
+                        ties = 1
+                    elif g == low:
+                        ties += 1
+            level = low
+            if low == _INF:  # fewer classes outside r than wanted: as far as room allows
+                break
+            below += ties
+        level = min(level, room)
+        pb[r] += level
+        joined = 0
+        for at_level in (False, True):
+            for j in range(n):
+                if joined < wanted and (gap[j] == level if at_level else gap[j] < level):
+                    leave = codes[j, 0]
+                    low = _INF
+                    for t in range(k):
+                        b = codes[j, t]
+                        a = scores[j, b] + pb[b]
+                        if a < low or (a == low and b > leave):
+                            low = a
+                            leave = b
+                    assigned[j, leave] = False
+                    assigned[j, r] = True
+                    for t in range(k):
+                        if codes[j, t] == leave:
+                            codes[j, t] = r
+                            break
+                    occ[r, count[r]] = j
+                    count[r] += 1
+                    count[leave] = _remove(occ[leave], count[leave], j)
+                    gap[j] = _INF
+                    joined += 1
+        for t in range(count[r]):
+            tighten(occ[r, t])
+
+    if n * k >= d:
+        # Crowded (every bucket is to hold a class): one pass of price raises by the deficit
+        # buckets first, which leaves about 40% fewer units for the searches at n = d = 64.
+        gap = np.empty(n)
+        for r in range(d):
+            if count[r] < f[r]:
+                attract(r, gap)
     fwd = np.empty(d)
     back = np.empty(d)
     # the labels of the buckets and the sink and their masks are padded to a multiple of
