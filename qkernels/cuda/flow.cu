@@ -161,78 +161,70 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
             }
         }
         // crowded (every bucket is to hold a class): the deficit buckets' price raises, in
-        // bucket order (attract in the CPU solver); label_c holds the gaps
+        // bucket order (attract in the CPU solver); label_c and pred_c hold the least gaps
+        // and their classes
         if (units >= d) {
-            double* gap = label_c;
+            double* least = label_c;
+            long long* who = pred_c;
             for (int r = 0; r < d; ++r) {
                 if (count[r] >= f[r]) continue;
                 const long long wanted = f[r] - count[r];
                 const double room = psink - incr[f[r] - 1] - pb[r];
                 if (!(room > 0.0)) continue;
+                // the wanted least gaps, by insertion (lower index first among equal ones)
+                long long filled = 0;
                 for (int j = 0; j < n; ++j) {
+                    if (assigned[(long long)j * d + r]) continue;
                     double g = pc[j] - (scores[(long long)j * d + r] + pb[r]);
                     g = g > 0.0 ? g : 0.0;
-                    gap[j] = assigned[(long long)j * d + r] ? INF : g;
-                }
-                // the wanted-th least gap: distinct values in increasing order
-                double level = -INF;
-                long long below = 0;
-                while (below < wanted) {
-                    double low = INF;
-                    long long ties = 0;
-                    for (int j = 0; j < n; ++j) {
-                        const double g = gap[j];
-                        if (g > level) {
-                            if (g < low) {
-                                low = g;
-                                ties = 1;
-                            } else if (g == low) {
-                                ++ties;
-                            }
-                        }
+                    long long s;
+                    if (filled == wanted) {
+                        if (!(g < least[wanted - 1])) continue;
+                        s = wanted - 1;
+                    } else {
+                        s = filled++;
                     }
-                    level = low;
-                    if (low == INF) break;
-                    below += ties;
+                    while (s > 0 && least[s - 1] > g) {
+                        least[s] = least[s - 1];
+                        who[s] = who[s - 1];
+                        --s;
+                    }
+                    least[s] = g;
+                    who[s] = j;
                 }
-                level = level < room ? level : room;
+                double level = room;
+                if (filled == wanted) level = least[wanted - 1] < room ? least[wanted - 1] : room;
                 pb[r] += level;
-                long long joined = 0;
-                for (int at_level = 0; at_level < 2; ++at_level) {
-                    for (int j = 0; j < n; ++j) {
-                        const bool joins = at_level ? gap[j] == level : gap[j] < level;
-                        if (joined >= wanted || !joins) continue;
-                        // leave the least adjusted bucket (the highest index on ties)
-                        long long leave = codes[(long long)j * k];
-                        double low = INF;
-                        for (int s = 0; s < k; ++s) {
-                            const long long b2 = codes[(long long)j * k + s];
-                            const double a = scores[(long long)j * d + b2] + pb[b2];
-                            if (a < low || (a == low && b2 > leave)) {
-                                low = a;
-                                leave = b2;
-                            }
+                for (long long w = 0; w < filled && !(least[w] > level); ++w) {
+                    const long long j = who[w];
+                    // leave the least adjusted bucket (the highest index on ties)
+                    long long leave = codes[j * k];
+                    double low = INF;
+                    for (int s = 0; s < k; ++s) {
+                        const long long b2 = codes[j * k + s];
+                        const double a = scores[j * d + b2] + pb[b2];
+                        if (a < low || (a == low && b2 > leave)) {
+                            low = a;
+                            leave = b2;
                         }
-                        assigned[(long long)j * d + leave] = 0;
-                        assigned[(long long)j * d + r] = 1;
-                        for (int s = 0; s < k; ++s) {
-                            if (codes[(long long)j * k + s] == leave) {
-                                codes[(long long)j * k + s] = r;
-                                break;
-                            }
-                        }
-                        occ[(long long)r * n + count[r]] = j;
-                        ++count[r];
-                        for (long long o = 0; o < count[leave]; ++o) {  // swap-remove j
-                            if (occ[leave * n + o] == j) {
-                                occ[leave * n + o] = occ[leave * n + count[leave] - 1];
-                                break;
-                            }
-                        }
-                        --count[leave];
-                        gap[j] = INF;
-                        ++joined;
                     }
+                    assigned[j * d + leave] = 0;
+                    assigned[j * d + r] = 1;
+                    for (int s = 0; s < k; ++s) {
+                        if (codes[j * k + s] == leave) {
+                            codes[j * k + s] = r;
+                            break;
+                        }
+                    }
+                    occ[(long long)r * n + count[r]] = j;
+                    ++count[r];
+                    for (long long o = 0; o < count[leave]; ++o) {  // swap-remove j
+                        if (occ[leave * n + o] == j) {
+                            occ[leave * n + o] = occ[leave * n + count[leave] - 1];
+                            break;
+                        }
+                    }
+                    --count[leave];
                 }
                 // each class of r: its potential the least adjusted score of its buckets
                 for (long long o = 0; o < count[r]; ++o) {

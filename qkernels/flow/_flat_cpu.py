@@ -276,74 +276,75 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             low = min(low, scores[j, r] + pb[r])
         pc[j] = low
 
-    def attract(r, gap):
+    def attract(r, least, who):
         """Deficit bucket r raises its potential until ``f[r] - count[r]`` more classes
         prefer it, as far as ``f[r]`` stays optimal on its sink arc (``pb[r] <= psink -
         incr[f[r] - 1]``). A class joins once the raise reaches its gap, ``pc[j]`` less its
-        adjusted score of r; the raise is the ``wanted``-th least gap (counting repeats), the
-        classes below it join and those at it in index order, and each leaves its least
-        adjusted bucket (the highest index on ties), which its potential then stands at: every
-        reduced cost stays >= 0. ``gap`` is scratch of length n.
+        adjusted score of r: the raise is the ``wanted``-th least gap, and the classes of the
+        ``wanted`` least gaps (the lower index first among equal ones) that it reaches join, in
+        that order. Each leaves its least adjusted bucket (the highest index on ties), which
+        its potential then stands at: every reduced cost stays >= 0. ``least`` and ``who`` are
+        scratch of length n.
         # modifies: pb[r], pc (r's classes), codes, assigned, occ, count"""
         wanted = f[r] - count[r]
         room = psink - incr[f[r] - 1] - pb[r]
         if not room > 0.0:
             return
+        # the wanted least gaps, by insertion (most gaps are turned away by one comparison)
+        filled = 0
         for j in range(n):
-            gap[j] = _INF if assigned[j, r] else max(pc[j] - (scores[j, r] + pb[r]), 0.0)
-        # the wanted-th least gap: distinct values in increasing order until that many
-        level = -_INF
-        below = 0
-        while below < wanted:
-            low = _INF
-            ties = 0
-            for j in range(n):
-                g = gap[j]
-                if g > level:
-                    if g < low:
-                        low = g
-                        ties = 1
-                    elif g == low:
-                        ties += 1
-            level = low
-            if low == _INF:  # fewer classes outside r than wanted: as far as room allows
-                break
-            below += ties
-        level = min(level, room)
+            if assigned[j, r]:
+                continue
+            g = max(pc[j] - (scores[j, r] + pb[r]), 0.0)
+            if filled == wanted:
+                if not g < least[wanted - 1]:
+                    continue
+                t = wanted - 1
+            else:
+                t = filled
+                filled += 1
+            while t > 0 and least[t - 1] > g:
+                least[t] = least[t - 1]
+                who[t] = who[t - 1]
+                t -= 1
+            least[t] = g
+            who[t] = j
+        level = room
+        if filled == wanted:
+            level = min(least[wanted - 1], room)
         pb[r] += level
-        joined = 0
-        for at_level in (False, True):
-            for j in range(n):
-                if joined < wanted and (gap[j] == level if at_level else gap[j] < level):
-                    leave = codes[j, 0]
-                    low = _INF
-                    for t in range(k):
-                        b = codes[j, t]
-                        a = scores[j, b] + pb[b]
-                        if a < low or (a == low and b > leave):
-                            low = a
-                            leave = b
-                    assigned[j, leave] = False
-                    assigned[j, r] = True
-                    for t in range(k):
-                        if codes[j, t] == leave:
-                            codes[j, t] = r
-                            break
-                    occ[r, count[r]] = j
-                    count[r] += 1
-                    count[leave] = _remove(occ[leave], count[leave], j)
-                    gap[j] = _INF
-                    joined += 1
+        for t in range(filled):
+            if least[t] > level:
+                break
+            j = who[t]
+            leave = codes[j, 0]
+            low = _INF
+            for s in range(k):
+                b = codes[j, s]
+                a = scores[j, b] + pb[b]
+                if a < low or (a == low and b > leave):
+                    low = a
+                    leave = b
+            assigned[j, leave] = False
+            assigned[j, r] = True
+            for s in range(k):
+                if codes[j, s] == leave:
+                    codes[j, s] = r
+                    break
+            occ[r, count[r]] = j
+            count[r] += 1
+            count[leave] = _remove(occ[leave], count[leave], j)
         for t in range(count[r]):
             tighten(occ[r, t])
 
     if n * k >= d:
         # Crowded (every bucket is to hold a class): one pass of price raises by the deficit
         # buckets first, which leaves about 40% fewer units for the searches at n = d = 64.
-        gap = np.empty(n)
+        least = np.empty(n)
+        who = np.empty(n, dtype=np.int64)
         for r in range(d):
             if count[r] < f[r]:
-                attract(r, gap)
+                attract(r, least, who)
     fwd = np.empty(d)
     back = np.empty(d)
     # the labels of the buckets and the sink and their masks are padded to a multiple of
