@@ -292,24 +292,24 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                  mask, probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
                  topk, ranked_keys, ranked_items, found):
     """Pass 4, bucket by bucket: every item's row is read once for all the queries that probe
-    the bucket, and its distance to each of them goes into that query's top-K heap.
+    the bucket, and its distance to each of them goes into that query's top-K row.
 
     Chunk ``c`` handles buckets ``chunk_starts[c]`` to ``chunk_starts[c + 1] - 1`` and owns
-    ``ranked_keys[c]`` and ``ranked_items[c]``: per query its best ``topk`` candidates so far
-    as ``rank_key(distance, row)`` sorted ascending, and their items (a row's length is
-    ``topk`` rounded up to a multiple of eight; only the rows of queries that probe a bucket
-    of the chunk are written). ``found[c, q]`` counts the candidates of query ``q`` it looked
-    at (zero: the chunk holds nothing for it). The
-    queries of a bucket are taken 64 at a time, as bits of a word: before
-    the items are read, ``earlier[b]`` gets the bits of the queries that probed bucket ``b``
-    before this one, and the excluded items get the bits of the queries excluding them. An
-    item then skips, with one OR per bucket of its code, the queries that met it in an earlier
-    bucket (so each (query, item) pair is looked at once overall) and those excluding it.
-    Items that ``mask`` refuses (where it is not empty) are no candidates of any query. Items
-    are read two at a time: a query's distances to both are computed in one pass (two chains
-    of dependent additions side by side, each sum the same to the bit) and offered in item
-    order. A candidate below the row's ``topk``-th key is inserted in order (``insert_ranked``:
-    eight keys a step, no branch); the others are turned away by that one comparison.
+    ``ranked_keys[c]`` and ``ranked_items[c]``: per query its best ``topk`` candidates so far as
+    ``rank_key(distance, row)`` sorted ascending, and their items (a row's length is ``topk``
+    rounded up to a multiple of eight; only the rows of queries that probe a bucket of the chunk
+    are written). ``found[c, q]`` counts the candidates of query ``q`` it looked at (zero: the
+    chunk holds nothing for it). The queries of a bucket are taken 64 at a time, as bits of a
+    word: before the items are read, ``earlier[b]`` gets the bits of the queries that probed
+    bucket ``b`` before this one, and the excluded items get the bits of the queries excluding
+    them. An item then skips, with one OR per bucket of its code, the queries that met it in an
+    earlier bucket (so each (query, item) pair is looked at once overall) and those excluding
+    it. Items that ``mask`` refuses (where it is not empty) are no candidates of any query.
+    Items are read two at a time: a query's distances to both are computed in one pass (two
+    chains of dependent additions side by side, each sum the same to the bit) and offered in
+    item order. A candidate below the row's ``topk``-th key is inserted in order
+    (``insert_ranked``: eight keys a step, no branch); the others are turned away by that one
+    comparison.
 
     ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits
     with ``tables`` the float32 value of every bit pattern, or PQ codes with ``tables`` the
