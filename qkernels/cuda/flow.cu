@@ -52,6 +52,31 @@ __device__ __forceinline__ void sink_costs(const double* incr, int levels, const
     back[r] = f[r] > 0 ? -incr[f[r] - 1] : INF;
 }
 
+// class j leaves bucket `leave` for bucket `join` (move in the CPU solver): its code, its row of
+// `assigned`, and the occupant lists, `leave`'s by swap-remove
+__device__ __forceinline__ void move_class(long long j, long long leave, long long join, int n,
+                                           int d, int k, long long* codes,
+                                           unsigned char* assigned, long long* occ,
+                                           long long* count) {
+    assigned[j * d + join] = 1;
+    assigned[j * d + leave] = 0;
+    for (int s = 0; s < k; ++s) {
+        if (codes[j * k + s] == leave) {
+            codes[j * k + s] = join;
+            break;
+        }
+    }
+    occ[join * n + count[join]] = j;
+    ++count[join];
+    for (long long o = 0; o < count[leave]; ++o) {
+        if (occ[leave * n + o] == j) {
+            occ[leave * n + o] = occ[leave * n + count[leave] - 1];
+            break;
+        }
+    }
+    --count[leave];
+}
+
 extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, int n, int d,
                                        int k, const double* __restrict__ incr, int levels,
                                        double* __restrict__ doubles,
@@ -208,23 +233,7 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
                             leave = b2;
                         }
                     }
-                    assigned[j * d + leave] = 0;
-                    assigned[j * d + r] = 1;
-                    for (int s = 0; s < k; ++s) {
-                        if (codes[j * k + s] == leave) {
-                            codes[j * k + s] = r;
-                            break;
-                        }
-                    }
-                    occ[(long long)r * n + count[r]] = j;
-                    ++count[r];
-                    for (long long o = 0; o < count[leave]; ++o) {  // swap-remove j
-                        if (occ[leave * n + o] == j) {
-                            occ[leave * n + o] = occ[leave * n + count[leave] - 1];
-                            break;
-                        }
-                    }
-                    --count[leave];
+                    move_class(j, leave, r, n, d, k, codes, assigned, occ, count);
                 }
                 // each class of r: its potential the least adjusted score of its buckets
                 for (long long o = 0; o < count[r]; ++o) {
@@ -378,23 +387,7 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
                         continue;
                     }
                     const long long leave = pred_c[j];
-                    assigned[j * d + r] = 1;
-                    assigned[j * d + leave] = 0;
-                    for (int s = 0; s < k; ++s) {
-                        if (codes[j * k + s] == leave) {
-                            codes[j * k + s] = r;
-                            break;
-                        }
-                    }
-                    occ[r * n + count[r]] = j;
-                    ++count[r];
-                    for (long long o = 0; o < count[leave]; ++o) {  // swap-remove j
-                        if (occ[leave * n + o] == j) {
-                            occ[leave * n + o] = occ[leave * n + count[leave] - 1];
-                            break;
-                        }
-                    }
-                    --count[leave];
+                    move_class(j, leave, r, n, d, k, codes, assigned, occ, count);
                     r = leave;
                 }
                 deficit[target] = count[target] < f[target] ? 0 : INF_BITS;

@@ -266,6 +266,20 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     greedy_start()
     psink, f = sink_flows(incr, count, n * k)
 
+    def move(j, leave, join):
+        """Class j leaves bucket ``leave`` for bucket ``join``.
+        # modifies: codes, assigned, occ, count
+        Keeps: occ[r, :count[r]] lists bucket r's classes."""
+        assigned[j, join] = True
+        assigned[j, leave] = False
+        for t in range(k):
+            if codes[j, t] == leave:
+                codes[j, t] = join
+                break
+        occ[join, count[join]] = j
+        count[join] += 1
+        count[leave] = _remove(occ[leave], count[leave], j)
+
     def tighten(j):
         """pc[j] = the least adjusted score ``scores[j, r] + pb[r]`` of class j's buckets
         (so that one of them can leave at a reduced cost of zero).
@@ -285,7 +299,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         that order. Each leaves its least adjusted bucket (the highest index on ties), which
         its potential then stands at: every reduced cost stays >= 0. ``least`` and ``who`` are
         scratch of length n.
-        # modifies: pb[r], pc (r's classes), codes, assigned, occ, count"""
+        # modifies: pb[r], pc (r's classes), and through move codes, assigned, occ, count"""
         wanted = f[r] - count[r]
         room = psink - incr[f[r] - 1] - pb[r]
         if not room > 0.0:
@@ -325,15 +339,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                 if a < low or (a == low and b > leave):
                     low = a
                     leave = b
-            assigned[j, leave] = False
-            assigned[j, r] = True
-            for s in range(k):
-                if codes[j, s] == leave:
-                    codes[j, s] = r
-                    break
-            occ[r, count[r]] = j
-            count[r] += 1
-            count[leave] = _remove(occ[leave], count[leave], j)
+            move(j, leave, r)
         for t in range(count[r]):
             tighten(occ[r, t])
 
@@ -478,9 +484,9 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         """Move one unit along source -> ... -> target: a class labelled from bucket a that
         labels bucket b moves from a to b; the sink between buckets a and b takes one unit
         more from a and one less from b.
-        # modifies: codes, assigned, occ, count, f, fwd, back, deficit (the target's)
-        Keeps: occ[r, :count[r]] lists bucket r's classes; fwd/back are the sink arcs'
-        costs at f."""
+        # modifies: codes, assigned, occ, count (through move), f, fwd, back, deficit (the
+        target's)
+        Keeps: fwd/back are the sink arcs' costs at f."""
         c = cur[0]
         r = target
         while r != source:
@@ -493,15 +499,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
                 _sink_costs(incr, f, r, fwd, back)
                 continue
             leave = pred_c[j]
-            assigned[j, r] = True
-            assigned[j, leave] = False
-            for t in range(k):
-                if codes[j, t] == leave:
-                    codes[j, t] = r
-                    break
-            occ[r, count[r]] = j
-            count[r] += 1
-            count[leave] = _remove(occ[leave], count[leave], j)
+            move(j, leave, r)
             r = leave
         if count[target] < f[target]:
             deficit[target] = 0
