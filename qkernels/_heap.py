@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._simd import least_node
+from ._simd import least_after, least_node
 
 __all__ = ["SMALL_K", "by_database", "drain_sorted", "drain_sorted3", "merge_chunks", "offer",
            "offer3", "padded", "push", "sift_down", "top_k_small"]
@@ -34,7 +34,8 @@ def top_k_small(bits, k, out, keys):
     The doubles become int64 keys in the reverse order (a negative double's magnitude bits
     flipped, ``-0.0``'s key made ``+0.0``'s, as the two compare equal; then all bits
     flipped), then ``k`` times: the least key and its first index in one vectorised pass
-    (``_simd.least_node``), that key masked. The choice of an insertion into a sorted list of
+    (``_simd.least_node``, then ``least_after`` the pair taken, so that no key is written
+    between passes). The choice of an insertion into a sorted list of
     ``k``, without its data-dependent branches, which the branch predictor misses on every
     new row (the insertion took about a fifth of a crowded 64 x 64 flow solve)."""
     d = bits.shape[0]
@@ -43,11 +44,12 @@ def top_k_small(bits, k, out, keys):
         key = b ^ ((b >> 63) & _MAGNITUDE)
         keys[r] = ~(key + (key == -1))
     keys[d:] = _MAGNITUDE
-    for t in range(k):
-        r = least_node(keys, keys.shape[0])[1]
-        keys[r] = _MAGNITUDE
+    key, r = least_node(keys, keys.shape[0])
+    out[0] = r
+    for t in range(1, k):
+        key, r = least_after(keys, keys.shape[0], key, r)
         out[t] = r
-    return out[k - 1]
+    return r
 
 
 def padded(dist: np.ndarray, items: np.ndarray, topk: int, missing

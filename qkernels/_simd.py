@@ -27,9 +27,9 @@ from numba.extending import intrinsic
 
 __all__ = ["RANK_EMPTY", "adc_lanes", "dot_f32", "dot_f32_pair", "fastscan_block",
            "fastscan_group3", "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw",
-           "insert_ranked", "least_node", "line_aligned", "nearest_node", "numba_target",
-           "popcount64", "prefetch", "rank_key", "ranked_distance", "relax_into", "sq_l2_f32",
-           "sq_l2_f32_pair", "target_features"]
+           "insert_ranked", "least_after", "least_node", "line_aligned", "nearest_node",
+           "numba_target", "popcount64", "prefetch", "rank_key", "ranked_distance", "relax_into",
+           "sq_l2_f32", "sq_l2_f32_pair", "target_features"]
 
 _LANES = 8
 
@@ -403,80 +403,113 @@ _KEY_LANES = 8  # int64 keys a step of ``nearest_node``: one AVX-512 register, t
 
 
 def _nearest_codegen(context, builder, signature, args):
-    """The codegen of ``nearest_node`` (three arrays) and ``least_node`` (one): per lane the
-    least key, the step where it was first seen and (with a deficit mask) the least deficit
-    key; then the lanes reduced."""
+    """The codegen of ``nearest_node`` (keys and two chunk masks) and ``least_node`` (keys):
+    per lane the least key and the step where it was first seen, and (with the masks) the
+    least deficit key and its step; then the lanes reduced."""
+    after = None
+    if len(args) == 4 and not isinstance(signature.args[1], types.Array):
+        # least_after: (keys, size, key, node)
+        args, after = args[:2], args[2:]
     arrays = [context.make_array(t)(context, builder, a)
-              for t, a in zip(signature.args[:-1], args[:-1], strict=True)]
+              for t, a in zip(signature.args[:len(args) - 1], args[:-1], strict=True)]
     size = args[-1]
     i64 = ir.IntType(64)
     vec = ir.VectorType(i64, _KEY_LANES)
+    inf_bits = ir.Constant(vec, [0x7FF0000000000000] * _KEY_LANES)
+    zero = ir.Constant(vec, [0] * _KEY_LANES)
 
     def load(array, start):
         return builder.load(builder.bitcast(builder.gep(array.data, [start]), vec.as_pointer()),
                             align=8)
 
-    def lesser(acc, value):
-        """Keep the lesser of each lane of ``acc`` and ``value``; returns the lanes where
-        ``value`` was strictly less."""
+    def lanes_of(mask, step):
+        """Chunk ``step``'s byte of a mask as eight i1 lanes (bit l is lane l)."""
+        byte = builder.load(builder.gep(mask.data, [step]))
+        return builder.bitcast(byte, ir.VectorType(ir.IntType(1), _KEY_LANES))
+
+    def lesser(acc, at, value, step):
+        """Keep the lesser of each lane of ``acc`` and ``value``, and in ``at`` the step where
+        a lane's least was first seen (a strict comparison)."""
         old = builder.load(acc)
         lower = builder.icmp_signed("<", value, old)
         builder.store(builder.select(lower, value, old), acc)
-        return lower
+        builder.store(builder.select(lower, step, builder.load(at)), at)
 
     above = ir.Constant(vec, [2**63 - 1] * _KEY_LANES)  # no key is above it
     least = cgutils.alloca_once_value(builder, above)
-    step_of = cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * _KEY_LANES))
+    step_of = cgutils.alloca_once_value(builder, zero)
     least_deficit = cgutils.alloca_once_value(builder, above)
+    deficit_step_of = cgutils.alloca_once_value(builder, zero)
     steps = builder.udiv(size, ir.Constant(i64, _KEY_LANES))
     with cgutils.for_range(builder, steps) as loop:
         start = builder.mul(loop.index, ir.Constant(i64, _KEY_LANES))
+        step = _splat(builder, loop.index, _KEY_LANES)
         key = load(arrays[0], start)
         if len(arrays) == 3:
-            key = builder.or_(key, load(arrays[1], start))
-            lesser(least_deficit, builder.or_(key, load(arrays[2], start)))
-        # strict: a lane keeps the step of its first least key
-        lower = lesser(least, key)
-        step = _splat(builder, loop.index, _KEY_LANES)
-        builder.store(builder.select(lower, step, builder.load(step_of)), step_of)
+            key = builder.or_(key, builder.select(lanes_of(arrays[1], loop.index), inf_bits,
+                                                  zero))
+            lesser(least_deficit, deficit_step_of,
+                   builder.or_(key, builder.select(lanes_of(arrays[2], loop.index), zero,
+                                                   inf_bits)), step)
+        if after is not None:
+            # only the (key, node) pairs above (after[0], after[1]): the others masked
+            index = builder.add(builder.mul(step, ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
+                                ir.Constant(vec, list(range(_KEY_LANES))))
+            low_key = _splat(builder, after[0], _KEY_LANES)
+            later = builder.or_(builder.icmp_signed(">", key, low_key),
+                                builder.and_(builder.icmp_signed("==", key, low_key),
+                                             builder.icmp_signed(
+                                                 ">", index,
+                                                 _splat(builder, after[1], _KEY_LANES))))
+            key = builder.select(later, key, above)
+        lesser(least, step_of, key, step)
 
     def reduce(name, value):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [vec]),
                                             f"llvm.vector.reduce.{name}.v{_KEY_LANES}i64")
         return builder.call(fn, [value])
 
-    lanes = builder.load(least)
-    near = reduce("smin", lanes)
-    # the node: the least index (step * lanes + lane) among the lanes that hold the least key
-    index = builder.add(builder.mul(builder.load(step_of),
-                                    ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
-                        ir.Constant(vec, list(range(_KEY_LANES))))
-    holds = builder.icmp_signed("==", lanes, _splat(builder, near, _KEY_LANES))
-    node = reduce("umin", builder.select(holds, index, ir.Constant(vec, [-1] * _KEY_LANES)))
-    out = [near, node]
+    def first(acc, at):
+        """The least key of the lanes and the least index (step * lanes + lane) that holds
+        it."""
+        lanes = builder.load(acc)
+        low = reduce("smin", lanes)
+        index = builder.add(builder.mul(builder.load(at),
+                                        ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
+                            ir.Constant(vec, list(range(_KEY_LANES))))
+        holds = builder.icmp_signed("==", lanes, _splat(builder, low, _KEY_LANES))
+        return low, reduce("umin", builder.select(holds, index,
+                                                   ir.Constant(vec, [-1] * _KEY_LANES)))
+
+    out = list(first(least, step_of))
     if len(arrays) == 3:
-        out.append(reduce("smin", builder.load(least_deficit)))
+        out.extend(first(least_deficit, deficit_step_of))
     return context.make_tuple(builder, signature.return_type, out)
 
 
 @intrinsic
 def nearest_node(typingctx, label_bits, done, deficit, size):
     """The flow solver's selection (unchecked): over the first ``size`` nodes (a multiple of
-    eight; all three arrays at least that long), where a node's key is ``label_bits | done``,
-    returns ``(near, node, bound)``: the least key, the first node that holds it, and the
-    least ``key | deficit``. Keys are int64 bit patterns of non-negative doubles, which order
-    like the doubles; ``done`` is inf's bits for a settled node (else 0), ``deficit`` 0 for a
-    deficit node (else inf's bits).
+    eight; ``label_bits`` at least that long, the masks at least ``size // 8``), where a
+    node's key is its label's bits, or inf's bits where it is settled, returns ``(near, node,
+    bound, target)``: the least key and the first node that holds it, and the least key of a
+    deficit node (inf's bits or more where there is none) and the first deficit node that
+    holds it. Labels are non-negative doubles, whose int64 bit patterns order like them.
+    ``done`` and ``deficit`` are masks of one byte per eight nodes: bit ``l`` of byte ``i``
+    is node ``8 * i + l``.
 
     One pass, eight keys a step: per lane the least key and the step that first held it (a
     strict comparison), then the lanes reduced. It replaced a minimum followed by a search for
     the first node that held it, whose data-dependent exit the branch predictor misses on
-    every new problem."""
-    _check_arrays("nearest_node", [(label_bits, 1, types.int64), (done, 1, types.int64),
-                                   (deficit, 1, types.int64)])
+    every new problem. The masks are bytes because the solver sets one node's bit at a time:
+    a scalar store into an array of int64 flags that the next vector load reads cannot be
+    forwarded to it, and the load waited for the store (about 17 ns a selection, AMD EPYC
+    Zen 5)."""
+    _check_arrays("nearest_node", [(label_bits, 1, types.int64), (done, 1, types.uint8),
+                                   (deficit, 1, types.uint8)])
     if not isinstance(size, types.Integer):
         raise TypeError("nearest_node takes an integer size")
-    return (types.UniTuple(types.int64, 3)(label_bits, done, deficit, types.int64),
+    return (types.UniTuple(types.int64, 4)(label_bits, done, deficit, types.int64),
             _nearest_codegen)
 
 
@@ -490,6 +523,20 @@ def least_node(typingctx, key_bits, size):
         raise TypeError("least_node takes an integer size")
     return types.UniTuple(types.int64, 2)(key_bits, types.int64), _nearest_codegen
 
+
+@intrinsic
+def least_after(typingctx, key_bits, size, key, node):
+    """``least_node`` of the ``(key, node)`` pairs after ``(key, node)`` (unchecked): the
+    least key and its first node among the nodes whose key is above ``key``, or equal to it
+    at an index above ``node``; ``(2**63 - 1, ...)`` where there is none. The next of a
+    selection in (key, node) order without masking the ones taken: a scalar store into the
+    keys, which the next vector load reads, cannot be forwarded to that load, which then
+    waits for it (about 17 ns a selection, AMD EPYC Zen 5)."""
+    _check_arrays("least_after", [(key_bits, 1, types.int64)])
+    if not all(isinstance(x, types.Integer) for x in (size, key, node)):
+        raise TypeError("least_after takes an integer size, key and node")
+    return (types.UniTuple(types.int64, 2)(key_bits, types.int64, types.int64, types.int64),
+            _nearest_codegen)
 
 
 # ------------------------------ sorted top-K rows of (distance, row) keys (the table probe)

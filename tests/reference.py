@@ -168,12 +168,29 @@ def top_k(row, k):
 
 
 def nearest_node(label_bits, done, deficit):
-    """The flow solver's selection over int64 keys ``label_bits | done``: ``(the least key,
-    the first node holding it, the least key | deficit)``."""
-    keys = [int(a) | int(b) for a, b in zip(label_bits, done, strict=True)]
+    """The flow solver's selection: a node's key is its label's bits, inf's bits or more
+    where it is settled (``done[i]`` true); ``(the least key, the first node holding it, the
+    least key of a deficit node (``deficit[i]`` true), the first deficit node holding it)``;
+    without a deficit node the same of the keys with inf's bits set (at least inf's bits)."""
+    inf_bits = 0x7FF0000000000000
+    keys = [int(a) | (inf_bits if s else 0) for a, s in zip(label_bits, done, strict=True)]
     near = min(keys)
-    return near, keys.index(near), min(key | int(f) for key, f in zip(keys, deficit,
-                                                                        strict=True))
+    lacking = [key if f else key | inf_bits for key, f in zip(keys, deficit, strict=True)]
+    bound = min(lacking)
+    return near, keys.index(near), bound, lacking.index(bound)
+
+
+def least_after(keys, key, node):
+    """The least ``(key, node)`` pair of ``keys`` after ``(key, node)`` in (key, node) order:
+    ``(its key, its node)``, or ``(2**63 - 1, 0)`` where there is none."""
+    later = [(int(a), i) for i, a in enumerate(keys) if (int(a), i) > (key, node)]
+    return min(later) if later else (2**63 - 1, 0)
+
+
+def byte_mask(flags):
+    """Flags as the solver's masks: one byte per eight, flag ``i`` in bit ``i % 8`` of byte
+    ``i // 8``."""
+    return np.packbits(np.asarray(flags, dtype=bool), bitorder="little")
 
 
 def sparse_codes_brute_force(scores, k, incr):

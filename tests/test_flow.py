@@ -265,11 +265,16 @@ def _least_node(key_bits, size):
     return _simd.least_node(key_bits, size)
 
 
+@numba.njit
+def _least_after(key_bits, size, key, node):
+    return _simd.least_after(key_bits, size, key, node)
+
+
 @given(st.integers(0, 2**32 - 1), st.integers(1, 9), st.sampled_from(["ties", "float"]))
 def test_nearest_node_equals_the_reference(seed, steps, values):
     """The solver's one-pass selection (eight keys a step) against min and index: the least
-    key, the first node holding it (ties within and across lanes), the least deficit key;
-    settled and unlabelled (inf) nodes."""
+    key, the first node holding it (ties within and across lanes), the least deficit key and
+    the first deficit node holding it; settled, unlabelled (inf) and no deficit nodes."""
     rng = np.random.default_rng(seed)
     size = 8 * steps
     if values == "ties":
@@ -277,19 +282,35 @@ def test_nearest_node_equals_the_reference(seed, steps, values):
     else:
         labels = np.abs(rng.standard_normal(size))
         labels[rng.random(size) < 0.3] = np.inf
-    inf_bits = np.array([np.inf]).view(np.int64)[0]
     label_bits = labels.view(np.int64)
-    done = np.where(rng.random(size) < 0.4, inf_bits, 0)
-    deficit = np.where(rng.random(size) < 0.3, 0, inf_bits)
-    got = _nearest_node(label_bits, done, deficit, size)
-    assert got == ref.nearest_node(label_bits, done, deficit)
-    assert _least_node(label_bits, size) == ref.nearest_node(
-        label_bits, np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64))[:2]
+    done = rng.random(size) < 0.4
+    deficit = rng.random(size) < rng.choice([0.0, 0.05, 0.3])
+    got = _nearest_node(label_bits, ref.byte_mask(done), ref.byte_mask(deficit), size)
+    want = ref.nearest_node(label_bits, done, deficit)
+    assert got == want
+    no = np.zeros(size, dtype=bool)
+    assert _least_node(label_bits, size) == ref.nearest_node(label_bits, no, no)[:2]
     # least_node takes any int64 keys (the greedy start's are complements of score keys),
     # the largest included
     for choices in ([-(2**63), -1, 0, 2**62, 2**63 - 2, 2**63 - 1], [2**63 - 2, 2**63 - 1]):
         keys = rng.choice(np.array(choices), size)
         assert _least_node(keys, size) == (keys.min(), int(np.argmin(keys)))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 9))
+def test_least_after_walks_the_keys_in_order(seed, steps):
+    """Each call of least_after from the pair before it gives the next (key, node) pair of the
+    keys sorted by key then node, ties and the largest keys included, to the end."""
+    rng = np.random.default_rng(seed)
+    size = 8 * steps
+    keys = rng.choice(np.array([-(2**63), -5, -1, 0, 3, 2**62, 2**63 - 2]), size)
+    key, node = -(2**63), -1
+    for want in sorted((int(a), i) for i, a in enumerate(keys)):
+        got = _least_after(keys, size, key, node)
+        assert got == want == ref.least_after(keys, key, node)
+        key, node = got
+    # after the last pair: none (the node is not read then)
+    assert _least_after(keys, size, key, node)[0] == ref.least_after(keys, key, node)[0]
 
 
 def test_penalty_zero_gives_each_class_its_top_k():

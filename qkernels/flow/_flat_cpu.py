@@ -66,9 +66,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import SMALL_K, top_k_small
+from .._heap import _MAGNITUDE, SMALL_K, top_k_small
 from .._parallel import parallel_kernel
-from .._simd import nearest_node, relax_into
+from .._simd import least_after, nearest_node, relax_into
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
@@ -290,7 +290,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             low = min(low, scores[j, r] + pb[r])
         pc[j] = low
 
-    def attract(r, least, who):
+    def attract(r, least, who, gaps, gap_bits, lift):
         """Deficit bucket r raises its potential until ``f[r] - count[r]`` more classes
         prefer it, as far as ``f[r]`` stays optimal on its sink arc (``pb[r] <= psink -
         incr[f[r] - 1]``). A class joins once the raise reaches its gap, ``pc[j]`` less its
@@ -304,24 +304,16 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         room = psink - incr[f[r] - 1] - pb[r]
         if not room > 0.0:
             return
-        # the wanted least gaps, by insertion (most gaps are turned away by one comparison)
-        filled = 0
+        # every class's gap as the bits of a non-negative double (inf's for r's own), with no
+        # branch; then the wanted least, lower index first on ties, a vectorised pass each
         for j in range(n):
-            if assigned[j, r]:
-                continue
-            g = max(pc[j] - (scores[j, r] + pb[r]), 0.0)
-            if filled == wanted:
-                if not g < least[wanted - 1]:
-                    continue
-                t = wanted - 1
-            else:
-                t = filled
-                filled += 1
-            while t > 0 and least[t - 1] > g:
-                least[t] = least[t - 1]
-                who[t] = who[t - 1]
-                t -= 1
-            least[t] = g
+            gaps[j] = max(max(pc[j] - (scores[j, r] + pb[r]), 0.0) + 0.0,  # (-0.0 made +0.0)
+                          lift[np.int64(assigned[j, r])])
+        filled = min(wanted, n - count[r])
+        key, j = -1, -1  # (no pair is before it)
+        for t in range(filled):
+            key, j = least_after(gap_bits, gap_bits.shape[0], key, j)
+            least[t] = gaps[j]
             who[t] = j
         level = room
         if filled == wanted:
@@ -348,18 +340,25 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         # buckets first, which leaves about 40% fewer units for the searches at n = d = 64.
         least = np.empty(n)
         who = np.empty(n, dtype=np.int64)
+        gaps = np.empty((n + 7) // 8 * 8)
+        gap_bits = gaps.view(np.int64)
+        gap_bits[n:] = _MAGNITUDE
+        lift = np.array([0.0, _INF])
         for r in range(d):
             if count[r] < f[r]:
-                attract(r, least, who)
+                attract(r, least, who, gaps, gap_bits, lift)
     fwd = np.empty(d)
     back = np.empty(d)
     # the labels of the buckets and the sink and their masks are padded to a multiple of
     # eight for nearest_node
     size = (d + 8) // 8 * 8
-    deficit = np.full(size, _INF_BITS)  # 0 for a deficit bucket, inf's bits otherwise
+    # masks of one bit a node, byte r // 8, bit r % 8 (see nearest_node)
+    deficit = np.zeros(size // 8, dtype=np.uint8)  # the deficit buckets
+    done = np.zeros(size // 8, dtype=np.uint8)  # the settled nodes
     for r in range(d):
         _sink_costs(incr, f, r, fwd, back)
-        deficit[r] = 0 if count[r] < f[r] else _INF_BITS
+        if count[r] < f[r]:
+            deficit[r >> 3] |= np.uint8(1 << (r & 7))
 
     # The labels of the buckets and the sink, and the preds (a bucket's class, -1 for the
     # sink; the sink's bucket), in two buffers: relax_class reads one and writes the other (see
@@ -368,7 +367,6 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     label_bits = labels.view(np.int64)
     preds = np.zeros((2, size), dtype=np.int64)
     cur = np.zeros(1, dtype=np.int64)
-    done = np.zeros(size, dtype=np.int64)  # inf's bits for a settled node, else 0
     label_c = np.empty(n)
     pred_c = np.empty(n, dtype=np.int64)  # the bucket a class leaves
     scratch = np.empty(1)
@@ -419,7 +417,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         labels[c, source] = 0.0
         while True:
             c = cur[0]
-            near, node, bound_bits = nearest_node(label_bits[c], done, deficit, size)
+            near, node, bound_bits, target = nearest_node(label_bits[c], done, deficit, size)
             if near >= _INF_BITS:
                 raise RuntimeError("flow solver: no augmenting path (please report this)")
             # The early exit. Safe: nodes settle in label order, so a deficit bucket at the
@@ -427,14 +425,11 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             # several tied ones is taken does not matter to SSP (the lowest id, for
             # determinism).
             if bound_bits <= near:
-                target = 0
-                while (label_bits[c, target] | done[target] | deficit[target]) != bound_bits:
-                    target += 1
                 return target
             scratch_bits[0] = bound_bits
             bound = scratch[0]
             dist = labels[c, node]
-            done[node] = _INF_BITS
+            done[node >> 3] |= np.uint8(1 << (node & 7))
 
             if node == sink:  # one unit less from some bucket to the sink
                 relax_from_sink(dist, psink)
@@ -501,10 +496,11 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             leave = pred_c[j]
             move(j, leave, r)
             r = leave
+        bit = np.uint8(1 << (target & 7))
         if count[target] < f[target]:
-            deficit[target] = 0
+            deficit[target >> 3] |= bit
         else:
-            deficit[target] = _INF_BITS
+            deficit[target >> 3] &= ~bit
 
     for source in range(d):
         while count[source] > f[source]:
