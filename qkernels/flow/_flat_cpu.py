@@ -298,7 +298,8 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         ``wanted`` least gaps (the lower index first among equal ones) that it reaches join, in
         that order. Each leaves its least adjusted bucket (the highest index on ties), which
         its potential then stands at: every reduced cost stays >= 0. ``least`` and ``who`` are
-        scratch of length n.
+        scratch of length n, ``gaps`` of n rounded up to eight (``gap_bits`` its int64 view,
+        padded with the largest key), ``lift`` is ``[0, inf]``.
         # modifies: pb[r], pc (r's classes), and through move codes, assigned, occ, count"""
         wanted = f[r] - count[r]
         room = psink - incr[f[r] - 1] - pb[r]
