@@ -80,9 +80,11 @@ def _simd() -> dict[str, Any]:
                              else "software (the target has no POPCNT)"),
         "Hamming scan of many queries": ("32 queries a pass in the uint8 lanes of a vector "
                                          "(codes of up to 192 bits)"),
-        "flow solvers": (f"a class's arcs relaxed eight buckets a step and the nearest node "
-                         f"found eight labels a step, in 64-bit lanes ({registers}); the rest "
-                         "scalar code vectorised by LLVM where it can"),
+        "flow solvers": ("a class's arcs relaxed eight buckets a step ("
+                         + ("in place" if found["avx512bw"] else "from one buffer of labels "
+                            "into another") + ") and the nearest node found eight labels a "
+                         f"step, in 64-bit lanes ({registers}); the rest scalar code "
+                         "vectorised by LLVM where it can"),
     }
 
 

@@ -383,11 +383,12 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
 
     The same float64 operations, in the same order, as the scalar loop; eight buckets a step
     with a select and a plain store (eight against four: 1.10-1.14x the whole solve at d = 512
-    with AVX-512, no change with AVX2 code). Written in place (``label_out is label_in``),
-    LLVM turns the select of the old value into a masked store, which AMD's Zen cores execute
-    as microcode: that loop ran 1.4 ns a bucket, this one with separate buffers 0.6-0.7 ns (AMD
-    EPYC with AVX2). So the solver keeps its labels in two buffers and relaxes from one into
-    the other. Entries at ``d`` and beyond are not touched."""
+    with AVX-512, no change with AVX2 code). The output may be the input (``label_out is
+    label_in``, ``pred_out is pred_in``): the flow solver relaxes in place where the target
+    has AVX-512 (1.02-1.07x the whole solve on a Zen 5), and from one buffer into another
+    elsewhere: the scalar loop written in place became AVX2 masked stores, which AMD's Zen
+    cores execute as microcode (1.4 ns a bucket against 0.6-0.7 ns into a second buffer, AMD
+    EPYC with AVX2). Entries at ``d`` and beyond are not touched."""
     _check_arrays("relax_into", [
         (scores, 2, types.float64), (assigned, 2, types.boolean), (pb, 1, types.float64),
         (label_in, 1, types.float64), (pred_in, 1, types.int64), (label_out, 1, types.float64),

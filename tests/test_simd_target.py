@@ -1,5 +1,5 @@
-"""The fast scan's SIMD path follows what Numba compiles for, in every combination of
-``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``.
+"""The fast scan's SIMD path, and the flow solver's choice of relaxing in place, follow what
+Numba compiles for, in every combination of ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``.
 
 Numba compiles for ``NUMBA_CPU_NAME`` (else the host's name) with ``NUMBA_CPU_FEATURES`` (else
 the host's features); a kernel that asks LLVM for an instruction the target lacks aborts the
@@ -17,14 +17,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from llvmlite import binding
 
 CHILD = """
 import json
+import sys
 import numpy as np
 import qkernels as qk
 from qkernels import _simd
+from qkernels.flow import _flat_cpu
 from qkernels.index import _fastscan_cpu
 
 rng = np.random.default_rng(0)
@@ -37,7 +40,11 @@ fast = qk.PQIndex(pq).add_codes(codes).search(q, 4, rerank=300)
 # compile for each target)
 from tests import reference
 exact = [np.asarray(a) for a in reference.pq_search(q, codes, np.asarray(pq.codebooks), 4)]
+from tests.test_simd_target import flow_problems
+flow = [qk.solve_sparse_codes(s, k, p).tolist() for s, k, p in flow_problems()
+        ] if sys.argv[1:] == ["flow"] else None
 print(json.dumps({"features": _simd.target_features(), "avx2": bool(_fastscan_cpu._AVX2),
+                  "in_place": _flat_cpu._IN_PLACE, "flow": flow,
                   "group": _fastscan_cpu.GROUP,
                   "same": bool((fast[1] == exact[1]).all() and (fast[0] == exact[0]).all()),
                   "show_config": qk.show_config(mode="dicts")["simd"]["4-bit PQ fast scan"]}))
@@ -48,20 +55,42 @@ HOST = binding.get_host_cpu_features()
 HOST_AVX2 = bool(HOST.get("avx2", False))
 
 
-def _run(env: dict[str, str], cache) -> dict:
+def _run(env: dict[str, str], cache, flow: bool = False) -> dict:
+    """The child's answers under ``env``; with ``flow``, also its flow solver's codes, checked
+    against this process's (one path may relax in place, the other between two buffers)."""
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
     environment.update(env, NUMBA_CACHE_DIR=str(cache))
-    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          timeout=600, env=environment, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", CHILD, *(["flow"] if flow else [])],
+                          capture_output=True, text=True, timeout=600, env=environment,
+                          cwd=ROOT)
     assert done.returncode == 0, f"exit {done.returncode} under {env}:\n{done.stderr[-2000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("in_place") == result["features"]["avx512bw"]
+    codes = result.pop("flow")
+    if flow:
+        from qkernels import solve_sparse_codes
+
+        assert codes == [solve_sparse_codes(s, k, p).tolist() for s, k, p in flow_problems()]
+    return result
+
+
+def flow_problems():
+    """(scores, k, penalty): DHT's crowded regime (class means of unit vectors x 1e4,
+    truncated), small integers with ties and paths through the sink, float scores."""
+    rng = np.random.default_rng(5)
+    out = rng.standard_normal((64, 2, 64))
+    out /= np.linalg.norm(out, axis=-1, keepdims=True)
+    return [(np.trunc(out.mean(axis=1) * 1e4), 3, 1e4),
+            (rng.integers(-4, 4, (8, 6)).astype(np.float64), 2, 1.0),
+            (rng.integers(-4, 4, (40, 8)).astype(np.float64), 1, 5.0),
+            (rng.standard_normal((32, 16)), 2, 0.3)]
 
 
 @pytest.mark.skipif(not HOST_AVX2, reason="the case is a host with AVX2 told to compile without")
 def test_features_without_avx_on_a_host_with_avx2_take_the_scalar_path(tmp_path):
     result = _run({"NUMBA_CPU_FEATURES": "+sse4.2,+popcnt,-avx,-avx2,-avx512f,-avx512bw"},
-                  tmp_path)
+                  tmp_path, flow=True)
     assert result == {"features": {"avx2": False, "avx512bw": False, "avx512vbmi": False,
                                    "avx512vnni": False, "popcnt": True},
                       "avx2": False, "group": 3, "same": True,

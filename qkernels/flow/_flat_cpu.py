@@ -39,9 +39,10 @@ first on ties, found in one vectorised pass over the labels' bit patterns
 (``_simd.nearest_node``: non-negative doubles order like their int64 bits; reduced costs are
 clamped at zero, so no label is ``-0.0``). A class is not selected itself: when a settled
 bucket improves a class's label, the class relaxes all its ``d`` buckets at once, eight a step
-(``_simd.relax_into``), from one buffer of labels into a second, which becomes the current one
-(written in place, the loop became masked stores, which AMD's Zen cores run as microcode: the
-whole solve ran 2.1-2.4x slower at d = 512). A class whose label is already no nearer than some
+(``_simd.relax_into``): in place where the CPU has AVX-512, elsewhere from one buffer of labels
+into a second, which becomes the current one (written in place, the AVX2 loop became masked
+stores, which AMD's Zen cores run as microcode: the whole solve ran 2.1-2.4x slower at d =
+512). A class whose label is already no nearer than some
 labelled deficit bucket is skipped (nothing it reaches can come first), and a deficit bucket
 among the nearest nodes ends the search at once (ties are common with integer scores). The
 dense relaxation costs most at large d (d = 2048), and the greedy start helps least where the
@@ -68,10 +69,13 @@ import numpy as np
 
 from .._heap import _MAGNITUDE, SMALL_K, top_k_small
 from .._parallel import parallel_kernel
-from .._simd import least_after, nearest_node, relax_into
+from .._simd import least_after, nearest_node, relax_into, target_features
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
+# A class's arcs are relaxed in place where the CPU has AVX-512, whose masked stores run at
+# full speed, and from one buffer of labels into the other elsewhere (see _simd.relax_into).
+_IN_PLACE = bool(target_features()["avx512bw"])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -394,11 +398,15 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
 
     def relax_class(j, from_dist):
         """Class ``j``, labelled ``from_dist``, joins a bucket it is not in: all ``d`` arcs,
-        from the current buffer into the other, which becomes the current one (the sink's
-        entries copied).
+        in place (``_IN_PLACE``), or from the current buffer into the other, which becomes the
+        current one (the sink's entries copied).
         # modifies: labels, preds, cur
         Keeps: as relax_from_sink."""
         c = cur[0]
+        if _IN_PLACE:
+            relax_into(scores, j, assigned, pb, labels[c], preds[c], labels[c], preds[c],
+                       from_dist + pc[j], from_dist)
+            return
         o = 1 - c
         relax_into(scores, j, assigned, pb, labels[c], preds[c], labels[o], preds[o],
                    from_dist + pc[j], from_dist)
