@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qkernels as qk
-from qkernels import _simd
+from qkernels import _heap, _simd
 from tests import reference as ref
 
 
@@ -237,8 +237,6 @@ def test_greedy_top_k_equals_the_sorted_reference(seed, d, k, values):
     """The greedy start's k vectorised maxima (integer keys of the doubles) against a sort:
     largest first, lower index first on ties, -0.0 tied with 0.0, huge and tiny magnitudes
     of both signs."""
-    from qkernels import _heap
-
     k = min(k, d)
     rng = np.random.default_rng(seed)
     if values == "ties":
@@ -253,6 +251,18 @@ def test_greedy_top_k_equals_the_sorted_reference(seed, d, k, values):
     want = ref.top_k(row.tolist(), k)
     np.testing.assert_array_equal(out, want)
     assert last == want[-1]
+    # two rows at once (the second reversed), each its own answer
+    pair = np.full((2, k), -1)
+    lasts = _top_k_pair(row.view(np.int64), row[::-1].copy().view(np.int64), k, pair[0],
+                        pair[1], np.empty((2, keys.shape[0]), dtype=np.int64))
+    want_b = ref.top_k(row[::-1].tolist(), k)
+    np.testing.assert_array_equal(pair, [want, want_b])
+    assert lasts == (want[-1], want_b[-1])
+
+
+@numba.njit
+def _top_k_pair(bits_a, bits_b, k, out_a, out_b, keys):
+    return _heap.top_k_small_pair(bits_a, bits_b, k, out_a, out_b, keys)
 
 
 @numba.njit

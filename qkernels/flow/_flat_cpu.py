@@ -67,7 +67,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .._heap import _MAGNITUDE, SMALL_K, top_k_small
+from .._heap import _MAGNITUDE, SMALL_K, top_k_small, top_k_small_pair
 from .._parallel import parallel_kernel
 from .._simd import least_after, nearest_node, relax_into, target_features
 
@@ -257,9 +257,15 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             for j in range(n):
                 pc[j] = _top_k(scores[j], k, codes[j], top)
         else:
-            keys = np.empty((d + 7) // 8 * 8, dtype=np.int64)
-            for j in range(n):
-                pc[j] = scores[j, top_k_small(score_bits[j], k, codes[j], keys)]
+            keys = np.empty((2, (d + 7) // 8 * 8), dtype=np.int64)
+            for j in range(0, n - 1, 2):
+                r_a, r_b = top_k_small_pair(score_bits[j], score_bits[j + 1], k, codes[j],
+                                            codes[j + 1], keys)
+                pc[j] = scores[j, r_a]
+                pc[j + 1] = scores[j + 1, r_b]
+            if n % 2:
+                pc[n - 1] = scores[n - 1, top_k_small(score_bits[n - 1], k, codes[n - 1],
+                                                      keys[0])]
         for j in range(n):
             for t in range(k):
                 r = codes[j, t]
