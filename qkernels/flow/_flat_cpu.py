@@ -119,10 +119,37 @@ def _top_k(row, k, out, top):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
+def _order(row, a, b):
+    """Put ``row[a]`` and ``row[b]`` in ascending order (one comparator of a network)."""
+    x = row[a]
+    y = row[b]
+    row[a] = min(x, y)
+    row[b] = max(x, y)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
 def sort_rows(codes, k):
-    """Sort ``codes[i, :k]`` of every row ascending: insertion for the usual small ``k``
-    (Numba's ``ndarray.sort`` costs about 0.4 us a call on four entries, as much as the
-    rest of a 64-class greedy start), a sort beyond 16 (insertion costs ``k * k``)."""
+    """Sort ``codes[i, :k]`` of every row ascending: for ``k <= 4`` a sorting network of
+    minima and maxima, without a branch on the data (an insertion missed a branch on most
+    rows: 0.78 us against 0.08 for 64 rows of three); insertion up to 16 (Numba's
+    ``ndarray.sort`` costs about 0.4 us a call on four entries, as much as the rest of a
+    64-class greedy start), a sort beyond (insertion costs ``k * k``)."""
+    if k <= 4:
+        for i in range(codes.shape[0]):
+            row = codes[i]
+            if k == 2:
+                _order(row, 0, 1)
+            elif k == 3:
+                _order(row, 0, 1)
+                _order(row, 1, 2)
+                _order(row, 0, 1)
+            elif k == 4:
+                _order(row, 0, 1)
+                _order(row, 2, 3)
+                _order(row, 0, 2)
+                _order(row, 1, 3)
+                _order(row, 1, 2)
+        return
     for i in range(codes.shape[0]):
         row = codes[i, :k]
         if k > 16:
