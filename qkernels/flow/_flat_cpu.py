@@ -42,11 +42,11 @@ bucket improves a class's label, the class relaxes all its ``d`` buckets at once
 (``_simd.relax_into``): in place where the CPU has AVX-512, elsewhere from one buffer of labels
 into a second, which becomes the current one (written in place, the AVX2 loop became masked
 stores, which AMD's Zen cores run as microcode: the whole solve ran 2.1-2.4x slower at d =
-512). A class whose label is already no nearer than some
-labelled deficit bucket is skipped (nothing it reaches can come first), and a deficit bucket
-among the nearest nodes ends the search at once (ties are common with integer scores). The
-dense relaxation costs most at large d (d = 2048), and the greedy start helps least where the
-penalty is tiny beside the scores (many units left to move).
+512). A class whose label is already no nearer than some labelled deficit bucket is skipped
+(nothing it reaches can come first), and a deficit bucket among the nearest nodes ends the
+search at once (ties are common with integer scores). The dense relaxation costs most at
+large d (d = 2048), and the greedy start helps least where the penalty is tiny beside the
+scores (many units left to move).
 
 The code is in phases (``greedy_start``, ``sink_flows``, ``attract`` on crowded problems, then
 per augmentation ``search``, ``update_potentials``, ``augment``; see
