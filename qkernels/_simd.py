@@ -403,13 +403,12 @@ def relax_into(typingctx, scores, j, assigned, pb, label_in, pred_in, label_out,
 _KEY_LANES = 8  # int64 keys a step of ``nearest_node``: one AVX-512 register, two AVX2 ones
 
 
-def _nearest_codegen(context, builder, signature, args):
-    """The codegen of ``nearest_node`` (keys and two chunk masks) and ``least_node`` (keys):
-    per lane the least key and the step where it was first seen, and (with the masks) the
-    least deficit key and its step; then the lanes reduced."""
-    after = None
-    if len(args) == 4 and not isinstance(signature.args[1], types.Array):
-        # least_after: (keys, size, key, node)
+def _nearest_codegen(context, builder, signature, args, after=False):
+    """The codegen of ``nearest_node`` (keys and two chunk masks), ``least_node`` (keys) and,
+    with ``after``, ``least_after`` (keys, then the pair to start after): per lane the least
+    key and the step where it was first seen, and (with the masks) the least deficit key and
+    its step; then the lanes reduced."""
+    if after:
         args, after = args[:2], args[2:]
     arrays = [context.make_array(t)(context, builder, a)
               for t, a in zip(signature.args[:len(args) - 1], args[:-1], strict=True)]
@@ -422,6 +421,11 @@ def _nearest_codegen(context, builder, signature, args):
     def load(array, start):
         return builder.load(builder.bitcast(builder.gep(array.data, [start]), vec.as_pointer()),
                             align=8)
+
+    def node_of(steps):
+        """The node of each lane (step * lanes + lane), given each lane's step."""
+        return builder.add(builder.mul(steps, ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
+                           ir.Constant(vec, list(range(_KEY_LANES))))
 
     def lanes_of(mask, step):
         """Chunk ``step``'s byte of a mask as eight i1 lanes (bit l is lane l)."""
@@ -452,15 +456,13 @@ def _nearest_codegen(context, builder, signature, args):
             lesser(least_deficit, deficit_step_of,
                    builder.or_(key, builder.select(lanes_of(arrays[2], loop.index), zero,
                                                    inf_bits)), step)
-        if after is not None:
+        if after:
             # only the (key, node) pairs above (after[0], after[1]): the others masked
-            index = builder.add(builder.mul(step, ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
-                                ir.Constant(vec, list(range(_KEY_LANES))))
             low_key = _splat(builder, after[0], _KEY_LANES)
             later = builder.or_(builder.icmp_signed(">", key, low_key),
                                 builder.and_(builder.icmp_signed("==", key, low_key),
                                              builder.icmp_signed(
-                                                 ">", index,
+                                                 ">", node_of(step),
                                                  _splat(builder, after[1], _KEY_LANES))))
             key = builder.select(later, key, above)
         lesser(least, step_of, key, step)
@@ -475,11 +477,8 @@ def _nearest_codegen(context, builder, signature, args):
         it."""
         lanes = builder.load(acc)
         low = reduce("smin", lanes)
-        index = builder.add(builder.mul(builder.load(at),
-                                        ir.Constant(vec, [_KEY_LANES] * _KEY_LANES)),
-                            ir.Constant(vec, list(range(_KEY_LANES))))
         holds = builder.icmp_signed("==", lanes, _splat(builder, low, _KEY_LANES))
-        return low, reduce("umin", builder.select(holds, index,
+        return low, reduce("umin", builder.select(holds, node_of(builder.load(at)),
                                                    ir.Constant(vec, [-1] * _KEY_LANES)))
 
     out = list(first(least, step_of))
@@ -537,7 +536,7 @@ def least_after(typingctx, key_bits, size, key, node):
     if not all(isinstance(x, types.Integer) for x in (size, key, node)):
         raise TypeError("least_after takes an integer size, key and node")
     return (types.UniTuple(types.int64, 2)(key_bits, types.int64, types.int64, types.int64),
-            _nearest_codegen)
+            functools.partial(_nearest_codegen, after=True))
 
 
 # ------------------------------ sorted top-K rows of (distance, row) keys (the table probe)
