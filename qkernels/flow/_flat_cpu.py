@@ -136,36 +136,39 @@ def _top_k(row, k, out, top):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _order(row, a, b):
-    """Put ``row[a]`` and ``row[b]`` in ascending order (one comparator of a network)."""
-    x = row[a]
-    y = row[b]
-    row[a] = min(x, y)
-    row[b] = max(x, y)
+def _order(codes, i, a, b):
+    """Put ``codes[i, a]`` and ``codes[i, b]`` in ascending order (one comparator of a
+    network)."""
+    x = codes[i, a]
+    y = codes[i, b]
+    codes[i, a] = min(x, y)
+    codes[i, b] = max(x, y)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def sort_rows(codes, k):
     """Sort ``codes[i, :k]`` of every row ascending: for ``k <= 4`` a sorting network of
     minima and maxima, without a branch on the data (an insertion missed a branch on most
-    rows: 0.78 us against 0.08 for 64 rows of three); insertion up to 16 (Numba's
+    rows: 0.78 us against 0.08 for 64 rows of three), on ``codes`` itself (a view of each row
+    made it ~0.5 us); insertion up to 16 (Numba's
     ``ndarray.sort`` costs about 0.4 us a call on four entries, as much as the rest of a
     64-class greedy start), a sort beyond (insertion costs ``k * k``)."""
-    if k <= 4:
+    if k == 2:
         for i in range(codes.shape[0]):
-            row = codes[i]
-            if k == 2:
-                _order(row, 0, 1)
-            elif k == 3:
-                _order(row, 0, 1)
-                _order(row, 1, 2)
-                _order(row, 0, 1)
-            elif k == 4:
-                _order(row, 0, 1)
-                _order(row, 2, 3)
-                _order(row, 0, 2)
-                _order(row, 1, 3)
-                _order(row, 1, 2)
+            _order(codes, i, 0, 1)
+    elif k == 3:
+        for i in range(codes.shape[0]):
+            _order(codes, i, 0, 1)
+            _order(codes, i, 1, 2)
+            _order(codes, i, 0, 1)
+    elif k == 4:
+        for i in range(codes.shape[0]):
+            _order(codes, i, 0, 1)
+            _order(codes, i, 2, 3)
+            _order(codes, i, 0, 2)
+            _order(codes, i, 1, 3)
+            _order(codes, i, 1, 2)
+    if k <= 4:
         return
     for i in range(codes.shape[0]):
         row = codes[i, :k]
@@ -346,7 +349,7 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             low = min(low, scores[j, r] + pb[r])
         pc[j] = low
 
-    def attract(r, least, who, gaps, gap_bits, lift):
+    def attract(r, least, who, gaps, gap_bits):
         """Deficit bucket r raises its potential until ``f[r] - count[r]`` more classes
         prefer it, as far as ``f[r]`` stays optimal on its sink arc (``pb[r] <= psink -
         incr[f[r] - 1]``). A class joins once the raise reaches its gap, ``pc[j]`` less its
@@ -355,17 +358,21 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         that order. Each leaves its least adjusted bucket (the highest index on ties), which
         its potential then stands at: every reduced cost stays >= 0. ``least`` and ``who`` are
         scratch of length n, ``gaps`` of n rounded up to eight (``gap_bits`` its int64 view,
-        padded with the largest key), ``lift`` is ``[0, inf]``.
+        padded with the largest key).
         # modifies: pb[r], pc (r's classes), and through move codes, assigned, occ, count"""
         wanted = f[r] - count[r]
         room = psink - incr[f[r] - 1] - pb[r]
         if not room > 0.0:
             return
-        # every class's gap as the bits of a non-negative double (inf's for r's own), with no
-        # branch; then the wanted least, lower index first on ties, a vectorised pass each
+        # every class's gap as the bits of a non-negative double, with no branch, then inf's
+        # for r's own classes (r's potential read once and no membership read in the loop: as
+        # it was, with both, the loop cost ~1 us of a crowded 64 x 64 solve); then the wanted
+        # least, lower index first on ties, a vectorised pass each
+        own = pb[r]
         for j in range(n):
-            gaps[j] = max(max(pc[j] - (scores[j, r] + pb[r]), 0.0) + 0.0,  # (-0.0 made +0.0)
-                          lift[np.int64(assigned[j, r])])
+            gaps[j] = max(pc[j] - (scores[j, r] + own), 0.0) + 0.0  # (-0.0 made +0.0)
+        for t in range(count[r]):
+            gaps[occ[r, t]] = _INF
         filled = min(wanted, n - count[r])
         key, j = -1, -1  # (no pair is before it)
         for t in range(filled):
@@ -400,10 +407,9 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
         gaps = lines((n + 7) // 8 * 8)
         gap_bits = gaps.view(np.int64)
         gap_bits[n:] = _MAGNITUDE
-        lift = np.array([0.0, _INF])
         for r in range(d):
             if count[r] < f[r]:
-                attract(r, least, who, gaps, gap_bits, lift)
+                attract(r, least, who, gaps, gap_bits)
     fwd = np.empty(d)
     back = np.empty(d)
     # the labels of the buckets and the sink and their masks are padded to a multiple of
