@@ -82,10 +82,12 @@ def test_hundreds_of_random_instances_equal_ortools(seed):
         )
 
 
-@pytest.mark.parametrize(("n", "d", "k"), [(64, 64, 4), (96, 32, 3), (64, 64, 1), (40, 200, 2)])
+@pytest.mark.parametrize(("n", "d", "k"), [(64, 64, 4), (96, 32, 3), (64, 64, 1), (40, 200, 2),
+                                           (150, 2, 1), (130, 3, 2)])
 def test_dht_like_crowded_problems_equal_ortools(n, d, k):
     """Sizes the solver meets in training: class means of unit vectors x 1e4 against a penalty
-    of 1e4 (the greedy start is then far from even loads), and a mild penalty of 300."""
+    of 1e4 (the greedy start is then far from even loads), and a mild penalty of 300; and
+    buckets of more than 64 classes (the search offers a bucket's classes 64 at a time)."""
     rng = np.random.default_rng(n * d + k)
     for penalty in (1e4, 300.0):
         for _ in range(3):

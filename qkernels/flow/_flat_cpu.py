@@ -44,9 +44,12 @@ into a second, which becomes the current one (written in place, the AVX2 loop be
 stores, which AMD's Zen cores run as microcode: the whole solve ran 2.1-2.4x slower at d =
 512). A class whose label is already no nearer than some labelled deficit bucket is skipped
 (nothing it reaches can come first), and a deficit bucket among the nearest nodes ends the
-search at once (ties are common with integer scores). The dense relaxation costs most at
-large d (d = 2048), and the greedy start helps least where the penalty is tiny beside the
-scores (many units left to move).
+search at once (ties are common with integer scores). Where buckets hold three classes or
+more on average, a settled bucket offers its classes their labels in one pass without a
+branch and relaxes the improved ones after it (the branches of the loop, missed on new
+problems, cost 1-5% of a crowded solve; at two classes a bucket the pass saved nothing). The
+dense relaxation costs most at large d (d = 2048), and the greedy start helps least where the
+penalty is tiny beside the scores (many units left to move).
 
 The code is in phases (``greedy_start``, ``sink_flows``, ``attract`` on crowded problems, then
 per augmentation ``search``, ``update_potentials``, ``augment``; see
@@ -69,7 +72,14 @@ import numpy as np
 
 from .._heap import _MAGNITUDE, SMALL_K, top_k_small, top_k_small_pair
 from .._parallel import parallel_kernel
-from .._simd import least_after, line_aligned, nearest_node, relax_into, target_features
+from .._simd import (
+    least_after,
+    line_aligned,
+    nearest_node,
+    popcount64,
+    relax_into,
+    target_features,
+)
 
 _INF = np.inf
 _INF_BITS = np.int64(0x7FF0000000000000)  # the bit pattern of +inf
@@ -433,7 +443,11 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
     preds[:] = 0
     cur = np.zeros(1, dtype=np.int64)
     label_c = np.empty(n)
-    pred_c = np.empty(n, dtype=np.int64)  # the bucket a class leaves
+    pred_c = np.zeros(n, dtype=np.int64)  # the bucket a class leaves
+    # three classes a bucket or more on average: a settled bucket's classes are offered their
+    # labels without a branch (see search)
+    shared = n * k >= 3 * d
+    offered = np.empty(64)
     scratch = np.empty(1)
     scratch_bits = scratch.view(np.int64)
 
@@ -510,20 +524,41 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             if cand < labels[c, sink]:
                 labels[c, sink] = cand
                 preds[c, sink] = r
-            for t in range(count[r]):
-                j = occ[r, t]
-                from_dist = max(dist + scores[j, r] + pb[r] - pc[j], dist)
-                if from_dist >= label_c[j]:
-                    continue
-                label_c[j] = from_dist
-                pred_c[j] = r
-                # The bound skip. Safe: all the class reaches is at least from_dist >= bound
-                # >= D, the target's final distance (a deficit bucket is already labelled at
-                # bound); nodes at >= D change neither the target nor the potential update.
-                # Its label is kept: a later bucket that brings it below the bound relaxes
-                # it then.
-                if from_dist < bound:
-                    relax_class(j, from_dist)
+            # Each of r's classes is offered the label dist + its reduced cost back to r; one
+            # that improves relaxes its arcs unless it is at or beyond the bound. (The bound
+            # skip. Safe: all the class reaches is at least from_dist >= bound >= D, the
+            # target's final distance (a deficit bucket is already labelled at bound); nodes
+            # at >= D change neither the target nor the potential update. Its label is kept:
+            # a later bucket that brings it below the bound relaxes it then.)
+            if not shared:
+                for t in range(count[r]):
+                    j = occ[r, t]
+                    from_dist = max(dist + scores[j, r] + pb[r] - pc[j], dist)
+                    if from_dist >= label_c[j]:
+                        continue
+                    label_c[j] = from_dist
+                    pred_c[j] = r
+                    if from_dist < bound:
+                        relax_class(j, from_dist)
+                continue
+            # where buckets hold several classes, the offers first, without a branch, and the
+            # relaxations after them, in the same order, over a mask of up to 64 classes (a
+            # class's relaxation changes no offer)
+            for start in range(0, count[r], 64):
+                relax = np.uint64(0)
+                for t in range(start, min(start + 64, count[r])):
+                    j = occ[r, t]
+                    from_dist = max(dist + scores[j, r] + pb[r] - pc[j], dist)
+                    offered[t - start] = from_dist
+                    better = from_dist < label_c[j]
+                    label_c[j] = min(from_dist, label_c[j])
+                    pred_c[j] += (r - pred_c[j]) * np.int64(better)
+                    relax |= np.uint64(better & (from_dist < bound)) << np.uint64(t - start)
+                while relax:
+                    low = relax & (~relax + np.uint64(1))  # the lowest bit set
+                    relax ^= low
+                    t = popcount64(low - np.uint64(1))
+                    relax_class(occ[r, start + t], offered[t])
 
     def update_potentials(target, psink):
         """p += min(dist, D), shifted by -D: only the nodes nearer than D change; returns
