@@ -43,8 +43,17 @@ exact = [np.asarray(a) for a in reference.pq_search(q, codes, np.asarray(pq.code
 from tests.test_simd_target import flow_problems
 flow = [qk.solve_sparse_codes(s, k, p).tolist() for s, k, p in flow_problems()
         ] if sys.argv[1:] == ["flow"] else None
+import numba
+@numba.njit
+def widen(bits, out):
+    _simd.widen_half(bits, out)
+bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)[3:]  # (a tail of 13)
+widened = np.empty(bits.shape[0], np.float32)
+widen(bits, widened)
+half = bool((widened.view(np.uint32)
+             == bits.view(np.float16).astype(np.float32).view(np.uint32)).all())
 print(json.dumps({"features": _simd.target_features(), "avx2": bool(_fastscan_cpu._AVX2),
-                  "in_place": _flat_cpu._IN_PLACE, "flow": flow,
+                  "in_place": _flat_cpu._IN_PLACE, "flow": flow, "half": half,
                   "group": _fastscan_cpu.GROUP,
                   "same": bool((fast[1] == exact[1]).all() and (fast[0] == exact[0]).all()),
                   "show_config": qk.show_config(mode="dicts")["simd"]["4-bit PQ fast scan"]}))
@@ -93,7 +102,7 @@ def test_features_without_avx_on_a_host_with_avx2_take_the_scalar_path(tmp_path)
                   tmp_path, flow=True)
     assert result == {"features": {"avx2": False, "avx512bw": False, "avx512vbmi": False,
                                    "avx512vnni": False, "popcnt": True},
-                      "avx2": False, "group": 3, "same": True,
+                      "avx2": False, "group": 3, "same": True, "half": True,
                       "show_config": "scalar (the target has no AVX2)"}
 
 
@@ -106,6 +115,7 @@ def test_a_cpu_name_alone_keeps_the_host_features(tmp_path):
     assert result["avx2"] is True
     assert result["show_config"].startswith(("AVX2", "AVX-512BW", "AVX-512 VBMI"))
     assert result["same"] is True
+    assert result["half"] is True
 
 
 PROBE_ONLY = """

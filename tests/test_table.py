@@ -13,6 +13,25 @@ from qkernels.index import _table_cpu
 from tests import reference as ref
 
 
+@numba.njit
+def _widen(bits, out):
+    _simd.widen_half(bits, out)
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 64, 1 << 16])
+def test_float16_rows_widen_exactly(length):
+    """The float16 re-ranking rows' widening equals numpy's conversion to the bit, every
+    pattern (subnormals, infinities, NaN payloads, both zeros) in a row of each length."""
+    patterns = np.random.default_rng(length).permutation(1 << 16).astype(np.uint16)
+    for start in range(0, 1 << 16, max(length, 1)):
+        bits = patterns[start:start + length]  # (the last row may be shorter)
+        out = np.full(bits.shape[0] + 3, 7.0, dtype=np.float32)
+        _widen(bits, out)
+        expected = bits.view(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(out[:-3].view(np.uint32), expected.view(np.uint32))
+        assert (out[-3:] == 7.0).all()  # nothing written beyond the row
+
+
 def clustered(rng, n, num_buckets, dim, num_classes=6, integer_activations=False):
     """Items from Gaussian classes; each class favours a few buckets, as learned codes do."""
     labels = rng.integers(0, num_classes, n)

@@ -38,6 +38,7 @@ from .._simd import (
     rank_key,
     ranked_distance,
     sq_l2_f32_pair,
+    widen_half,
 )
 from ._pq_cpu import _adc
 
@@ -311,9 +312,9 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
     (``insert_ranked``: eight keys a step, no branch); the others are turned away by that one
     comparison.
 
-    ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits
-    with ``tables`` the float32 value of every bit pattern, or PQ codes with ``tables`` the
-    queries' ``(Q, M, K)`` distance tables (``stored_row``, ``rerank_pair``).
+    ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits,
+    or PQ codes with ``tables`` the queries' ``(Q, M, K)`` distance tables (``stored_row``,
+    ``rerank_pair``).
     """
     num_chunks = chunk_starts.shape[0] - 1
     num_buckets = offsets.shape[0] - 1
@@ -366,8 +367,8 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                                        excluded_items, excluded_bits, num_excluded)
                     if (live_a | live_b) == 0:
                         continue
-                    row_a = stored_row(emb, item_a, buffer_a, tables)
-                    row_b = stored_row(emb, item_b, buffer_b, tables)
+                    row_a = stored_row(emb, item_a, buffer_a)
+                    row_b = stored_row(emb, item_b, buffer_b)
                     for u in range(g0, g1):
                         a_on = (live_a >> np.uint64(u - g0)) & np.uint64(1) != 0
                         b_on = (live_b >> np.uint64(u - g0)) & np.uint64(1) != 0
@@ -414,25 +415,22 @@ def _live(item, everyone, mask, k, codes, earlier, excluded_items, excluded_bits
     return everyone & ~skip
 
 
-def stored_row(vectors, item, buffer, tables):
+def stored_row(vectors, item, buffer):
     """Item ``item``'s stored re-ranking row as the distance reads it: a float32 row as it is;
-    float16 embeddings (held as their uint16 bits, Numba having no float16 arrays; ``tables``
-    is then the 65,536 float32 values of those bits) widened into ``buffer``, exactly; a row
-    of PQ codes (``tables``: the queries' distance tables) as it is. Chosen by the types when
-    Numba compiles the caller."""
+    float16 embeddings (held as their uint16 bits, Numba having no float16 arrays) widened
+    into ``buffer``, exactly (``_simd.widen_half``); a row of PQ codes as it is. Chosen by the
+    types when Numba compiles the caller."""
     return vectors[item]
 
 
 @overload(stored_row, inline="always")
-def _stored_row(vectors, item, buffer, tables):
-    if tables.ndim == 1:
-        def widened(vectors, item, buffer, tables):
-            row = vectors[item]
-            for j in range(row.shape[0]):
-                buffer[j] = tables[row[j]]
+def _stored_row(vectors, item, buffer):
+    if vectors.dtype == types.uint16:
+        def widened(vectors, item, buffer):
+            widen_half(vectors[item], buffer)
             return buffer
         return widened
-    return lambda vectors, item, buffer, tables: vectors[item]
+    return lambda vectors, item, buffer: vectors[item]
 
 
 def rerank_pair(query, tables, q, row_a, row_b, inner_product):

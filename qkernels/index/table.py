@@ -29,10 +29,6 @@ __all__ = ["SparseHashTable"]
 
 _METRICS = ("l2", "ip")
 _STORAGES = ("float32", "float16")
-# the float32 value of every float16 bit pattern: how the probe widens float16 embeddings
-_HALF_VALUES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
-    np.float32)
-_HALF_VALUES.setflags(write=False)
 # a build holds a few (threads x buckets) int64 count arrays: 2**24 buckets (a 4096 x 4096
 # cascade) take about 1 GB there; more is a mistake, not a table
 MAX_BUCKETS = 1 << 24
@@ -168,11 +164,8 @@ class SparseHashTable(Index):
         return emb
 
     def _rerank_tables(self, emb: np.ndarray) -> np.ndarray:
-        """What the probe re-ranks with besides the queries (``_table_cpu.stored_row``): the
-        queries' ``(Q, M, K)`` ADC tables where the table keeps PQ codes, the float32 value of
-        every float16 bit pattern where it keeps float16, else nothing."""
-        if self.storage == "float16":
-            return _HALF_VALUES
+        """What the probe re-ranks with besides the queries (``_table_cpu.rerank_pair``): the
+        queries' ``(Q, M, K)`` ADC tables where the table keeps PQ codes, else nothing."""
         if not isinstance(self.storage, ProductQuantizer):
             return np.empty((emb.shape[0], 0, 0), dtype=np.float32)
         pq = self.storage
