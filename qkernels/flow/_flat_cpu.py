@@ -160,9 +160,9 @@ def sort_rows(codes, k):
     """Sort ``codes[i, :k]`` of every row ascending: for ``k <= 4`` a sorting network of
     minima and maxima, without a branch on the data (an insertion missed a branch on most
     rows: 0.78 us against 0.08 for 64 rows of three), on ``codes`` itself (a view of each row
-    made it ~0.5 us); insertion up to 16 (Numba's
-    ``ndarray.sort`` costs about 0.4 us a call on four entries, as much as the rest of a
-    64-class greedy start), a sort beyond (insertion costs ``k * k``)."""
+    made it ~0.5 us slower); insertion up to 16 (Numba's ``ndarray.sort`` costs about 0.4 us
+    a call on four entries, as much as the rest of a 64-class greedy start), a sort beyond
+    (insertion costs ``k * k``)."""
     if k == 2:
         for i in range(codes.shape[0]):
             _order(codes, i, 0, 1)
