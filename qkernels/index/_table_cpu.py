@@ -289,26 +289,28 @@ def invert_probes(probe_offsets, probe_list, num_buckets):
 
 
 @parallel_kernel
-def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb, rows, exclude,
-                 mask, probe_offsets, probe_list, bucket_offsets, who, where, inner_product,
-                 topk, ranked_keys, ranked_items, found):
+def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb, rows, ids,
+                 exclude, mask, probe_offsets, probe_list, bucket_offsets, who, where,
+                 inner_product, topk, ranked_keys, ranked_ids, found):
     """Pass 4, bucket by bucket: every item's row is read once for all the queries that probe
     the bucket, and its distance to each of them goes into that query's top-K row.
 
     Chunk ``c`` handles buckets ``chunk_starts[c]`` to ``chunk_starts[c + 1] - 1`` and owns
-    ``ranked_keys[c]`` and ``ranked_items[c]``: per query its best ``topk`` candidates so far as
-    ``rank_key(distance, row)`` sorted ascending, and their items (a row's length is ``topk``
-    rounded up to a multiple of eight; only the rows of queries that probe a bucket of the chunk
-    are written). ``found[c, q]`` counts the candidates of query ``q`` it looked at (zero: the
-    chunk holds nothing for it). The queries of a bucket are taken 64 at a time, as bits of a
-    word: before the items are read, ``earlier[b]`` gets the bits of the queries that probed
-    bucket ``b`` before this one, and the excluded items get the bits of the queries excluding
-    them. An item then skips, with one OR per bucket of its code, the queries that met it in an
-    earlier bucket (so each (query, item) pair is looked at once overall) and those excluding
-    it. Items that ``mask`` refuses (where it is not empty) are no candidates of any query.
-    Items are read two at a time: a query's distances to both are computed in one pass (two
-    chains of dependent additions side by side, each sum the same to the bit) and offered in
-    item order. A candidate below the row's ``topk``-th key is inserted in order
+    ``ranked_keys[c]`` and ``ranked_ids[c]``: per query its best ``topk`` candidates so far as
+    ``rank_key(distance, row)`` sorted ascending, and their ids ``ids[item]`` (a row's length is
+    ``topk`` rounded up to a multiple of eight; only the rows of queries that probe a bucket of
+    the chunk are written). The ids are read here, beside the bucket's rows: read by the merge,
+    after the scan had streamed the rows through the caches, the look-ups missed them and were
+    half of the merge's time. ``found[c, q]`` counts the candidates of query ``q`` it looked at
+    (zero: the chunk holds nothing for it). The queries of a bucket are taken 64 at a time, as
+    bits of a word: before the items are read, ``earlier[b]`` gets the bits of the queries that
+    probed bucket ``b`` before this one, and the excluded items get the bits of the queries
+    excluding them. An item then skips, with one OR per bucket of its code, the queries that met
+    it in an earlier bucket (so each (query, item) pair is looked at once overall) and those
+    excluding it. Items that ``mask`` refuses (where it is not empty) are no candidates of any
+    query. Items are read two at a time: a query's distances to both are computed in one pass
+    (two chains of dependent additions side by side, each sum the same to the bit) and offered
+    in item order. A candidate below the row's ``topk``-th key is inserted in order
     (``insert_ranked``: eight keys a step, no branch); the others are turned away by that one
     comparison.
 
@@ -321,7 +323,7 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
     m = exclude.shape[1]
     for c in nb.prange(num_chunks):
         hk = ranked_keys[c]
-        hi = ranked_items[c]
+        hi = ranked_ids[c]
         for u in range(bucket_offsets[chunk_starts[c]], bucket_offsets[chunk_starts[c + 1]]):
             hk[who[u]] = RANK_EMPTY  # the rows of the chunk's queries start empty
         earlier = np.zeros(num_buckets, dtype=np.uint64)
@@ -386,12 +388,12 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                             found[c, q] += 1
                             key = rank_key(dist_a, rows[item_a])
                             if key < hk[q, topk - 1]:
-                                insert_ranked(hk[q], hi[q], key, item_a)
+                                insert_ranked(hk[q], hi[q], key, ids[item_a])
                         if b_on:
                             found[c, q] += 1
                             key = rank_key(dist_b, rows[item_b])
                             if key < hk[q, topk - 1]:
-                                insert_ranked(hk[q], hi[q], key, item_b)
+                                insert_ranked(hk[q], hi[q], key, ids[item_b])
                 for u in range(g0, g1):  # clear the marks of this group
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
@@ -458,18 +460,18 @@ def _rerank_pair(query, tables, q, row_a, row_b, inner_product):
 
 
 @parallel_kernel
-def merge_ranked(ranked_keys, ranked_items, topk, found, inner_product, ids, num_groups,
-                 out_dist, out_id):
+def merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product, num_groups, out_dist,
+                 out_id):
     """Pass 5: each query's best ``topk`` over the chunks' ranked rows (those with
     ``found[c, q] > 0``): the first such row, then the others' entries inserted while they are
     below its ``topk``-th key; written as distances (inner products for ``inner_product``; a
-    zero as +0.0) and ids (``ids[item]``; -1 and the worst distance where missing). Parallel
+    zero as +0.0) and ids (-1 and the worst distance where missing). Parallel
     over ``num_groups`` groups of queries."""
     num_chunks, num_queries, width = ranked_keys.shape
     step = (num_queries + num_groups - 1) // num_groups if num_queries else 1
     for g in nb.prange(num_groups):
         merged_keys = np.empty(width, dtype=np.uint64)
-        merged_items = np.empty(width, dtype=np.int64)
+        merged_ids = np.empty(width, dtype=np.int64)
         for q in range(g * step, min(num_queries, (g + 1) * step)):
             merged_keys[:] = RANK_EMPTY
             for c in range(num_chunks):
@@ -477,13 +479,13 @@ def merge_ranked(ranked_keys, ranked_items, topk, found, inner_product, ids, num
                     continue
                 if merged_keys[0] == RANK_EMPTY:  # the first chunk with candidates: as it is
                     merged_keys[:] = ranked_keys[c, q]
-                    merged_items[:] = ranked_items[c, q]
+                    merged_ids[:] = ranked_ids[c, q]
                     continue
                 for i in range(topk):
                     key = ranked_keys[c, q, i]
                     if key >= merged_keys[topk - 1]:  # the rest of the row is no better
                         break
-                    insert_ranked(merged_keys, merged_items, key, ranked_items[c, q, i])
+                    insert_ranked(merged_keys, merged_ids, key, ranked_ids[c, q, i])
             for i in range(topk):
                 key = merged_keys[i]
                 if key == RANK_EMPTY:
@@ -492,4 +494,4 @@ def merge_ranked(ranked_keys, ranked_items, topk, found, inner_product, ids, num
                 else:
                     dist = ranked_distance(key)
                     out_dist[q, i] = -dist + np.float32(0.0) if inner_product else dist
-                    out_id[q, i] = ids[merged_items[i]]
+                    out_id[q, i] = merged_ids[i]

@@ -686,18 +686,18 @@ class SparseHashTable(Index):
         # rows of whole 512-bit registers
         width = -(-topk // 8) * 8
         ranked_keys = np.empty((chunks, num_queries, width), dtype=np.uint64)
-        ranked_items = np.empty((chunks, num_queries, width), dtype=np.int64)
+        ranked_ids = np.empty((chunks, num_queries, width), dtype=np.int64)
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
         stored = state.emb.view(np.uint16) if state.emb.dtype == np.float16 else state.emb
         _table_cpu.scan_buckets(emb, self._rerank_tables(emb), self.k, chunk_starts,
                                 state.offsets, state.items, state.codes, stored, state.rows,
-                                excluded, mask,
+                                state.ids, excluded, mask,
                                 probe_offsets, probe_list, bucket_offsets, who, where,
-                                inner_product, topk, ranked_keys, ranked_items, found)
+                                inner_product, topk, ranked_keys, ranked_ids, found)
         counts[:] = found.sum(axis=0)
-        _table_cpu.merge_ranked(ranked_keys, ranked_items, topk, found, inner_product,
-                                state.ids, _chunks(num_queries), dist, ids)
+        _table_cpu.merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product,
+                                _chunks(num_queries), dist, ids)
 
     # ------------------------------------------------------------------ files
 
