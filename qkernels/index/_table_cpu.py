@@ -297,22 +297,25 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
 
     Chunk ``c`` handles buckets ``chunk_starts[c]`` to ``chunk_starts[c + 1] - 1`` and owns
     ``ranked_keys[c]`` and ``ranked_ids[c]``: per query its best ``topk`` candidates so far as
-    ``rank_key(distance, row)`` sorted ascending, and their ids ``ids[item]`` (a row's length is
-    ``topk`` rounded up to a multiple of eight; only the rows of queries that probe a bucket of
-    the chunk are written). The ids are read here, beside the bucket's rows: read by the merge,
-    after the scan had streamed the rows through the caches, the look-ups missed them and were
-    half of the merge's time. ``found[c, q]`` counts the candidates of query ``q`` it looked at
-    (zero: the chunk holds nothing for it). The queries of a bucket are taken 64 at a time, as
-    bits of a word: before the items are read, ``earlier[b]`` gets the bits of the queries that
-    probed bucket ``b`` before this one, and the excluded items get the bits of the queries
-    excluding them. An item then skips, with one OR per bucket of its code, the queries that met
-    it in an earlier bucket (so each (query, item) pair is looked at once overall) and those
-    excluding it. Items that ``mask`` refuses (where it is not empty) are no candidates of any
-    query. Items are read two at a time: a query's distances to both are computed in one pass
-    (two chains of dependent additions side by side, each sum the same to the bit) and offered
-    in item order. A candidate below the row's ``topk``-th key is inserted in order
-    (``insert_ranked``: eight keys a step, no branch); the others are turned away by that one
-    comparison.
+    ``rank_key(distance, row)`` sorted ascending, and their ids, ``ids[item]``, or their
+    positions where ``ids`` is empty (a row's length is ``topk`` rounded up to a multiple of
+    eight; only the rows of queries that probe a bucket of the chunk are written). The table
+    gives ``ids`` for k = 1, where a bucket's items are consecutive: their ids are read beside
+    their rows (prefetched with them), where the merge, after the scan had streamed the rows
+    through the caches, missed on every look-up (half of its time). For k > 1 the items of a
+    bucket's lower-ranked codes are scattered, and reading their ids at each insertion cost more
+    (1.05-1.09x slower at N = 1M) than the merge's look-ups. ``found[c, q]`` counts the
+    candidates of query ``q`` it looked at (zero: the chunk holds nothing for it). The queries
+    of a bucket are taken 64 at a time, as bits of a word: before the items are read,
+    ``earlier[b]`` gets the bits of the queries that probed bucket ``b`` before this one, and
+    the excluded items get the bits of the queries excluding them. An item then skips, with one
+    OR per bucket of its code, the queries that met it in an earlier bucket (so each (query,
+    item) pair is looked at once overall) and those excluding it. Items that ``mask`` refuses
+    (where it is not empty) are no candidates of any query. Items are read two at a time: a
+    query's distances to both are computed in one pass (two chains of dependent additions side
+    by side, each sum the same to the bit) and offered in item order. A candidate below the
+    row's ``topk``-th key is inserted in order (``insert_ranked``: eight keys a step, no
+    branch); the others are turned away by that one comparison.
 
     ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits,
     or PQ codes with ``tables`` the queries' ``(Q, M, K)`` distance tables (``stored_row``,
@@ -355,6 +358,8 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                         ahead_b = items[p + _AHEAD + 1]
                         prefetch(emb[ahead_a])
                         prefetch(emb[ahead_b])
+                        if ids.shape[0] != 0:
+                            prefetch(ids[ahead_a:ahead_a + 1])
                         if k > 1:
                             prefetch(codes[ahead_a])
                             prefetch(codes[ahead_b])
@@ -388,16 +393,24 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                             found[c, q] += 1
                             key = rank_key(dist_a, rows[item_a])
                             if key < hk[q, topk - 1]:
-                                insert_ranked(hk[q], hi[q], key, ids[item_a])
+                                insert_ranked(hk[q], hi[q], key, _id_of(ids, item_a))
                         if b_on:
                             found[c, q] += 1
                             key = rank_key(dist_b, rows[item_b])
                             if key < hk[q, topk - 1]:
-                                insert_ranked(hk[q], hi[q], key, ids[item_b])
+                                insert_ranked(hk[q], hi[q], key, _id_of(ids, item_b))
                 for u in range(g0, g1):  # clear the marks of this group
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
                         earlier[probe_list[base + v]] = 0
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _id_of(ids, item):
+    """``ids[item]``, or ``item`` itself where ``ids`` is empty."""
+    if ids.shape[0] != 0:
+        return ids[item]
+    return np.int64(item)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -460,12 +473,13 @@ def _rerank_pair(query, tables, q, row_a, row_b, inner_product):
 
 
 @parallel_kernel
-def merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product, num_groups, out_dist,
-                 out_id):
+def merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product, ids, num_groups,
+                 out_dist, out_id):
     """Pass 5: each query's best ``topk`` over the chunks' ranked rows (those with
     ``found[c, q] > 0``): the first such row, then the others' entries inserted while they are
     below its ``topk``-th key; written as distances (inner products for ``inner_product``; a
-    zero as +0.0) and ids (-1 and the worst distance where missing). Parallel
+    zero as +0.0) and ids (-1 and the worst distance where missing): ``ids[entry]`` where the
+    scan kept positions (``ids`` not empty), else the entries themselves. Parallel
     over ``num_groups`` groups of queries."""
     num_chunks, num_queries, width = ranked_keys.shape
     step = (num_queries + num_groups - 1) // num_groups if num_queries else 1
@@ -494,4 +508,4 @@ def merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product, num_groups
                 else:
                     dist = ranked_distance(key)
                     out_dist[q, i] = -dist + np.float32(0.0) if inner_product else dist
-                    out_id[q, i] = merged_ids[i]
+                    out_id[q, i] = _id_of(ids, merged_ids[i])

@@ -29,6 +29,7 @@ __all__ = ["SparseHashTable"]
 
 _METRICS = ("l2", "ip")
 _STORAGES = ("float32", "float16")
+_NO_IDS = np.empty(0, dtype=np.int64)  # no ids: see _search_block
 # a build holds a few (threads x buckets) int64 count arrays: 2**24 buckets (a 4096 x 4096
 # cascade) take about 1 GB there; more is a mistake, not a table
 MAX_BUCKETS = 1 << 24
@@ -671,8 +672,11 @@ class SparseHashTable(Index):
             probe_count = np.ascontiguousarray(probes, dtype=np.int64)
         probe_offsets = np.zeros(num_queries + 1, dtype=np.int64)
         np.cumsum(probe_count, out=probe_offsets[1:])
-        probe_list = np.empty(probe_offsets[-1], dtype=np.int64)
-        _table_cpu.fill_probes(act, probe_offsets, first, probe_list)
+        if probes is None and probe_offsets[-1] == first.size:
+            probe_list = first.reshape(-1)  # every query probes its k best: as fill_probes
+        else:
+            probe_list = np.empty(probe_offsets[-1], dtype=np.int64)
+            _table_cpu.fill_probes(act, probe_offsets, first, probe_list)
         bucket_offsets, who, where = _table_cpu.invert_probes(probe_offsets, probe_list,
                                                               self.num_buckets)
         # chunks of consecutive buckets with about equal work (items x probing queries)
@@ -690,13 +694,16 @@ class SparseHashTable(Index):
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
         stored = state.emb.view(np.uint16) if state.emb.dtype == np.float16 else state.emb
+        # the scan ranks ids where a bucket's items are consecutive (k = 1), else positions,
+        # whose ids the merge looks up (see scan_buckets)
+        scan_ids, merge_ids = (state.ids, _NO_IDS) if self.k == 1 else (_NO_IDS, state.ids)
         _table_cpu.scan_buckets(emb, self._rerank_tables(emb), self.k, chunk_starts,
                                 state.offsets, state.items, state.codes, stored, state.rows,
-                                state.ids, excluded, mask,
-                                probe_offsets, probe_list, bucket_offsets, who, where,
-                                inner_product, topk, ranked_keys, ranked_ids, found)
+                                scan_ids, excluded, mask, probe_offsets, probe_list,
+                                bucket_offsets, who, where, inner_product, topk, ranked_keys,
+                                ranked_ids, found)
         counts[:] = found.sum(axis=0)
-        _table_cpu.merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product,
+        _table_cpu.merge_ranked(ranked_keys, ranked_ids, topk, found, inner_product, merge_ids,
                                 _chunks(num_queries), dist, ids)
 
     # ------------------------------------------------------------------ files
