@@ -350,6 +350,12 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                             excluded_items[num_excluded] = exclude[who[u], e]
                             excluded_bits[num_excluded] = bit
                             num_excluded += 1
+                # the bucket's first rows, which the loop's prefetches (ahead of the item
+                # read) never ask for
+                for p in range(offsets[r], min(end, offsets[r] + _AHEAD)):
+                    prefetch(emb[items[p]])
+                    if k > 1:
+                        prefetch(codes[items[p]])
                 # two items at a time: their distances to a query are two chains of
                 # dependent additions side by side (offered in item order, as one by one)
                 for p in range(offsets[r], end, 2):
