@@ -279,6 +279,20 @@ def test_expansion_and_exclusion_with_queries_from_the_database(k):
                     exclude=twice)
 
 
+def test_scan_and_merge_compile_once_for_every_k():
+    """k = 1 tables hand the scan the ids and the merge none, k > 1 the other way round: the
+    two arrays must be of one Numba type, or each k compiles its own scan (seconds) on first
+    use."""
+    from qkernels.index import table as table_module
+
+    rng = np.random.default_rng(0)
+    act, emb = clustered(rng, 200, 16, 8)
+    for k in (1, 2):
+        index = qk.SparseHashTable(16, k).add(act, emb)
+        index.search(act[:3], emb[:3], 4)
+        assert numba.typeof(index._state.ids) == numba.typeof(table_module._NO_IDS)
+
+
 def test_expansion_fires_exactly_when_the_first_buckets_are_short():
     # two buckets of two items each; a query in bucket 0 needs bucket 1 to reach topk = 3
     act = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])

@@ -29,7 +29,10 @@ __all__ = ["SparseHashTable"]
 
 _METRICS = ("l2", "ip")
 _STORAGES = ("float32", "float16")
-_NO_IDS = np.empty(0, dtype=np.int64)  # no ids: see _search_block
+# no ids (see _search_block); read-only like a snapshot's ids, so that the scan and the merge
+# compile once for both
+_NO_IDS = np.empty(0, dtype=np.int64)
+_NO_IDS.flags.writeable = False
 # a build holds a few (threads x buckets) int64 count arrays: 2**24 buckets (a 4096 x 4096
 # cascade) take about 1 GB there; more is a mistake, not a table
 MAX_BUCKETS = 1 << 24
