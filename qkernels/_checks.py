@@ -14,6 +14,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 __all__ = [
@@ -29,6 +30,36 @@ __all__ = [
     "check_same_rows",
     "check_topk",
 ]
+
+
+# float types with their bits' integer type and the mask of every bit but the sign
+_MAGNITUDE_BITS = {np.dtype(np.float32): (np.int32, np.int32(0x7FFFFFFF)),
+                   np.dtype(np.float64): (np.int64, np.int64(0x7FFFFFFFFFFFFFFF))}
+
+
+@nb.njit(cache=True, nogil=True)
+def _top_magnitude_bits(bits, mask):
+    """The largest ``bits[i] & mask``: the bits of the largest magnitude among floats whose bit
+    patterns ``bits`` holds, where any NaN or Inf comes out at or above the infinity's bits.
+    An integer maximum, so that it vectorises (numpy's ``isfinite(x).all()`` writes a bool
+    array and reads it again: 116 us against 76 for 2 MB of float32 read from memory)."""
+    top = mask & 0
+    for i in range(bits.shape[0]):
+        top = max(top, bits[i] & mask)
+    return top
+
+
+def _largest_magnitude(x: np.ndarray) -> float | None:
+    """``max |x|`` of a non-empty C-contiguous float32 or float64 array in native byte order
+    (``inf`` if it holds NaN or Inf), in one pass; None for any other array."""
+    kind = _MAGNITUDE_BITS.get(x.dtype)
+    if (kind is None or type(x) is not np.ndarray or not x.flags.c_contiguous
+            or not x.dtype.isnative or x.size == 0):
+        return None
+    int_type, mask = kind
+    top = _top_magnitude_bits(x.reshape(-1).view(int_type), mask)
+    value = float(np.array(top, dtype=int_type).view(x.dtype))
+    return value if math.isfinite(value) else math.inf
 
 
 def _xp(x: Any):
@@ -105,8 +136,9 @@ def check_distance_range(x: Any, name: str, dim: int | None = None) -> None:
         return
     dim = max(1, x.shape[-1] if dim is None else dim)
     bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * dim))
-    xp = _xp(x)
-    largest = float(xp.abs(x).max())
+    largest = _largest_magnitude(x)
+    if largest is None:
+        largest = float(_xp(x).abs(x).max())
     if largest > bound:
         raise ValueError(
             f"{name} holds a value of magnitude {largest:.3g}; squared distances between "
@@ -138,6 +170,9 @@ def check_rank(x: Any, name: str, ranks: Sequence[int], shape_text: str) -> None
 def check_finite(x: Any, name: str) -> None:
     """Reject NaN and Inf, naming the first offending position."""
     if x.dtype.kind not in "fc" or x.size == 0:
+        return
+    largest = _largest_magnitude(x)
+    if largest is not None and largest < math.inf:
         return
     xp = _xp(x)
     finite = xp.isfinite(x)

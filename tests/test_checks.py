@@ -1,7 +1,12 @@
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qkernels._checks import (
+    _largest_magnitude,
     as_float_array,
     as_index_array,
     check_finite,
@@ -76,3 +81,30 @@ def test_index_arrays():
     assert as_index_array(np.array([-1]), "I", 3, allow_missing=True)[0] == -1
     with pytest.raises(TypeError, match="integers"):
         as_index_array(np.array([0.5]), "I")
+
+
+@settings(max_examples=200, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), data=st.data())
+def test_largest_magnitude_and_finiteness_equal_numpy(dtype, data):
+    """The one-pass check (an integer maximum over the bit patterns) against numpy, over any
+    bit patterns: NaN payloads of both signs, infinities, subnormals, -0.0; any layout."""
+    bits = 8 * np.dtype(dtype).itemsize
+    exponent = (1 << (bits - 1)) - (1 << (23 if bits == 32 else 52))  # all exponent bits
+    special = st.sampled_from([exponent, exponent + 1, exponent + 12345,
+                               (1 << (bits - 1)) - 1])  # inf, NaNs
+    pattern = st.integers(0, (1 << bits) - 1) | special.flatmap(
+        lambda value: st.sampled_from([value, value | (1 << (bits - 1))]))
+    words = data.draw(st.lists(pattern, min_size=1, max_size=40))
+    x = np.array(words, dtype=np.uint32 if bits == 32 else np.uint64).view(dtype)
+    finite = bool(np.isfinite(x).all())
+    expected = float(np.abs(x).max()) if finite else math.inf
+    assert _largest_magnitude(x) == expected
+    assert _largest_magnitude(x.reshape(1, -1)) == expected
+    if x.size > 2:
+        assert _largest_magnitude(x[::2]) is None  # not contiguous: numpy's path
+    assert _largest_magnitude(x.astype(np.dtype(dtype).newbyteorder(">"))) is None
+    if finite:
+        check_finite(x, "x")
+    else:
+        with pytest.raises(ValueError, match="x must be finite"):
+            check_finite(x, "x")
