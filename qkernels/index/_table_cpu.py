@@ -342,6 +342,10 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
                 num_excluded = 0
                 for u in range(g0, g1):
                     bit = np.uint64(1) << np.uint64(u - g0)
+                    # the query's row and ranked rows, read first by the item loop below
+                    prefetch(query_emb[who[u]])
+                    prefetch(hk[who[u]])
+                    prefetch(hi[who[u]])
                     base = probe_offsets[who[u]]
                     for v in range(where[u]):
                         earlier[probe_list[base + v]] |= bit
