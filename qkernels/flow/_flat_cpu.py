@@ -70,6 +70,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .._checks import _top_magnitude_bits
 from .._heap import _MAGNITUDE, SMALL_K, top_k_small, top_k_small_pair
 from .._parallel import parallel_kernel
 from .._simd import (
@@ -242,13 +243,9 @@ def sink_flows(incr, count, units):
 
 @nb.njit(cache=True, nogil=True)
 def all_finite(scores):
-    """No NaN or Inf in ``scores`` (C-contiguous): no exponent field is all ones. An integer
-    reduction over the bit patterns, so that it vectorises."""
-    bits = scores.reshape(-1).view(np.int64)
-    top = np.int64(0)
-    for i in range(bits.shape[0]):
-        top = max(top, bits[i] & _INF_BITS)
-    return top != _INF_BITS
+    """No NaN or Inf in ``scores`` (C-contiguous float64): the largest magnitude's bits, one
+    vectorised integer maximum (``_checks._top_magnitude_bits``), stay below infinity's."""
+    return _top_magnitude_bits(scores.reshape(-1).view(np.int64), _MAGNITUDE) < _INF_BITS
 
 
 @nb.njit(cache=True, nogil=True)
