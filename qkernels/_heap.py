@@ -15,10 +15,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._simd import least_after, least_node
+from ._simd import least_after, least_k_lanes, least_node
 
 __all__ = ["SMALL_K", "by_database", "drain_sorted", "drain_sorted3", "merge_chunks", "offer",
-           "offer3", "padded", "push", "sift_down", "top_k_small", "top_k_small_pair"]
+           "offer3", "padded", "push", "sift_down", "top_k_rows", "top_k_small",
+           "top_k_small_pair"]
 
 SMALL_K = 8  # the largest k that top_k_small takes
 _MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -80,6 +81,33 @@ def top_k_small_pair(bits_a, bits_b, k, out_a, out_b, keys):
         out_a[t] = r_a
         out_b[t] = r_b
     return r_a, r_b
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def top_k_rows(bits, k, out, keys, picks):
+    """``top_k_small`` of every row of ``bits`` (n, d) into ``out`` (n, >= k): the same
+    indices, in the same order. ``keys`` (8, d rounded up to a multiple of eight) int64 and
+    ``picks`` (8, SMALL_K) int64 are scratch.
+
+    From ``k = 3`` eight rows at a time (``_simd.least_k_lanes``: each column inserted into
+    the eight rows' sorted lists, no reduction between the picks): 1.5x / 2.1x / 2.3x the
+    speed of the pairs below at k = 3 / 4 / 8 on 64-column rows (AMD EPYC Zen 5). One or two
+    picks keep the pairs, two rows side by side by repeated selection (``top_k_small_pair``):
+    the lanes measured 0.8x / 1.0x of them there."""
+    n = bits.shape[0]
+    if k < 3:
+        for j in range(0, n - 1, 2):
+            top_k_small_pair(bits[j], bits[j + 1], k, out[j], out[j + 1], keys)
+        if n % 2:
+            top_k_small(bits[n - 1], k, out[n - 1], keys[0])
+        return
+    for j in range(0, n, 8):
+        for lane in range(8):
+            _descending_keys(bits[min(j + lane, n - 1)], keys[lane])
+        least_k_lanes(keys, k, picks)
+        for lane in range(min(8, n - j)):
+            for t in range(k):
+                out[j + lane, t] = picks[lane, t]
 
 
 def padded(dist: np.ndarray, items: np.ndarray, topk: int, missing

@@ -27,9 +27,10 @@ from numba.extending import intrinsic
 
 __all__ = ["RANK_EMPTY", "adc_lanes", "dot_f32", "dot_f32_pair", "fastscan_block",
            "fastscan_group3", "fastscan_group4", "hamming_lanes", "has_avx2", "has_avx512bw",
-           "insert_ranked", "least_after", "least_node", "line_aligned", "nearest_node",
-           "numba_target", "popcount64", "prefetch", "rank_key", "ranked_distance", "relax_into",
-           "sq_l2_f32", "sq_l2_f32_pair", "target_features", "widen_half"]
+           "insert_ranked", "least_after", "least_k_lanes", "least_node", "line_aligned",
+           "nearest_node", "numba_target", "popcount64", "prefetch", "rank_key",
+           "ranked_distance", "relax_into", "sq_l2_f32", "sq_l2_f32_pair", "target_features",
+           "widen_half"]
 
 _LANES = 8
 
@@ -603,6 +604,106 @@ def least_after(typingctx, key_bits, size, key, node):
         raise TypeError("least_after takes an integer size, key and node")
     return (types.UniTuple(types.int64, 2)(key_bits, types.int64, types.int64, types.int64),
             functools.partial(_nearest_codegen, after=True))
+
+
+_TOP_LEVELS = 8  # the largest k of ``least_k_lanes`` (qkernels._heap.SMALL_K)
+
+
+def _transpose8(builder, rows):
+    """The columns of eight vectors of eight lanes: ``columns[c]`` lane ``l`` is ``rows[l]``
+    lane ``c`` (three stages of two-input shuffles, 24 in all)."""
+    def shuffle(a, b, order):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), order))
+
+    pairs = []
+    for r in range(0, 8, 2):  # lanes (2i, 2i + 1) of rows r, r + 1: even and odd columns
+        pairs.append((shuffle(rows[r], rows[r + 1], [0, 8, 2, 10, 4, 12, 6, 14]),
+                      shuffle(rows[r], rows[r + 1], [1, 9, 3, 11, 5, 13, 7, 15])))
+    quads = {}  # (rows 0-3 or 4-7, column residue mod 4) -> columns (c, c + 4) of four rows
+    for half in range(2):
+        (even_a, odd_a), (even_b, odd_b) = pairs[2 * half], pairs[2 * half + 1]
+        quads[half, 0] = shuffle(even_a, even_b, [0, 1, 8, 9, 4, 5, 12, 13])
+        quads[half, 2] = shuffle(even_a, even_b, [2, 3, 10, 11, 6, 7, 14, 15])
+        quads[half, 1] = shuffle(odd_a, odd_b, [0, 1, 8, 9, 4, 5, 12, 13])
+        quads[half, 3] = shuffle(odd_a, odd_b, [2, 3, 10, 11, 6, 7, 14, 15])
+    columns = [None] * 8
+    for c in range(4):
+        columns[c] = shuffle(quads[0, c], quads[1, c], [0, 1, 2, 3, 8, 9, 10, 11])
+        columns[c + 4] = shuffle(quads[0, c], quads[1, c], [4, 5, 6, 7, 12, 13, 14, 15])
+    return columns
+
+
+def _least_k_codegen(context, builder, signature, args):
+    keys = context.make_array(signature.args[0])(context, builder, args[0])
+    out = context.make_array(signature.args[2])(context, builder, args[2])
+    k = args[1]
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(i64, 8)
+    width = cgutils.unpack_tuple(builder, keys.shape, 2)[1]
+    out_width = cgutils.unpack_tuple(builder, out.shape, 2)[1]
+    eight = ir.Constant(i64, 8)
+    above = ir.Constant(vec, [2**63 - 1] * 8)
+    end = builder.append_basic_block("least_k.end")
+    switch = builder.switch(k, end)
+    for levels in range(1, _TOP_LEVELS + 1):
+        block = builder.append_basic_block(f"least_k.{levels}")
+        switch.add_case(ir.Constant(i64, levels), block)
+        builder.position_at_end(block)
+        least = [cgutils.alloca_once_value(builder, above) for _ in range(levels)]
+        where = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * 8))
+                 for _ in range(levels)]
+        with cgutils.for_range(builder, builder.udiv(width, eight)) as loop:
+            start = builder.mul(loop.index, eight)
+            rows = [builder.load(builder.bitcast(
+                builder.gep(keys.data, [builder.add(builder.mul(ir.Constant(i64, lane), width),
+                                                    start)]), vec.as_pointer()), align=8)
+                for lane in range(8)]
+            for c, column in enumerate(_transpose8(builder, rows)):
+                key = column
+                at = _splat(builder, builder.add(start, ir.Constant(i64, c)), 8)
+                # insertion into each lane's sorted list: the key goes before the first entry
+                # above it (after equal ones: the lower column first), the rest move down one.
+                # A key below entry t is below every later one (the list is sorted), so every
+                # level compares with the key itself and none waits for the level above it.
+                held = [builder.load(least[t]) for t in range(levels)]
+                held_at = [builder.load(where[t]) for t in range(levels)]
+                lower = [builder.icmp_signed("<", key, held[t]) for t in range(levels)]
+                for t in range(levels):
+                    new, new_at = key, at
+                    if t > 0:  # entry t - 1 moves down where the key went above it
+                        new = builder.select(lower[t - 1], held[t - 1], key)
+                        new_at = builder.select(lower[t - 1], held_at[t - 1], at)
+                    builder.store(builder.select(lower[t], new, held[t]), least[t])
+                    builder.store(builder.select(lower[t], new_at, held_at[t]), where[t])
+        for t in range(levels):
+            columns = builder.load(where[t])
+            for lane in range(8):
+                index = builder.add(builder.mul(ir.Constant(i64, lane), out_width),
+                                    ir.Constant(i64, t))
+                builder.store(builder.extract_element(columns, ir.Constant(ir.IntType(32), lane)),
+                              builder.gep(out.data, [index]))
+        builder.branch(end)
+    builder.position_at_end(end)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def least_k_lanes(typingctx, keys, k, out):
+    """The ``k`` least keys of each of eight rows, in one pass over their columns (unchecked):
+    ``keys`` (8, w) int64 with ``w`` a multiple of eight, ``1 <= k <= 8``, and in every row at
+    least ``k`` keys below ``2**63 - 1`` (the largest key pads rows and is never picked);
+    writes into ``out[l, :k]`` (``out`` (8, >= k) int64) the columns of row ``l``'s ``k``
+    least keys, least first, the lower column first among equal keys: what ``least_node`` and
+    then ``least_after`` ``k - 1`` times select in one row.
+
+    The rows are the lanes: eight columns are loaded as rows and transposed by shuffles, and
+    each column's keys are inserted into the lanes' sorted lists of ``k`` (per level a
+    comparison with the key and four selections, no branch). The repeated selection waits for
+    a reduction of the lanes at every pick; this pass has none."""
+    _check_arrays("least_k_lanes", [(keys, 2, types.int64), (out, 2, types.int64)])
+    if not isinstance(k, types.Integer):
+        raise TypeError("least_k_lanes takes an integer k")
+    return types.none(keys, types.int64, out), _least_k_codegen
 
 
 # ------------------------------ sorted top-K rows of (distance, row) keys (the table probe)

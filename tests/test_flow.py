@@ -281,6 +281,54 @@ def _top_k_pair(bits_a, bits_b, k, out_a, out_b, keys):
 
 
 @numba.njit
+def _top_k_rows(bits, k, out, keys, picks):
+    _heap.top_k_rows(bits, k, out, keys, picks)
+
+
+@numba.njit
+def _least_k_lanes(keys, k, out):
+    _simd.least_k_lanes(keys, k, out)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 20), st.integers(1, 40), st.integers(1, 8),
+       st.sampled_from(["ties", "float", "signed zeros"]))
+def test_top_k_rows_equal_the_sorted_reference(seed, n, d, k, values):
+    """The greedy start's k best buckets of every class, eight rows at a time from k = 3 (the
+    rows as lanes, each column inserted into their sorted lists): each row's answer is the
+    sort's, largest first, lower index first on ties; a last group of fewer than eight rows,
+    and columns that do not fill a step of eight."""
+    k = min(k, d)
+    rng = np.random.default_rng(seed)
+    if values == "ties":
+        rows = rng.integers(-2, 3, (n, d)).astype(np.float64)
+    elif values == "float":
+        rows = rng.standard_normal((n, d)) * 10.0 ** rng.integers(-300, 300, (n, d))
+    else:
+        rows = rng.choice([-0.0, 0.0, 1.0, -1.0, 5e-324, -5e-324], (n, d))
+    out = np.full((n, k), -1)
+    _top_k_rows(rows.view(np.int64), k, out, np.empty((8, (d + 7) // 8 * 8), dtype=np.int64),
+                np.empty((8, _heap.SMALL_K), dtype=np.int64))
+    np.testing.assert_array_equal(out, [ref.top_k(row, k) for row in rows.tolist()])
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 8))
+def test_least_k_lanes_walk_each_row_in_order(seed, steps, k):
+    """Each of the eight rows' k least int64 keys, least first and the lower column first
+    among equal ones: the first k pairs of that row sorted by (key, column), as least_after
+    walks them; the smallest keys and the one below the padding included."""
+    rng = np.random.default_rng(seed)
+    width = 8 * steps
+    keys = rng.choice(np.array([-(2**63), -5, -1, 0, 3, 2**62, 2**63 - 2]), (8, width))
+    keys[:, rng.random(width) < 0.2] = 2**63 - 1  # padding, never picked
+    keys[:, :k] = np.minimum(keys[:, :k], 2**63 - 2)  # at least k keys below it
+    out = np.full((8, 8), -1)
+    _least_k_lanes(keys, k, out)
+    for lane in range(8):
+        want = [i for _, i in sorted((int(a), i) for i, a in enumerate(keys[lane]))][:k]
+        assert out[lane, :k].tolist() == want
+
+
+@numba.njit
 def _nearest_node(label_bits, done, deficit, size):
     return _simd.nearest_node(label_bits, done, deficit, size)
 

@@ -116,7 +116,7 @@ extern "C" __global__ void solve_batch(const double* __restrict__ all_scores, in
     unsigned char* assigned = bytes + (long long)b * n * d;
 
     // the greedy start: each class its k best buckets, best first (insertion, lower index
-    // first on ties: the CPU's choice, by _top_k or top_k_small), its potential the k-th best
+    // first on ties: the CPU's choice, by _top_k or top_k_rows), its potential the k-th best
     // score
     for (int j = t; j < n; j += threads) {
         const double* row = scores + (long long)j * d;

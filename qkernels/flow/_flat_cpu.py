@@ -57,7 +57,7 @@ per augmentation ``search``, ``update_potentials``, ``augment``; see
 phases are closures: Numba inlines them with no call and no reference counting. Two Numba
 costs shaped how they are written (both measured): a module-level helper that takes arrays
 and writes them or returns a value pays reference counting on every call (15-34x slower in
-a relax loop), so only helpers Numba inlines (``sort_rows``, ``_heap.top_k_small``) are
+a relax loop), so only helpers Numba inlines (``sort_rows``, ``_heap.top_k_rows``) are
 module-level; and a conditional expression (``a if c else b``) inside a closure made the
 relax loops 15-30x slower than the same loop written with ``if`` statements and ``max``.
 
@@ -71,7 +71,7 @@ import numba as nb
 import numpy as np
 
 from .._checks import _top_magnitude_bits
-from .._heap import _MAGNITUDE, SMALL_K, top_k_small, top_k_small_pair
+from .._heap import _MAGNITUDE, SMALL_K, top_k_rows
 from .._parallel import parallel_kernel
 from .._simd import (
     least_after,
@@ -121,7 +121,7 @@ def _top_k(row, k, out, top):
     """Write the ``k`` largest entries' indices of ``row`` into ``out``, largest first (lower
     index first on ties); ``top`` is scratch of length ``k``. Returns the ``k``-th largest.
 
-    For ``k`` above ``SMALL_K`` (smaller ones take ``_heap.top_k_small``): insertion into a
+    For ``k`` above ``SMALL_K`` (smaller ones take ``_heap.top_k_rows``): insertion into a
     sorted list of ``k``; a stable sort beyond 16, where insertion would cost ``k * d``."""
     if k > 16:
         order = np.argsort(-row, kind="mergesort")
@@ -313,15 +313,10 @@ def solve_with_potentials(scores, k, incr, codes, pb, pc):
             for j in range(n):
                 pc[j] = _top_k(scores[j], k, codes[j], top)
         else:
-            keys = int_lines(2 * ((d + 7) // 8 * 8)).reshape(2, -1)
-            for j in range(0, n - 1, 2):
-                r_a, r_b = top_k_small_pair(score_bits[j], score_bits[j + 1], k, codes[j],
-                                            codes[j + 1], keys)
-                pc[j] = scores[j, r_a]
-                pc[j + 1] = scores[j + 1, r_b]
-            if n % 2:
-                pc[n - 1] = scores[n - 1, top_k_small(score_bits[n - 1], k, codes[n - 1],
-                                                      keys[0])]
+            top_k_rows(score_bits, k, codes, int_lines(8 * ((d + 7) // 8 * 8)).reshape(8, -1),
+                       np.empty((8, SMALL_K), dtype=np.int64))
+            for j in range(n):
+                pc[j] = scores[j, codes[j, k - 1]]
         for j in range(n):
             for t in range(k):
                 r = codes[j, t]
