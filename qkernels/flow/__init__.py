@@ -159,12 +159,12 @@ def solve_sparse_codes(
     """
     if (type(scores) is np.ndarray and scores.ndim == 2 and scores.dtype == np.float64
             and scores.flags.carray and type(k) is int and type(penalty) is float
-            and bucket_costs is None):
-        # the common call from a host loop in one dispatch (the kernel checks the arguments
-        # and the scores; anything it does not accept takes the checked path below, which
-        # says what is wrong)
-        codes = _flat_cpu.solve_linear(scores, k, penalty)
-        if codes.shape[1]:
+            and bucket_costs is None and 0 < k <= scores.shape[1]):
+        # the common call from a host loop in one dispatch (the kernel checks the penalty and
+        # the scores; anything it does not accept takes the checked path below, which says
+        # what is wrong)
+        codes = np.empty((scores.shape[0], k), dtype=np.int64)
+        if _flat_cpu.solve_linear(scores, k, penalty, codes):
             return codes
     if (type(scores) is np.ndarray and scores.dtype == np.float64 and scores.ndim in (2, 3)
             and scores.flags.c_contiguous and scores.flags.aligned):

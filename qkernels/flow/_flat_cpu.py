@@ -261,21 +261,23 @@ def solve_one(scores, k, incr, codes):
 
 
 @nb.njit(cache=True, nogil=True)
-def solve_linear(scores, k, penalty):
-    """``solve_one`` for the common call from a host loop, in one dispatch: the penalty's
-    schedule ``penalty * c`` built and the codes allocated here (on a cold cache each numpy
-    call from Python costs 5-25 us, as much as a small solve). Returns the ``(n, k)`` codes, or
-    a ``(0, 0)`` array where the arguments need the checked path: ``k`` outside ``1..d``, a
-    penalty that is negative or not finite, NaN or Inf in ``scores``."""
+def solve_linear(scores, k, penalty, codes):
+    """``solve_one`` for the common call from a host loop, in one dispatch, into ``codes``
+    (n, k), which the caller allocates (after a peer's run had pushed Python and Numba out of
+    the caches, a new array returned from here cost ~1.2-2 us more than one made by numpy
+    and passed in); the penalty's schedule ``penalty * c`` is built here. Returns False, and
+    writes nothing, where the arguments need the checked path: ``k`` outside ``1..d`` or
+    ``codes`` of another shape, a penalty that is negative or not finite, NaN or Inf in
+    ``scores``."""
     n, d = scores.shape
-    if not (1 <= k <= d and 0.0 <= penalty < _INF and all_finite(scores)):
-        return np.empty((0, 0), dtype=np.int64)
+    if not (1 <= k <= d and codes.shape[0] == n and codes.shape[1] == k
+            and 0.0 <= penalty < _INF and all_finite(scores)):
+        return False
     incr = np.empty(max(n, 1))
     for c in range(incr.shape[0]):
         incr[c] = penalty * np.float64(c)
-    codes = np.empty((n, k), dtype=np.int64)
     solve_with_potentials(scores, k, incr, codes, lines(d), lines(n))
-    return codes
+    return True
 
 
 @nb.njit(cache=True, nogil=True)
