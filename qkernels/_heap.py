@@ -7,8 +7,10 @@ and on three keys compared in order for the Hamming tie-break (distance, feature
 item): ``offer3``, ``drain_sorted3``. (The table probe keeps sorted rows of packed keys
 instead: ``qkernels._simd.insert_ranked``.)
 ``by_database`` is the one scan-and-merge of the scans split over chunks of the database.
-``top_k_small`` selects a row's few largest entries without a heap, for the flow solver's
-greedy start (two rows at once: ``top_k_small_pair``) and the hash tables' bucket choice."""
+``top_k_small`` selects a row's few largest entries without a heap, for the hash tables'
+bucket choice and the flow solver's greedy start, which takes every row of its scores at once
+(``top_k_rows``: two rows side by side, ``top_k_small_pair``, or eight as the lanes of a
+vector)."""
 
 from __future__ import annotations
 

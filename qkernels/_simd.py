@@ -1,7 +1,8 @@
 """Small LLVM intrinsics for Numba kernels: float32 distances in eight fixed lanes, popcount,
 two items' 8-bit PQ or Hamming distances to many queries at once (``adc_lanes``,
-``hamming_lanes``), the flow solver's relaxation of a class's arcs (``relax_into``), the
-table probe's sorted rows of (distance, row) keys (``rank_key``, ``insert_ranked``), and the
+``hamming_lanes``), the flow solver's relaxation of a class's arcs (``relax_into``) and
+selections (``nearest_node``, ``least_node``, ``least_after``, ``least_k_lanes``), the table
+probe's sorted rows of (distance, row) keys (``rank_key``, ``insert_ranked``), and the
 4-bit fast scan's byte-shuffle blocks (AVX2, and AVX-512BW where the CPU has it; see the end
 of the module).
 
