@@ -21,15 +21,17 @@ def _widen(bits, out):
 @pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 64, 1 << 16])
 def test_float16_rows_widen_exactly(length):
     """The float16 re-ranking rows' widening equals numpy's conversion to the bit, every
-    pattern (subnormals, infinities, NaN payloads, both zeros) in a row of each length."""
+    pattern (subnormals, infinities, NaN payloads, both zeros) in a row of each length, from
+    the bits as uint16 and as int16 (as the table's scan reads them)."""
     patterns = np.random.default_rng(length).permutation(1 << 16).astype(np.uint16)
     for start in range(0, 1 << 16, max(length, 1)):
         bits = patterns[start:start + length]  # (the last row may be shorter)
-        out = np.full(bits.shape[0] + 3, 7.0, dtype=np.float32)
-        _widen(bits, out)
         expected = bits.view(np.float16).astype(np.float32)
-        np.testing.assert_array_equal(out[:-3].view(np.uint32), expected.view(np.uint32))
-        assert (out[-3:] == 7.0).all()  # nothing written beyond the row
+        for as_read in (bits, bits.view(np.int16)):
+            out = np.full(bits.shape[0] + 3, 7.0, dtype=np.float32)
+            _widen(as_read, out)
+            np.testing.assert_array_equal(out[:-3].view(np.uint32), expected.view(np.uint32))
+            assert (out[-3:] == 7.0).all()  # nothing written beyond the row
 
 
 def clustered(rng, n, num_buckets, dim, num_classes=6, integer_activations=False):
@@ -189,10 +191,11 @@ def test_tied_distances_break_by_insertion_row(seed, k, topk, metric):
 
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 120), k=st.integers(1, 3),
        topk=st.integers(1, 20), metric=st.sampled_from(["l2", "ip"]),
-       storage=st.sampled_from(["float16", "pq"]))
+       storage=st.sampled_from(["float16", "pq", "pq, 9 bits"]))
 def test_compressed_storage_equals_the_reference(seed, n, k, topk, metric, storage):
     """float16 embeddings re-rank by the distances of the float16 values; PQ codes by
-    asymmetric distance, as PQIndex ranks."""
+    asymmetric distance, as PQIndex ranks, uint8 codes and uint16 ones (above 8 bits: not
+    to be taken for float16 bit patterns, which are uint16 too)."""
     rng = np.random.default_rng(seed)
     act = rng.integers(0, 3, (n, 8)).astype(np.float64)
     emb = (rng.standard_normal((n, 8)) * 2).astype(np.float32)
@@ -205,8 +208,9 @@ def test_compressed_storage_equals_the_reference(seed, n, k, topk, metric, stora
         want = ref.sparse_table_search(codes, kept, np.arange(n), q_act, q_emb, k, topk, metric)
     else:
         # integer codewords: equal distances, ties to the item added first
-        pq = qk.ProductQuantizer(8, 4, 3).set_codebooks(
-            rng.integers(-2, 3, (4, 8, 2)).astype(np.float32))
+        nbits = 9 if storage == "pq, 9 bits" else 3
+        pq = qk.ProductQuantizer(8, 4, nbits).set_codebooks(
+            rng.integers(-2, 3, (4, 2**nbits, 2)).astype(np.float32))
         table = qk.SparseHashTable(8, k, metric, storage=pq).add(act, emb)
         pq_codes = pq.encode(emb)
         want = ref.sparse_table_search(

@@ -317,9 +317,9 @@ def scan_buckets(query_emb, tables, k, chunk_starts, offsets, items, codes, emb,
     row's ``topk``-th key is inserted in order (``insert_ranked``: eight keys a step, no
     branch); the others are turned away by that one comparison.
 
-    ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as uint16 bits,
-    or PQ codes with ``tables`` the queries' ``(Q, M, K)`` distance tables (``stored_row``,
-    ``rerank_pair``).
+    ``emb`` holds the stored re-ranking rows: float32 embeddings, float16 ones as their bit
+    patterns viewed as int16, or PQ codes (uint8 or uint16) with ``tables`` the queries' ``(Q,
+    M, K)`` distance tables (``stored_row``, ``rerank_pair``).
     """
     num_chunks = chunk_starts.shape[0] - 1
     num_buckets = offsets.shape[0] - 1
@@ -442,15 +442,16 @@ def _live(item, everyone, mask, k, codes, earlier, excluded_items, excluded_bits
 
 def stored_row(vectors, item, buffer):
     """Item ``item``'s stored re-ranking row as the distance reads it: a float32 row as it is;
-    float16 embeddings (held as their uint16 bits, Numba having no float16 arrays) widened
-    into ``buffer``, exactly (``_simd.widen_half``); a row of PQ codes as it is. Chosen by the
-    types when Numba compiles the caller."""
+    float16 embeddings (their bit patterns viewed as int16, Numba having no float16 arrays)
+    widened into ``buffer``, exactly (``_simd.widen_half``); a row of PQ codes (uint8, or
+    uint16 above 8 bits) as it is. Chosen by the types when Numba compiles the caller: the
+    float16 bits are int16 so that no PQ code type can be taken for them."""
     return vectors[item]
 
 
 @overload(stored_row, inline="always")
 def _stored_row(vectors, item, buffer):
-    if vectors.dtype == types.uint16:
+    if vectors.dtype == types.int16:
         def widened(vectors, item, buffer):
             widen_half(vectors[item], buffer)
             return buffer

@@ -696,7 +696,8 @@ class SparseHashTable(Index):
         ranked_ids = np.empty((chunks, num_queries, width), dtype=np.int64)
         found = np.zeros((chunks, num_queries), dtype=np.int64)
         inner_product = self.metric == "ip"
-        stored = state.emb.view(np.uint16) if state.emb.dtype == np.float16 else state.emb
+        # float16 rows go as their bits viewed as int16, never a PQ code type (uint8, uint16)
+        stored = state.emb.view(np.int16) if state.emb.dtype == np.float16 else state.emb
         # the scan ranks ids where a bucket's items are consecutive (k = 1), else positions,
         # whose ids the merge looks up (see scan_buckets)
         scan_ids, merge_ids = (state.ids, _NO_IDS) if self.k == 1 else (_NO_IDS, state.ids)
