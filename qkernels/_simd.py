@@ -638,6 +638,8 @@ def _transpose8(builder, rows):
 
 
 def _least_k_codegen(context, builder, signature, args):
+    """The codegen of ``least_k_lanes``: one loop for each ``k`` (a switch on it), so that the
+    ``k`` sorted lists live in registers."""
     keys = context.make_array(signature.args[0])(context, builder, args[0])
     out = context.make_array(signature.args[2])(context, builder, args[2])
     k = args[1]
