@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from .. import _gpu
-from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
+from .._arrays import origin_of, read_only, to_cupy, to_numpy, torch_stream
 from .._checks import (
     as_float_array,
     as_index_array,
@@ -31,8 +31,7 @@ _METRICS = ("l2", "ip")
 _STORAGES = ("float32", "float16")
 # no ids (see _search_block); read-only like a snapshot's ids, so that the scan and the merge
 # compile once for both
-_NO_IDS = np.empty(0, dtype=np.int64)
-_NO_IDS.flags.writeable = False
+_NO_IDS = read_only(np.empty(0, dtype=np.int64))
 # a build holds a few (threads x buckets) int64 count arrays: 2**24 buckets (a 4096 x 4096
 # cascade) take about 1 GB there; more is a mistake, not a table
 MAX_BUCKETS = 1 << 24
