@@ -53,14 +53,37 @@ class Kind:
 
 
 class Table(Kind):
-    name = "table"
+    """A SparseHashTable keeping float32 or float16 embeddings or PQ codes of more than eight
+    bits (uint16, which the re-ranking must not take for float16 bit patterns)."""
+
+    def __init__(self, storage="float32", metric="l2"):
+        self.storage, self.metric = storage, metric
+        self.name = "table" if storage == "float32" else f"table-{storage}-{metric}"
+        if storage == "pq9":
+            # 512 distinct integer codewords a subspace, so that a codeword's own vector
+            # encodes to it alone (distance 0, every other at least 1)
+            rng = np.random.default_rng(9)
+            grid = np.stack(np.meshgrid(np.arange(-11, 12), np.arange(-11, 12)), -1)
+            grid = grid.reshape(-1, 2).astype(np.float32)
+            self.codebooks = np.stack([grid[rng.permutation(grid.shape[0])[:512]]
+                                       for _ in range(DIM // 2)])
 
     def make(self):
-        return qk.SparseHashTable(BUCKETS, K)
+        storage = self.storage
+        if storage == "pq9":
+            storage = qk.ProductQuantizer(DIM, DIM // 2, 9).set_codebooks(self.codebooks)
+        return qk.SparseHashTable(BUCKETS, K, self.metric, storage=storage)
 
     def payloads(self, rng, n):
         act = rng.integers(0, 3, (n, BUCKETS)).astype(np.float64)  # bucket ties
-        emb = rng.integers(0, 3, (n, DIM)).astype(np.float32)       # distance ties
+        if self.storage == "pq9":  # (activations, embedding, its code)
+            codes = rng.integers(0, 512, (n, DIM // 2))
+            emb = self.codebooks[np.arange(DIM // 2), codes].reshape(n, DIM)
+            return list(zip(act, emb, codes, strict=True))
+        if self.storage == "float16":  # thirds: rounded to float16, still with ties
+            emb = (rng.integers(-6, 7, (n, DIM)) / 3).astype(np.float32)
+        else:
+            emb = rng.integers(0, 3, (n, DIM)).astype(np.float32)  # distance ties
         return list(zip(act, emb, strict=True))
 
     def add(self, index, payloads, ids):
@@ -69,7 +92,7 @@ class Table(Kind):
 
     def queries(self, rng, q):
         return (rng.integers(0, 3, (q, BUCKETS)).astype(np.float64),
-                rng.integers(0, 3, (q, DIM)).astype(np.float32))
+                rng.integers(-2, 3, (q, DIM)).astype(np.float32))
 
     def search(self, index, queries, include=None, exclude=None):
         D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
@@ -77,33 +100,90 @@ class Table(Kind):
 
     def expected(self, items, queries, per_query_exclude=None):
         codes = [ref.ranked_buckets(p[0])[:K] for _, p in items]
-        return ref.sparse_table_search(codes, [p[1] for _, p in items], [i for i, _ in items],
-                                       queries[0], queries[1], K, TOPK, "l2",
-                                       per_query_exclude)
+        distance = None
+        if self.storage == "pq9":
+            def distance(q, item):
+                return ref.adc_distance(queries[1][q], items[item][1][2], self.codebooks,
+                                        self.metric == "ip")
+        return ref.sparse_table_search(codes, [self.reconstructed(p) for _, p in items],
+                                       [i for i, _ in items], queries[0], queries[1], K, TOPK,
+                                       self.metric, per_query_exclude, distance=distance)
 
     def reconstructed(self, payload):
+        if self.storage == "float16":
+            return payload[1].astype(np.float16).astype(np.float32)
         return payload[1]
 
 
-class PQ(Kind):
-    """8-bit-free exact scan (nbits = 3) or the 4-bit fast scan, with fixed codebooks."""
+class Hierarchical(Kind):
+    """A HierarchicalHashTable, against the flat table rule over compound buckets ranked in
+    the cascade's probe order."""
 
-    def __init__(self, nbits):
-        self.nbits = nbits
-        self.name = f"pq{nbits}"
+    name = "hierarchical"
+    D = 3
+
+    def make(self):
+        return qk.HierarchicalHashTable(self.D, K)
+
+    def payloads(self, rng, n):
+        level1 = rng.integers(0, 3, (n, self.D)).astype(np.float64)  # parent ties
+        level2 = rng.integers(0, 3, (n, self.D)).astype(np.float64)
+        emb = rng.integers(0, 3, (n, DIM)).astype(np.float32)
+        return list(zip(level1, level2, emb, strict=True))
+
+    def add(self, index, payloads, ids):
+        index.add(*(np.array([p[t] for p in payloads]).reshape(len(payloads), width)
+                    for t, width in enumerate((self.D, self.D, DIM))), ids=ids)
+
+    def queries(self, rng, q):
+        return (rng.integers(0, 3, (q, self.D)).astype(np.float64),
+                rng.integers(0, 3, (q, self.D)).astype(np.float64),
+                rng.integers(0, 3, (q, DIM)).astype(np.float32))
+
+    def search(self, index, queries, include=None, exclude=None):
+        D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
+        return D, I, index.candidate_counts
+
+    def expected(self, items, queries, per_query_exclude=None):
+        d = self.D
+        codes = [[ref.ranked_buckets(p[0])[0] * d + t for t in ref.ranked_buckets(p[1])[:K]]
+                 for _, p in items]
+        compound = []  # activations whose ranking is the cascade's probe order
+        for level1, level2 in zip(queries[0], queries[1], strict=True):
+            order = ref.hierarchical_probe_order(level1, level2)
+            row = np.empty(d * d)
+            row[order] = -np.arange(d * d, dtype=np.float64)
+            assert ref.ranked_buckets(row) == order
+            compound.append(row)
+        return ref.sparse_table_search(codes, [p[2] for _, p in items], [i for i, _ in items],
+                                       compound, queries[2], K, TOPK, "l2",
+                                       per_query_exclude)
+
+    def reconstructed(self, payload):
+        return payload[2]
+
+
+class PQ(Kind):
+    """PQIndex with fixed codebooks: the exact scan at 3 and 8 bits (uint8 codes) and at 9
+    (uint16), the 4-bit fast scan; by squared distance or inner product."""
+
+    def __init__(self, nbits, metric="l2"):
+        self.nbits, self.metric = nbits, metric
+        self.name = f"pq{nbits}" + ("" if metric == "l2" else f"-{metric}")
+        self.dtype = np.uint8 if nbits <= 8 else np.uint16
         rng = np.random.default_rng(nbits)
         # integer codewords: many equal distances, ties to the item added first
         self.codebooks = rng.integers(-2, 3, (2, 1 << nbits, 2)).astype(np.float32)
 
     def make(self):
         pq = qk.ProductQuantizer(4, 2, self.nbits).set_codebooks(self.codebooks)
-        return qk.PQIndex(pq)
+        return qk.PQIndex(pq, self.metric)
 
     def payloads(self, rng, n):
-        return list(rng.integers(0, 1 << self.nbits, (n, 2)).astype(np.uint8))
+        return list(rng.integers(0, 1 << self.nbits, (n, 2)).astype(self.dtype))
 
     def add(self, index, payloads, ids):
-        index.add_codes(np.array(payloads, dtype=np.uint8).reshape(-1, 2), ids=ids)
+        index.add_codes(np.array(payloads, dtype=self.dtype).reshape(-1, 2), ids=ids)
 
     def queries(self, rng, q):
         return (rng.integers(-2, 3, (q, 4)).astype(np.float32),)
@@ -114,7 +194,7 @@ class PQ(Kind):
     def expected(self, items, queries, per_query_exclude=None):
         codes = [p for _, p in items]
         search = (ref.pq_fastscan_search if self.nbits == 4 else ref.pq_search)
-        D, I = search(queries[0], codes, self.codebooks, TOPK)
+        D, I = search(queries[0], codes, self.codebooks, TOPK, self.metric)
         ids = [i for i, _ in items]
         return D, [[ids[r] if r >= 0 else -1 for r in row] for row in I]
 
@@ -123,30 +203,51 @@ class PQ(Kind):
 
 
 class Binary(Kind):
-    name = "binary"
+    """BinaryIndex, ties to the item added first or (``features``) broken by the distance
+    between tie-break features."""
+
+    def __init__(self, features=False):
+        self.features = features
+        self.name = "binary-features" if features else "binary"
 
     def make(self):
         return qk.BinaryIndex(12)
 
     def payloads(self, rng, n):
-        return list(qk.pack_bits(rng.integers(0, 2, (n, 12)).astype(np.uint8)))
+        codes = list(qk.pack_bits(rng.integers(0, 2, (n, 12)).astype(np.uint8)))
+        if not self.features:
+            return codes
+        return list(zip(codes, rng.integers(0, 3, (n, 3)).astype(np.float32), strict=True))
 
     def add(self, index, payloads, ids):
-        index.add(np.array(payloads, dtype=np.uint8).reshape(-1, 2), ids=ids)
+        if not self.features:
+            index.add(np.array(payloads, dtype=np.uint8).reshape(-1, 2), ids=ids)
+            return
+        index.add(np.array([p[0] for p in payloads], dtype=np.uint8).reshape(-1, 2),
+                  np.array([p[1] for p in payloads]).reshape(-1, 3), ids=ids)
 
     def queries(self, rng, q):
-        return (qk.pack_bits(rng.integers(0, 2, (q, 12)).astype(np.uint8)),)
+        codes = qk.pack_bits(rng.integers(0, 2, (q, 12)).astype(np.uint8))
+        if not self.features:
+            return (codes,)
+        return codes, rng.integers(0, 3, (q, 3)).astype(np.float32)
 
     def search(self, index, queries, include=None, exclude=None):
-        return index.search(queries[0], TOPK, include=include, exclude=exclude)
+        return index.search(*queries, TOPK, include=include, exclude=exclude) \
+            if len(queries) == 1 else index.search(queries[0], TOPK, queries[1],
+                                                   include=include, exclude=exclude)
 
     def expected(self, items, queries, per_query_exclude=None):
-        D, I = ref.hamming_search(queries[0], [p for _, p in items], TOPK)
+        if self.features:
+            D, I = ref.hamming_search(queries[0], [p[0] for _, p in items], TOPK, queries[1],
+                                      [p[1] for _, p in items])
+        else:
+            D, I = ref.hamming_search(queries[0], [p for _, p in items], TOPK)
         ids = [i for i, _ in items]
         return D, [[ids[r] if r >= 0 else -1 for r in row] for row in I]
 
     def reconstructed(self, payload):
-        return payload
+        return payload[0] if self.features else payload
 
 
 def _check_search(kind, index, model, rng, mode):
@@ -274,13 +375,16 @@ class Lifecycle(RuleBasedStateMachine):
         assert self.index.default_ids == self.model.default_ids
 
 
-KINDS = [Table(), PQ(3), PQ(4), Binary()]
+KINDS = [Table(), Table("float16", "ip"), Table("pq9"), Hierarchical(), PQ(3), PQ(4),
+         PQ(8, "ip"), PQ(9), Binary(), Binary(features=True)]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
 def test_the_protocol_against_the_model(kind):
     machine = type(f"Lifecycle_{kind.name}", (Lifecycle,), {"kind": kind})
-    settings(max_examples=15, stateful_step_count=25, deadline=None,
+    # half the profile's examples (20 in `make test`, 1000 with HYPOTHESIS_PROFILE=thorough)
+    settings(max_examples=settings.default.max_examples // 2, stateful_step_count=25,
+             deadline=None,
              suppress_health_check=[HealthCheck.too_slow])(machine)
     machine.TestCase().runTest()
 
@@ -346,3 +450,52 @@ def test_a_merge_leaves_the_other_index_empty_and_reusable():
     assert index.ids.tolist() == list(range(20)) and other.ntotal == 0 and other.next_id == 0
     other.add(index.codes[:2])
     assert other.ids.tolist() == [0, 1]
+
+
+def test_features_belong_to_the_items_held():
+    """Whether a BinaryIndex has tie-break features is a property of its items: an index
+    emptied by remove_ids takes codes with or without them (of any dimension), as a new or
+    reset one does, and accepts query features while empty; one holding items refuses a mix."""
+    codes = _binary().codes
+    features = np.arange(30, dtype=np.float32).reshape(10, 3)
+    index = qk.BinaryIndex(16).add(codes, features)
+    with pytest.raises(ValueError, match="features were given with the earlier codes"):
+        index.add(codes[:1])
+    with pytest.raises(ValueError, match="features have dimension 2; earlier ones 3"):
+        index.add(codes[:1], features[:1, :2])
+    index.remove_ids(index.ids)
+    assert index.features is None
+    D, I = index.search(codes[:2], 3, features[:2])  # nothing to break ties between
+    assert (I == -1).all() and (D == np.iinfo(np.int32).max).all()
+    index.add(codes[:2])  # no features now
+    assert index.features is None
+    with pytest.raises(ValueError, match="features were not given with the earlier codes"):
+        index.add(codes[:1], features[:1])
+    with pytest.raises(ValueError, match="query_features need features added"):
+        index.search(codes[:2], 3, features[:2])
+    index.remove_ids(index.ids)
+    index.add(codes[:2], features[:2, :2])  # features again, of another dimension
+    np.testing.assert_array_equal(index.features, features[:2, :2])
+    with pytest.raises(ValueError, match="one index holds tie-break features and the other"):
+        index.merge_from(qk.BinaryIndex(16).add(codes[:1]))
+    emptied = qk.BinaryIndex(16).add(codes[:1], features[:1])
+    emptied.remove_ids(emptied.ids)
+    index.merge_from(emptied)  # an empty index has no features to disagree on
+    assert index.ntotal == 2
+
+
+def test_a_pq_table_merged_into_an_empty_one_keeps_its_dimension():
+    """A table keeping PQ codes learns nothing of its dimension from a merge (the codes have
+    one column a sub-quantizer): merged into an empty table it still searches and adds
+    vectors of the quantizer's dimension."""
+    rng = np.random.default_rng(0)
+    pq = qk.ProductQuantizer(8, 4, 9).train(rng.standard_normal((600, 8)).astype(np.float32))
+    act, emb = rng.standard_normal((20, 6)), rng.standard_normal((20, 8)).astype(np.float32)
+    table = qk.SparseHashTable(6, 2, storage=pq)
+    table.merge_from(qk.SparseHashTable(6, 2, storage=pq).add(act, emb))
+    assert table.dim == 8
+    table.add(act[:3], emb[:3])
+    want = qk.SparseHashTable(6, 2, storage=pq).add(np.concatenate([act, act[:3]]),
+                                                    np.concatenate([emb, emb[:3]]))
+    for a, b in zip(table.search(act, emb, 4), want.search(act, emb, 4), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -181,6 +181,13 @@ def hamming_topk(query_codes: Any, db_codes: Any, topk: int, tiebreak: Any = Non
     return origin.wrap(dist), origin.wrap(items)
 
 
+def _held(features: np.ndarray | None, size: int) -> np.ndarray | None:
+    """The features of a snapshot of ``size`` items: None where it holds none, so that an
+    index emptied by ``remove_ids`` takes codes with or without features, as a new one does
+    (whether an index has features is a property of the items it holds)."""
+    return features if size else None
+
+
 class BinaryIndex(Index):
     """Exhaustive Hamming search over packed binary codes, like FAISS IndexBinaryFlat.
 
@@ -251,7 +258,8 @@ class BinaryIndex(Index):
             Packed as by :func:`pack_bits`; the bits beyond ``nbits`` must be 0.
         features : array_like, shape (N, dim), optional
             Continuous features for the tie-break of :meth:`search`; given with every add or
-            with none.
+            with none while the index holds items (an empty one, new or emptied, takes
+            either).
         ids : array_like of int, shape (N,), optional
             64-bit ids ``>= 0``, unique in the index (default: the next ``N`` of ``next_id``).
 
@@ -289,7 +297,8 @@ class BinaryIndex(Index):
             elif state.features is not None:
                 raise ValueError("features were given with the earlier codes; give them again")
             new_ids = self._new_ids(state, ids, c.shape[0])
-            self._publish(Snapshot(codes=np.concatenate([state.codes, c]), features=f,
+            self._publish(Snapshot(codes=np.concatenate([state.codes, c]),
+                                   features=_held(f, state.size + c.shape[0]),
                                    ids=np.concatenate([state.ids, new_ids])),
                           new_ids=new_ids, given=ids is not None)
         return self
@@ -306,7 +315,8 @@ class BinaryIndex(Index):
             Results per query.
         query_features : array_like, shape (Q, dim), optional
             With features added: ties in Hamming distance are broken by squared Euclidean
-            distance between features; else by the item added first.
+            distance between features; else by the item added first. Refused by an index
+            whose items came without features (an empty one takes them).
         include : array_like of int, shape (n,), optional
             Only these ids may be returned.
         exclude : array_like of int, shape (n,) or (Q, m), optional
@@ -350,17 +360,18 @@ class BinaryIndex(Index):
         pair = None
         if query_features is not None:
             qf = self._query_features(state, query_features, queries.shape[0])
-            pair = (qf, state.features)
+            if state.size:  # (an empty index has no ties to break)
+                pair = (qf, state.features)
         mask, excluded = self._filter(state, include, exclude, queries.shape[0])
         dist, items = _search(_words(queries), self._host_columns(state), topk, pair, mask,
                               excluded)
         return origin.wrap(dist), origin.wrap(state.ids_of(items))
 
     def _query_features(self, state: Snapshot, query_features: Any, rows: int) -> np.ndarray:
-        if state.features is None:
+        if state.features is None and state.size:
             raise ValueError("query_features need features added with the codes")
         qf = _features(query_features, "query_features", rows)
-        if qf.shape[1] != state.features.shape[1]:
+        if state.features is not None and qf.shape[1] != state.features.shape[1]:
             raise ValueError(f"query_features have dimension {qf.shape[1]}; the index's "
                              f"features have {state.features.shape[1]}")
         return qf
@@ -430,7 +441,9 @@ class BinaryIndex(Index):
 
     def _kept(self, state: Snapshot, keep: np.ndarray) -> Snapshot:
         features = None if state.features is None else state.features[keep]
-        return Snapshot(codes=state.codes[keep], features=features, ids=state.ids[keep])
+        ids = state.ids[keep]
+        return Snapshot(codes=state.codes[keep], features=_held(features, ids.shape[0]),
+                        ids=ids)
 
     def _joined(self, state: Snapshot, other: Snapshot, other_ids: np.ndarray) -> Snapshot:
         if state.size and other.size and (state.features is None) != (other.features is None):

@@ -326,8 +326,8 @@ class SparseHashTable(Index):
             emb = state.emb
         else:
             emb = np.concatenate([state.emb, other.emb])
-        if emb.size:
-            self.dim = emb.shape[1]
+        if emb.size and not isinstance(self.storage, ProductQuantizer):
+            self.dim = emb.shape[1]  # (PQ codes have num_subspaces columns; dim is the pq's)
         return Snapshot(emb=emb, codes=np.concatenate([state.codes, other.codes]),
                         ids=np.concatenate([state.ids, other_ids]),
                         rows=np.concatenate([state.rows, (state.size + other.rows).astype(
