@@ -252,7 +252,8 @@ class ShardedIndex:
     shard : SparseHashTable, HierarchicalHashTable, PQIndex or BinaryIndex
         This rank's items. Every rank's shard must be of the same type with the same parameters
         (buckets, k, metric, dimension; for PQIndex the same codebooks; for BinaryIndex the
-        same nbits and feature dimension). Shards may change between searches (``add``,
+        same nbits and feature dimension). An empty shard takes part, whatever the dimension
+        of its embeddings or features had been. Shards may change between searches (``add``,
         ``remove_ids``, ``reset``, ``merge_from``): the next search agrees on them again.
     ids : {"offset", "global"}
         ``"offset"`` (default): rank r's local id j becomes ``offsets[r] + j``, the offsets
@@ -366,8 +367,10 @@ class ShardedIndex:
         reference = int(nonempty[0]) if nonempty.shape[0] else 0
         for column, name in enumerate(names):
             values = params[:, column]
-            # an empty table has no dimension yet: it agrees with any
-            compared = nonempty if name == "dim" else np.arange(values.shape[0])
+            # an empty shard has no dimension yet (of embeddings or tie-break features): it
+            # agrees with any
+            compared = (nonempty if name in ("dim", "feature dimension")
+                        else np.arange(values.shape[0]))
             differs = compared[values[compared] != values[reference]]
             if differs.shape[0]:
                 r = int(differs[0])

@@ -467,6 +467,7 @@ def test_features_belong_to_the_items_held():
     assert index.features is None
     D, I = index.search(codes[:2], 3, features[:2])  # nothing to break ties between
     assert (I == -1).all() and (D == np.iinfo(np.int32).max).all()
+    assert (index.tiebreak_keys(features[:2], I) == np.inf).all()  # (a sharded merge's hook)
     index.add(codes[:2])  # no features now
     assert index.features is None
     with pytest.raises(ValueError, match="features were not given with the earlier codes"):

@@ -56,6 +56,8 @@ def _data():
         "q_bits": rng.integers(0, 2, (NUM_QUERIES, 12)).astype(np.uint8),
         "feat": rng.integers(0, 3, (n, 3)).astype(np.float32),
         "q_feat": rng.integers(0, 3, (NUM_QUERIES, 3)).astype(np.float32),
+        # a table's PQ storage of 9 bits (uint16 codes): integer codewords, equal distances
+        "table_codebooks": rng.integers(-2, 3, (2, 512, 2)).astype(np.float32),
     }
 
 
@@ -73,6 +75,11 @@ def _indexes(d, rows, codebooks):
                                                                  d["emb"][rows]),
         "hierarchical": qk.HierarchicalHashTable(NUM_BUCKETS, K).add(
             d["act1"][rows], d["act2"][rows], d["emb"][rows]),
+        # compressed re-ranking: float16 rows (thirds, rounded) and 9-bit PQ codes
+        "table_f16": qk.SparseHashTable(NUM_BUCKETS, K, storage="float16").add(
+            d["act"][rows], d["emb"][rows] / 3),
+        "table_pq": qk.SparseHashTable(NUM_BUCKETS, K, storage=qk.ProductQuantizer(
+            DIM, 2, 9).set_codebooks(d["table_codebooks"])).add(d["act"][rows], d["emb"][rows]),
         "pq": qk.PQIndex(pq).add(d["pq_x"][rows]),
         "pq_ip": qk.PQIndex(pq, "ip").add(d["pq_x"][rows]),
         # the fast scan keeping topk by rounded sum (rerank=topk), or none (rerank=0); and the
@@ -91,6 +98,9 @@ def _searches(d, name, topk, queries=slice(None)):
     if name in ("table", "table_ip"):
         return (d["q_act"][queries], d["q_emb"][queries], topk), {
             "exclude": d["exclude"][queries]}
+    if name in ("table_f16", "table_pq"):
+        return (d["q_act"][queries], d["q_emb"][queries] / (3 if name == "table_f16" else 1),
+                topk), {"exclude": d["exclude"][queries]}
     if name == "hierarchical":
         return (d["q_act1"][queries], d["q_act2"][queries], d["q_emb"][queries], topk), {
             "exclude": d["exclude"][queries]}
@@ -136,7 +146,7 @@ def _rank(rank, init_file, codebooks, out_dir, world=WORLD):
                 args, kwargs = _searches(d, name, topk)
                 D, I = index.search(*args, **kwargs)
                 out[f"{name}/{topk}/D"], out[f"{name}/{topk}/I"] = D, I
-                if name in ("table", "table_ip", "hierarchical"):
+                if name in TABLES:
                     out[f"{name}/{topk}/counts"] = index.candidate_counts
             # each rank its own queries, against all shards (rank 1 none for some)
             mine = _own_queries(name)
@@ -188,6 +198,12 @@ def _rank(rank, init_file, codebooks, out_dir, world=WORLD):
         with_empty = ShardedIndex(table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, K))
         out["empty/D"], out["empty/I"] = with_empty.search(*_searches(d, "table", 16)[0],
                                                            **_searches(d, "table", 16)[1])
+        # an empty shard of an index with tie-break features (rank 1's emptied by remove_ids)
+        featured = shards["binary_features"]
+        if rank == 1:
+            featured.remove_ids(featured.ids)
+        out["empty features/D"], out["empty features/I"] = ShardedIndex(featured).search(
+            *_searches(d, "binary_features", 16)[0], **_searches(d, "binary_features", 16)[1])
         errors["k"] = _error(lambda: ShardedIndex(
             table if rank == 0 else qk.SparseHashTable(NUM_BUCKETS, 3).add(
                 d["act"][_part(1)], d["emb"][_part(1)])))
@@ -301,8 +317,9 @@ def whole():
     return d, _indexes(d, slice(None), codebooks)
 
 
-NAMES = ("table", "table_ip", "hierarchical", "pq", "pq_ip", "pq_rerank_topk", "pq_plain_ip",
-         "pq_exact", "binary", "binary_features")
+TABLES = ("table", "table_ip", "hierarchical", "table_f16", "table_pq")
+NAMES = (*TABLES, "pq", "pq_ip", "pq_rerank_topk", "pq_plain_ip", "pq_exact", "binary",
+         "binary_features")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -314,7 +331,7 @@ def test_every_rank_returns_what_one_index_returns(ranks, whole, name, topk):
     for out, _ in ranks:
         np.testing.assert_array_equal(out[f"{name}/{topk}/I"], I)
         np.testing.assert_array_equal(out[f"{name}/{topk}/D"], D)
-        if name in ("table", "table_ip", "hierarchical"):
+        if name in TABLES:
             np.testing.assert_array_equal(out[f"{name}/{topk}/counts"],
                                           indexes[name].candidate_counts)
 
@@ -424,6 +441,16 @@ def test_an_empty_shard_takes_part(ranks, whole):
     for out, _ in ranks:
         np.testing.assert_array_equal(out["empty/I"], I)
         np.testing.assert_array_equal(out["empty/D"], D)
+
+
+def test_an_empty_shard_of_a_featured_index_takes_part(ranks, whole):
+    d, _ = whole
+    alone = qk.BinaryIndex(12).add(qk.pack_bits(d["bits"][_part(0)]), d["feat"][_part(0)])
+    args, kwargs = _searches(d, "binary_features", 16)
+    D, I = alone.search(*args, **kwargs)
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out["empty features/I"], I)
+        np.testing.assert_array_equal(out["empty features/D"], D)
 
 
 def test_shards_that_change_between_searches(ranks, whole):

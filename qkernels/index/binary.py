@@ -414,6 +414,8 @@ class BinaryIndex(Index):
         if ((positions < 0) & (ids >= 0)).any():
             raise ValueError(f"id {int(ids[(positions < 0) & (ids >= 0)][0])} is not in the "
                              "index")
+        if state.features is None:  # an empty index: every id is -1
+            return np.full(ids.shape, np.inf, dtype=np.float32)
         out = np.empty(ids.shape, dtype=np.float32)
         _hamming_cpu.feature_distances(qf, state.features, np.ascontiguousarray(positions),
                                        out)
