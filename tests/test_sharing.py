@@ -125,10 +125,16 @@ def test_byte_order_and_alignment_never_change_an_answer(convert):
     act = act.astype(np.float32)
     rng = np.random.default_rng(3)
     scores = rng.standard_normal((2, 12, 10))
+    pq_codebooks = rng.standard_normal((4, 256, 4)).astype(np.float32)
 
     def calls(f):
         pq = qk.ProductQuantizer(16, 4, 4).train(f(emb))
+        pq8 = qk.ProductQuantizer(16, 4, 8).set_codebooks(f(pq_codebooks))
         codes = qk.pack_bits(f(act))
+
+        def removed(index, ids):
+            assert index.remove_ids(ids) == ids.shape[0]
+            return index
         return {
             "solve_sparse_codes": qk.solve_sparse_codes(f(scores), 2),
             "solve_sparse_codes-2d": qk.solve_sparse_codes(f(scores[0]), 3),
@@ -152,6 +158,18 @@ def test_byte_order_and_alignment_never_change_an_answer(convert):
                                             tiebreak=(f(emb[:30]), f(emb))),
             "BinaryIndex": qk.BinaryIndex(48).add(f(codes)).search(f(codes[:30]), 5),
             "ITQ": qk.ITQ(8).fit(f(emb)).encode(f(emb)),
+            "BinaryIndex features, ids, include": qk.BinaryIndex(48).add(
+                f(codes), f(emb), ids=f(np.arange(800) * 3)).search(
+                f(codes[:30]), 5, f(emb[:30]), include=f(np.arange(0, 2400, 6))),
+            "table float16, ids, remove_ids": removed(
+                qk.SparseHashTable(48, 2, storage="float16").add(
+                    f(act), f(emb), ids=f(np.arange(800) + 10**12)),
+                f(np.arange(0, 800, 7) + 10**12)).search(f(act[:50]), f(emb[:50]), 5),
+            "table PQ storage": qk.SparseHashTable(48, 2, storage=pq8).add(f(act), f(emb)).search(
+                f(act[:50]), f(emb[:50]), 5, include=f(np.arange(0, 800, 2))),
+            "PQIndex 8 bits, add_codes": qk.PQIndex(pq8, "ip").add_codes(
+                f(pq8.encode(emb).astype(np.uint16))).search(f(emb[:20]), 5,
+                                                            exclude=f(np.arange(20)[:, None])),
             "metrics.precision_at_k": qk.metrics.precision_at_k(
                 f(np.arange(40).reshape(10, 4)), f(np.arange(40) % 3), f(np.arange(10) % 3), 4),
         }
