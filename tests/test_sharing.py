@@ -346,6 +346,12 @@ def _changing(tmp_path):
             lambda t: t.search(act[q], emb[q], 12, exclude=np.arange(120)[:, None]),
             lambda t: t.add(extra_act, extra_emb),
             lambda: qk.SparseHashTable(act.shape[1], 2).add(extra_act, extra_emb)),
+        "SparseHashTable-float16": (  # (the build gathers float16 rows as their bits)
+            lambda: qk.SparseHashTable(act.shape[1], 2, storage="float16").add(act, emb),
+            lambda t: t.search(act[q], emb[q], 12, include=np.arange(0, 3400, 2)),
+            lambda t: t.add(extra_act, extra_emb),
+            lambda: qk.SparseHashTable(act.shape[1], 2, storage="float16").add(extra_act,
+                                                                               extra_emb)),
         "PQIndex": (
             lambda: qk.PQIndex(pq6).add(emb),
             lambda t: t.search(emb[q], 12, include=np.arange(0, 3400, 2)),
@@ -361,6 +367,11 @@ def _changing(tmp_path):
             lambda t: t.search(codes[q], 12, exclude=np.arange(0, 3000, 7)),
             lambda t: t.add(extra_codes),
             lambda: qk.BinaryIndex(act.shape[1]).add(extra_codes)),
+        "BinaryIndex-features": (
+            lambda: qk.BinaryIndex(act.shape[1]).add(codes, emb),
+            lambda t: t.search(codes[q], 12, emb[q]),
+            lambda t: t.add(extra_codes, extra_emb),
+            lambda: qk.BinaryIndex(act.shape[1]).add(extra_codes, extra_emb)),
     }
     for name, (make, search, add, make_other) in kinds.items():
         for change in ("add", "remove", "reset", "merge"):
