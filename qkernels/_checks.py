@@ -18,6 +18,7 @@ import numba as nb
 import numpy as np
 
 __all__ = [
+    "as_distance_array",
     "as_float_array",
     "as_index_array",
     "check_columns",
@@ -134,11 +135,39 @@ def check_distance_range(x: Any, name: str, dim: int | None = None) -> None:
     """
     if x.size == 0:
         return
-    dim = max(1, x.shape[-1] if dim is None else dim)
-    bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * dim))
     largest = _largest_magnitude(x)
     if largest is None:
         largest = float(_xp(x).abs(x).max())
+    _check_range(largest, x.shape, name, dim)
+
+
+def as_distance_array(x: Any, name: str, dim: int | None = None) -> Any:
+    """``as_float_array(x, name, dtype=np.float32)``, then ``check_distance_range``: the
+    float32 vectors a kernel computes squared distances between, with the same errors in the
+    same order. Where ``x`` is a C-contiguous float32 or float64 numpy array in native byte
+    order, its largest magnitude, read once, decides all three checks (finite, within
+    float32, distances within float32); rounding to float32 is monotone, so the cast's largest
+    magnitude is that one rounded."""
+    largest = _largest_magnitude(x) if x.dtype.kind == "f" else None
+    if largest is None:
+        x = as_float_array(x, name, dtype=np.float32)
+        check_distance_range(x, name, dim)
+        return x
+    if largest == math.inf:
+        check_finite(x, name)  # raises, naming the first NaN or Inf
+    if x.dtype != np.float32:
+        if largest > float(np.finfo(np.float32).max):
+            _check_fits(x, name, np.dtype(np.float32))  # raises, naming the value
+        x = x.astype(np.float32)
+        largest = float(np.float32(largest))
+    _check_range(largest, x.shape, name, dim)
+    return x
+
+
+def _check_range(largest: float, shape: tuple[int, ...], name: str, dim: int | None) -> None:
+    """check_distance_range, given the largest magnitude of the array of that shape."""
+    dim = max(1, shape[-1] if dim is None else dim)
+    bound = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * dim))
     if largest > bound:
         raise ValueError(
             f"{name} holds a value of magnitude {largest:.3g}; squared distances between "

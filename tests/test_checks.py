@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 
 from qkernels._checks import (
     _largest_magnitude,
+    as_distance_array,
     as_float_array,
     as_index_array,
+    check_distance_range,
     check_finite,
     check_int,
     check_nonnegative,
@@ -108,3 +110,47 @@ def test_largest_magnitude_and_finiteness_equal_numpy(dtype, data):
     else:
         with pytest.raises(ValueError, match="x must be finite"):
             check_finite(x, "x")
+
+
+def _outcome(call):
+    try:
+        out = call()
+    except (TypeError, ValueError) as error:
+        return type(error), str(error)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(dtype=st.sampled_from([np.float16, np.float32, np.float64, np.int64, np.bool_,
+                              np.complex64]),
+       layout=st.sampled_from(["C", "strided", "big-endian"]), dim=st.none() | st.integers(1, 9),
+       data=st.data())
+def test_the_distance_check_in_one_pass_equals_the_two_checks(dtype, layout, dim, data):
+    """``as_distance_array`` against ``as_float_array`` to float32 followed by
+    ``check_distance_range``: the same array, or the same error and message, for values
+    around every bound (NaN, Inf, beyond float32, distances that overflow) in every layout."""
+    bound = math.sqrt(float(np.finfo(np.float32).max) / 4.0)  # dim 1 (the largest bound)
+    special = st.sampled_from([0.0, -0.0, 1.5, math.nan, math.inf, -math.inf, bound,
+                               bound * 1.0001, bound / 3.0, 3.5e38, 3.5e38 * 0.9, 1e39, -1e300])
+    values = data.draw(st.lists(special | st.floats(allow_nan=False, width=64), min_size=0,
+                                max_size=24))
+    with np.errstate(all="ignore"):
+        x = np.array(values, dtype=np.float64).reshape(-1, 2 if len(values) % 2 == 0 else 1)
+        x = x.astype(dtype)
+    if layout == "strided":
+        x = np.repeat(x, 2, axis=0)[::2]
+    elif layout == "big-endian":
+        x = x.astype(x.dtype.newbyteorder(">"))
+
+    def two_checks():
+        a = as_float_array(x, "x", dtype=np.float32)
+        check_distance_range(a, "x", dim)
+        return a
+
+    want = _outcome(two_checks)
+    got = _outcome(lambda: as_distance_array(x, "x", dim))
+    if isinstance(want, tuple):
+        assert got == want
+    else:
+        assert got.dtype == np.float32 and got.dtype.isnative
+        np.testing.assert_array_equal(got, want)

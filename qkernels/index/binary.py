@@ -11,9 +11,8 @@ from .. import _gpu
 from .._arrays import origin_of, read_only, to_numpy, torch_stream
 from .._bits import pack_bits, packed, unpack_bits
 from .._checks import (
-    as_float_array,
+    as_distance_array,
     check_columns,
-    check_distance_range,
     check_int,
     check_rank,
     check_topk,
@@ -53,9 +52,7 @@ def _features(x: Any, name: str, rows: int) -> np.ndarray:
     check_columns(f, name, "dimensions")
     if f.shape[0] != rows:
         raise ValueError(f"{name} has {f.shape[0]} rows; expected {rows}")
-    f = np.ascontiguousarray(as_float_array(f, name, dtype=np.float32))
-    check_distance_range(f, name)
-    return f
+    return np.ascontiguousarray(as_distance_array(f, name))
 
 
 def _on_device(origin, nbytes: int, topk: int, tiebreak: Any) -> bool:

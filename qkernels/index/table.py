@@ -11,10 +11,10 @@ import numpy as np
 from .. import _gpu
 from .._arrays import origin_of, read_only, to_cupy, to_numpy, torch_stream
 from .._checks import (
+    as_distance_array,
     as_float_array,
     as_index_array,
     check_columns,
-    check_distance_range,
     check_int,
     check_rank,
     check_same_rows,
@@ -263,13 +263,11 @@ class SparseHashTable(Index):
         emb = to_numpy(embeddings, allow_device_copy=True, name=name)
         check_rank(emb, name, (2,), "(N, dim)")
         check_columns(emb, name, "dimensions")
-        emb = np.ascontiguousarray(as_float_array(emb, name, dtype=np.float32))
         if self.dim is not None and emb.shape[1] != self.dim:
             raise ValueError(
                 f"{name} has dimension {emb.shape[1]}; the table's embeddings have {self.dim}"
             )
-        check_distance_range(emb, name)
-        return emb
+        return np.ascontiguousarray(as_distance_array(emb, name))
 
     def _append(self, codes: np.ndarray, embeddings: Any, ids: Any, n: int) -> SparseHashTable:
         emb = self._embeddings(embeddings, "embeddings")

@@ -10,9 +10,8 @@ import numpy as np
 
 from .._arrays import origin_of, to_numpy
 from .._checks import (
-    as_float_array,
+    as_distance_array,
     as_index_array,
-    check_distance_range,
     check_int,
     check_rank,
 )
@@ -168,9 +167,7 @@ class ProductQuantizer:
         check_rank(a, name, (2,), f"(N, dim = {self.dim})")
         if a.shape[1] != self.dim:
             raise ValueError(f"{name} has dimension {a.shape[1]}; this quantizer has {self.dim}")
-        a = np.ascontiguousarray(as_float_array(a, name, dtype=np.float32))
-        check_distance_range(a, name)
-        return a
+        return np.ascontiguousarray(as_distance_array(a, name))
 
     def train(self, x: Any) -> ProductQuantizer:
         """Learn the codebooks by k-means in each subspace (k-means++ seeding).
@@ -238,9 +235,8 @@ class ProductQuantizer:
         if c.shape != shape:
             raise ValueError(f"codebooks must have shape {shape}, got {tuple(c.shape)}")
         # always a copy: the caller's array may be changed in place afterwards
-        c = np.array(as_float_array(c, "codebooks", dtype=np.float32), order="C")
         # the reconstructions are dim-d vectors, held to the bound train() holds data to
-        check_distance_range(c, "codebooks", self.dim)
+        c = np.array(as_distance_array(c, "codebooks", self.dim), order="C")
         self._codebooks = c
         self._codebooks_version = next(_VERSIONS)
         return self
