@@ -250,7 +250,10 @@ class Binary(Kind):
         return payload[0] if self.features else payload
 
 
-def _check_search(kind, index, model, rng, mode):
+def _check_search(kind, index, model, rng, mode, device=None):
+    """One search of three queries with the filter ``mode`` against the loop reference over
+    the model's items; ``device``: the queries and filters as arrays of the cupy stand-in
+    (the GPU paths, kernels under the CUDA emulation), the answer checked to come back there."""
     queries = kind.queries(rng, 3)
     held = model.ids
     include = exclude = rows = None
@@ -263,8 +266,17 @@ def _check_search(kind, index, model, rng, mode):
     elif mode == "per-query" and held:
         rows = np.array([rng.choice(held, 2) for _ in range(3)], dtype=np.int64)
         rows[0, 1] = -1  # padding
-    got = kind.search(index, queries, include=include, exclude=rows if rows is not None
-                      else exclude)
+    exclude_given = rows if rows is not None else exclude
+    if device is None:
+        got = kind.search(index, queries, include=include, exclude=exclude_given)
+    else:
+        def put(a):
+            return None if a is None else device.asarray(a)
+
+        got = kind.search(index, tuple(put(a) for a in queries), include=put(include),
+                          exclude=put(exclude_given))
+        assert all(isinstance(g, device.ndarray) for g in got), [type(g) for g in got]
+        got = [device.asnumpy(g) for g in got]
     if rows is not None:  # one query at a time, each over what passes its own row
         for q in range(3):
             one = tuple(a[q:q + 1] for a in queries)
@@ -280,6 +292,7 @@ def _check_search(kind, index, model, rng, mode):
 
 class Lifecycle(RuleBasedStateMachine):
     kind: Kind
+    device = None  # the cupy stand-in where the GPU paths are searched too
 
     def __init__(self):
         super().__init__()
@@ -356,6 +369,13 @@ class Lifecycle(RuleBasedStateMachine):
     def search(self, seed, mode):
         _check_search(self.kind, self.index, self.model, np.random.default_rng(seed), mode)
 
+    @precondition(lambda self: self.device is not None)
+    @rule(seed=st.integers(0, 2**16),
+          mode=st.sampled_from(["none", "include", "exclude", "per-query"]))
+    def search_on_device(self, seed, mode):
+        _check_search(self.kind, self.index, self.model, np.random.default_rng(seed), mode,
+                      self.device)
+
     @precondition(lambda self: self.model.ids)
     @rule(seed=st.integers(0, 2**16))
     def reconstruct(self, seed):
@@ -379,14 +399,31 @@ KINDS = [Table(), Table("float16", "ip"), Table("pq9"), Hierarchical(), PQ(3), P
          PQ(8, "ip"), PQ(9), Binary(), Binary(features=True)]
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
-def test_the_protocol_against_the_model(kind):
-    machine = type(f"Lifecycle_{kind.name}", (Lifecycle,), {"kind": kind})
+def _run(machine):
     # half the profile's examples (20 in `make test`, 1000 with HYPOTHESIS_PROFILE=thorough)
     settings(max_examples=settings.default.max_examples // 2, stateful_step_count=25,
              deadline=None,
              suppress_health_check=[HealthCheck.too_slow])(machine)
     machine.TestCase().runTest()
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
+def test_the_protocol_against_the_model(kind):
+    _run(type(f"Lifecycle_{kind.name}", (Lifecycle,), {"kind": kind}))
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
+def test_the_protocol_on_the_gpu_paths(kind, standin, monkeypatch):
+    """The same, with searches of device arrays too (tests/cupy_standin.py): the GPU paths
+    of every index kind, or their fall-back to the host where a search is not done there,
+    after any sequence of changes, equal to the loop references."""
+    from tests import cupy_standin
+
+    # the emulation runs every CUDA thread; the kernels at other sizes are test_emulated's
+    monkeypatch.setattr(qk.config, "GPU_THREADS_PER_BLOCK", 64)
+    _run(type(f"Lifecycle_{kind.name}_gpu", (Lifecycle,),
+              {"kind": kind, "device": cupy_standin.module}))
 
 
 # ------------------------------------------------------------------ refusals

@@ -342,7 +342,9 @@ class BinaryIndex(Index):
         topk = check_int(topk, "topk", 1)
         state = self._state
         filtered = include is not None or exclude is not None
-        if not filtered and _on_device(origin, self.nbytes, topk, query_features):
+        # (an empty index answers its padding from the host, having no ids to map rows to)
+        if not filtered and state.size and _on_device(origin, self.nbytes, topk,
+                                                      query_features):
             from . import _hamming_gpu
 
             queries = packed(query_codes, "query_codes", self.nbytes, device=True)

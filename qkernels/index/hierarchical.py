@@ -106,7 +106,8 @@ class HierarchicalHashTable(Index):
     @property
     def candidate_counts(self) -> Any:
         """The candidates each query of the last search looked at: int64, shape ``(Q,)`` (on
-        the queries' device after a search on a GPU)."""
+        the queries' device after a search of queries on a GPU, as
+        :attr:`SparseHashTable.candidate_counts`)."""
         return self._table.candidate_counts
 
     @property

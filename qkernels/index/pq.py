@@ -297,10 +297,11 @@ class PQIndex(Index):
 
     def _on_device(self, origin, topk: int, symmetric: bool, state: Snapshot | None = None
                    ) -> bool:
-        """Whether a search of these queries runs on the GPU (the exact scan of pq.cu)."""
+        """Whether a search of these queries runs on the GPU (the exact scan of pq.cu; an
+        empty index answers its padding from the host, having no ids to map rows to)."""
         size = (self._state if state is None else state).size
         return bool(origin.is_cuda and _gpu.available() and not symmetric
-                    and topk <= _pq_gpu.MAX_TOPK and size < 2**32)
+                    and topk <= _pq_gpu.MAX_TOPK and 0 < size < 2**32)
 
     def fastscan_width(self, topk: int, rerank: int | None = None, symmetric: bool = False,
                        ntotal: int | None = None) -> int | None:

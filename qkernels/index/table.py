@@ -82,8 +82,9 @@ class SparseHashTable(Index):
     ----------
     candidate_counts : array of int64, shape (Q,)
         The number of candidates each query of the last search looked at
-        (:func:`qkernels.metrics.search_speedup` turns them into the SUF); after a search on a
-        GPU, on the queries' device in their array type.
+        (:func:`qkernels.metrics.search_speedup` turns them into the SUF); numpy's, or after a
+        search of queries on a GPU, on their device in their array type (also where the
+        search ran on host copies).
     dim : int or None
         The embeddings' dimension (None until the first add).
 
@@ -475,8 +476,10 @@ class SparseHashTable(Index):
             return self._search_on_device(origin, query_activations, query_embeddings, topk,
                                           state, exclude)
         act, emb = self._host_queries(query_activations, query_embeddings)
-        dist, ids, self.candidate_counts = self._search_host(act, emb, topk, include, exclude,
-                                                             state=state)
+        dist, ids, counts = self._search_host(act, emb, topk, include, exclude, state=state)
+        # GPU queries get their counts on their device wherever the search ran (host callers
+        # keep numpy's, whatever their array type)
+        self.candidate_counts = origin.wrap(counts) if origin.is_cuda else counts
         return origin.wrap(dist), origin.wrap(ids)
 
     def _host_queries(self, query_activations: Any, query_embeddings: Any
