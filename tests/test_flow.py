@@ -501,3 +501,29 @@ def test_empty_problems_return_empty_codes():
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("where", ["host", pytest.param("device", marks=pytest.mark.emulated)])
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (0, 4)],
+                         ids=["no problems", "no classes", "one problem, no classes"])
+def test_empty_problems_give_empty_answers(where, shape, request):
+    """A batch of no problems, or problems of no classes, through every flow entry point,
+    on the host and on the GPU path (the cupy stand-in): codes of shape (..., 0 or n, k) and
+    objectives of 0, in the caller's array type."""
+    put, get = (lambda a: a), (lambda a: a)
+    if where == "device":
+        request.getfixturevalue("standin")
+        from tests import cupy_standin
+
+        put, get = cupy_standin.module.asarray, cupy_standin.module.asnumpy
+    scores = np.zeros(shape)
+    codes = get(qk.solve_sparse_codes(put(scores), 2))
+    assert codes.shape == (*shape[:-1], 2) and codes.dtype == np.int64
+    level1, level2 = qk.solve_hierarchical_codes(put(scores), put(scores), 2)
+    assert get(level1).shape == shape[:-1] and get(level2).shape == (*shape[:-1], 2)
+    batch = () if len(shape) == 2 else (shape[0],)
+    objective = qk.sparse_code_objective(put(scores), put(codes))
+    np.testing.assert_array_equal(get(objective), np.zeros(batch))
+    first, second = qk.hierarchical_code_objective(put(scores), put(scores), level1, level2)
+    np.testing.assert_array_equal(get(first), np.zeros(batch))
+    np.testing.assert_array_equal(get(second), np.zeros(batch))

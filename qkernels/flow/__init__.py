@@ -207,7 +207,7 @@ def _solve_on_device(origin, scores: Any, k: int, penalty: Any, bucket_costs: An
     k = check_int(k, "k", 1, d)
     with torch_stream(origin):
         incr = cupy.asarray(_increments(n, penalty, bucket_costs))
-        batch = s.reshape(-1, n, d)
+        batch = s.reshape(s.shape[0] if s.ndim == 3 else 1, n, d)  # (-1 fails at n = 0)
         codes = cupy.empty((batch.shape[0], n, k), dtype=cupy.int64)
         _flat_gpu.solve_batch(batch, k, incr, codes)
     return origin.wrap(codes.reshape(*s.shape[:-1], k))
@@ -422,7 +422,8 @@ def hierarchical_code_objective(scores1: Any, scores2: Any, level1: Any, level2:
     compound = (as_index_array(l1, "level1", d1)[..., None] * d2
                 + as_index_array(l2, "level2", d2))
     pairs = np.empty(second.size)
-    for b, row in enumerate(compound.reshape(second.size, -1)):
+    # (rows of n * k2 entries; -1 would fail for an empty batch)
+    for b, row in enumerate(compound.reshape(second.size, compound.shape[-2] * compound.shape[-1])):
         c = np.bincount(row, minlength=d1 * d2)
         pairs[b] = (c * (c - 1) // 2).sum()
     second = np.asarray(second, dtype=np.float64).reshape(-1) + sibling * pairs
