@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 import qkernels as qk
 from qkernels.distributed import ShardedIndex
-from tests import cupy_standin, emulation
+from tests import cupy_standin, emulation, reference
 
 WORLD = 2
 SIZES = (110, 190)  # uneven shards
@@ -483,6 +483,145 @@ def test_saving_warns_of_nothing(ranks, name):
         assert errors[f"{name}/save warnings"] == []
 
 
+# ------------------------------------------------------------------------ a run of changes
+
+CHANGE_STEPS = 14
+
+
+def _change_plan(rank: int) -> list[tuple[str, int, float]]:
+    """The changes rank ``rank`` applies to its shard, one a step: (what, items, share)."""
+    rng = np.random.default_rng(11 + rank)
+    plan = [("add", int(rng.integers(20, 60)), 0.0)]
+    for _ in range(CHANGE_STEPS - 1):
+        what = str(rng.choice(["add", "add", "remove", "merge", "reset", "none"],
+                              p=[0.3, 0.1, 0.3, 0.15, 0.05, 0.1]))
+        plan.append((what, int(rng.integers(0, 40)), float(rng.random())))
+    return plan
+
+
+def _apply_change(shard, make, model, rank, step, change):
+    """One change to ``shard`` (a SparseHashTable or PQIndex, items made by ``make(rng, n)``)
+    and alike to ``model`` (tests/reference.py's IndexModel), with rank ``rank``'s data."""
+    what, n, share = change
+    rng = np.random.default_rng(1000 * step + rank)
+    if what == "add":
+        payloads = make(rng, n)
+        shard.add(*payloads)
+        model.add(list(zip(*payloads, strict=True)))
+    elif what == "remove":
+        held = model.ids
+        chosen = np.array(rng.choice(held, int(share * len(held)), replace=False)
+                          if held else [], dtype=np.int64)
+        assert shard.remove_ids(chosen) == model.remove(chosen)
+    elif what == "merge":
+        other_model = reference.IndexModel()
+        payloads = make(rng, n)
+        other = type(shard)(*_shape_of(shard)).add(*payloads)
+        other_model.add(list(zip(*payloads, strict=True)))
+        shard.merge_from(other)
+        model.merge(other_model)
+    elif what == "reset":
+        shard.reset()
+        model.reset()
+
+
+def _shape_of(shard):
+    if isinstance(shard, qk.SparseHashTable):
+        return (shard.num_buckets, shard.k)
+    return (shard.pq,)
+
+
+def _change_kinds(d, codebooks):
+    """Per kind: (an empty shard, how items are made, the search's arguments)."""
+    pq = qk.ProductQuantizer(8, 4, 4).set_codebooks(codebooks)
+
+    def table_items(rng, n):
+        return (rng.standard_normal((n, NUM_BUCKETS)),
+                rng.integers(0, 3, (n, DIM)).astype(np.float32))
+
+    def pq_items(rng, n):
+        return (d["pq_x"][rng.integers(0, d["pq_x"].shape[0], n)],)
+
+    return {
+        "table": (lambda: qk.SparseHashTable(NUM_BUCKETS, K), table_items,
+                  ((d["q_act"], d["q_emb"], 12), {"exclude": d["exclude"] % 40})),
+        "pq": (lambda: qk.PQIndex(pq), pq_items, ((d["pq_q"], 12), {})),
+    }
+
+
+def _changing_rank(rank, init_file, codebooks, out_dir):
+    """Each rank changes its own shard step by step (the plan's changes, its own data) and
+    searches the sharded index after each step."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    out: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    try:
+        d = _data()
+        for name, (empty, make, (args, kwargs)) in _change_kinds(d, codebooks).items():
+            shard, model = empty(), reference.IndexModel()
+            index = ShardedIndex(shard)
+            for step, change in enumerate(_change_plan(rank)):
+                _apply_change(shard, make, model, rank, step, change)
+                D, I = index.search(*args, **kwargs)
+                out[f"{name}/{step}/D"], out[f"{name}/{step}/I"] = D, I
+                if name == "table":
+                    out[f"{name}/{step}/counts"] = index.candidate_counts
+    except Exception:
+        errors["crash"] = traceback.format_exc()
+    finally:
+        np.savez(f"{out_dir}/changed{rank}.npz", **out)
+        with open(f"{out_dir}/changed-errors{rank}.json", "w") as f:
+            json.dump(errors, f)
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def changing(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("changing")
+    d = _data()
+    codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
+    return codebooks, _spawned(_changing_rank, (str(tmp / "init"), codebooks, str(tmp)), tmp,
+                               "changed-errors", "changed", 600,
+                               "the changing shards did not finish in 10 minutes (a hang?)")
+
+
+@pytest.mark.parametrize("name", ["table", "pq"])
+def test_a_run_of_changes_to_every_shard(changing, name):
+    """After every step of adds, removals, merges and resets on both ranks, each rank's
+    answer is that of one index over the union of the shards' items (global ids: the offset
+    of the ranks before plus the local id; the union in rank order, ties alike)."""
+    codebooks, ranks = changing
+    d = _data()
+    empty, make, (args, kwargs) = _change_kinds(d, codebooks)[name]
+    shards = [empty() for _ in range(WORLD)]
+    models = [reference.IndexModel() for _ in range(WORLD)]
+    steps_with_items = 0
+    for step in range(CHANGE_STEPS):
+        offset = 0
+        union = empty()
+        for rank in range(WORLD):
+            _apply_change(shards[rank], make, models[rank], rank, step,
+                          _change_plan(rank)[step])
+            items = models[rank].items
+            if items:
+                union.add(*(np.stack(column) for column in zip(*(p for _, p in items),
+                                                                 strict=True)),
+                          ids=np.array([offset + i for i, _ in items]))
+            offset += models[rank].next_id
+        steps_with_items += union.ntotal > 0
+        D, I = union.search(*args, **kwargs)
+        for out, _ in ranks:
+            np.testing.assert_array_equal(out[f"{name}/{step}/I"], I, err_msg=f"step {step}")
+            np.testing.assert_array_equal(out[f"{name}/{step}/D"], D, err_msg=f"step {step}")
+            if name == "table":
+                np.testing.assert_array_equal(out[f"{name}/{step}/counts"],
+                                              union.candidate_counts, err_msg=f"step {step}")
+    assert steps_with_items >= CHANGE_STEPS // 2
+    assert {what for rank in range(WORLD) for what, _, _ in _change_plan(rank)} >= {
+        "add", "remove", "merge", "reset"}
+
+
 # ------------------------------------------------------------------------ faults
 
 FAULT_SECONDS = 30  # an error on the surviving rank within this, never a hang
@@ -579,8 +718,6 @@ def test_needs_a_process_group():
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from tests import reference  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)
