@@ -44,8 +44,9 @@ class Kind:
     def search(self, index, queries, include=None, exclude=None):
         raise NotImplementedError
 
-    def expected(self, items, queries, per_query_exclude=None):
-        """(D, I[, counts]) of the loop reference over ``items`` ((id, payload) in order)."""
+    def expected(self, items, queries, per_query_exclude=None, exact=False):
+        """(D, I[, counts]) of the loop reference over ``items`` ((id, payload) in order);
+        ``exact``: as the GPU path answers where the CPU would approximate (the fast scan)."""
         raise NotImplementedError
 
     def reconstructed(self, payload):
@@ -98,7 +99,7 @@ class Table(Kind):
         D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
         return D, I, index.candidate_counts
 
-    def expected(self, items, queries, per_query_exclude=None):
+    def expected(self, items, queries, per_query_exclude=None, exact=False):
         codes = [ref.ranked_buckets(p[0])[:K] for _, p in items]
         distance = None
         if self.storage == "pq9":
@@ -144,7 +145,7 @@ class Hierarchical(Kind):
         D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
         return D, I, index.candidate_counts
 
-    def expected(self, items, queries, per_query_exclude=None):
+    def expected(self, items, queries, per_query_exclude=None, exact=False):
         d = self.D
         codes = [[ref.ranked_buckets(p[0])[0] * d + t for t in ref.ranked_buckets(p[1])[:K]]
                  for _, p in items]
@@ -167,9 +168,10 @@ class PQ(Kind):
     """PQIndex with fixed codebooks: the exact scan at 3 and 8 bits (uint8 codes) and at 9
     (uint16), the 4-bit fast scan; by squared distance or inner product."""
 
-    def __init__(self, nbits, metric="l2"):
-        self.nbits, self.metric = nbits, metric
-        self.name = f"pq{nbits}" + ("" if metric == "l2" else f"-{metric}")
+    def __init__(self, nbits, metric="l2", rerank=None):
+        self.nbits, self.metric, self.rerank = nbits, metric, rerank
+        self.name = (f"pq{nbits}" + ("" if metric == "l2" else f"-{metric}")
+                     + ("" if rerank is None else f"-rerank{rerank}"))
         self.dtype = np.uint8 if nbits <= 8 else np.uint16
         rng = np.random.default_rng(nbits)
         # integer codewords: many equal distances, ties to the item added first
@@ -189,12 +191,18 @@ class PQ(Kind):
         return (rng.integers(-2, 3, (q, 4)).astype(np.float32),)
 
     def search(self, index, queries, include=None, exclude=None):
-        return index.search(queries[0], TOPK, include=include, exclude=exclude)
+        if self.rerank is None:
+            return index.search(queries[0], TOPK, include=include, exclude=exclude)
+        return index.search(queries[0], TOPK, rerank=self.rerank, include=include,
+                            exclude=exclude)
 
-    def expected(self, items, queries, per_query_exclude=None):
+    def expected(self, items, queries, per_query_exclude=None, exact=False):
         codes = [p for _, p in items]
-        search = (ref.pq_fastscan_search if self.nbits == 4 else ref.pq_search)
-        D, I = search(queries[0], codes, self.codebooks, TOPK, self.metric)
+        if self.nbits == 4 and not exact:
+            D, I = ref.pq_fastscan_search(queries[0], codes, self.codebooks, TOPK, self.metric,
+                                          self.rerank)
+        else:
+            D, I = ref.pq_search(queries[0], codes, self.codebooks, TOPK, self.metric)
         ids = [i for i, _ in items]
         return D, [[ids[r] if r >= 0 else -1 for r in row] for row in I]
 
@@ -237,7 +245,7 @@ class Binary(Kind):
             if len(queries) == 1 else index.search(queries[0], TOPK, queries[1],
                                                    include=include, exclude=exclude)
 
-    def expected(self, items, queries, per_query_exclude=None):
+    def expected(self, items, queries, per_query_exclude=None, exact=False):
         if self.features:
             D, I = ref.hamming_search(queries[0], [p[0] for _, p in items], TOPK, queries[1],
                                       [p[1] for _, p in items])
@@ -267,6 +275,9 @@ def _check_search(kind, index, model, rng, mode, device=None):
         rows = np.array([rng.choice(held, 2) for _ in range(3)], dtype=np.int64)
         rows[0, 1] = -1  # padding
     exclude_given = rows if rows is not None else exclude
+    # a fast-scan index answers GPU queries by the exact scan, where they are searched there
+    exact = (device is not None and include is None and exclude_given is None
+             and bool(model.items))
     if device is None:
         got = kind.search(index, queries, include=include, exclude=exclude_given)
     else:
@@ -285,7 +296,8 @@ def _check_search(kind, index, model, rng, mode, device=None):
             for g, w in zip(got, want, strict=False):
                 np.testing.assert_array_equal(np.asarray(g)[q], _rows(w)[0])
         return
-    want = kind.expected(model.passing(include=include, exclude=exclude), queries)
+    want = kind.expected(model.passing(include=include, exclude=exclude), queries,
+                         exact=exact)
     for g, w in zip(got, want, strict=False):
         np.testing.assert_array_equal(np.asarray(g, dtype=np.float64), _rows(w))
 
@@ -396,7 +408,8 @@ class Lifecycle(RuleBasedStateMachine):
 
 
 KINDS = [Table(), Table("float16", "ip"), Table("pq9"), Hierarchical(), PQ(3), PQ(4),
-         PQ(8, "ip"), PQ(9), Binary(), Binary(features=True)]
+         PQ(4, "ip", rerank=0), PQ(4, rerank=7), PQ(8, "ip"), PQ(9), Binary(),
+         Binary(features=True)]
 
 
 def _run(machine):

@@ -243,7 +243,10 @@ class PQIndex(Index):
         -----
         The filter is applied inside the scan: an item it refuses never takes a place in a
         query's top ``topk``, so ``topk`` results come back whenever that many items pass.
-        Filtered searches of GPU queries run on the CPU.
+        Queries on a GPU are searched there by the exact asymmetric scan (``topk`` up to
+        128, no filter, not ``symmetric``): a fast-scan index answers them as
+        ``fast_scan=False`` would, exactly, and ``rerank`` does not apply. Other searches of
+        GPU queries run on the CPU, and their results go back to the device.
         """
         origin = origin_of(q, names=("q",))
         topk = check_int(topk, "topk", 1)
