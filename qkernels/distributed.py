@@ -951,6 +951,8 @@ def _ordered(keys: list, items, count: int):
     keys = [*keys, ((items < 0).to(torch.int8), False)]
     order = torch.arange(items.shape[1], device=items.device).expand(items.shape[0], -1)
     for key, descending in keys:
+        if key.is_floating_point():  # -0.0 as +0.0: equal, whatever a radix sort makes of them
+            key = key + 0.0
         step = torch.sort(key.gather(1, order), dim=1, descending=descending,
                           stable=True).indices
         order = order.gather(1, step)

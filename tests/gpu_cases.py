@@ -284,6 +284,22 @@ def case_pq_index_fast_scan_is_the_exact_scan_on_a_gpu(dev: Device) -> None:
 
 
 @case
+def case_pq_index_zeros_of_both_signs_tie(dev: Device) -> None:
+    """Asymmetric inner products of -0.0 and +0.0 (sums of table entries -2 + 2 and -0.0 +
+    -0.0) are equal: the tie goes to the item added first, on the GPU as on the CPU."""
+    words = np.array([[1, -1], [1, 1], [-1, -1], [5, 5]], dtype=np.float32)
+    pq = qk.ProductQuantizer(4, 2, 2).set_codebooks(np.stack([words, words]))
+    # item 0 scores -2 + 2 = +0.0, item 1 -0.0 + -0.0 = -0.0, item 2 -0.0 + -2, item 3 -10 -10
+    index = qk.PQIndex(pq, "ip").add_codes(np.array([[1, 2], [0, 0], [0, 1], [3, 3]]))
+    queries = np.ones((1, 4), dtype=np.float32)
+    D, I = index.search(dev.put(queries), 4)
+    want_d, want_i = index.search(queries, 4)
+    assert want_i.tolist() == [[3, 2, 0, 1]]
+    _same(dev, D, want_d)
+    _same(dev, I, want_i)
+
+
+@case
 def case_pq_index_filtered(dev: Device) -> None:
     """Filters run on host copies, as for the binary index."""
     index, x, ids = _pq_index(8, "l2")

@@ -271,9 +271,11 @@ def _check_search(kind, index, model, rng, mode, device=None):
         include = np.concatenate([include, [10**6]])  # an id nobody holds: ignored
     elif mode == "exclude" and held:
         exclude = np.array(rng.choice(held, min(len(held), 3), replace=False), dtype=np.int64)
+        exclude = np.concatenate([exclude, [10**6]])  # an id nobody holds: ignored
     elif mode == "per-query" and held:
         rows = np.array([rng.choice(held, 2) for _ in range(3)], dtype=np.int64)
         rows[0, 1] = -1  # padding
+        rows[2, 0] = 10**6  # an id nobody holds: ignored
     exclude_given = rows if rows is not None else exclude
     # a fast-scan index answers GPU queries by the exact scan, where they are searched there
     exact = (device is not None and include is None and exclude_given is None

@@ -8,9 +8,14 @@
 #define QK_DYNAMIC_SHARED(name) extern __shared__ unsigned char name[]
 #endif
 
-// Float bits that sort as unsigned integers in the order of the floats (negatives included).
+// Float bits that sort as unsigned integers in the order of the floats (negatives included),
+// as the CPU's rank keys (qkernels/_simd.py, rank_key): a zero of either sign counts as +0.0,
+// so that equal distances -0.0 and +0.0 (an inner product of zero) tie and go to the lower
+// item, and any NaN as +NaN, after +inf. (A zero's sign is not kept.)
 __device__ __forceinline__ unsigned int sortable(float value) {
     unsigned int bits = __float_as_uint(value);
+    if (value == 0.0f) bits = 0u;
+    if (value != value) bits = 0x7fc00000u;
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
