@@ -11,16 +11,18 @@ names the file and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+import uuid
 import zipfile
 import zlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["load_npz", "save_npz"]
+__all__ = ["load_npz", "save_npz", "source_name"]
 
 # np.savez stores members uncompressed; np.savez_compressed deflates them. Real index data (float
 # embeddings, small integer codes) deflates by a few times at most; a member that claims more
@@ -32,8 +34,28 @@ _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zli
 
 def save_npz(path: str | os.PathLike | Any, kind: str, version: int, **arrays: Any) -> None:
     """Write ``arrays`` to ``path`` (numpy's .npz; the suffix is added if missing) or to a
-    file object."""
-    np.savez(path, __format__=np.array(kind), __version__=np.array(version), **arrays)
+    file object. A path is written whole or not at all: into a new file beside it, renamed
+    over it once complete (a save that fails half way, a full disk say, leaves the file that
+    was there, not a truncated one)."""
+    members = dict(__format__=np.array(kind), __version__=np.array(version), **arrays)
+    if hasattr(path, "write"):
+        np.savez(path, **members)
+        return
+    target = os.fspath(path)
+    if not target.endswith(".npz"):
+        target += ".npz"
+    folder, name = os.path.split(target)
+    partial = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+    # created as open() creates files (the umask applies), not 0600 as mkstemp would
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez(file, **members)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple:
@@ -85,13 +107,34 @@ def _read(path: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
         return arrays
 
 
-def load_npz(path: str | os.PathLike | bytes, kind: str, version: int,
+def source_name(path: Any) -> str:
+    """What messages call a file given to a ``load``: its path, a file object's name, or
+    "the bytes"."""
+    if isinstance(path, bytes):
+        return "the bytes"
+    if hasattr(path, "read"):
+        return str(getattr(path, "name", "the file object"))
+    return os.fspath(path)
+
+
+def load_npz(path: str | os.PathLike | bytes | Any, kind: str, version: int,
              fields: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
-    """Read a file (or the bytes of one) written by :func:`save_npz` for ``kind`` and check it.
+    """Read a file, a file object opened for reading bytes, or the bytes of a file, written
+    by :func:`save_npz` for ``kind`` and check it.
 
     ``fields`` maps each required array to (dtype kind letters, ndim), e.g. ``("f", 2)``.
     """
-    name = "the bytes" if isinstance(path, bytes) else os.fspath(path)
+    if hasattr(path, "read"):
+        data = None if isinstance(path, io.TextIOBase) else path.read()
+        if not isinstance(data, bytes):
+            raise TypeError("load reads bytes: open the file in binary mode ('rb'), not as "
+                            f"{type(path).__name__}")
+        name, path = source_name(path), data
+    elif isinstance(path, (bytes, str, os.PathLike)):
+        name = source_name(path)
+    else:
+        raise TypeError(f"load takes a path or a file object opened for reading bytes, got "
+                        f"{type(path).__name__}")
     if not isinstance(path, bytes) and os.path.isdir(name):
         raise ValueError(f"{name!r} is a directory, not a qkernels {kind} file")
     try:

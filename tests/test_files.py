@@ -164,3 +164,72 @@ def test_every_index_refuses_another_index_file(tmp_path):
         with pytest.raises(ValueError, match=f"not a qkernels {cls.__name__} file .*holds a "
                                              "SparseHashTable"):
             cls.load(path)
+
+
+def _savers():
+    """One of everything that saves: (loading class, the saved object)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    return [
+        (qk.SparseHashTable, qk.SparseHashTable(8, 2).add(x, x)),
+        (qk.HierarchicalHashTable, qk.HierarchicalHashTable(4, 2).add(x[:, :4], x[:, 4:], x)),
+        (qk.PQIndex, qk.PQIndex(qk.ProductQuantizer(8, 2, 4).train(x)).add(x)),
+        (qk.BinaryIndex, qk.BinaryIndex(8).add(qk.pack_bits(x), x)),
+        (qk.ProductQuantizer, qk.ProductQuantizer(8, 2, 4).train(x)),
+        (qk.HouseholderQuantizer, qk.HouseholderQuantizer(8).fit(x, epochs=1)),
+    ]
+
+
+def _same_arrays(a, b):
+    for name in ("ids", "codes", "codebooks", "weights", "features"):
+        if hasattr(a, name) and getattr(a, name) is not None:
+            np.testing.assert_array_equal(np.asarray(getattr(a, name)),
+                                          np.asarray(getattr(b, name)))
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_save_and_load_through_file_objects(tmp_path, which):
+    """What saves to a file object loads from one (opened for reading bytes) and from the
+    path; a text-mode file or anything else is a TypeError that says what is accepted."""
+    cls, saved = _savers()[which]
+    buffer = io.BytesIO()
+    saved.save(buffer)
+    buffer.seek(0)
+    _same_arrays(saved, cls.load(buffer))
+    saved.save(tmp_path / "f.npz")
+    with open(tmp_path / "f.npz", "rb") as f:
+        _same_arrays(saved, cls.load(f))
+    with (open(tmp_path / "f.npz", encoding="latin-1") as f,
+          pytest.raises(TypeError, match=r"binary mode \('rb'\), not as TextIOWrapper")):
+        cls.load(f)
+    with pytest.raises(TypeError, match="a path or a file object opened for reading bytes, "
+                                        "got int"):
+        cls.load(3)
+    with pytest.raises(ValueError, match="'the file object' is not a readable"):
+        cls.load(io.BytesIO(b"not a zip"))
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_a_save_that_fails_half_way_leaves_the_file_that_was_there(tmp_path, which,
+                                                                  monkeypatch):
+    cls, saved = _savers()[which]
+    path = tmp_path / "f.npz"
+    saved.save(path)
+    before = path.read_bytes()
+    calls = []
+    write_array = np.lib.format.write_array
+
+    def failing(*args, **kwargs):  # the second member fails, as a full disk would
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write_array(*args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", failing)
+    with pytest.raises(OSError, match="No space left"):
+        saved.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz"]  # nothing left behind
+    monkeypatch.undo()
+    saved.save(tmp_path / "g")  # the suffix is added, as numpy adds it
+    _same_arrays(saved, cls.load(tmp_path / "g.npz"))

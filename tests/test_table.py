@@ -516,3 +516,34 @@ def test_exclude_ids_is_a_deprecated_name_for_exclude_by_rows():
     new = table.search(q_act, q_emb, 5, exclude=np.arange(4)[:, None])
     for a, b in zip(old, new, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("hook", ["search_probes", "count_candidates"])
+def test_probe_counts_outside_k_to_every_bucket_are_refused(hook):
+    """A query probes its k best buckets first and at most every bucket: other counts are a
+    clear error (a count above the buckets once wrote past the probe lists: a heap
+    corruption that aborted the process); 0 counts nothing, where counting allows it."""
+    rng = np.random.default_rng(0)
+    act, emb = rng.standard_normal((30, 8)), rng.standard_normal((30, 4)).astype(np.float32)
+    table = qk.SparseHashTable(8, 3).add(act, emb)
+
+    def call(probes):
+        probes = np.array(probes)
+        if hook == "count_candidates":
+            return table.count_candidates(act[:3], probes)
+        return table.search_probes(act[:3], emb[:3], 4, probes)[2]
+
+    zero = "0 or " if hook == "count_candidates" else ""
+    for probes, bad in (([3, 100, 8], 1), ([3, 3, 9], 2), ([2, 3, 3], 0), ([3, -1, 3], 1)):
+        value = probes[bad]
+        message = ("must hold indices" if value < 0 else
+                   rf"probes\[{bad}\] is {value}; accepted: {zero}3\.\.8")
+        with pytest.raises(ValueError, match=message):
+            call(probes)
+    every = call([8, 8, 8])
+    assert every.tolist() == [30, 30, 30]  # every bucket: every item
+    if hook == "count_candidates":
+        assert call([0, 3, 8]).tolist()[0] == 0
+    else:
+        with pytest.raises(ValueError, match=r"probes\[0\] is 0; accepted: 3\.\.8"):
+            call([0, 3, 8])

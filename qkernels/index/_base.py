@@ -470,7 +470,8 @@ class Index(LazyState):
         Parameters
         ----------
         path : str, os.PathLike or file object
-            A ``.npz`` file (no pickle inside).
+            A ``.npz`` file (no pickle inside); a file at a path is written whole or not at
+            all (into a new file beside it, renamed over it once complete).
 
         Raises
         ------
@@ -482,13 +483,14 @@ class Index(LazyState):
         save_npz(path, self._KIND, self._VERSION, **self._arrays_of(self._state))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Index:
+    def load(cls, path: str | os.PathLike | io.IOBase) -> Index:
         """Read an index written by :meth:`save` (files of earlier releases too).
 
         Parameters
         ----------
-        path : str or os.PathLike
-            The file; it is checked member by member before anything is unpacked, and never
+        path : str, os.PathLike or file object
+            The file, or a file object opened for reading bytes (as :meth:`save` takes one);
+            it is checked member by member before anything is unpacked, and never
             unpickled.
 
         Returns
@@ -502,11 +504,13 @@ class Index(LazyState):
             If the file is truncated, damaged, of another kind or version.
         OSError
             If the file cannot be read.
+        TypeError
+            If ``path`` is neither a path nor a file object that reads bytes.
         """
-        from .._io import load_npz
+        from .._io import load_npz, source_name
 
         return cls._loaded(load_npz(path, cls._KIND, cls._VERSION, cls._FIELDS),
-                           os.fspath(path))
+                           source_name(path))
 
     def to_bytes(self) -> bytes:
         """The index as bytes: what :meth:`save` writes.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -371,13 +372,14 @@ class HierarchicalHashTable(Index):
     _FIELDS: ClassVar[dict[str, tuple[str, int]]] = dict(SparseHashTable._FIELDS,
                                                          buckets_per_level=("iu", 0))
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike | io.IOBase) -> None:
         """Write the table to ``path``.
 
         Parameters
         ----------
         path : str, os.PathLike or file object
-            A ``.npz`` file (no pickle inside).
+            A ``.npz`` file (no pickle inside); a file at a path is written whole or not at
+            all.
 
         Raises
         ------

@@ -533,7 +533,7 @@ class SparseHashTable(Index):
         query_activations : array_like, shape (Q, num_buckets)
             The queries' hash-head outputs.
         probes : array_like of int, shape (Q,)
-            Buckets to count per query: 0 (none) or at least ``k``.
+            Buckets to count per query: 0 (none) or ``k`` to ``num_buckets``.
         include : array_like of int, shape (n,), optional
             As in :meth:`search`: only these ids count.
         exclude : array_like of int, shape (n,) or (Q, m), optional
@@ -547,14 +547,14 @@ class SparseHashTable(Index):
         Raises
         ------
         ValueError
-            If the activations have another width, NaN or Inf, ``probes`` another length, or
-            the filter is refused.
+            If the activations have another width, NaN or Inf, ``probes`` another length or
+            a count outside ``0`` and ``k..num_buckets``, or the filter is refused.
         TypeError
             If an array does not hold numbers of the right kind.
         """
         act = self._activations(query_activations, "query_activations")
         return self._count_candidates(act, include, exclude,
-                                      _probes(probes, act))
+                                      _probes(probes, act, self.k, none=True))
 
     def search_probes(self, query_activations: Any, query_embeddings: Any, topk: int,
                       probes: Any, *, include: Any = None, exclude: Any = None
@@ -573,7 +573,7 @@ class SparseHashTable(Index):
         topk : int
             Results per query.
         probes : array_like of int, shape (Q,)
-            Buckets to probe per query, at least ``k``.
+            Buckets to probe per query, ``k`` to ``num_buckets``.
         include : array_like of int, shape (n,), optional
             As in :meth:`search`.
         exclude : array_like of int, shape (n,) or (Q, m), optional
@@ -591,13 +591,14 @@ class SparseHashTable(Index):
         Raises
         ------
         ValueError
-            As :meth:`search`; or if ``probes`` has another length.
+            As :meth:`search`; or if ``probes`` has another length or a count outside
+            ``k..num_buckets``.
         TypeError
             As :meth:`search`.
         """
         act, emb = self._host_queries(query_activations, query_embeddings)
         return self._search_host(act, emb, check_int(topk, "topk", 1), include, exclude,
-                                 _probes(probes, act))
+                                 _probes(probes, act, self.k, none=False))
 
     def _count_candidates(self, act: np.ndarray, include: Any, exclude: Any,
                           max_probes: np.ndarray) -> np.ndarray:
@@ -793,12 +794,20 @@ def _storage_of(a: dict[str, np.ndarray]) -> str | ProductQuantizer:
     return ProductQuantizer(m * dsub, m, int(nbits)).set_codebooks(codebooks)
 
 
-def _probes(probes: Any, act: np.ndarray) -> np.ndarray:
-    """``probes`` checked as one count of buckets per query of ``act``."""
+def _probes(probes: Any, act: np.ndarray, k: int, *, none: bool) -> np.ndarray:
+    """``probes`` checked as one count of buckets per query of ``act``: from ``k`` (a query
+    probes its ``k`` best buckets first) to every bucket, or 0 where ``none`` allows it."""
     counts = to_numpy(probes, allow_device_copy=True, name="probes")
     check_rank(counts, "probes", (1,), "(Q,)")
     check_same_rows(act, "query_activations", counts, "probes")
-    return as_index_array(counts, "probes")
+    counts = as_index_array(counts, "probes")
+    buckets = act.shape[1]
+    bad = ((counts < k) & ((counts != 0) | (not none))) | (counts > buckets)
+    if bad.any():
+        accepted = f"{'0 or ' if none else ''}{k}..{buckets} (k to every bucket)"
+        raise ValueError(f"probes[{int(np.argmax(bad))}] is {int(counts[bad][0])}; "
+                         f"accepted: {accepted}")
+    return counts
 
 
 def _merged_exclude(exclude: Any, exclude_ids: Any) -> Any:

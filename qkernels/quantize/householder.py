@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 from typing import Any
 
@@ -13,7 +14,7 @@ from .. import _gpu
 from .._arrays import origin_of, to_cupy, to_numpy, torch_stream
 from .._bits import pack_bits, pack_signs
 from .._checks import as_float_array, check_int, check_nonnegative, check_rank
-from .._io import load_npz, save_npz
+from .._io import load_npz, save_npz, source_name
 from ._h2q_loss import KINDS, quantization_loss, quantization_loss_gradient
 
 __all__ = ["HouseholderQuantizer"]
@@ -374,13 +375,14 @@ class HouseholderQuantizer:
         self.history = list(state.get("history", []))
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike | io.IOBase) -> None:
         """Write the quantizer to ``path``.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            A ``.npz`` file (no pickle inside); written whole or not at all.
+        path : str, os.PathLike or file object
+            A ``.npz`` file (no pickle inside); a file at a path is written whole or not at
+            all.
 
         Raises
         ------
@@ -391,13 +393,14 @@ class HouseholderQuantizer:
                  loss=np.array(self.loss), weights=self.weights.numpy())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> HouseholderQuantizer:
+    def load(cls, path: str | os.PathLike | io.IOBase) -> HouseholderQuantizer:
         """Read a quantizer written by :meth:`save`.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            The file; it is checked member by member and never unpickled.
+        path : str, os.PathLike or file object
+            The file, or a file object opened for reading bytes; it is checked member by
+            member and never unpickled.
 
         Returns
         -------
@@ -410,6 +413,8 @@ class HouseholderQuantizer:
             If the file is truncated, damaged, of another kind or version.
         OSError
             If the file cannot be read.
+        TypeError
+            If ``path`` is neither a path nor a file object that reads bytes.
         """
         arrays = load_npz(path, "HouseholderQuantizer", cls._VERSION,
                           {"dim": ("iu", 0), "loss": ("U", 0), "weights": ("f", 2)})
@@ -418,6 +423,6 @@ class HouseholderQuantizer:
             quantizer.load_state_dict({"dim": int(arrays["dim"]), "loss": str(arrays["loss"]),
                                        "weights": torch.from_numpy(arrays["weights"])})
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted HouseholderQuantizer file "
+            raise ValueError(f"{source_name(path)!r} is a corrupted HouseholderQuantizer file "
                              f"({error})") from None
         return quantizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from typing import Any, ClassVar
@@ -15,7 +16,7 @@ from .._checks import (
     check_int,
     check_rank,
 )
-from .._io import load_npz, save_npz
+from .._io import load_npz, save_npz, source_name
 from . import _pq_cpu
 
 __all__ = ["ProductQuantizer"]
@@ -352,7 +353,7 @@ class ProductQuantizer:
             pq = cls(int(arrays["dim"]), int(arrays["num_subspaces"]), int(arrays["nbits"]))
             pq.set_codebooks(arrays["codebooks"])
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is a corrupted {cls.__name__} file "
+            raise ValueError(f"{source_name(path)!r} is a corrupted {cls.__name__} file "
                              f"({error})") from None
         return pq
 
@@ -360,13 +361,14 @@ class ProductQuantizer:
         "dim": ("iu", 0), "num_subspaces": ("iu", 0), "nbits": ("iu", 0), "codebooks": ("f", 3),
     }
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike | io.IOBase) -> None:
         """Write the trained quantizer to ``path``.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            A ``.npz`` file (no pickle inside); written whole or not at all.
+        path : str, os.PathLike or file object
+            A ``.npz`` file (no pickle inside); a file at a path is written whole or not at
+            all.
 
         Raises
         ------
@@ -378,13 +380,14 @@ class ProductQuantizer:
         save_npz(path, "ProductQuantizer", self._VERSION, **self._state())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ProductQuantizer:
+    def load(cls, path: str | os.PathLike | io.IOBase) -> ProductQuantizer:
         """Read a quantizer written by :meth:`save`.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            The file; it is checked member by member and never unpickled.
+        path : str, os.PathLike or file object
+            The file, or a file object opened for reading bytes; it is checked member by
+            member and never unpickled.
 
         Returns
         -------
@@ -397,6 +400,8 @@ class ProductQuantizer:
             If the file is truncated, damaged, of another kind or version.
         OSError
             If the file cannot be read.
+        TypeError
+            If ``path`` is neither a path nor a file object that reads bytes.
         """
         return cls._from_state(load_npz(path, "ProductQuantizer", cls._VERSION, cls._FIELDS),
                                path)
