@@ -260,16 +260,15 @@ def as_index_array(x: Any, name: str, upper: int | None = None, *, allow_missing
     if x.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
     xp = _xp(x)
-    x = x.astype(xp.int64, copy=False)
     if x.size:
         low = -1 if allow_missing else 0
-        lo, hi = int(x.min()), int(x.max())
-        if lo < low or (upper is not None and hi >= upper):
-            bound = f"0..{upper - 1}" if upper is not None else ">= 0"
+        lo, hi = int(x.min()), int(x.max())  # (before the cast: uint64 above int64 wraps)
+        if lo < low or hi > (np.iinfo(np.int64).max if upper is None else upper - 1):
+            bound = f"0..{upper - 1}" if upper is not None else "0..2**63 - 1"
             extra = " (or -1 for a missing entry)" if allow_missing else ""
             bad = lo if lo < low else hi
             raise ValueError(f"{name} must hold indices in {bound}{extra}, found {bad}")
-    return x
+    return x.astype(xp.int64, copy=False)
 
 
 def check_same_rows(a: Any, a_name: str, b: Any, b_name: str) -> None:

@@ -83,6 +83,14 @@ def test_index_arrays():
     assert as_index_array(np.array([-1]), "I", 3, allow_missing=True)[0] == -1
     with pytest.raises(TypeError, match="integers"):
         as_index_array(np.array([0.5]), "I")
+    # uint64 above int64: refused with the value given (a cast first made it negative)
+    big = np.array([1, 2**63 + 5], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"indices in 0\.\.2\*\*63 - 1, found 9223372036854775813"):
+        as_index_array(big, "I")
+    with pytest.raises(ValueError, match=r"indices in 0\.\.2, found 9223372036854775813"):
+        as_index_array(big, "I", 3)
+    np.testing.assert_array_equal(as_index_array(np.array([2**63 - 1], np.uint64), "I"),
+                                  [2**63 - 1])
 
 
 @settings(max_examples=200, deadline=None)

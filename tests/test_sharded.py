@@ -753,3 +753,24 @@ def test_tiebreak_keys_are_the_kernels(seed, n, dim):
             want = (np.inf if I[q, t] < 0 else
                     reference.lane_distance(features[q], index.features[I[q, t]], False))
             assert keys[q, t] == want
+
+
+def test_the_merge_hooks_refuse_bad_arguments_clearly():
+    """tiebreak_keys takes result ids (-1 where missing): one below -1, or a uint64 id beyond
+    int64 (which a cast made -1-like), is refused; fastscan_width's ntotal must be a count."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    index = qk.BinaryIndex(8).add(qk.pack_bits(x), x)
+    for ids, bad in ((np.array([[0, -5]]), -5),
+                     (np.array([[0, 2**63]], dtype=np.uint64), 2**63)):
+        with pytest.raises(ValueError, match=f"ids holds {bad}: result ids are integers in "
+                                             r"0\.\.2\*\*63 - 1, or -1"):
+            index.tiebreak_keys(x[:1], ids)
+    assert index.tiebreak_keys(x[:1], np.array([[0, -1]])).tolist() == [[0.0, np.inf]]
+    pq = qk.PQIndex(qk.ProductQuantizer(8, 4, 4).train(
+        rng.standard_normal((300, 8)).astype(np.float32)))
+    with pytest.raises(ValueError, match="ntotal must be >= 0, got -3"):
+        pq.fastscan_width(5, ntotal=-3)
+    with pytest.raises(TypeError, match="ntotal must be an integer"):
+        pq.fastscan_width(5, ntotal=1.5)
+    assert pq.fastscan_width(5, ntotal=7) == 7

@@ -398,7 +398,7 @@ class BinaryIndex(Index):
         ------
         ValueError
             If the features were not added, have another shape, NaN or Inf, or an id is not
-            in the index.
+            in the index (or is below -1).
         TypeError
             If ``ids`` does not hold integers.
         """
@@ -407,6 +407,10 @@ class BinaryIndex(Index):
         check_rank(ids, "ids", (2,), "(Q, t)")
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must hold integers, got dtype {ids.dtype}")
+        if ids.size and (int(ids.min()) < -1 or int(ids.max()) > np.iinfo(np.int64).max):
+            bad = int(ids.min()) if int(ids.min()) < -1 else int(ids.max())
+            raise ValueError(f"ids holds {bad}: result ids are integers in 0..2**63 - 1, or "
+                             "-1 where a result is missing")
         ids = ids.astype(np.int64, copy=False)
         qf = self._query_features(state, query_features, ids.shape[0])
         positions = np.where(ids >= 0, self._positions(state, np.maximum(ids, 0)), -1)

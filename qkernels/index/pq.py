@@ -334,15 +334,17 @@ class PQIndex(Index):
         Raises
         ------
         ValueError
-            If ``rerank`` is refused as :meth:`search` refuses it.
+            If ``rerank`` is refused as :meth:`search` refuses it, or ``ntotal`` is
+            negative.
         TypeError
-            If ``topk`` or ``rerank`` is not an integer.
+            If ``topk``, ``rerank`` or ``ntotal`` is not an integer.
         """
         topk = check_int(topk, "topk", 1)
         rerank = self._check_rerank(rerank, topk, symmetric)
+        ntotal = self.ntotal if ntotal is None else check_int(ntotal, "ntotal", 0)
         if not self.fast_scan or symmetric:
             return None
-        return self._candidates(topk, rerank, self.ntotal if ntotal is None else ntotal)
+        return self._candidates(topk, rerank, ntotal)
 
     def fastscan_candidates(self, q: Any, count: int, *, include: Any = None,
                             exclude: Any = None
