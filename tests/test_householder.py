@@ -115,6 +115,10 @@ def test_itq_projection_and_errors():
     np.testing.assert_allclose(p.T @ p, np.eye(8), atol=1e-8)
     with pytest.raises(ValueError, match="exceeds the input dimension"):
         qk.ITQ(32).fit(x)
+    # fewer points than bits span fewer PCA directions (numpy's matmul failed on it)
+    with pytest.raises(ValueError, match=r"at least nbits = 8 points to fit .*got 5"):
+        qk.ITQ(8).fit(x[:5])
+    assert qk.ITQ(8).fit(x[:8]).encode(x).shape == (500, 1)
     with pytest.raises(RuntimeError, match="not fitted"):
         qk.ITQ(4).transform(x)
 

@@ -83,7 +83,7 @@ class ITQ:
         Parameters
         ----------
         x : array_like, shape (N, dim)
-            At least two points; numpy array or torch tensor.
+            At least two points, and at least ``nbits``; numpy array or torch tensor.
 
         Returns
         -------
@@ -93,8 +93,8 @@ class ITQ:
         Raises
         ------
         ValueError
-            If ``nbits`` exceeds ``dim``, there are fewer than two points, or ``x`` has NaN,
-            Inf or an empty axis.
+            If ``nbits`` exceeds ``dim``, there are fewer than two points or fewer than
+            ``nbits``, or ``x`` has NaN, Inf or an empty axis.
         TypeError
             If ``x`` does not hold real numbers.
         """
@@ -105,6 +105,9 @@ class ITQ:
             raise ValueError(f"nbits = {nbits} exceeds the input dimension {dim}")
         if n < 2:
             raise ValueError("ITQ needs at least 2 points to fit")
+        if n < nbits:  # PCA to nbits directions: fewer points span fewer
+            raise ValueError(f"ITQ needs at least nbits = {nbits} points to fit (PCA to "
+                             f"{nbits} directions), got {n}")
         self.nbits = nbits
         self.mean = data.mean(axis=0)
         centred = data - self.mean
