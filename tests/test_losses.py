@@ -203,6 +203,11 @@ def test_codebook_refresher_refits_every_n_steps():
     refits = [refresher.update(torch.randn(10, 8)) for _ in range(7)]
     assert refits == [False, False, True, False, False, True, False]
     assert pq.is_trained and refresher._count <= 50
+    # a batch of another dimension is refused before it is kept (it once was kept, and every
+    # later re-fit failed in numpy's concatenate)
+    with pytest.raises(ValueError, match="z has dimension 7; the quantizer's is 8"):
+        refresher.update(torch.randn(10, 7))
+    assert [refresher.update(torch.randn(10, 8)) for _ in range(2)] == [False, True]
 
 
 def test_empty_batch_returns_a_connected_zero():

@@ -169,6 +169,9 @@ class CodebookRefresher:
             If ``z`` is not a floating tensor.
         """
         z = check_embeddings(z, "z")
+        if z.shape[1] != self.quantizer.dim:  # (before it joins the kept embeddings)
+            raise ValueError(f"z has dimension {z.shape[1]}; the quantizer's is "
+                             f"{self.quantizer.dim}")
         batch = z.detach().to("cpu", torch.float32).numpy()
         self._buffer.append(batch)
         self._count += batch.shape[0]
