@@ -15,6 +15,7 @@ from qkernels.losses import (
     RelativeDistanceLoss,
     SemiHardTripletLoss,
     assign_batch_codes,
+    assign_hierarchical_codes,
 )
 from tests import reference as ref
 
@@ -249,3 +250,21 @@ def test_empty_batch_returns_a_connected_zero():
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_activations_are_averaged_in_float32(dtype):
+    """Activations in half precision (as autocast makes them) get the codes of the same
+    values in float32, and masks in their own dtype (bfloat16 was refused: numpy has none)."""
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 16
+    a = torch.randn(64, 32).to(dtype)
+    codes, mask = assign_batch_codes(a, labels, 2)
+    want_codes, want_mask = assign_batch_codes(a.float(), labels, 2)
+    assert torch.equal(codes, want_codes) and mask.dtype == dtype
+    assert torch.equal(mask.float(), want_mask)
+    b = torch.randn(64, 16).to(dtype)
+    got = assign_hierarchical_codes(a, b, labels, 2)
+    want = assign_hierarchical_codes(a.float(), b.float(), labels, 2)
+    assert torch.equal(got.level1, want.level1) and torch.equal(got.level2, want.level2)
+    assert got.mask1.dtype == got.mask2.dtype == dtype

@@ -63,7 +63,8 @@ def assign_batch_codes(activations: torch.Tensor, labels, k: int, penalty: float
     Parameters
     ----------
     activations : torch.Tensor, shape (N, d)
-        The batch's hash-head outputs (float16, float32 or float64; any device).
+        The batch's hash-head outputs (float16, bfloat16, float32 or float64; any device;
+        half precision is averaged in float32).
     labels : torch.Tensor or array_like of int, shape (N,)
         Class ids.
     k : int
@@ -183,10 +184,11 @@ def assign_hierarchical_codes(level1_activations: torch.Tensor,
     if a1.shape[0] != a2.shape[0]:
         raise ValueError(f"level1_activations has {a1.shape[0]} rows but level2_activations "
                          f"has {a2.shape[0]}")
+    w1, w2 = _summable(a1), _summable(a2)
     if normalize:
-        a1, a2 = unit_rows(a1), unit_rows(a2)
+        w1, w2 = unit_rows(w1), unit_rows(w2)
     d1 = a1.shape[1]
-    inverse, means = _class_means(torch.cat([a1, a2], 1), labels, False, group,
+    inverse, means = _class_means(torch.cat([w1, w2], 1), labels, False, group,
                                   "assign_hierarchical_codes")
 
     def solve():
@@ -201,9 +203,18 @@ def assign_hierarchical_codes(level1_activations: torch.Tensor,
     return HierarchicalBatchCodes(level1, level2, mask1, mask2)
 
 
+def _summable(a: torch.Tensor) -> torch.Tensor:
+    """``a`` in float32 where it is half precision (float16 or bfloat16, as autocast makes a
+    hash head's outputs): class sums in half precision lose most of their digits, and the
+    solver takes no bfloat16 (numpy has none)."""
+    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
+
+
 def _class_means(a: torch.Tensor, labels, normalize: bool, group, caller: str):
     """Each item's class index and the (normalised) activations averaged per class, over the
-    global batch when distributed (classes agreed on, sums and counts all-reduced)."""
+    global batch when distributed (classes agreed on, sums and counts all-reduced); half
+    precision is averaged in float32 (``_summable``)."""
+    a = _summable(a)
     labels = check_labels(labels, a.shape[0], a.device)
     if labels.dim() != 1:
         raise ValueError(f"{caller} needs (N,) class ids, not a multi-label matrix")
