@@ -34,7 +34,7 @@ def database_chunks(num_queries: int, ntotal: int) -> int:
     from . import config
 
     chunks = min(ntotal, 4 * nb.get_num_threads())
-    return chunks if num_queries <= config.SPLIT_DATABASE_MAX_QUERIES and chunks > 1 else 0
+    return chunks if num_queries <= config.get("SPLIT_DATABASE_MAX_QUERIES") and chunks > 1 else 0
 
 
 def threading_layer() -> str | None:

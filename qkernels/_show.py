@@ -53,7 +53,7 @@ def _simd() -> dict[str, Any]:
         why = f"the host CPU ({name})"
     if numba_config.CPU_FEATURES is not None:
         why += f", NUMBA_CPU_FEATURES={numba_config.CPU_FEATURES or '(empty)'}"
-    if not config.FASTSCAN_SIMD:
+    if not config.get("FASTSCAN_SIMD"):
         fastscan = "scalar (qk.config.FASTSCAN_SIMD is False)"
     elif _simd.has_byte_dots():
         fastscan = ("AVX-512 VBMI and VNNI (four sub-quantizers per 512-bit look-up, summed by "

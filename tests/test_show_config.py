@@ -56,3 +56,33 @@ def test_python_dash_m_qkernels_prints_it():
 def test_a_bad_mode_is_refused():
     with pytest.raises(ValueError, match="mode must be 'stdout' or 'dicts', got 'json'"):
         qk.show_config(mode="json")
+
+
+@pytest.mark.parametrize(("name", "value", "error", "message"), [
+    ("FASTSCAN_SIMD", "no", TypeError, "FASTSCAN_SIMD must be True or False, got 'no'"),
+    ("SPLIT_DATABASE_MAX_QUERIES", 3.5, TypeError, "must be an integer, got 3.5"),
+    ("SPLIT_DATABASE_MAX_QUERIES", -1, ValueError, "must be >= 0, got -1"),
+    ("GPU_THREADS_PER_BLOCK", "x", TypeError, "must be an integer, got 'x'"),
+    ("GPU_THREADS_PER_BLOCK", 48, ValueError, "a multiple of 32 in 32..1024, got 48"),
+])
+def test_a_bad_tunable_is_refused_where_it_is_read(monkeypatch, name, value, error, message):
+    """A tunable is read, checked, at each call (the string "no" once switched the fast
+    scan's SIMD on, a float threshold was compared as it was)."""
+    monkeypatch.setattr(qk.config, name, value)
+    with pytest.raises(error, match=message):
+        qk.config.get(name)
+    if name != "GPU_THREADS_PER_BLOCK":  # (read only by the GPU paths)
+        x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+        index = qk.PQIndex(qk.ProductQuantizer(8, 4, 4).train(x)).add(x)
+        with pytest.raises(error, match=message):
+            index.search(x[:3], 5)
+
+
+def test_the_tunables_read_as_set(monkeypatch):
+    assert qk.config.get("SPLIT_DATABASE_MAX_QUERIES") == 16
+    monkeypatch.setattr(qk.config, "SPLIT_DATABASE_MAX_QUERIES", np.int64(0))
+    assert qk.config.get("SPLIT_DATABASE_MAX_QUERIES") == 0
+    monkeypatch.setattr(qk.config, "FASTSCAN_SIMD", np.False_)
+    assert qk.config.get("FASTSCAN_SIMD") is False
+    with pytest.raises(KeyError, match="no tunable 'THREADS'"):
+        qk.config.get("THREADS")

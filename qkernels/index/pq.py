@@ -429,7 +429,7 @@ class PQIndex(Index):
         bias = np.empty(num_queries, dtype=np.float32)
         scale = np.empty(num_queries, dtype=np.float64)
         _fastscan_cpu.quantize_tables(tables, num_pairs, luts, bias, scale)
-        simd = bool(config.FASTSCAN_SIMD) and _simd.has_avx2()
+        simd = config.get("FASTSCAN_SIMD") and _simd.has_avx2()
         allowed = block_bits(mask, _simd.FASTSCAN_BLOCK)
         args = (simd, luts, bias, scale, packed, tables, state.codes, candidates, rerank)
         if chunks:
