@@ -23,6 +23,7 @@ __all__ = [
     "as_index_array",
     "check_columns",
     "check_distance_range",
+    "check_distinct_rows",
     "check_finite",
     "check_int",
     "check_nonnegative",
@@ -269,6 +270,18 @@ def as_index_array(x: Any, name: str, upper: int | None = None, *, allow_missing
             bad = lo if lo < low else hi
             raise ValueError(f"{name} must hold indices in {bound}{extra}, found {bad}")
     return x.astype(xp.int64, copy=False)
+
+
+def check_distinct_rows(codes: np.ndarray, name: str) -> None:
+    """Each row of ``(N, k)`` codes must name ``k`` different buckets (an item sits in a
+    bucket once; a repeated bucket would return the same id twice)."""
+    if codes.shape[1] > 1 and codes.shape[0]:
+        ordered = np.sort(codes, axis=1)
+        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if repeats.any():
+            row = int(np.flatnonzero(repeats)[0])
+            raise ValueError(f"{name} must hold distinct buckets in each row; row {row} is "
+                             f"{codes[row].tolist()}")
 
 
 def check_same_rows(a: Any, a_name: str, b: Any, b_name: str) -> None:

@@ -150,6 +150,10 @@ def test_hierarchical_table_codes_save_load(tmp_path):
         qk.HierarchicalHashTable.load(tmp_path / "flat.npz")
     with pytest.raises(ValueError, match=r"level2 must be \(40, 2\)"):
         table.add_codes(parents, children[:, :1], emb)
+    # a repeated child is named as given (it was named "codes", in compound buckets)
+    with pytest.raises(ValueError, match=r"level2 must hold distinct buckets in each row; "
+                                         r"row 1 is \[2, 2\]"):
+        table.add_codes(np.array([1, 2]), np.array([[0, 1], [2, 2]]), emb[:2])
 
 
 def test_torch_tensors_add_and_search_as_numpy_arrays_do():

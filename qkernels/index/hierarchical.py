@@ -12,7 +12,13 @@ import numpy as np
 
 from .. import _gpu
 from .._arrays import origin_of, to_cupy, to_numpy
-from .._checks import as_float_array, as_index_array, check_int, check_rank
+from .._checks import (
+    as_float_array,
+    as_index_array,
+    check_distinct_rows,
+    check_int,
+    check_rank,
+)
 from . import _table_cpu
 from ._base import Index
 from .table import MAX_BUCKETS, SparseHashTable
@@ -269,6 +275,7 @@ class HierarchicalHashTable(Index):
         c = as_index_array(c, "level2", self.num_buckets)
         if c.shape != (p.shape[0], self.k):
             raise ValueError(f"level2 must be ({p.shape[0]}, {self.k}), got {tuple(c.shape)}")
+        check_distinct_rows(c, "level2")  # (named as given, before compounding)
         # the inner table gets host arrays alike (the compound codes are numpy)
         self._table.add_codes(p[:, None] * self.num_buckets + c,
                               to_numpy(embeddings, allow_device_copy=True, name="embeddings"),

@@ -15,6 +15,7 @@ from .._checks import (
     as_float_array,
     as_index_array,
     check_columns,
+    check_distinct_rows,
     check_int,
     check_rank,
     check_same_rows,
@@ -40,18 +41,6 @@ MAX_BUCKETS = 1 << 24
 def _chunks(count: int) -> int:
     """Work units for a parallel loop: a few per thread so uneven units balance out."""
     return max(1, min(count, 4 * numba.get_num_threads()))
-
-
-def _check_distinct(codes: np.ndarray, name: str) -> None:
-    """Each row of ``(N, k)`` codes must name ``k`` different buckets (an item sits in a
-    bucket once; a repeated bucket would return the same id twice)."""
-    if codes.shape[1] > 1 and codes.shape[0]:
-        ordered = np.sort(codes, axis=1)
-        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-        if repeats.any():
-            row = int(np.flatnonzero(repeats)[0])
-            raise ValueError(f"{name} must hold distinct buckets in each row; row {row} is "
-                             f"{codes[row].tolist()}")
 
 
 class SparseHashTable(Index):
@@ -247,7 +236,7 @@ class SparseHashTable(Index):
         if c.shape[1] != self.k:
             raise ValueError(f"codes has {c.shape[1]} columns; this table has k = {self.k}")
         c = as_index_array(c, "codes", self.num_buckets)
-        _check_distinct(c, "codes")
+        check_distinct_rows(c, "codes")
         return self._append(np.ascontiguousarray(c, dtype=np.int32), embeddings, ids,
                             c.shape[0])
 
@@ -765,7 +754,7 @@ class SparseHashTable(Index):
             # checked as added ones are (finite, in range); float16 ones convert exactly
             emb = self._stored(self._embeddings(emb, "embeddings")).copy()
         codes = as_index_array(a["codes"], "codes", self.num_buckets).astype(np.int32)
-        _check_distinct(codes, "codes")
+        check_distinct_rows(codes, "codes")
         rows = as_index_array(a["rows"], "rows", n).astype(np.int32)
         if np.unique(rows).shape[0] != n:
             raise ValueError("insertion rows repeat")
