@@ -258,9 +258,7 @@ def _rank(rank, init_file, codebooks, out_dir, world=WORLD):
     except Exception:
         errors["crash"] = traceback.format_exc()
     finally:
-        np.savez(f"{out_dir}/rank{rank}.npz", **out)
-        with open(f"{out_dir}/errors{rank}.json", "w") as f:
-            json.dump(errors, f)
+        _written(out_dir, "rank", "errors", rank, out, errors)
         dist.destroy_process_group()
 
 
@@ -276,11 +274,15 @@ def _on_standin(args, kwargs):
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def codebooks():
+    """The 4-bit quantizer's codebooks every scenario and its union share."""
+    return np.asarray(qk.ProductQuantizer(8, 4, 4).train(_data()["pq_x"]).codebooks)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, codebooks):
     """Run the scenarios once on 2 processes; each rank's results and errors."""
     tmp = tmp_path_factory.mktemp("sharded")
-    d = _data()
-    codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
     warm = tmp / "one rank"
     warm.mkdir()
     one = _spawned(_rank, (str(warm / "init"), codebooks, str(warm), 1), warm, "errors", "rank",
@@ -288,6 +290,14 @@ def ranks(tmp_path_factory):
     assert set(one[0][0]) >= {f"{name}/{topk}/I" for name in NAMES for topk in TOPKS}
     return _spawned(_rank, (str(tmp / "init"), codebooks, str(tmp)), tmp, "errors", "rank",
                     600, "the sharded processes did not finish in 10 minutes (a deadlock?)")
+
+
+def _written(out_dir, results_name, errors_name, rank, out, errors) -> None:
+    """A rank's ``{results_name}{rank}.npz`` and ``{errors_name}{rank}.json``, as
+    :func:`_spawned` reads them."""
+    np.savez(f"{out_dir}/{results_name}{rank}.npz", **out)
+    with open(f"{out_dir}/{errors_name}{rank}.json", "w") as f:
+        json.dump(errors, f)
 
 
 def _spawned(function, args, tmp, errors_name, results_name, seconds, hang, world=WORLD):
@@ -310,10 +320,9 @@ def _spawned(function, args, tmp, errors_name, results_name, seconds, hang, worl
 
 
 @pytest.fixture(scope="module")
-def whole():
+def whole(codebooks):
     """The same indexes over all items (the union, shards in rank order)."""
     d = _data()
-    codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
     return d, _indexes(d, slice(None), codebooks)
 
 
@@ -570,28 +579,24 @@ def _changing_rank(rank, init_file, codebooks, out_dir):
     except Exception:
         errors["crash"] = traceback.format_exc()
     finally:
-        np.savez(f"{out_dir}/changed{rank}.npz", **out)
-        with open(f"{out_dir}/changed-errors{rank}.json", "w") as f:
-            json.dump(errors, f)
+        _written(out_dir, "changed", "changed-errors", rank, out, errors)
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def changing(tmp_path_factory):
+def changing(tmp_path_factory, codebooks):
     tmp = tmp_path_factory.mktemp("changing")
-    d = _data()
-    codebooks = np.asarray(qk.ProductQuantizer(8, 4, 4).train(d["pq_x"]).codebooks)
-    return codebooks, _spawned(_changing_rank, (str(tmp / "init"), codebooks, str(tmp)), tmp,
-                               "changed-errors", "changed", 600,
-                               "the changing shards did not finish in 10 minutes (a hang?)")
+    return _spawned(_changing_rank, (str(tmp / "init"), codebooks, str(tmp)), tmp,
+                    "changed-errors", "changed", 600,
+                    "the changing shards did not finish in 10 minutes (a hang?)")
 
 
 @pytest.mark.parametrize("name", ["table", "pq"])
-def test_a_run_of_changes_to_every_shard(changing, name):
+def test_a_run_of_changes_to_every_shard(changing, codebooks, name):
     """After every step of adds, removals, merges and resets on both ranks, each rank's
     answer is that of one index over the union of the shards' items (global ids: the offset
     of the ranks before plus the local id; the union in rank order, ties alike)."""
-    codebooks, ranks = changing
+    ranks = changing
     d = _data()
     empty, make, (args, kwargs) = _change_kinds(d, codebooks)[name]
     shards = [empty() for _ in range(WORLD)]
@@ -655,18 +660,14 @@ def _faulty_rank(rank, init_file, out_dir):
                                                           all_ranks_queries=False))
         out["after dimension/D"], out["after dimension/I"] = index.search(*args, **kwargs)
         if rank == 1:
-            np.savez(f"{out_dir}/fault{rank}.npz", **out)
-            with open(f"{out_dir}/fault{rank}.json", "w") as f:
-                json.dump(errors, f)
+            _written(out_dir, "fault", "fault", rank, out, errors)
             table.search_probes = lambda *a, **k: os._exit(0)
         start = time.monotonic()
         errors["exit"] = _error(lambda: index.search(*args, **kwargs))
         errors["exit seconds"] = time.monotonic() - start
     except Exception:
         errors["crash"] = traceback.format_exc()
-    np.savez(f"{out_dir}/fault{rank}.npz", **out)
-    with open(f"{out_dir}/fault{rank}.json", "w") as f:
-        json.dump(errors, f)
+    _written(out_dir, "fault", "fault", rank, out, errors)
     os._exit(0)  # not destroy_process_group: its peer is gone
 
 
