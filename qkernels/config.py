@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 _DEFAULTS = {
     # CUDA launch shape for the RawKernels in qkernels/cuda (a multiple of 32).
     "GPU_THREADS_PER_BLOCK": 256,
@@ -57,8 +59,6 @@ def get(name: str) -> int | bool:
     >>> qk.config.get("SPLIT_DATABASE_MAX_QUERIES")
     16
     """
-    import numbers
-
     if name not in _DEFAULTS:
         raise KeyError(f"qk.config has no tunable {name!r}; it has {sorted(_DEFAULTS)}")
     value = globals()[name]

@@ -407,8 +407,9 @@ class BinaryIndex(Index):
         check_rank(ids, "ids", (2,), "(Q, t)")
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must hold integers, got dtype {ids.dtype}")
-        if ids.size and (int(ids.min()) < -1 or int(ids.max()) > np.iinfo(np.int64).max):
-            bad = int(ids.min()) if int(ids.min()) < -1 else int(ids.max())
+        low, high = (int(ids.min()), int(ids.max())) if ids.size else (-1, -1)
+        if low < -1 or high > np.iinfo(np.int64).max:
+            bad = low if low < -1 else high
             raise ValueError(f"ids holds {bad}: result ids are integers in 0..2**63 - 1, or "
                              "-1 where a result is missing")
         ids = ids.astype(np.int64, copy=False)
