@@ -53,7 +53,15 @@ class Kind:
         raise NotImplementedError
 
 
-class Table(Kind):
+class TableKind(Kind):
+    """The hash tables: their search also gives the candidate counts."""
+
+    def search(self, index, queries, include=None, exclude=None):
+        D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
+        return D, I, index.candidate_counts
+
+
+class Table(TableKind):
     """A SparseHashTable keeping float32 or float16 embeddings or PQ codes of more than eight
     bits (uint16, which the re-ranking must not take for float16 bit patterns)."""
 
@@ -95,10 +103,6 @@ class Table(Kind):
         return (rng.integers(0, 3, (q, BUCKETS)).astype(np.float64),
                 rng.integers(-2, 3, (q, DIM)).astype(np.float32))
 
-    def search(self, index, queries, include=None, exclude=None):
-        D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
-        return D, I, index.candidate_counts
-
     def expected(self, items, queries, per_query_exclude=None, exact=False):
         codes = [ref.ranked_buckets(p[0])[:K] for _, p in items]
         distance = None
@@ -116,7 +120,7 @@ class Table(Kind):
         return payload[1]
 
 
-class Hierarchical(Kind):
+class Hierarchical(TableKind):
     """A HierarchicalHashTable, against the flat table rule over compound buckets ranked in
     the cascade's probe order."""
 
@@ -140,10 +144,6 @@ class Hierarchical(Kind):
         return (rng.integers(0, 3, (q, self.D)).astype(np.float64),
                 rng.integers(0, 3, (q, self.D)).astype(np.float64),
                 rng.integers(0, 3, (q, DIM)).astype(np.float32))
-
-    def search(self, index, queries, include=None, exclude=None):
-        D, I = index.search(*queries, TOPK, include=include, exclude=exclude)
-        return D, I, index.candidate_counts
 
     def expected(self, items, queries, per_query_exclude=None, exact=False):
         d = self.D
@@ -191,8 +191,6 @@ class PQ(Kind):
         return (rng.integers(-2, 3, (q, 4)).astype(np.float32),)
 
     def search(self, index, queries, include=None, exclude=None):
-        if self.rerank is None:
-            return index.search(queries[0], TOPK, include=include, exclude=exclude)
         return index.search(queries[0], TOPK, rerank=self.rerank, include=include,
                             exclude=exclude)
 
@@ -241,9 +239,8 @@ class Binary(Kind):
         return codes, rng.integers(0, 3, (q, 3)).astype(np.float32)
 
     def search(self, index, queries, include=None, exclude=None):
-        return index.search(*queries, TOPK, include=include, exclude=exclude) \
-            if len(queries) == 1 else index.search(queries[0], TOPK, queries[1],
-                                                   include=include, exclude=exclude)
+        # (the query features, where there are any, follow topk)
+        return index.search(queries[0], TOPK, *queries[1:], include=include, exclude=exclude)
 
     def expected(self, items, queries, per_query_exclude=None, exact=False):
         if self.features:
