@@ -694,7 +694,7 @@ def lifecycle(args: argparse.Namespace) -> None:
           "index); q/s of the whole query set. A removal copies the index without the removed "
           "items (a new snapshot: searches running meanwhile keep the old one); a table's "
           "next search then rebuilds its bucket lists (counting sorts). A filter is applied "
-          "inside the scans: include = 10% of the ids, exclude = 10% of them.\n")
+          "inside the scans: include = 10% of the ids or 1,000 of them, exclude = 10% of them.\n")
     rng = np.random.default_rng(11)
     x = gaussian_classes(n, dim, seed=12)
     xq = gaussian_classes(num_queries, dim, seed=13)
@@ -718,15 +718,16 @@ def lifecycle(args: argparse.Namespace) -> None:
     repeat = max(3, args.repeat // 3)
     removed = rng.choice(n, n // 100, replace=False)
     subset = np.sort(rng.choice(n, n // 10, replace=False))
+    few = np.sort(rng.choice(n, 1000, replace=False))
     header = ["operation", *kinds]
     rows = {op: [op] for op in ("add N items", "remove_ids (1% of N)",
                                 "first search after the removal", "merge_from (10% of N)",
                                 "reset", "to_bytes", "bytes per item (to_bytes)",
                                 "search q/s, no filter", "search q/s, include 10%",
-                                "search q/s, exclude 10%")}
+                                "search q/s, include 1,000 ids", "search q/s, exclude 10%")}
 
     for make, search in kinds.values():
-        for op, value in _lifecycle_column(make, search, n, removed, subset, num_queries,
+        for op, value in _lifecycle_column(make, search, n, removed, subset, few, num_queries,
                                            repeat).items():
             rows[op].append(value)
     print_table(header, list(rows.values()))
@@ -737,7 +738,8 @@ def _removed(index, ids):
     return index
 
 
-def _lifecycle_column(make, search, n, removed, subset, num_queries, repeat) -> dict[str, str]:
+def _lifecycle_column(make, search, n, removed, subset, few, num_queries, repeat
+                      ) -> dict[str, str]:
     """One index kind's column of the lifecycle table."""
     def seconds(fn, fresh=None):
         times = []
@@ -755,6 +757,7 @@ def _lifecycle_column(make, search, n, removed, subset, num_queries, repeat) -> 
     medians = interleaved({
         "none": lambda: search(index),
         "include": lambda: search(index, include=subset),
+        "few": lambda: search(index, include=few),
         "exclude": lambda: search(index, exclude=subset),
     }, repeat)
     add = seconds(lambda _: make(everything))
@@ -774,6 +777,7 @@ def _lifecycle_column(make, search, n, removed, subset, num_queries, repeat) -> 
         "bytes per item (to_bytes)": f"{len(blob) / n:.1f}",
         "search q/s, no filter": f"{num_queries / medians['none']:,.0f}",
         "search q/s, include 10%": f"{num_queries / medians['include']:,.0f}",
+        "search q/s, include 1,000 ids": f"{num_queries / medians['few']:,.0f}",
         "search q/s, exclude 10%": f"{num_queries / medians['exclude']:,.0f}",
     }
 

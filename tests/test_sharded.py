@@ -723,8 +723,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(0, 60), st.integers(1, 9), st.integers(1, 3),
-       st.booleans())
-def test_candidate_counts_of_the_first_buckets(seed, n, buckets, k, excluding):
+       st.sampled_from(["none", "exclude", "include"]))
+def test_candidate_counts_of_the_first_buckets(seed, n, buckets, k, filtering):
+    """Against the reference; ``include`` allows few items (their own bucket lists) or many
+    (a filter over every list)."""
     k = min(k, buckets)
     rng = np.random.default_rng(seed)
     # few distinct activation values: ties between buckets, broken by the lower index
@@ -732,10 +734,15 @@ def test_candidate_counts_of_the_first_buckets(seed, n, buckets, k, excluding):
     table = qk.SparseHashTable(buckets, k).add(act, rng.standard_normal((n, 2)))
     queries = rng.integers(0, 3, (7, buckets)).astype(np.float64)
     probes = rng.integers(k, buckets + 1, 7) * (rng.random(7) < 0.8)  # 0: counts nothing
-    exclude = (rng.integers(-1, max(n, 1), (7, 2)) if excluding and n else None)
-    got = table.count_candidates(queries, probes, exclude=exclude)
+    exclude = (rng.integers(-1, max(n, 1), (7, 2)) if filtering == "exclude" and n else None)
+    kept = np.sort(rng.choice(n, rng.integers(0, n + 1), replace=False))
+    include = kept if filtering == "include" else None
+    got = table.count_candidates(queries, probes, exclude=exclude, include=include)
     codes = np.argsort(-act, axis=1, kind="stable")[:, :k]
-    want = reference.table_candidates(codes, np.arange(n), queries, probes, exclude)
+    if include is not None:
+        codes = codes[kept]
+    want = reference.table_candidates(codes, np.arange(n) if include is None else kept,
+                                      queries, probes, exclude)
     np.testing.assert_array_equal(got, want)
 
 

@@ -171,6 +171,41 @@ def test_search_equals_the_reference(seed, n, num_buckets, dim, k, topk, metric,
     assert_same(table, db_act, db_emb, np.arange(n), q_act, q_emb, topk)
 
 
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 300),
+    allowed=st.integers(0, 40),
+    k=st.integers(1, 4),
+    topk=st.integers(1, 30),
+    metric=st.sampled_from(["l2", "ip"]),
+    storage=st.sampled_from(["float32", "float16"]),
+)
+def test_include_equals_the_reference_over_the_allowed_items(seed, n, allowed, k, topk,
+                                                            metric, storage):
+    """A search with ``include``: the reference's answer and candidate counts over the allowed
+    items alone. Few allowed items (at most one in ``k`` stored ones) are searched over their own
+    bucket lists, more through a filter over every list: both drawn here. The ids repeat
+    allowed ones and name some that the table does not hold."""
+    rng = np.random.default_rng(seed)
+    num_buckets = 16
+    db_act, db_emb = clustered(rng, n, num_buckets, 6, integer_activations=True)
+    q_act, q_emb = clustered(rng, 7, num_buckets, 6, integer_activations=True)
+    ids = rng.choice(10 * n, n, replace=False)
+    table = qk.SparseHashTable(num_buckets, k, metric=metric, storage=storage).add(
+        db_act, db_emb, ids=ids)
+    picked = rng.choice(n, min(allowed, n), replace=False)
+    include = np.concatenate([ids[picked], ids[picked[:2]], [10 * n, 10 * n + 3]])
+    D, I = table.search(q_act, q_emb, topk, include=rng.permutation(include))
+    kept = np.sort(picked)  # the reference takes the allowed items in the order added
+    stored = db_emb.astype(np.float16).astype(np.float32) if storage == "float16" else db_emb
+    rD, rI, rcounts = ref.sparse_table_search(
+        reference_codes(db_act[kept], k), stored[kept], ids[kept], q_act, q_emb, k, topk,
+        metric)
+    np.testing.assert_array_equal(I, np.array(rI, dtype=np.int64).reshape(I.shape))
+    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32).reshape(D.shape))
+    np.testing.assert_array_equal(table.candidate_counts, rcounts)
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), topk=st.integers(1, 40),
        metric=st.sampled_from(["l2", "ip"]))

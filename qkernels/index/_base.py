@@ -408,20 +408,31 @@ class Index(LazyState):
                              "those; exclude=ids allows all but those)")
         if include is None and exclude is None:
             return NO_MASK, no_rows
-        name = "include" if include is not None else "exclude"
-        wanted = _filter_ids(to_numpy(include if include is not None else exclude,
-                                      allow_device_copy=True, name=name), name, num_queries)
+        if include is not None:
+            return self._include_mask(state, self._included(state, include)), no_rows
+        wanted = _filter_ids(to_numpy(exclude, allow_device_copy=True, name="exclude"),
+                             "exclude", num_queries)
         if wanted.ndim == 2:
             return NO_MASK, _excluded_rows(np, wanted, *self._sorted_ids(state))
         positions = self._positions(state, wanted[wanted >= 0])
-        positions = positions[positions >= 0]
-        if name == "include":
-            mask = np.zeros(state.size, dtype=np.uint8)
-            mask[positions] = 1
-        else:
-            mask = np.ones(state.size, dtype=np.uint8)
-            mask[positions] = 0
+        mask = np.ones(state.size, dtype=np.uint8)
+        mask[positions[positions >= 0]] = 0
         return mask, no_rows
+
+    @staticmethod
+    def _include_mask(state: Snapshot, positions: np.ndarray) -> np.ndarray:
+        """The ``mask`` of ``qkernels._filter`` that allows the stored ``positions`` alone."""
+        mask = np.zeros(state.size, dtype=np.uint8)
+        mask[positions] = 1
+        return mask
+
+    def _included(self, state: Snapshot, include: Any) -> np.ndarray:
+        """The stored positions of ``include``'s ids that ``state`` holds, in their order
+        (repeated where they are; checked as :meth:`_filter` checks them)."""
+        wanted = _filter_ids(to_numpy(include, allow_device_copy=True, name="include"),
+                             "include", 0)
+        positions = self._positions(state, wanted[wanted >= 0])
+        return positions[positions >= 0]
 
     def _device_exclude(self, state: Snapshot, exclude: Any, num_queries: int):
         """:meth:`_filter`'s ``excluded`` rows of a per-query ``exclude`` given on a GPU (or

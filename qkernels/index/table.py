@@ -21,6 +21,7 @@ from .._checks import (
     check_same_rows,
     check_topk,
 )
+from .._filter import NO_MASK
 from .._heap import padded
 from ..quantize import ProductQuantizer
 from . import _pq_cpu, _table_cpu, _table_gpu
@@ -489,7 +490,7 @@ class SparseHashTable(Index):
         state = self._built(self._state if state is None else state)
         num_queries = act.shape[0]
         topk, work = check_topk(topk, state.size, num_queries)
-        mask, excluded = self._filter(state, include, exclude, num_queries)
+        lists, mask, excluded = self._filtered_lists(state, include, exclude, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
         ids = np.empty((num_queries, work), dtype=np.int64)
         counts = np.zeros(num_queries, dtype=np.int64)
@@ -503,11 +504,41 @@ class SparseHashTable(Index):
             block = max(1, (1 << 22) // (chunks * (-(-work // 8) * 8)))
             for start in range(0, num_queries, block):
                 part = slice(start, min(num_queries, start + block))
-                self._search_block(state, act[part], emb[part], work, excluded[part], mask,
-                                   chunks, dist[part], ids[part], counts[part],
+                self._search_block(state, lists, act[part], emb[part], work, excluded[part],
+                                   mask, chunks, dist[part], ids[part], counts[part],
                                    None if probes is None else probes[part])
         dist, ids = padded(dist, ids, topk, -np.inf if self.metric == "ip" else np.inf)
         return dist, ids.astype(np.int64, copy=False), counts
+
+    def _filtered_lists(self, state: Snapshot, include: Any, exclude: Any, num_queries: int
+                        ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """The bucket lists (``offsets``, ``items``) a search of ``state`` reads and the
+        ``(mask, excluded)`` filter of ``qkernels._filter`` it applies to them.
+
+        Where ``include`` allows few items (see below), the lists are those of the allowed
+        items alone, with no filter: the probe goes to the same buckets and looks at the
+        same candidates as over every item's lists with a filter that refuses the others, but
+        reads no refused item (with few items allowed, the probe goes on through nearly every
+        bucket to find ``topk`` of them, and every list it reads is mostly refused items)."""
+        if include is None or exclude is not None:
+            return (state.offsets, state.items), *self._filter(state, include, exclude,
+                                                              num_queries)
+        allowed = self._included(state, include)
+        # the lists cost a read of each allowed item's k codes: no more than the filter's
+        # first reads where they take at most one in k items and no more entries than the
+        # queries' first k buckets hold (about N k / num_buckets entries a bucket)
+        if (allowed.shape[0] * self.k > state.size or allowed.shape[0] * self.num_buckets
+                > num_queries * self.k * state.size):
+            return (state.offsets, state.items), self._include_mask(state, allowed), np.empty(
+                (num_queries, 0), dtype=np.int64)
+        allowed = np.sort(allowed)  # ascending, each once (numpy's unique hashes: 6x slower)
+        repeated = np.zeros(allowed.shape[0], dtype=bool)
+        repeated[1:] = allowed[1:] == allowed[:-1]
+        allowed = allowed[~repeated]
+        offsets, local = _table_cpu.counting_sort(state.codes[allowed], self.num_buckets,
+                                                  _chunks(1))
+        return ((offsets, allowed.astype(state.items.dtype)[local]), NO_MASK,
+                np.empty((num_queries, 0), dtype=np.int64))
 
     def count_candidates(self, query_activations: Any, probes: Any, *, include: Any = None,
                          exclude: Any = None) -> np.ndarray:
@@ -598,11 +629,12 @@ class SparseHashTable(Index):
         state = self._built(self._state)
         if state.size == 0 or num_queries == 0:
             return counts
-        mask, excluded = self._filter(state, include, exclude, num_queries)
+        (offsets, items), mask, excluded = self._filtered_lists(state, include, exclude,
+                                                                num_queries)
         probe_count = np.empty(num_queries, dtype=np.int64)
         _table_cpu.plan_probes(act, self.k, np.iinfo(np.int64).max,
-                               np.ascontiguousarray(max_probes, dtype=np.int64), state.offsets,
-                               state.items, state.codes, excluded, mask, _chunks(num_queries),
+                               np.ascontiguousarray(max_probes, dtype=np.int64), offsets,
+                               items, state.codes, excluded, mask, _chunks(num_queries),
                                probe_count, counts, np.empty((num_queries, self.k), np.int64))
         return counts
 
@@ -647,10 +679,12 @@ class SparseHashTable(Index):
         return (state.offsets, state.items, state.codes.astype(np.int64), state.emb, rows,
                 item_of_row, state.ids)
 
-    def _search_block(self, state, act, emb, topk, excluded, mask, chunks, dist, ids, counts,
-                      probes=None):
+    def _search_block(self, state, lists, act, emb, topk, excluded, mask, chunks, dist, ids,
+                      counts, probes=None):
         """The passes of a search (see _table_cpu) for one block of queries, into ``dist``
-        and ``ids``."""
+        and ``ids``, over the bucket lists ``lists`` (``offsets``, ``items``: the snapshot's,
+        or those of the items a filter allows)."""
+        offsets, items = lists
         num_queries = act.shape[0]
         excluded = np.ascontiguousarray(excluded)
         first = np.empty((num_queries if probes is None else 0, self.k), dtype=np.int64)
@@ -658,7 +692,7 @@ class SparseHashTable(Index):
             probe_count = np.empty(num_queries, dtype=np.int64)
             _table_cpu.plan_probes(act, self.k, topk,
                                    np.full(num_queries, self.num_buckets, dtype=np.int64),
-                                   state.offsets, state.items, state.codes, excluded, mask,
+                                   offsets, items, state.codes, excluded, mask,
                                    _chunks(num_queries), probe_count,
                                    np.empty(num_queries, dtype=np.int64), first)
         else:
@@ -673,7 +707,7 @@ class SparseHashTable(Index):
         bucket_offsets, who, where = _table_cpu.invert_probes(probe_offsets, probe_list,
                                                               self.num_buckets)
         # chunks of consecutive buckets with about equal work (items x probing queries)
-        work = np.diff(state.offsets) * np.diff(bucket_offsets) + 1
+        work = np.diff(offsets) * np.diff(bucket_offsets) + 1
         cumulative = np.cumsum(work)
         targets = cumulative[-1] * np.arange(1, chunks) / chunks
         chunk_starts = np.concatenate(
@@ -692,7 +726,7 @@ class SparseHashTable(Index):
         # whose ids the merge looks up (see scan_buckets)
         scan_ids, merge_ids = (state.ids, _NO_IDS) if self.k == 1 else (_NO_IDS, state.ids)
         _table_cpu.scan_buckets(emb, self._rerank_tables(emb), self.k, chunk_starts,
-                                state.offsets, state.items, state.codes, stored, state.rows,
+                                offsets, items, state.codes, stored, state.rows,
                                 scan_ids, excluded, mask, probe_offsets, probe_list,
                                 bucket_offsets, who, where, inner_product, topk, ranked_keys,
                                 ranked_ids, found)
