@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -422,6 +422,31 @@ def _run(machine):
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
 def test_the_protocol_against_the_model(kind):
     _run(type(f"Lifecycle_{kind.name}", (Lifecycle,), {"kind": kind}))
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 90),
+       share=st.sampled_from([0.0, 0.04, 0.1, 0.2, 0.25, 0.6, 1.0]),
+       num_queries=st.sampled_from([1, 3, 40]))
+def test_include_of_few_or_many_items(kind, seed, n, share, num_queries):
+    """``include`` of a share of the items (drawn ids, repeated ones and ids nobody holds):
+    the reference's answer over the allowed items. Few allowed items are searched as a
+    snapshot of them alone (a table: as bucket lists of them), more through a filter over
+    every item: both drawn (many queries and a small share, one query or a large share)."""
+    rng = np.random.default_rng(seed)
+    index, model = kind.make(), ref.IndexModel()
+    payloads = kind.payloads(rng, n)
+    ids = rng.permutation(np.arange(5 * n))[:n]
+    kind.add(index, payloads, ids)
+    model.add(payloads, ids)
+    allowed = rng.choice(ids, int(share * n), replace=False)
+    include = np.concatenate([allowed, allowed[:2], [5 * n, 10**6]]).astype(np.int64)
+    queries = kind.queries(rng, num_queries)
+    got = kind.search(index, queries, include=rng.permutation(include))
+    want = kind.expected(model.passing(include=include), queries)
+    for g, w in zip(got, want, strict=False):
+        np.testing.assert_array_equal(np.asarray(g, dtype=np.float64), _rows(w))
 
 
 @pytest.mark.emulated

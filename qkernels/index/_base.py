@@ -77,6 +77,15 @@ class Snapshot:
         return np.where(positions >= 0, self.arrays["ids"][np.maximum(positions, 0)], -1)
 
 
+def ascending_once(positions: np.ndarray) -> np.ndarray:
+    """``positions`` sorted ascending, each once (numpy's ``unique`` hashes, about 6x slower
+    than this sort for 500,000 positions)."""
+    ordered = np.sort(positions)
+    repeated = np.zeros(ordered.shape[0], dtype=bool)
+    repeated[1:] = ordered[1:] == ordered[:-1]
+    return ordered[~repeated]
+
+
 def ids_array(ids: Any, name: str, rows: int | None = None) -> np.ndarray:
     """``ids`` as a contiguous int64 array of values in ``0..2**63-1``, or a clear error."""
     a = to_numpy(ids, allow_device_copy=True, name=name)
@@ -418,6 +427,26 @@ class Index(LazyState):
         mask = np.ones(state.size, dtype=np.uint8)
         mask[positions[positions >= 0]] = 0
         return mask, no_rows
+
+    def _search_state(self, state: Snapshot, include: Any, exclude: Any, num_queries: int
+                      ) -> tuple[Snapshot, np.ndarray, np.ndarray]:
+        """The snapshot an exhaustive search reads and the ``(mask, excluded)`` filter it
+        applies: where ``include`` allows few of the stored items, a snapshot of those alone
+        (:meth:`_kept`: their order, ids and codes), with no filter, which gives the filter's
+        answer (ties go by stored order, which it keeps) without a scan of the refused items;
+        else ``state`` and the filter.
+
+        Few: at most a quarter of the items, and at most ``num_queries / 32`` of them (making
+        the snapshot, its layouts included, costs about as much per allowed item as 32 queries'
+        scans of one item: for one query allowing 100,000 of a million items, the snapshot was
+        1.1-1.7x slower than the filter)."""
+        if include is None or exclude is not None:
+            return state, *self._filter(state, include, exclude, num_queries)
+        allowed = self._included(state, include)
+        no_rows = np.empty((num_queries, 0), dtype=np.int64)
+        if 4 * allowed.shape[0] > state.size or 32 * allowed.shape[0] > num_queries * state.size:
+            return state, self._include_mask(state, allowed), no_rows
+        return self._kept(state, ascending_once(allowed)), NO_MASK, no_rows
 
     @staticmethod
     def _include_mask(state: Snapshot, positions: np.ndarray) -> np.ndarray:

@@ -356,12 +356,11 @@ class BinaryIndex(Index):
                 items = cupy.where(items >= 0, ids[cupy.maximum(items, 0)], -1)
                 return origin.wrap(dist), origin.wrap(items)
         queries = packed(query_codes, "query_codes", self.nbytes)
-        pair = None
-        if query_features is not None:
-            qf = self._query_features(state, query_features, queries.shape[0])
-            if state.size:  # (an empty index has no ties to break)
-                pair = (qf, state.features)
-        mask, excluded = self._filter(state, include, exclude, queries.shape[0])
+        qf = (None if query_features is None
+              else self._query_features(state, query_features, queries.shape[0]))
+        state, mask, excluded = self._search_state(state, include, exclude, queries.shape[0])
+        # (an empty index has no ties to break)
+        pair = None if qf is None or not state.size else (qf, state.features)
         dist, items = _search(_words(queries), self._host_columns(state), topk, pair, mask,
                               excluded)
         return origin.wrap(dist), origin.wrap(state.ids_of(items))

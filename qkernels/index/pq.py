@@ -259,7 +259,7 @@ class PQIndex(Index):
             return self._search_on_device(origin, q, topk, inner_product, state)
         queries = self.pq.check_vectors(q, "q")
         num_queries = queries.shape[0]
-        mask, excluded = self._filter(state, include, exclude, num_queries)
+        state, mask, excluded = self._search_state(state, include, exclude, num_queries)
         topk, work = check_topk(topk, state.size, num_queries)
         dist = np.empty((num_queries, work), dtype=np.float32)
         items = np.empty((num_queries, work), dtype=np.int64)

@@ -25,7 +25,7 @@ from .._filter import NO_MASK
 from .._heap import padded
 from ..quantize import ProductQuantizer
 from . import _pq_cpu, _table_cpu, _table_gpu
-from ._base import Index, Snapshot, ids_array
+from ._base import Index, Snapshot, ascending_once, ids_array
 
 __all__ = ["SparseHashTable"]
 
@@ -531,10 +531,7 @@ class SparseHashTable(Index):
                 > num_queries * self.k * state.size):
             return (state.offsets, state.items), self._include_mask(state, allowed), np.empty(
                 (num_queries, 0), dtype=np.int64)
-        allowed = np.sort(allowed)  # ascending, each once (numpy's unique hashes: 6x slower)
-        repeated = np.zeros(allowed.shape[0], dtype=bool)
-        repeated[1:] = allowed[1:] == allowed[:-1]
-        allowed = allowed[~repeated]
+        allowed = ascending_once(allowed)
         offsets, local = _table_cpu.counting_sort(state.codes[allowed], self.num_buckets,
                                                   _chunks(1))
         return ((offsets, allowed.astype(state.items.dtype)[local]), NO_MASK,
