@@ -58,6 +58,10 @@ def _data():
         "q_feat": rng.integers(0, 3, (NUM_QUERIES, 3)).astype(np.float32),
         # a table's PQ storage of 9 bits (uint16 codes): integer codewords, equal distances
         "table_codebooks": rng.integers(-2, 3, (2, 512, 2)).astype(np.float32),
+        # allowed global ids, on both shards: few (each shard searches them alone) and many
+        # (each shard filters its items); a generator of their own keeps the data above
+        **{f"include_{share}": np.random.default_rng(8).choice(n, size, replace=False)
+           for share, size in (("few", 12), ("many", 180))},
     }
 
 
@@ -113,6 +117,17 @@ def _searches(d, name, topk, queries=slice(None)):
     return (qk.pack_bits(d["q_bits"][queries]), topk), {"query_features": d["q_feat"][queries]}
 
 
+INCLUDES = ("include_few", "include_many")
+
+
+def _included(d, name, share):
+    """(args, kwargs) of the search of index ``name`` with ``include`` (of ``share``) in place
+    of any exclude."""
+    args, kwargs = _searches(d, name, 16)
+    kwargs = {key: value for key, value in kwargs.items() if key != "exclude"}
+    return args, {**kwargs, "include": d[share]}
+
+
 def _error(fn) -> str:
     try:
         fn()
@@ -148,6 +163,12 @@ def _rank(rank, init_file, codebooks, out_dir, world=WORLD):
                 out[f"{name}/{topk}/D"], out[f"{name}/{topk}/I"] = D, I
                 if name in TABLES:
                     out[f"{name}/{topk}/counts"] = index.candidate_counts
+            for share in INCLUDES:
+                args, kwargs = _included(d, name, share)
+                D, I = index.search(*args, **kwargs)
+                out[f"{name}/{share}/D"], out[f"{name}/{share}/I"] = D, I
+                if name in TABLES:
+                    out[f"{name}/{share}/counts"] = index.candidate_counts
             # each rank its own queries, against all shards (rank 1 none for some)
             mine = _own_queries(name)
             args, kwargs = _searches(d, name, 16, mine[rank])
@@ -342,6 +363,23 @@ def test_every_rank_returns_what_one_index_returns(ranks, whole, name, topk):
         np.testing.assert_array_equal(out[f"{name}/{topk}/D"], D)
         if name in TABLES:
             np.testing.assert_array_equal(out[f"{name}/{topk}/counts"],
+                                          indexes[name].candidate_counts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("share", INCLUDES)
+def test_every_rank_returns_what_one_index_returns_with_include(ranks, whole, name, share):
+    """``include`` of few global ids (each shard searches its own few alone) or of many (each
+    shard filters its items), against one index with the same filter."""
+    d, indexes = whole
+    args, kwargs = _included(d, name, share)
+    D, I = indexes[name].search(*args, **kwargs)
+    assert (I >= 0).sum() > 0
+    for out, _ in ranks:
+        np.testing.assert_array_equal(out[f"{name}/{share}/I"], I)
+        np.testing.assert_array_equal(out[f"{name}/{share}/D"], D)
+        if name in TABLES:
+            np.testing.assert_array_equal(out[f"{name}/{share}/counts"],
                                           indexes[name].candidate_counts)
 
 

@@ -397,9 +397,9 @@ class PQIndex(Index):
         """The fast scan's best ``candidates`` items by (rounded sum, item) on the host, padded
         to ``width`` columns: ``(sums int32, ids, approximate distances, ADC distances)``,
         missing ones last (sum ``2**31 - 1``, id -1)."""
-        state = self._state
         queries = self.pq.check_vectors(q, "q")
         num_queries = queries.shape[0]
+        state, mask, excluded = self._search_state(self._state, include, exclude, num_queries)
         inner_product = self.metric == "ip"
         sums = np.empty((num_queries, width), dtype=np.int32)
         items = np.empty((num_queries, width), dtype=np.int64)
@@ -410,7 +410,6 @@ class PQIndex(Index):
             items[:] = -1
             approx[:] = adc
             return sums, items, approx, adc
-        mask, excluded = self._filter(state, include, exclude, num_queries)
         tables = self._tables(queries, False, inner_product)
         self._fast_scan(state, tables, min(candidates, state.size), False,
                         database_chunks(num_queries, state.size), inner_product, approx, items,
