@@ -182,6 +182,52 @@ def test_byte_order_and_alignment_never_change_an_answer(convert):
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.parametrize("kind", ["fast scan", "binary"])
+def test_a_short_include_search_takes_no_lock(kind):
+    """A search allowing few items reads a snapshot of them of its own, whose layouts (the fast
+    scan's blocks, the Hamming scan's word columns) it builds without the index's lock: it
+    finishes while another thread holds that lock (as a first search building the index's
+    layouts does), and answers as the filter over every item does."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    if kind == "fast scan":
+        index = qk.PQIndex(qk.ProductQuantizer(16, 8, 4).train(x)).add(x)
+        queries = x[:8]
+    else:
+        index = qk.BinaryIndex(16).add(qk.pack_bits(x > 0))
+        queries = qk.pack_bits(x[:8] > 0)
+    few = rng.choice(2000, 10, replace=False)
+    # what the index's snapshot keeps (its layouts, its ids in order), built before the lock
+    # is taken; the first search of few items builds its own snapshot's layouts
+    index.search(queries, 5, include=few[:1])
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with index._lock:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    found = {}
+    searcher = threading.Thread(
+        target=lambda: found.update(result=index.search(queries, 5, include=few)))
+    try:
+        searcher.start()
+        searcher.join(10)
+        assert not searcher.is_alive(), "the search waited for the index's lock"
+    finally:
+        release.set()
+        holder.join()
+        searcher.join()
+    # the filter over every item (allowing all but the refused ones) gives the same answer
+    refused = np.setdiff1d(np.arange(2000), few)
+    D, I = index.search(queries[:1], 5, exclude=refused)
+    np.testing.assert_array_equal(found["result"][1][:1], I)
+    np.testing.assert_array_equal(found["result"][0][:1], D)
+
+
 def test_workqueue_threading_layer_serialises_instead_of_aborting():
     script = textwrap.dedent("""
         import threading, numba, numpy as np, qkernels as qk

@@ -33,6 +33,7 @@ from .._shared import LazyState
 __all__ = ["Index", "Snapshot"]
 
 _INT64_MAX = np.iinfo(np.int64).max
+_PRIVATE = "private"  # a snapshot's cache key: made for one search (see Index._search_state)
 
 
 def _read_only(arrays: dict[str, np.ndarray | None]) -> None:
@@ -446,7 +447,9 @@ class Index(LazyState):
         no_rows = np.empty((num_queries, 0), dtype=np.int64)
         if 4 * allowed.shape[0] > state.size or 32 * allowed.shape[0] > num_queries * state.size:
             return state, self._include_mask(state, allowed), no_rows
-        return self._kept(state, ascending_once(allowed)), NO_MASK, no_rows
+        subset = self._kept(state, ascending_once(allowed))
+        subset.cache[_PRIVATE] = True  # this search's own: its layouts need no lock
+        return subset, NO_MASK, no_rows
 
     @staticmethod
     def _include_mask(state: Snapshot, positions: np.ndarray) -> np.ndarray:
@@ -483,9 +486,13 @@ class Index(LazyState):
     # ------------------------------------------------------------------ snapshots
 
     def _cached(self, state: Snapshot, key: Any, build: Callable[[], Any]) -> Any:
-        """``build()``'s value for ``state``, made once (under the lock) and kept on it."""
+        """``build()``'s value for ``state``, made once (under the lock, unless ``state`` is one
+        search's own snapshot, which no other thread reads) and kept on it."""
         value = state.cache.get(key)
         if value is not None:
+            return value
+        if state.cache.get(_PRIVATE):
+            value = state.cache[key] = build()
             return value
         with self._lock:
             value = state.cache.get(key)
