@@ -157,18 +157,14 @@ def _rank(rank, init_file, codebooks, out_dir, world=WORLD):
         shards = _indexes(d, _part(rank) if world > 1 else slice(None), codebooks)
         for name, shard in shards.items():
             index = ShardedIndex(shard)
-            for topk in TOPKS:
-                args, kwargs = _searches(d, name, topk)
+            # every topk, then the include filters
+            searches = [(topk, _searches(d, name, topk)) for topk in TOPKS]
+            searches += [(share, _included(d, name, share)) for share in INCLUDES]
+            for key, (args, kwargs) in searches:
                 D, I = index.search(*args, **kwargs)
-                out[f"{name}/{topk}/D"], out[f"{name}/{topk}/I"] = D, I
+                out[f"{name}/{key}/D"], out[f"{name}/{key}/I"] = D, I
                 if name in TABLES:
-                    out[f"{name}/{topk}/counts"] = index.candidate_counts
-            for share in INCLUDES:
-                args, kwargs = _included(d, name, share)
-                D, I = index.search(*args, **kwargs)
-                out[f"{name}/{share}/D"], out[f"{name}/{share}/I"] = D, I
-                if name in TABLES:
-                    out[f"{name}/{share}/counts"] = index.candidate_counts
+                    out[f"{name}/{key}/counts"] = index.candidate_counts
             # each rank its own queries, against all shards (rank 1 none for some)
             mine = _own_queries(name)
             args, kwargs = _searches(d, name, 16, mine[rank])

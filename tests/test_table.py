@@ -119,15 +119,21 @@ def test_ranked_rows_equal_the_sorted_reference(seed, count, width, topk, gated)
             assert np.float32(got).tobytes() == np.float32(0.0 if d == 0 else d).tobytes()
 
 
-def assert_same(table, db_act, db_emb, db_ids, q_act, q_emb, topk, exclude=None):
-    rows = None if exclude is None else (exclude[:, None] if exclude.ndim == 1 else exclude)
-    D, I = table.search(q_act, q_emb, topk, exclude=rows)
-    rD, rI, rcounts = ref.sparse_table_search(
-        reference_codes(db_act, table.k), db_emb, db_ids, q_act, q_emb, table.k, topk,
-        table.metric, exclude)
+def assert_reference_answer(table, D, I, want):
+    """A search's ``D``, ``I`` and the table's candidate counts equal the reference's
+    ``want`` (``sparse_table_search``'s lists)."""
+    rD, rI, rcounts = want
     np.testing.assert_array_equal(I, np.array(rI, dtype=np.int64).reshape(I.shape))
     np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32).reshape(D.shape))
     np.testing.assert_array_equal(table.candidate_counts, rcounts)
+
+
+def assert_same(table, db_act, db_emb, db_ids, q_act, q_emb, topk, exclude=None):
+    rows = None if exclude is None else (exclude[:, None] if exclude.ndim == 1 else exclude)
+    D, I = table.search(q_act, q_emb, topk, exclude=rows)
+    assert_reference_answer(table, D, I, ref.sparse_table_search(
+        reference_codes(db_act, table.k), db_emb, db_ids, q_act, q_emb, table.k, topk,
+        table.metric, exclude))
     return D, I
 
 
@@ -198,12 +204,9 @@ def test_include_equals_the_reference_over_the_allowed_items(seed, n, allowed, k
     D, I = table.search(q_act, q_emb, topk, include=rng.permutation(include))
     kept = np.sort(picked)  # the reference takes the allowed items in the order added
     stored = db_emb.astype(np.float16).astype(np.float32) if storage == "float16" else db_emb
-    rD, rI, rcounts = ref.sparse_table_search(
+    assert_reference_answer(table, D, I, ref.sparse_table_search(
         reference_codes(db_act[kept], k), stored[kept], ids[kept], q_act, q_emb, k, topk,
-        metric)
-    np.testing.assert_array_equal(I, np.array(rI, dtype=np.int64).reshape(I.shape))
-    np.testing.assert_array_equal(D, np.array(rD, dtype=np.float32).reshape(D.shape))
-    np.testing.assert_array_equal(table.candidate_counts, rcounts)
+        metric))
 
 
 @settings(max_examples=30, deadline=None)
@@ -254,9 +257,7 @@ def test_compressed_storage_equals_the_reference(seed, n, k, topk, metric, stora
                                                       metric == "ip"))
         np.testing.assert_array_equal(table.reconstruct(np.arange(n)), pq.decode(pq_codes))
     D, I = table.search(q_act, q_emb, topk)
-    np.testing.assert_array_equal(I, np.array(want[1], dtype=np.int64).reshape(I.shape))
-    np.testing.assert_array_equal(D, np.array(want[0], dtype=np.float32).reshape(D.shape))
-    np.testing.assert_array_equal(table.candidate_counts, want[2])
+    assert_reference_answer(table, D, I, want)
 
 
 def test_compressed_tables_save_load_merge_and_refuse_mixes(tmp_path):

@@ -524,18 +524,17 @@ class SparseHashTable(Index):
             return (state.offsets, state.items), *self._filter(state, include, exclude,
                                                               num_queries)
         allowed = self._included(state, include)
+        no_rows = np.empty((num_queries, 0), dtype=np.int64)
         # the lists cost a read of each allowed item's k codes: no more than the filter's
         # first reads where they take at most one in k items and no more entries than the
         # queries' first k buckets hold (about N k / num_buckets entries a bucket)
         if (allowed.shape[0] * self.k > state.size or allowed.shape[0] * self.num_buckets
                 > num_queries * self.k * state.size):
-            return (state.offsets, state.items), self._include_mask(state, allowed), np.empty(
-                (num_queries, 0), dtype=np.int64)
+            return (state.offsets, state.items), self._include_mask(state, allowed), no_rows
         allowed = ascending_once(allowed)
         offsets, local = _table_cpu.counting_sort(state.codes[allowed], self.num_buckets,
                                                   _chunks(1))
-        return ((offsets, allowed.astype(state.items.dtype)[local]), NO_MASK,
-                np.empty((num_queries, 0), dtype=np.int64))
+        return (offsets, allowed.astype(state.items.dtype)[local]), NO_MASK, no_rows
 
     def count_candidates(self, query_activations: Any, probes: Any, *, include: Any = None,
                          exclude: Any = None) -> np.ndarray:
